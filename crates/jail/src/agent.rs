@@ -1,0 +1,968 @@
+//! Code that runs inside a jail, in three kinds of process:
+//!
+//! * the **agent** (pid 1 of the jail's pid namespace): cloned by the spawner into fresh
+//!   user, mount, pid, network, IPC and UTS namespaces; it builds the root filesystem,
+//!   pivots into it, reports ready, then starts steps on request and reaps orphans.
+//! * a **step init** (pid 1 of a pid namespace of its own, one per started program): mounts a
+//!   fresh `/proc`, `/tmp` and `/dev/shm`, forks the program, reports when it started and how
+//!   it ended, and exits; the kernel then kills everything else in the step's namespace
+//!   (daemons, stopped processes, grandchildren holding pipes).
+//! * the **program**: drops to uid 1000 with no capabilities, applies rlimits,
+//!   `no_new_privs`, Landlock and seccomp, and `execve`s.
+//!
+//! All three are forks of a single-threaded process, so they may allocate.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    ABI, Access, AccessFs, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
+};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::unistd::{Gid, Uid, pivot_root, sethostname, setresgid, setresuid};
+
+use crate::config::{JAIL_GID, JAIL_UID, JailConfig, ProcessSpec, WORKSPACE};
+use crate::error::{JailError, WireError};
+use crate::proto::{self, AgentReply, AgentRequest, RECORD_FINISHED, RECORD_STARTED, StepRecord};
+use crate::sys;
+
+/// Stages of starting a program, reported in [`StepRecord::stage`] when one fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Stage {
+    StepMounts = 1,
+    StepLandlock = 2,
+    Fork = 3,
+    Session = 4,
+    Stdio = 5,
+    Signals = 6,
+    Workdir = 7,
+    Rlimits = 8,
+    Credentials = 9,
+    NoNewPrivs = 10,
+    Landlock = 11,
+    Seccomp = 12,
+    Exec = 13,
+}
+
+impl Stage {
+    pub fn from_u32(v: u32) -> Option<Stage> {
+        use Stage::*;
+        [
+            StepMounts,
+            StepLandlock,
+            Fork,
+            Session,
+            Stdio,
+            Signals,
+            Workdir,
+            Rlimits,
+            Credentials,
+            NoNewPrivs,
+            Landlock,
+            Seccomp,
+            Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stage::StepMounts => "mounting the step's /proc, /tmp and /dev/shm",
+            Stage::StepLandlock => "building the Landlock ruleset",
+            Stage::Fork => "forking the program",
+            Stage::Session => "creating a session",
+            Stage::Stdio => "connecting standard input and output",
+            Stage::Signals => "resetting signals",
+            Stage::Workdir => "entering the working directory",
+            Stage::Rlimits => "setting resource limits",
+            Stage::Credentials => "dropping to the sandbox user",
+            Stage::NoNewPrivs => "setting no_new_privs",
+            Stage::Landlock => "applying Landlock",
+            Stage::Seccomp => "applying the seccomp filter",
+            Stage::Exec => "executing the program",
+        }
+    }
+}
+
+/// What the spawner hands to the agent (by memory: the agent is its fork).
+pub(crate) struct AgentPlan {
+    pub config: JailConfig,
+    /// Empty host directory over which the new root is built.
+    pub staging: PathBuf,
+    /// Compiled seccomp filters for every program of this jail.
+    pub filters: Vec<seccompiler::BpfProgram>,
+}
+
+/// Entry point of the agent after `clone`. Never returns.
+pub(crate) fn agent_entry(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> ! {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent_run(plan, ctrl, sync)));
+    let err = match result {
+        Ok(Ok(())) => exit(0),
+        Ok(Err(e)) => e,
+        Err(_) => JailError::Setup {
+            stage: "agent".into(),
+            detail: "panicked".into(),
+        },
+    };
+    // SAFETY: `ctrl` stays open for the agent's whole life.
+    let ctrl = unsafe { BorrowedFd::borrow_raw(ctrl) };
+    let _ = proto::send(ctrl, &AgentReply::Error(WireError::from(&err)), &[]);
+    exit(1)
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit ends the process without running the parent's atexit handlers or
+    // destructors, which belong to the process we were forked from.
+    unsafe { libc::_exit(code) }
+}
+
+fn setup_err(stage: &str, what: impl std::fmt::Display, e: impl Into<io::Error>) -> JailError {
+    JailError::Setup {
+        stage: stage.into(),
+        detail: format!("{what}: {}", e.into()),
+    }
+}
+
+fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError> {
+    let mut keep = [ctrl, sync];
+    keep.sort_unstable();
+    sys::close_all_except(&keep).map_err(|e| setup_err("fds", "close inherited descriptors", e))?;
+    null_stdio().map_err(|e| setup_err("fds", "redirect stdio to /dev/null", e))?;
+
+    // Wait until the spawner has written our uid/gid maps and put us in the cgroup.
+    let mut b = [0u8; 1];
+    if sys::read_full(sync, &mut b).map_err(|e| setup_err("sync", "wait for the spawner", e))? != 1
+    {
+        exit(1);
+    }
+    // SAFETY: closing our copy of the sync pipe, not used again.
+    unsafe { libc::close(sync) };
+
+    // Become uid/gid 0 of the new user namespace (an unprivileged uid on the host) and drop
+    // every supplementary group the spawner had.
+    nix::unistd::setgroups(&[]).map_err(|e| setup_err("credentials", "setgroups", e))?;
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(|e| setup_err("credentials", "setresgid", e))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(|e| setup_err("credentials", "setresuid", e))?;
+    // The jail dies with the spawner. (Armed only now: changing credentials clears it.
+    // getppid() is 0 in our pid namespace, so a spawner that died before this point is
+    // detected by its end of the control socket having closed.)
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| setup_err("credentials", "set parent-death signal", e))?;
+    let mut pfd = libc::pollfd {
+        fd: ctrl,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, without waiting.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 && pfd.revents & libc::POLLHUP != 0 {
+        exit(1);
+    }
+    unshare(CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| setup_err("namespaces", "unshare cgroup namespace", e))?;
+
+    build_root(&plan.config, &plan.staging)?;
+    sethostname(&plan.config.hostname).map_err(|e| setup_err("uts", "sethostname", e))?;
+    loopback_up().map_err(|e| setup_err("network", "bring up loopback", e))?;
+    // Nobody in the jail may read our memory or open our /proc entries.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| setup_err("agent", "set_dumpable", e))?;
+
+    let ws = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(WORKSPACE)
+        .map_err(|e| setup_err("workspace", "open /workspace", e))?;
+    // SAFETY: `ctrl` is open for the agent's whole life.
+    let ctrl = unsafe { BorrowedFd::borrow_raw(ctrl) };
+    proto::send(ctrl, &AgentReply::Ready, &[ws.as_raw_fd()])
+        .map_err(|e| setup_err("agent", "report ready", e))?;
+    drop(ws);
+    serve(plan, ctrl)
+}
+
+fn null_stdio() -> io::Result<()> {
+    let null = fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors of this (single-threaded) process.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The agent's request loop: starts steps and reaps every child (steps, and orphans
+/// reparented to pid 1). Returns (ends the jail) when the control socket closes.
+fn serve(plan: &AgentPlan, ctrl: BorrowedFd<'_>) -> Result<(), JailError> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block()
+        .map_err(|e| setup_err("agent", "block SIGCHLD", e))?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| setup_err("agent", "signalfd", e))?;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: ctrl.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sfd.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on an array we own, with its true length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(setup_err("agent", "poll", e));
+        }
+        if fds[1].revents != 0 {
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            reap_all();
+        }
+        if fds[0].revents != 0 {
+            let Some((req, fds)) = proto::recv::<AgentRequest>(ctrl)
+                .map_err(|e| setup_err("agent", "read request", e))?
+            else {
+                return Ok(());
+            };
+            let reply = match req {
+                AgentRequest::Start(spec) => start_step(plan, &spec, fds),
+            };
+            let sent = match reply {
+                Ok(pidfd) => proto::send(ctrl, &AgentReply::Started, &[pidfd.as_raw_fd()]),
+                Err(e) => proto::send(ctrl, &AgentReply::Error(WireError::from(&e)), &[]),
+            };
+            sent.map_err(|e| setup_err("agent", "send reply", e))?;
+        }
+    }
+}
+
+fn reap_all() {
+    loop {
+        // SAFETY: waitpid with WNOHANG on any child; the status pointer may be null.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if r <= 0 {
+            break;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The root filesystem.
+
+fn c(p: &Path) -> Result<CString, JailError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| JailError::InvalidConfig(format!("path with NUL byte: {}", p.display())))
+}
+
+fn mkdir_p(path: &Path, mode: u32) -> Result<(), JailError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| setup_err("rootfs", format!("mkdir {}", path.display()), e))
+}
+
+fn mount_at(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), JailError> {
+    mount(source, target, fstype, flags, data).map_err(|e| {
+        setup_err(
+            "rootfs",
+            format!(
+                "mount {} on {}",
+                source
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_else(|| fstype.unwrap_or("").into()),
+                target.display()
+            ),
+            e,
+        )
+    })
+}
+
+fn restrict(target: &Path, attrs: u64, recursive: bool) -> Result<(), JailError> {
+    sys::mount_setattr(&c(target)?, attrs, recursive)
+        .map_err(|e| setup_err("rootfs", format!("restrict mount {}", target.display()), e))
+}
+
+fn inside(root: &Path, p: &Path) -> PathBuf {
+    root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+/// Builds the jail's root over `staging` and pivots into it.
+fn build_root(cfg: &JailConfig, staging: &Path) -> Result<(), JailError> {
+    // Nothing mounted from here on may propagate back to the host.
+    mount_at(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    mount_at(
+        Some(Path::new("tmpfs")),
+        staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("size=8m,nr_inodes=8192,mode=755"),
+    )?;
+    let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    for b in &cfg.binds {
+        let meta = match fs::metadata(&b.source) {
+            Ok(m) => m,
+            Err(_) if b.optional => continue,
+            Err(e) => {
+                return Err(setup_err(
+                    "rootfs",
+                    format!("bind source {}", b.source.display()),
+                    e,
+                ));
+            }
+        };
+        let dst = inside(staging, &b.target);
+        if meta.is_dir() {
+            mkdir_p(&dst, 0o755)?;
+        } else {
+            if let Some(parent) = dst.parent() {
+                mkdir_p(parent, 0o755)?;
+            }
+            fs::File::create(&dst)
+                .map_err(|e| setup_err("rootfs", format!("create {}", dst.display()), e))?;
+        }
+        match mount(
+            Some(&b.source),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ) {
+            Ok(()) => {}
+            // A source the jail's unprivileged agent cannot reach is skipped if optional.
+            Err(nix::errno::Errno::EACCES) if b.optional => continue,
+            Err(e) => {
+                return Err(setup_err(
+                    "rootfs",
+                    format!("bind {} on {}", b.source.display(), b.target.display()),
+                    e,
+                ));
+            }
+        }
+        restrict(&dst, ro, true)?;
+    }
+    for s in &cfg.symlinks {
+        let link = inside(staging, &s.link);
+        if let Some(parent) = link.parent() {
+            mkdir_p(parent, 0o755)?;
+        }
+        std::os::unix::fs::symlink(&s.target, &link)
+            .map_err(|e| setup_err("rootfs", format!("symlink {}", s.link.display()), e))?;
+    }
+    for (path, contents, mode) in generated_files(cfg) {
+        let dst = inside(staging, &path);
+        if let Some(parent) = dst.parent() {
+            mkdir_p(parent, 0o755)?;
+        }
+        fs::write(&dst, contents.as_bytes())
+            .and_then(|()| fs::set_permissions(&dst, fs::Permissions::from_mode(mode)))
+            .map_err(|e| setup_err("rootfs", format!("write {}", path.display()), e))?;
+    }
+    build_dev(staging)?;
+    let proc_dir = staging.join("proc");
+    mkdir_p(&proc_dir, 0o555)?;
+    mount_at(
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mkdir_p(&staging.join("tmp"), 0o755)?;
+    fs::set_permissions(staging.join("tmp"), fs::Permissions::from_mode(0o1777))
+        .map_err(|e| setup_err("rootfs", "chmod /tmp", e))?;
+    let ws = inside(staging, Path::new(WORKSPACE));
+    mkdir_p(&ws, 0o755)?;
+    mount_at(
+        Some(Path::new("tmpfs")),
+        &ws,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(
+            &cfg.workspace
+                .mount_options(0o755, Some((JAIL_UID, JAIL_GID))),
+        ),
+    )?;
+
+    // Enter the new root; the old one is detached and unreachable from inside.
+    nix::unistd::chdir(staging).map_err(|e| setup_err("pivot", "chdir to new root", e))?;
+    pivot_root(".", ".").map_err(|e| setup_err("pivot", "pivot_root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| setup_err("pivot", "detach old root", e))?;
+    nix::unistd::chdir("/").map_err(|e| setup_err("pivot", "chdir /", e))?;
+    restrict(Path::new("/"), ro, false)
+}
+
+/// The generated files: the config's own, plus identity and host files unless the config
+/// provides them.
+fn generated_files(cfg: &JailConfig) -> Vec<(PathBuf, String, u32)> {
+    let mut files: Vec<(PathBuf, String, u32)> = cfg
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.contents.clone(), f.mode))
+        .collect();
+    let h = &cfg.hostname;
+    let defaults = [
+        (
+            "/etc/passwd",
+            format!(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\n\
+                 runner:x:{JAIL_UID}:{JAIL_GID}:runcell sandbox:/tmp:/bin/bash\n\
+                 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            ),
+        ),
+        (
+            "/etc/group",
+            format!("root:x:0:\nrunner:x:{JAIL_GID}:\nnogroup:x:65534:\n"),
+        ),
+        (
+            "/etc/hosts",
+            format!("127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {h}\n"),
+        ),
+        ("/etc/hostname", format!("{h}\n")),
+    ];
+    for (p, contents) in defaults {
+        if !files.iter().any(|(q, _, _)| q == Path::new(p)) {
+            files.push((PathBuf::from(p), contents, 0o644));
+        }
+    }
+    files
+}
+
+/// A minimal `/dev`: null, zero, full, random, urandom and tty bound from the host, a private
+/// devpts instance, and the usual links.
+fn build_dev(root: &Path) -> Result<(), JailError> {
+    let dev = root.join("dev");
+    mkdir_p(&dev, 0o755)?;
+    mount_at(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("size=64k,nr_inodes=64,mode=755"),
+    )?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        let dst = dev.join(name);
+        fs::File::create(&dst)
+            .map_err(|e| setup_err("rootfs", format!("create {}", dst.display()), e))?;
+        mount_at(Some(&host), &dst, None, MsFlags::MS_BIND, None)?;
+        restrict(&dst, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC, false)?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts, 0o755)?;
+    mount_at(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mkdir_p(&dev.join("shm"), 0o755)?;
+    for (target, link) in [
+        ("pts/ptmx", "ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(|e| setup_err("rootfs", format!("symlink /dev/{link}"), e))?;
+    }
+    restrict(&dev, sys::MOUNT_ATTR_RDONLY, false)
+}
+
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket(2) call; the descriptor is owned right away.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `s` is a new descriptor we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps.
+
+/// Everything the step init and the program need, computed before forking.
+struct StepPlan {
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: CString,
+    tmp_opts: String,
+    shm_opts: String,
+    rlimits: [(libc::__rlimit_resource_t, u64, u64); 7],
+}
+
+fn cstr(s: &str) -> Result<CString, JailError> {
+    CString::new(s).map_err(|_| JailError::InvalidConfig("string with a NUL byte".into()))
+}
+
+impl StepPlan {
+    fn new(spec: &ProcessSpec) -> Result<StepPlan, JailError> {
+        spec.validate()?;
+        let argv = spec
+            .argv
+            .iter()
+            .map(|a| cstr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = spec
+            .env
+            .iter()
+            .map(|(k, v)| cstr(&format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prog = &spec.argv[0];
+        let candidates = if prog.contains('/') {
+            vec![cstr(prog)?]
+        } else {
+            let path = spec
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstr(&format!("{}/{prog}", d.trim_end_matches('/'))))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let r = &spec.rlimits;
+        Ok(StepPlan {
+            candidates,
+            argv,
+            envp,
+            cwd: c(&spec.cwd)?,
+            tmp_opts: spec.tmp.mount_options(0o1777, None),
+            shm_opts: spec.shm.mount_options(0o1777, None),
+            rlimits: [
+                (libc::RLIMIT_CPU, r.cpu_secs, r.cpu_secs + 1),
+                (libc::RLIMIT_FSIZE, r.file_size_bytes, r.file_size_bytes),
+                (libc::RLIMIT_NOFILE, r.open_files, r.open_files),
+                (libc::RLIMIT_STACK, r.stack_bytes, r.stack_bytes),
+                (libc::RLIMIT_NPROC, r.processes, r.processes),
+                (
+                    libc::RLIMIT_MEMLOCK,
+                    r.locked_memory_bytes,
+                    r.locked_memory_bytes,
+                ),
+                (libc::RLIMIT_CORE, 0, 0),
+            ],
+        })
+    }
+}
+
+/// Starts one step; returns a pidfd of its init process. Takes ownership of the four
+/// descriptors of the request: stdin, stdout, stderr, status pipe.
+fn start_step(
+    plan: &AgentPlan,
+    spec: &ProcessSpec,
+    fds: Vec<OwnedFd>,
+) -> Result<OwnedFd, JailError> {
+    if fds.len() != 4 {
+        return Err(JailError::InvalidConfig(format!(
+            "a start request carries 4 descriptors, got {}",
+            fds.len()
+        )));
+    }
+    let step = StepPlan::new(spec)?;
+    let raw: [RawFd; 4] = [
+        fds[0].as_raw_fd(),
+        fds[1].as_raw_fd(),
+        fds[2].as_raw_fd(),
+        fds[3].as_raw_fd(),
+    ];
+    // SAFETY: the agent is single-threaded.
+    let pid = unsafe { sys::clone_fork(libc::CLONE_NEWPID | libc::CLONE_NEWNS) }
+        .map_err(|e| setup_err("step", "clone step init", e))?;
+    if pid == 0 {
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step_init(plan, &step, raw)));
+        let _ = r;
+        exit(126);
+    }
+    drop(fds);
+    sys::pidfd_open(pid).map_err(|e| setup_err("step", "pidfd_open", e))
+}
+
+fn record(status_fd: RawFd, r: StepRecord) {
+    let _ = sys::write_all(status_fd, &r.to_bytes());
+}
+
+fn errno_of(e: impl Into<io::Error>) -> i32 {
+    e.into().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Pid 1 of the step's pid namespace. Never returns.
+fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 4]) -> ! {
+    let [stdin, stdout, stderr, status] = fds;
+    let mut keep = fds;
+    keep.sort_unstable();
+    let fail = |stage: Stage, errno: i32| -> ! {
+        record(
+            status,
+            StepRecord {
+                kind: RECORD_FINISHED,
+                stage: stage as u32,
+                errno,
+                wait_status: 0,
+                time_ns: proto::monotonic_ns(),
+            },
+        );
+        exit(1)
+    };
+    if let Err(e) = sys::close_all_except(&keep) {
+        fail(Stage::StepMounts, errno_of(e));
+    }
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    // Writing the status record must not kill us if the reader is gone.
+    // SAFETY: setting a signal disposition in this single-threaded process.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    if let Err(e) = step_mounts(step) {
+        fail(Stage::StepMounts, errno_of(e));
+    }
+    let ruleset = match landlock_ruleset() {
+        Ok(r) => r,
+        Err(_) => fail(Stage::StepLandlock, libc::EINVAL),
+    };
+    let (err_r, err_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => fail(Stage::Fork, e as i32),
+    };
+    let t0 = proto::monotonic_ns();
+    record(
+        status,
+        StepRecord {
+            kind: RECORD_STARTED,
+            time_ns: t0,
+            ..Default::default()
+        },
+    );
+    // SAFETY: the step init is single-threaded.
+    let child = match unsafe { libc::fork() } {
+        -1 => fail(Stage::Fork, errno_of(io::Error::last_os_error())),
+        0 => {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                program(
+                    plan,
+                    step,
+                    [stdin, stdout, stderr],
+                    ruleset,
+                    err_w.as_raw_fd(),
+                )
+            }));
+            let _ = r;
+            exit(127)
+        }
+        pid => pid,
+    };
+    drop(err_w);
+    drop(ruleset);
+    for fd in [stdin, stdout, stderr] {
+        // SAFETY: closing our copies; only the program keeps these open.
+        unsafe { libc::close(fd) };
+    }
+    // The program reports (stage, errno) if it fails before execve; EOF means it executed.
+    let mut buf = [0u8; 8];
+    let got = sys::read_full(err_r.as_raw_fd(), &mut buf).unwrap_or(0);
+    drop(err_r);
+    let (stage, errno) = if got == 8 {
+        (
+            u32::from_ne_bytes(buf[0..4].try_into().unwrap_or([0; 4])),
+            i32::from_ne_bytes(buf[4..8].try_into().unwrap_or([0; 4])),
+        )
+    } else {
+        (0, 0)
+    };
+    let mut wait_status = 0;
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid for any child into a status we own.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r == child {
+            wait_status = st;
+            break;
+        }
+        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    record(
+        status,
+        StepRecord {
+            kind: RECORD_FINISHED,
+            stage,
+            errno,
+            wait_status,
+            time_ns: proto::monotonic_ns(),
+        },
+    );
+    // Exiting as pid 1 makes the kernel kill everything left in the step's namespace.
+    exit(0)
+}
+
+fn step_mounts(step: &StepPlan) -> nix::Result<()> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        nosuid_nodev | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )?;
+    mount(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some(step.tmp_opts.as_str()),
+    )?;
+    mount(
+        Some("tmpfs"),
+        "/dev/shm",
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some(step.shm_opts.as_str()),
+    )
+}
+
+/// Read and execute everywhere in the (read-only) root; full access only in the workspace,
+/// `/tmp` and `/dev/shm`; read/write on the character devices. Signals and abstract unix
+/// sockets may not reach outside the sandbox's domain.
+fn landlock_ruleset() -> Result<RulesetCreated, landlock::RulesetError> {
+    let abi = ABI::V6;
+    Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .scope(Scope::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?
+        .add_rules(path_beneath_rules(
+            [WORKSPACE, "/tmp", "/dev/shm", "/dev/pts"],
+            AccessFs::from_all(abi),
+        ))?
+        .add_rules(path_beneath_rules(
+            [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/full",
+                "/dev/random",
+                "/dev/urandom",
+                "/dev/tty",
+            ],
+            AccessFs::from_file(abi),
+        ))
+}
+
+/// The program's process, from fork to `execve`. Never returns.
+fn program(
+    plan: &AgentPlan,
+    step: &StepPlan,
+    stdio: [RawFd; 3],
+    ruleset: RulesetCreated,
+    err: RawFd,
+) -> ! {
+    let fail = |stage: Stage, errno: i32| -> ! {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&(stage as u32).to_ne_bytes());
+        b[4..8].copy_from_slice(&errno.to_ne_bytes());
+        let _ = sys::write_all(err, &b);
+        exit(127)
+    };
+    let last_errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+
+    // A session of its own: no controlling terminal to inject input into, and a process
+    // group of its own.
+    // SAFETY: setsid has no memory-safety preconditions.
+    if unsafe { libc::setsid() } < 0 {
+        fail(Stage::Session, last_errno());
+    }
+    for (i, fd) in stdio.iter().enumerate() {
+        // SAFETY: dup2 onto 0, 1, 2; the sources are valid descriptors received for this step.
+        if unsafe { libc::dup2(*fd, i as RawFd) } < 0 {
+            fail(Stage::Stdio, last_errno());
+        }
+    }
+    // Every other descriptor closes at execve (the error pipe too, which signals success).
+    if let Err(e) = sys::close_range(3, libc::c_uint::MAX, sys::CLOSE_RANGE_CLOEXEC) {
+        fail(Stage::Stdio, errno_of(e));
+    }
+    if reset_signals().is_err() {
+        fail(Stage::Signals, last_errno());
+    }
+    // Under memory pressure the kernel kills sandboxed programs before anything else. (Our
+    // /proc entries belong to the host's root while we are not dumpable; nothing else runs
+    // in this step yet, and execve resets dumpability anyway.)
+    let _ = nix::sys::prctl::set_dumpable(true);
+    if fs::write("/proc/self/oom_score_adj", b"1000").is_err() {
+        fail(Stage::Signals, last_errno());
+    }
+    // SAFETY: chdir with a valid NUL-terminated path.
+    if unsafe { libc::chdir(step.cwd.as_ptr()) } < 0 {
+        fail(Stage::Workdir, last_errno());
+    }
+    for (res, soft, hard) in step.rlimits {
+        let rl = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        if unsafe { libc::setrlimit(res, &rl) } < 0 {
+            fail(Stage::Rlimits, last_errno());
+        }
+    }
+    if drop_privileges().is_err() {
+        fail(Stage::Credentials, last_errno());
+    }
+    if nix::sys::prctl::set_no_new_privs().is_err() {
+        fail(Stage::NoNewPrivs, last_errno());
+    }
+    match ruleset.restrict_self() {
+        Ok(RestrictionStatus {
+            ruleset: RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced,
+            ..
+        }) => {}
+        Ok(_) => fail(Stage::Landlock, libc::EOPNOTSUPP),
+        Err(_) => fail(Stage::Landlock, libc::EPERM),
+    }
+    if let Err(e) = crate::seccomp::apply(&plan.filters) {
+        let errno = match e {
+            seccompiler::Error::Seccomp(e) => e.raw_os_error().unwrap_or(libc::EINVAL),
+            _ => libc::EINVAL,
+        };
+        fail(Stage::Seccomp, errno);
+    }
+    let mut argv: Vec<*const libc::c_char> = step.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = step.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let mut errno = libc::ENOENT;
+    for cand in &step.candidates {
+        // SAFETY: NUL-terminated path, and argv/envp arrays of valid C strings ending in NULL,
+        // all alive for the call.
+        unsafe { libc::execve(cand.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        let e = last_errno();
+        // Like execvp: remember a permission problem, keep looking past missing files.
+        if e != libc::ENOENT && e != libc::ENOTDIR {
+            errno = e;
+        }
+    }
+    fail(Stage::Exec, errno)
+}
+
+/// Empty signal mask and default dispositions (the agent blocks SIGCHLD; the step init
+/// ignores SIGPIPE; neither may leak into the program).
+fn reset_signals() -> nix::Result<()> {
+    nix::sys::signal::SigSet::empty().thread_set_mask()?;
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: restoring the default disposition; invalid numbers just fail.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    Ok(())
+}
+
+/// Empties the capability bounding and ambient sets, then becomes uid/gid 1000 with no
+/// supplementary groups; leaving uid 0 clears every remaining capability.
+fn drop_privileges() -> io::Result<()> {
+    let last_cap = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(63);
+    for cap in 0..=last_cap {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    nix::unistd::setgroups(&[])?;
+    let (g, u) = (Gid::from_raw(JAIL_GID), Uid::from_raw(JAIL_UID));
+    setresgid(g, g, g)?;
+    setresuid(u, u, u)?;
+    // Verify: no capability may survive.
+    let status = fs::read_to_string("/proc/self/status")?;
+    for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        let ok = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| l[key.len()..].trim().trim_start_matches('0').is_empty())
+            .unwrap_or(false);
+        if !ok {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! cgroup v1: memory, pids, cpuacct (and cpu for bandwidth) hierarchies, one directory per
+//! controller mount.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{
+    Cgroup, CgroupStats, PARENT, keyed_value, kill_and_rmdir, read_procs, read_u64, write_file,
+};
+use crate::config::CgroupLimits;
+
+const CFS_PERIOD_US: u64 = 100_000;
+
+/// Mount points of the v1 controllers runcell uses.
+#[derive(Debug, Clone)]
+pub struct Mounts {
+    pub memory: PathBuf,
+    pub pids: PathBuf,
+    pub cpuacct: PathBuf,
+    /// The cpu controller (bandwidth); optional, only needed for a `cpus` limit.
+    pub cpu: Option<PathBuf>,
+}
+
+impl Mounts {
+    pub(super) fn from_mounts(mounts: &[(String, PathBuf, String)]) -> Option<Mounts> {
+        let find = |ctrl: &str| {
+            mounts.iter().find_map(|(fstype, path, opts)| {
+                (fstype == "cgroup" && opts.split(',').any(|o| o == ctrl)).then(|| path.clone())
+            })
+        };
+        Some(Mounts {
+            memory: find("memory")?,
+            pids: find("pids")?,
+            cpuacct: find("cpuacct")?,
+            cpu: find("cpu"),
+        })
+    }
+
+    /// The group's directory in every hierarchy (each hierarchy once).
+    pub(super) fn dirs(&self, name: &str) -> Vec<PathBuf> {
+        let mut roots = vec![&self.memory, &self.pids, &self.cpuacct];
+        if let Some(cpu) = &self.cpu {
+            roots.push(cpu);
+        }
+        let mut out: Vec<PathBuf> = Vec::new();
+        for r in roots {
+            let d = r.join(PARENT).join(name);
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    pub(super) fn create_dirs(&self, name: &str) -> io::Result<()> {
+        for d in self.dirs(name) {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", d.display())))?;
+        }
+        Ok(())
+    }
+}
+
+/// One jail's group in every v1 hierarchy.
+#[derive(Debug)]
+pub struct Group {
+    name: String,
+    memory: PathBuf,
+    pids: PathBuf,
+    cpuacct: PathBuf,
+    cpu: Option<PathBuf>,
+    dirs: Vec<PathBuf>,
+    /// `cpuacct.usage`, kept open: it is read every few milliseconds while a program runs.
+    cpu_usage: std::sync::OnceLock<File>,
+}
+
+impl Group {
+    pub(super) fn new(m: &Mounts, name: &str) -> Group {
+        let at = |root: &Path| root.join(PARENT).join(name);
+        Group {
+            name: name.to_string(),
+            memory: at(&m.memory),
+            pids: at(&m.pids),
+            cpuacct: at(&m.cpuacct),
+            cpu: m.cpu.as_deref().map(at),
+            dirs: m.dirs(name),
+            cpu_usage: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn has_memsw(&self) -> bool {
+        self.memory.join("memory.memsw.limit_in_bytes").exists()
+    }
+}
+
+impl Cgroup for Group {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn add_process(&self, pid: libc::pid_t) -> io::Result<()> {
+        for d in &self.dirs {
+            write_file(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()> {
+        let mem = limits.memory_bytes.to_string();
+        let limit_file = self.memory.join("memory.limit_in_bytes");
+        if self.has_memsw() {
+            // memsw (memory + swap) may never be below the memory limit: raise memsw first
+            // when growing, lower memory first when shrinking.
+            let memsw_file = self.memory.join("memory.memsw.limit_in_bytes");
+            let current = read_u64(&memsw_file)?;
+            if limits.memory_bytes > current {
+                write_file(&memsw_file, &mem)?;
+                write_file(&limit_file, &mem)?;
+            } else {
+                write_file(&limit_file, &mem)?;
+                write_file(&memsw_file, &mem)?;
+            }
+        } else {
+            write_file(&limit_file, &mem)?;
+        }
+        // No swapping of sandbox memory even where swap exists.
+        let _ = write_file(&self.memory.join("memory.swappiness"), "0");
+        write_file(&self.pids.join("pids.max"), &limits.max_tasks.to_string())?;
+        match (&self.cpu, limits.cpus) {
+            (Some(cpu), Some(c)) => {
+                write_file(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                let quota = ((c * CFS_PERIOD_US as f64).round() as u64).max(1000);
+                write_file(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            }
+            (Some(cpu), None) => write_file(&cpu.join("cpu.cfs_quota_us"), "-1")?,
+            (None, Some(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a CPU limit needs the cgroup v1 cpu controller, which is not mounted",
+                ));
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    fn reset_peak(&self) -> io::Result<()> {
+        write_file(&self.memory.join("memory.max_usage_in_bytes"), "0")?;
+        if self.has_memsw() {
+            write_file(&self.memory.join("memory.memsw.max_usage_in_bytes"), "0")?;
+        }
+        Ok(())
+    }
+
+    fn cpu_ns(&self) -> io::Result<u64> {
+        let f = match self.cpu_usage.get() {
+            Some(f) => f,
+            None => {
+                let f = File::open(self.cpuacct.join("cpuacct.usage"))?;
+                self.cpu_usage.get_or_init(|| f)
+            }
+        };
+        let mut buf = [0u8; 32];
+        let n = f.read_at(&mut buf, 0)?;
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cpuacct.usage"))
+    }
+
+    fn stats(&self) -> io::Result<CgroupStats> {
+        let oom = std::fs::read_to_string(self.memory.join("memory.oom_control"))?;
+        let pids_events =
+            std::fs::read_to_string(self.pids.join("pids.events")).unwrap_or_default();
+        Ok(CgroupStats {
+            cpu_ns: self.cpu_ns()?,
+            memory_peak: read_u64(&self.memory.join("memory.max_usage_in_bytes"))?,
+            memory_current: read_u64(&self.memory.join("memory.usage_in_bytes"))?,
+            oom_kills: keyed_value(&oom, "oom_kill").unwrap_or(0),
+            task_limit_hits: keyed_value(&pids_events, "max").unwrap_or(0),
+        })
+    }
+
+    fn procs(&self) -> io::Result<Vec<libc::pid_t>> {
+        let mut all = Vec::new();
+        for d in &self.dirs {
+            for p in read_procs(&d.join("cgroup.procs"))? {
+                if !all.contains(&p) {
+                    all.push(p);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        for d in &self.dirs {
+            kill_and_rmdir(&d.join("cgroup.procs"), d)?;
+        }
+        Ok(())
+    }
+}

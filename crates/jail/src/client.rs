@@ -1,0 +1,388 @@
+//! The client side: a handle on a spawner process, prepared jails, and started programs.
+//!
+//! A [`Spawner`] may be shared by many threads. Preparing a jail ([`Spawner::prepare`]) does
+//! all the expensive work (namespaces, cgroup, mounts, pivot_root) ahead of time; starting a
+//! program in it ([`Jail::start`]) is one message to the jail's agent.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use crate::cgroup::{Cgroup, CgroupRoot};
+use crate::config::{CgroupLimits, JailConfig, ProcessSpec};
+use crate::error::{Context, JailError};
+use crate::proto::{self, AgentReply, AgentRequest, PreparedInfo, SpawnerReply, SpawnerRequest};
+use crate::spawner::{SPAWNER_FD, SpawnerOptions};
+use crate::workspace::Workspace;
+
+/// How to start the spawner process: a program that calls [`crate::spawner_main`].
+#[derive(Debug, Clone)]
+pub struct SpawnerCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// A running spawner. Cloning shares it; it exits when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Spawner {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    sock: Mutex<Option<OwnedFd>>,
+    child: Mutex<Option<Child>>,
+    cgroups: CgroupRoot,
+    cgroup_version: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the socket tells the spawner to destroy its jails and exit.
+        drop(self.sock.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Spawner {
+    /// Starts a spawner process with a clean environment.
+    pub fn launch(cmd: &SpawnerCommand, opts: &SpawnerOptions) -> Result<Spawner, JailError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(JailError::NotRoot(
+                "run runcell as root (it creates namespaces, cgroups and uid maps)".into(),
+            ));
+        }
+        let (ours, theirs) = proto::seqpacket_pair().ctx(|| "socketpair".into())?;
+        let their_fd: RawFd = theirs.as_raw_fd();
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .env_clear()
+            .envs(opts.to_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Ok(v) = std::env::var("RUST_BACKTRACE") {
+            command.env("RUST_BACKTRACE", v);
+        }
+        // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                if their_fd != SPAWNER_FD && libc::dup2(their_fd, SPAWNER_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::fcntl(SPAWNER_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .ctx(|| format!("start spawner {}", cmd.program.display()))?;
+        drop(theirs);
+        let hello = proto::recv::<SpawnerReply>(ours.as_fd()).ctx(|| "spawner hello".into())?;
+        let cgroup_version = match hello {
+            Some((SpawnerReply::Hello { cgroup }, _)) => cgroup,
+            Some((SpawnerReply::Error(e), _)) => return Err(e.into()),
+            Some(_) => return Err(JailError::Spawner("unexpected greeting".into())),
+            None => {
+                return Err(JailError::Spawner(format!(
+                    "{} exited before it was ready",
+                    cmd.program.display()
+                )));
+            }
+        };
+        let cgroups = CgroupRoot::detect().ctx(|| "find cgroups".into())?;
+        Ok(Spawner {
+            inner: Arc::new(Inner {
+                sock: Mutex::new(Some(ours)),
+                child: Mutex::new(Some(child)),
+                cgroups,
+                cgroup_version,
+            }),
+        })
+    }
+
+    /// Pid of the spawner process.
+    pub fn pid(&self) -> Option<u32> {
+        self.inner
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.id())
+    }
+
+    /// "v1" or "v2".
+    pub fn cgroup_version(&self) -> &str {
+        &self.inner.cgroup_version
+    }
+
+    fn call(&self, req: &SpawnerRequest) -> Result<(SpawnerReply, Vec<OwnedFd>), JailError> {
+        let guard = self.inner.sock.lock().unwrap_or_else(|p| p.into_inner());
+        let sock = guard
+            .as_ref()
+            .ok_or_else(|| JailError::Spawner("spawner is shut down".into()))?;
+        proto::send(sock.as_fd(), req, &[]).ctx(|| "send to spawner".into())?;
+        match proto::recv::<SpawnerReply>(sock.as_fd()).ctx(|| "read from spawner".into())? {
+            Some((SpawnerReply::Error(e), _)) => Err(e.into()),
+            Some(r) => Ok(r),
+            None => Err(JailError::Spawner("the spawner exited".into())),
+        }
+    }
+
+    /// Prepares a jail: namespaces, cgroup with `limits`, root filesystem, workspace. The jail
+    /// is ready to [`Jail::start`] programs and is destroyed when dropped.
+    pub fn prepare(&self, config: &JailConfig, limits: &CgroupLimits) -> Result<Jail, JailError> {
+        config.validate()?;
+        limits.validate()?;
+        let req = SpawnerRequest::Prepare {
+            config: config.clone(),
+            limits: *limits,
+        };
+        let (reply, fds) = self.call(&req)?;
+        let SpawnerReply::Prepared(info) = reply else {
+            return Err(JailError::Spawner("unexpected reply to prepare".into()));
+        };
+        let Ok([ctrl, agent, ws]) = <[OwnedFd; 3]>::try_from(fds) else {
+            return Err(JailError::Spawner(
+                "prepare reply without descriptors".into(),
+            ));
+        };
+        let cgroup = self
+            .inner
+            .cgroups
+            .open(&info.cgroup)
+            .ctx(|| "open cgroup".into())?;
+        Ok(Jail {
+            spawner: self.clone(),
+            workspace: Workspace::new(ws, info.program_id, info.program_id),
+            info,
+            ctrl: Mutex::new(ctrl),
+            agent,
+            cgroup,
+            destroyed: false,
+        })
+    }
+}
+
+/// A prepared jail. Dropping it destroys it: every process in it is killed, its cgroup removed
+/// and its workspace freed.
+#[derive(Debug)]
+pub struct Jail {
+    spawner: Spawner,
+    info: PreparedInfo,
+    ctrl: Mutex<OwnedFd>,
+    agent: OwnedFd,
+    workspace: Workspace,
+    pub(crate) cgroup: Box<dyn Cgroup>,
+    destroyed: bool,
+}
+
+/// Standard input of a started program.
+#[derive(Debug)]
+pub enum StdinSource {
+    /// `/dev/null`.
+    Null,
+    /// These bytes, from a sealed in-memory file: the program can read at its own pace or not
+    /// at all, and nobody blocks on it.
+    Bytes(Vec<u8>),
+    /// A descriptor the caller provides (for example the read end of a pipe).
+    Fd(OwnedFd),
+}
+
+/// Standard output or error of a started program.
+#[derive(Debug)]
+pub enum OutputTarget {
+    /// A pipe whose read end is in [`Process::stdout`] / [`Process::stderr`].
+    Pipe,
+    /// `/dev/null`.
+    Null,
+    /// A descriptor the caller provides.
+    Fd(OwnedFd),
+}
+
+/// A program started in a jail.
+#[derive(Debug)]
+pub struct Process {
+    /// pidfd of the step's init process (it exits once the program and everything it
+    /// started are dead).
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) status: OwnedFd,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    pub(crate) baseline: crate::cgroup::CgroupStats,
+    pub(crate) sent_ns: u64,
+}
+
+impl Process {
+    /// Kills the program and everything it started.
+    pub fn kill(&self) -> io::Result<()> {
+        match crate::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            r => r,
+        }
+    }
+}
+
+fn sealed_memfd(data: &[u8]) -> io::Result<OwnedFd> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(
+        c"stdin",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(io::Error::from)?;
+    crate::sys::write_all(fd.as_raw_fd(), data)?;
+    // SAFETY: lseek on our own descriptor.
+    if unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on our own descriptor.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn dev_null() -> io::Result<OwnedFd> {
+    Ok(std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+fn output(target: OutputTarget) -> io::Result<(Option<OwnedFd>, OwnedFd)> {
+    Ok(match target {
+        OutputTarget::Pipe => {
+            let (r, w) = pipe()?;
+            (Some(r), w)
+        }
+        OutputTarget::Null => (None, dev_null()?),
+        OutputTarget::Fd(fd) => (None, fd),
+    })
+}
+
+impl Jail {
+    /// The jail's slot number (also its cgroup name's suffix).
+    pub fn slot(&self) -> u32 {
+        self.info.slot
+    }
+
+    /// Host uid (and gid) of the program inside this jail.
+    pub fn program_host_id(&self) -> u32 {
+        self.info.program_id
+    }
+
+    /// Name of the jail's cgroup under the `runcell` parent.
+    pub fn cgroup_name(&self) -> &str {
+        &self.info.cgroup
+    }
+
+    /// The workspace, for writing sources and reading outputs safely.
+    pub fn workspace(&self) -> &Workspace {
+        &self.workspace
+    }
+
+    /// Changes the jail's kernel-enforced limits (between steps, or for a sandbox's budget).
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), JailError> {
+        limits.validate()?;
+        self.cgroup
+            .set_limits(limits)
+            .ctx(|| "set cgroup limits".into())
+    }
+
+    /// Current cgroup measurements of the whole jail.
+    pub fn stats(&self) -> Result<crate::cgroup::CgroupStats, JailError> {
+        self.cgroup.stats().ctx(|| "read cgroup stats".into())
+    }
+
+    /// Starts a program. The program's memory peak is measured from here.
+    pub fn start(
+        &self,
+        spec: &ProcessSpec,
+        stdin: StdinSource,
+        stdout: OutputTarget,
+        stderr: OutputTarget,
+    ) -> Result<Process, JailError> {
+        spec.validate()?;
+        let stdin = match stdin {
+            StdinSource::Null => dev_null(),
+            StdinSource::Bytes(b) => sealed_memfd(&b),
+            StdinSource::Fd(fd) => Ok(fd),
+        }
+        .ctx(|| "prepare stdin".into())?;
+        let (out_r, out_w) = output(stdout).ctx(|| "prepare stdout".into())?;
+        let (err_r, err_w) = output(stderr).ctx(|| "prepare stderr".into())?;
+        let (status_r, status_w) = pipe().ctx(|| "status pipe".into())?;
+        self.cgroup
+            .reset_peak()
+            .ctx(|| "reset memory peak".into())?;
+        let baseline = self.cgroup.stats().ctx(|| "read cgroup stats".into())?;
+        let ctrl = self.ctrl.lock().unwrap_or_else(|p| p.into_inner());
+        let sent_ns = proto::monotonic_ns();
+        proto::send(
+            ctrl.as_fd(),
+            &AgentRequest::Start(Box::new(spec.clone())),
+            &[
+                stdin.as_raw_fd(),
+                out_w.as_raw_fd(),
+                err_w.as_raw_fd(),
+                status_w.as_raw_fd(),
+            ],
+        )
+        .ctx(|| "send start request to the jail".into())?;
+        drop((stdin, out_w, err_w, status_w));
+        let reply = proto::recv::<AgentReply>(ctrl.as_fd()).ctx(|| "read start reply".into())?;
+        match reply {
+            Some((AgentReply::Started, mut fds)) if fds.len() == 1 => Ok(Process {
+                pidfd: fds.remove(0),
+                status: status_r,
+                stdout: out_r,
+                stderr: err_r,
+                baseline,
+                sent_ns,
+            }),
+            Some((AgentReply::Error(e), _)) => Err(e.into()),
+            Some(_) => Err(JailError::Spawner("unexpected reply from the jail".into())),
+            None => Err(JailError::Spawner("the jail's agent is gone".into())),
+        }
+    }
+
+    /// Destroys the jail now and waits until nothing of it is left (processes, cgroup).
+    pub fn destroy(mut self) -> Result<(), JailError> {
+        self.destroy_inner()
+    }
+
+    fn destroy_inner(&mut self) -> Result<(), JailError> {
+        if self.destroyed {
+            return Ok(());
+        }
+        self.destroyed = true;
+        // Kill first, so the jail dies even if the spawner is slow to answer.
+        let _ = crate::sys::pidfd_send_signal(self.agent.as_fd(), libc::SIGKILL);
+        match self.spawner.call(&SpawnerRequest::Destroy {
+            jail: self.info.jail,
+        })? {
+            (SpawnerReply::Destroyed, _) => Ok(()),
+            _ => Err(JailError::Spawner("unexpected reply to destroy".into())),
+        }
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        let _ = self.destroy_inner();
+    }
+}

@@ -1,0 +1,38 @@
+//! runcell's jail: runs untrusted programs on Linux isolation primitives.
+//!
+//! A jail is a set of fresh namespaces (user, mount, pid, network, IPC, UTS, cgroup) around a
+//! read-only root built from an explicit list of host paths, a private tmpfs workspace, a
+//! minimal `/dev`, and a cgroup holding its memory, task and CPU budget. Programs in it run as
+//! an unprivileged user without capabilities, under `no_new_privs`, Landlock, a seccomp
+//! filter and rlimits, each in a pid namespace of its own so that nothing outlives it.
+//!
+//! Preparing a jail ([`Spawner::prepare`]) is separate from starting a program in it
+//! ([`Jail::start`]), so jails can be prepared ahead of requests. Forking happens only in the
+//! spawner, a small single-threaded process ([`spawner_main`]); callers may be multithreaded.
+//!
+//! This crate knows nothing about languages or HTTP.
+
+mod agent;
+pub mod cgroup;
+mod client;
+mod config;
+mod error;
+mod proto;
+pub mod seccomp;
+pub mod slots;
+mod spawner;
+mod supervise;
+mod sys;
+mod workspace;
+
+pub use agent::Stage;
+pub use client::{Jail, OutputTarget, Process, Spawner, SpawnerCommand, StdinSource};
+pub use config::{
+    Bind, CgroupLimits, JAIL_GID, JAIL_UID, JailConfig, JailFile, ProcessSpec, Rlimits, Symlink,
+    TmpfsSize, WORKSPACE,
+};
+pub use error::JailError;
+pub use proto::monotonic_ns;
+pub use spawner::{SpawnerOptions, spawner_main};
+pub use supervise::{Exit, Limit, Outcome, RunLimits, Stream};
+pub use workspace::{Workspace, WorkspaceError};

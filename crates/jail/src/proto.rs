@@ -1,0 +1,259 @@
+//! Messages between the client, the spawner and the agent inside each jail, over
+//! `SOCK_SEQPACKET` unix sockets (one message per packet, JSON, with descriptors attached as
+//! `SCM_RIGHTS`). Also the fixed-size records a step writes to its status pipe.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CgroupLimits, JailConfig, ProcessSpec};
+use crate::error::WireError;
+
+/// Largest message accepted (a process spec with a large environment fits easily).
+pub const MAX_MESSAGE: usize = 4 << 20;
+/// Most descriptors attached to one message.
+pub const MAX_FDS: usize = 8;
+
+/// Client → spawner.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SpawnerRequest {
+    Prepare {
+        config: JailConfig,
+        limits: CgroupLimits,
+    },
+    Destroy {
+        jail: u64,
+    },
+}
+
+/// Spawner → client.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SpawnerReply {
+    /// Sent once when the spawner is ready; names the cgroup version in use.
+    Hello {
+        cgroup: String,
+    },
+    /// Descriptors: agent control socket, agent pidfd, workspace directory (`O_PATH`).
+    Prepared(PreparedInfo),
+    Destroyed,
+    Error(WireError),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PreparedInfo {
+    pub jail: u64,
+    pub slot: u32,
+    /// Host uid and gid of the program (uid 1000 inside).
+    pub program_id: u32,
+    pub cgroup: String,
+}
+
+/// Client → agent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum AgentRequest {
+    /// Descriptors: stdin, stdout, stderr, status pipe (write end).
+    Start(Box<ProcessSpec>),
+}
+
+/// Agent → spawner (once) and agent → client.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum AgentReply {
+    /// Setup finished. Descriptor: the workspace directory (`O_PATH`).
+    Ready,
+    /// Descriptor: a pidfd of the step's init process.
+    Started,
+    Error(WireError),
+}
+
+/// A fresh connected pair of `SOCK_SEQPACKET` unix sockets (close-on-exec).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Sends one message with descriptors attached.
+pub(crate) fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    if body.len() > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {} bytes exceeds {MAX_MESSAGE}", body.len()),
+        ));
+    }
+    let iov = [IoSlice::new(&body)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one message and its descriptors; `None` at end of stream.
+pub(crate) fn recv<T: DeserializeOwned>(
+    sock: BorrowedFd<'_>,
+) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+    // Peek at the size first so the buffer fits the packet exactly.
+    let mut probe = [0u8; 1];
+    let size = loop {
+        let mut iov = [IoSliceMut::new(&mut probe)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            None,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+        ) {
+            Ok(m) => break m.bytes,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if size == 0 {
+        // A zero-length read on a seqpacket socket is end of stream; drain it.
+        let mut iov = [IoSliceMut::new(&mut probe)];
+        let _ = recvmsg::<()>(sock.as_raw_fd(), &mut iov, None, MsgFlags::empty());
+        return Ok(None);
+    }
+    if size > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {size} bytes exceeds {MAX_MESSAGE}"),
+        ));
+    }
+    let mut buf = vec![0u8; size];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (bytes, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => {
+                let mut fds = Vec::new();
+                for c in m.cmsgs().map_err(io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for fd in raw {
+                            // SAFETY: the kernel installed these descriptors in our table for
+                            // this message; nothing else owns them.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+                if m.flags.contains(MsgFlags::MSG_CTRUNC) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "too many descriptors attached to a message",
+                    ));
+                }
+                break (m.bytes, fds);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let msg = serde_json::from_slice(&buf[..bytes])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some((msg, fds)))
+}
+
+/// Kinds of [`StepRecord`].
+pub(crate) const RECORD_STARTED: u32 = 1;
+pub(crate) const RECORD_FINISHED: u32 = 2;
+
+/// What a step's init process reports on its status pipe: once when the program is forked,
+/// once when it has exited. Written with one `write` (atomic: smaller than `PIPE_BUF`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StepRecord {
+    pub kind: u32,
+    /// When the program could not be started: which stage failed (see `agent::Stage`).
+    pub stage: u32,
+    /// errno of that failure, or 0.
+    pub errno: i32,
+    /// `waitpid` status of the program (`RECORD_FINISHED` only).
+    pub wait_status: i32,
+    /// `CLOCK_MONOTONIC` nanoseconds: fork time (`RECORD_STARTED`) or exit time.
+    pub time_ns: u64,
+}
+
+impl StepRecord {
+    pub const SIZE: usize = 24;
+
+    pub fn to_bytes(self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.kind.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.stage.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.errno.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.wait_status.to_ne_bytes());
+        b[16..24].copy_from_slice(&self.time_ns.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        let u32_at = |i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
+        StepRecord {
+            kind: u32_at(0),
+            stage: u32_at(4),
+            errno: u32_at(8) as i32,
+            wait_status: u32_at(12) as i32,
+            time_ns: u64::from_ne_bytes(b[16..24].try_into().unwrap_or([0; 8])),
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock step records use).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn records_round_trip() {
+        let r = StepRecord {
+            kind: RECORD_FINISHED,
+            stage: 3,
+            errno: -2,
+            wait_status: 0x0900,
+            time_ns: 123_456_789_012,
+        };
+        assert_eq!(StepRecord::from_bytes(&r.to_bytes()), r);
+    }
+
+    #[test]
+    fn messages_carry_descriptors() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        send(a.as_fd(), &AgentReply::Started, &[f.as_raw_fd()]).unwrap();
+        let (msg, fds): (AgentReply, _) = recv(b.as_fd()).unwrap().unwrap();
+        assert!(matches!(msg, AgentReply::Started));
+        assert_eq!(fds.len(), 1);
+        drop(a);
+        assert!(recv::<AgentReply>(b.as_fd()).unwrap().is_none());
+    }
+}

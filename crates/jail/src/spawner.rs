@@ -1,0 +1,383 @@
+//! The spawner: a small single-threaded root process that prepares and destroys jails.
+//!
+//! It is the only process that forks into new namespaces, so a multithreaded caller (the
+//! HTTP server) never forks itself. It is started by [`crate::Spawner::launch`] with a clean
+//! environment and a `SOCK_SEQPACKET` socket on descriptor 3, and serves requests until that
+//! socket closes; then it destroys every jail it made and exits. If the client dies, the
+//! socket closes with it.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::agent::{AgentPlan, agent_entry};
+use crate::cgroup::{Cgroup, CgroupRoot};
+use crate::config::{CgroupLimits, JailConfig};
+use crate::error::{JailError, WireError};
+use crate::proto::{self, AgentReply, PreparedInfo, SpawnerReply, SpawnerRequest};
+use crate::slots::{self, SlotIds, Slots};
+use crate::sys;
+
+/// Descriptor on which a spawner receives its socket.
+pub const SPAWNER_FD: RawFd = 3;
+/// Environment variables through which the client passes options.
+pub const ENV_STATE_DIR: &str = "RUNCELL_SPAWNER_STATE_DIR";
+pub const ENV_SLOTS: &str = "RUNCELL_SPAWNER_SLOTS";
+pub const ENV_ID_BASE: &str = "RUNCELL_SPAWNER_ID_BASE";
+
+/// How long an agent may take to build its jail.
+const AGENT_READY_TIMEOUT_MS: i32 = 30_000;
+
+/// Spawner options.
+#[derive(Debug, Clone)]
+pub struct SpawnerOptions {
+    /// Host directory for the slot lock file and the empty staging directory.
+    pub state_dir: PathBuf,
+    /// Number of jail slots (concurrent jails on this host).
+    pub slots: u32,
+    /// First host uid/gid of jail slots.
+    pub id_base: u32,
+}
+
+impl Default for SpawnerOptions {
+    fn default() -> Self {
+        SpawnerOptions {
+            state_dir: PathBuf::from("/run/runcell"),
+            slots: 1024,
+            id_base: slots::DEFAULT_ID_BASE,
+        }
+    }
+}
+
+impl SpawnerOptions {
+    pub(crate) fn to_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (ENV_STATE_DIR, self.state_dir.display().to_string()),
+            (ENV_SLOTS, self.slots.to_string()),
+            (ENV_ID_BASE, self.id_base.to_string()),
+        ]
+    }
+
+    fn from_env() -> SpawnerOptions {
+        let d = SpawnerOptions::default();
+        SpawnerOptions {
+            state_dir: std::env::var_os(ENV_STATE_DIR)
+                .map(PathBuf::from)
+                .unwrap_or(d.state_dir),
+            slots: std::env::var(ENV_SLOTS)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.slots),
+            id_base: std::env::var(ENV_ID_BASE)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.id_base),
+        }
+    }
+}
+
+/// Entry point for a binary started as a spawner: serves on descriptor 3 with options from
+/// the environment. Returns the process exit code.
+pub fn spawner_main() -> i32 {
+    // SAFETY: descriptor 3 was placed there for us by the client (see `Spawner::launch`),
+    // and nothing else in this fresh process owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(SPAWNER_FD) };
+    let opts = SpawnerOptions::from_env();
+    match Server::new(&opts) {
+        Ok(mut server) => {
+            let hello = SpawnerReply::Hello {
+                cgroup: server.cgroups.version().to_string(),
+            };
+            if proto::send(sock.as_fd(), &hello, &[]).is_err() {
+                return 1;
+            }
+            server.serve(sock.as_fd());
+            server.shutdown();
+            0
+        }
+        Err(e) => {
+            let _ = proto::send(sock.as_fd(), &SpawnerReply::Error(WireError::from(&e)), &[]);
+            2
+        }
+    }
+}
+
+struct JailRecord {
+    pid: libc::pid_t,
+    slot: SlotIds,
+    cgroup: Box<dyn Cgroup>,
+}
+
+struct Server {
+    cgroups: CgroupRoot,
+    slots: Slots,
+    staging: PathBuf,
+    jails: HashMap<u64, JailRecord>,
+    next_id: u64,
+}
+
+static FILTERS: OnceLock<Vec<seccompiler::BpfProgram>> = OnceLock::new();
+
+impl Server {
+    fn new(opts: &SpawnerOptions) -> Result<Server, JailError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(JailError::NotRoot(
+                "the spawner creates namespaces, cgroups and uid maps".into(),
+            ));
+        }
+        if sys::thread_count().map_err(|e| JailError::io("count threads", e))? != 1 {
+            return Err(JailError::Spawner(
+                "the spawner must be single-threaded (it forks)".into(),
+            ));
+        }
+        // Root's supplementary groups must not reach any jail.
+        nix::unistd::setgroups(&[]).map_err(|e| JailError::io("setgroups", e.into()))?;
+        let staging = opts.state_dir.join("root");
+        for d in [&opts.state_dir, &staging] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| JailError::io(format!("create {}", d.display()), e))?;
+            // World-searchable: the jail's unprivileged agent mounts over the staging dir.
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| JailError::io(format!("chmod {}", d.display()), e))?;
+        }
+        let cgroups = CgroupRoot::detect().map_err(|e| JailError::io("find cgroups", e))?;
+        let slots = Slots::open(&opts.state_dir.join("slots.lock"), opts.slots, opts.id_base)
+            .map_err(|e| JailError::io("open slot lock file", e))?;
+        if FILTERS.get().is_none() {
+            let _ = FILTERS.set(crate::seccomp::filters()?);
+        }
+        let mut server = Server {
+            cgroups,
+            slots,
+            staging,
+            jails: HashMap::new(),
+            next_id: 1,
+        };
+        server.sweep_stale();
+        Ok(server)
+    }
+
+    /// Removes cgroups left by spawners that died (their slot locks are free).
+    fn sweep_stale(&mut self) {
+        let Ok(names) = self.cgroups.list() else {
+            return;
+        };
+        for name in names {
+            let Some(index) = slots::parse_cgroup_name(&name) else {
+                continue;
+            };
+            if let Ok(Some(slot)) = self.slots.try_claim(index) {
+                if let Ok(cg) = self.cgroups.open(&name) {
+                    let _ = cg.remove();
+                }
+                self.slots.release(slot.index);
+            }
+        }
+    }
+
+    fn serve(&mut self, sock: BorrowedFd<'_>) {
+        loop {
+            let (req, _fds) = match proto::recv::<SpawnerRequest>(sock) {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => {
+                    let err = JailError::Spawner(format!("bad request: {e}"));
+                    if proto::send(sock, &SpawnerReply::Error(WireError::from(&err)), &[]).is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let sent = match req {
+                SpawnerRequest::Prepare { config, limits } => match self.prepare(config, limits) {
+                    Ok((info, fds)) => {
+                        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                        proto::send(sock, &SpawnerReply::Prepared(info), &raw)
+                    }
+                    Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
+                },
+                SpawnerRequest::Destroy { jail } => match self.destroy(jail) {
+                    Ok(()) => proto::send(sock, &SpawnerReply::Destroyed, &[]),
+                    Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
+                },
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        config: JailConfig,
+        limits: CgroupLimits,
+    ) -> Result<(PreparedInfo, [OwnedFd; 3]), JailError> {
+        config.validate()?;
+        limits.validate()?;
+        let slot = self
+            .slots
+            .acquire()
+            .map_err(|e| JailError::io("claim a jail slot", e))?
+            .ok_or(JailError::NoSlot(self.slots.capacity()))?;
+        let name = slots::cgroup_name(slot.index);
+        let cgroup = match self.cgroups.create(&name, &limits) {
+            Ok(cg) => cg,
+            Err(e) => {
+                self.slots.release(slot.index);
+                return Err(JailError::io(format!("create cgroup {name}"), e));
+            }
+        };
+        match self.clone_agent(config, slot, cgroup.as_ref()) {
+            Ok((pid, fds)) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.jails.insert(id, JailRecord { pid, slot, cgroup });
+                let info = PreparedInfo {
+                    jail: id,
+                    slot: slot.index,
+                    program_id: slot.program,
+                    cgroup: name,
+                };
+                Ok((info, fds))
+            }
+            Err(e) => {
+                let _ = cgroup.remove();
+                self.slots.release(slot.index);
+                Err(e)
+            }
+        }
+    }
+
+    fn clone_agent(
+        &self,
+        config: JailConfig,
+        slot: SlotIds,
+        cgroup: &dyn Cgroup,
+    ) -> Result<(libc::pid_t, [OwnedFd; 3]), JailError> {
+        let (ctrl, ctrl_child) =
+            proto::seqpacket_pair().map_err(|e| JailError::io("socketpair", e))?;
+        let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| JailError::io("pipe", e.into()))?;
+        let plan = AgentPlan {
+            config,
+            staging: self.staging.clone(),
+            filters: FILTERS.get().cloned().unwrap_or_default(),
+        };
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS;
+        // SAFETY: the spawner is single-threaded (checked at start-up).
+        let pid = unsafe { sys::clone_fork(flags) }.map_err(|e| JailError::io("clone jail", e))?;
+        if pid == 0 {
+            agent_entry(&plan, ctrl_child.as_raw_fd(), sync_r.as_raw_fd());
+        }
+        drop(ctrl_child);
+        drop(sync_r);
+        let kill = |e: JailError| {
+            // SAFETY: our own child, not yet reaped, so the pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            e
+        };
+        let maps = format!(
+            "0 {} 1\n{} {} 1\n",
+            slot.agent,
+            crate::config::JAIL_UID,
+            slot.program
+        );
+        let gmaps = format!(
+            "0 {} 1\n{} {} 1\n",
+            slot.agent,
+            crate::config::JAIL_GID,
+            slot.program
+        );
+        write_proc(pid, "uid_map", &maps).map_err(kill)?;
+        write_proc(pid, "gid_map", &gmaps).map_err(kill)?;
+        cgroup
+            .add_process(pid)
+            .map_err(|e| kill(JailError::io("move the jail into its cgroup", e)))?;
+        sys::write_all(sync_w.as_raw_fd(), b"g")
+            .map_err(|e| kill(JailError::io("start agent", e)))?;
+        drop(sync_w);
+        let ws = wait_ready(ctrl.as_fd()).map_err(kill)?;
+        let pidfd = sys::pidfd_open(pid).map_err(|e| kill(JailError::io("pidfd_open", e)))?;
+        Ok((pid, [ctrl, pidfd, ws]))
+    }
+
+    fn destroy(&mut self, jail: u64) -> Result<(), JailError> {
+        let rec = self
+            .jails
+            .remove(&jail)
+            .ok_or_else(|| JailError::Spawner(format!("no jail {jail}")))?;
+        let r = self.finish(rec);
+        r.map_err(|e| JailError::io("remove jail cgroup", e))
+    }
+
+    /// Kills a jail's agent (the kernel kills every other process of its pid namespace before
+    /// the agent's exit completes), reaps it, removes the cgroup and frees the slot.
+    fn finish(&mut self, rec: JailRecord) -> io::Result<()> {
+        // SAFETY: our child, not yet reaped.
+        unsafe { libc::kill(rec.pid, libc::SIGKILL) };
+        while let Err(nix::errno::Errno::EINTR) =
+            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(rec.pid), None)
+        {}
+        let r = rec.cgroup.remove();
+        self.slots.release(rec.slot.index);
+        r
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<u64> = self.jails.keys().copied().collect();
+        for id in ids {
+            if let Some(rec) = self.jails.remove(&id) {
+                let _ = self.finish(rec);
+            }
+        }
+    }
+}
+
+fn write_proc(pid: libc::pid_t, file: &str, contents: &str) -> Result<(), JailError> {
+    let path = Path::new("/proc").join(pid.to_string()).join(file);
+    std::fs::write(&path, contents)
+        .map_err(|e| JailError::io(format!("write {}", path.display()), e))
+}
+
+fn wait_ready(ctrl: BorrowedFd<'_>) -> Result<OwnedFd, JailError> {
+    let mut pfd = libc::pollfd {
+        fd: ctrl.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll on one pollfd we own.
+        let n = unsafe { libc::poll(&mut pfd, 1, AGENT_READY_TIMEOUT_MS) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n == 0 {
+            return Err(JailError::Setup {
+                stage: "agent".into(),
+                detail: "the jail did not become ready in time".into(),
+            });
+        }
+        break;
+    }
+    match proto::recv::<AgentReply>(ctrl).map_err(|e| JailError::io("read agent reply", e))? {
+        Some((AgentReply::Ready, mut fds)) if fds.len() == 1 => Ok(fds.remove(0)),
+        Some((AgentReply::Error(e), _)) => Err(e.into()),
+        Some(_) => Err(JailError::Spawner(
+            "unexpected reply from the jail agent".into(),
+        )),
+        None => Err(JailError::Setup {
+            stage: "agent".into(),
+            detail: "the jail's agent exited during setup".into(),
+        }),
+    }
+}

@@ -1,0 +1,263 @@
+//! Thin wrappers over Linux system calls that `nix` does not cover (or covers in a way that
+//! allocates or needs a stack): raw `clone`, pidfds, `close_range`, `openat2`, `mount_setattr`.
+//!
+//! Everything here is a direct system call; nothing allocates.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Result of a raw system call: `-1` becomes the thread's `errno`.
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `clone(2)` with fork semantics (no new stack: the child continues on a copy of the caller's
+/// stack, like `fork`). `flags` are namespace flags; `SIGCHLD` is added so the parent can
+/// `waitpid` the child. Returns 0 in the child and the child's pid in the parent.
+///
+/// # Safety
+/// The caller must be single-threaded: the child is a copy of the calling thread only, and it
+/// goes on to allocate and take locks.
+pub unsafe fn clone_fork(flags: libc::c_int) -> io::Result<libc::pid_t> {
+    // SAFETY: the raw clone syscall with a null stack pointer behaves like fork(2); the caller
+    // guarantees that the process is single-threaded (see the function's safety contract).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret).map(|pid| pid as libc::pid_t)
+}
+
+/// `pidfd_open(2)`: a descriptor that names the process `pid` without the pid-reuse race.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this new descriptor to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(2)`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall; a null siginfo is allowed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `close_range(2)` flag: mark the descriptors close-on-exec instead of closing them.
+pub const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// `close_range(2)`.
+pub fn close_range(first: libc::c_uint, last: libc::c_uint, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments; closing descriptors is the point.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
+}
+
+/// Closes every descriptor from 3 up except the ones in `keep` (which must be sorted
+/// ascending). Used right after `fork` so a child holds only what it needs.
+pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut next: libc::c_uint = 3;
+    for &fd in keep {
+        let fd = fd as libc::c_uint;
+        if fd < next {
+            continue;
+        }
+        if fd > next {
+            close_range(next, fd - 1, 0)?;
+        }
+        next = fd + 1;
+    }
+    close_range(next, libc::c_uint::MAX, 0)
+}
+
+/// `struct open_how` for `openat2(2)`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpenHow {
+    pub flags: u64,
+    pub mode: u64,
+    pub resolve: u64,
+}
+
+/// Resolution stays beneath the starting directory.
+pub const RESOLVE_BENEATH: u64 = 0x08;
+/// No symbolic link is followed, anywhere in the path.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// No magic link (`/proc/*/fd/*` and the like) is followed.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// Resolution never crosses a mount point.
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
+
+/// `openat2(2)`.
+pub fn openat2(dir: BorrowedFd<'_>, path: &CStr, how: &OpenHow) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a valid struct of the size we
+    // pass; both outlive the call.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: a new descriptor that only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `struct mount_attr` for `mount_setattr(2)`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+
+/// `mount_setattr(2)` on `path` (absolute), setting the given `MOUNT_ATTR_*` bits; with
+/// `recursive` the whole subtree of mounts is changed. Unlike a bind remount this only adds
+/// restrictions and needs no knowledge of the mount's existing (possibly locked) flags.
+pub fn mount_setattr(path: &CStr, set: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        ..Default::default()
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 } as libc::c_uint;
+    // SAFETY: valid path pointer and a struct of the size we pass, both alive for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// `setfsuid(2)` on the calling thread. Returns the previous fsuid.
+pub fn setfsuid(uid: u32) -> u32 {
+    // SAFETY: plain syscall; it cannot fail in a way that harms memory safety.
+    (unsafe { libc::syscall(libc::SYS_setfsuid, uid) }) as u32
+}
+
+/// `setfsgid(2)` on the calling thread. Returns the previous fsgid.
+pub fn setfsgid(gid: u32) -> u32 {
+    // SAFETY: plain syscall.
+    (unsafe { libc::syscall(libc::SYS_setfsgid, gid) }) as u32
+}
+
+/// Number of threads in the calling process, from `/proc/self/stat` (field 20).
+pub fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) may contain spaces and parentheses; fields after the last ')'
+    // are space-separated.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("unparsable /proc/self/stat"))?;
+    rest.split_whitespace()
+        .nth(17)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other("unparsable /proc/self/stat"))
+}
+
+/// Writes all of `buf` to `fd`, retrying on `EINTR` and short writes.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice for its length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Reads into `buf` until it is full or end of file; returns the number of bytes read.
+pub fn read_full(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the destination is the unfilled tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_count_is_positive() {
+        assert!(thread_count().unwrap() >= 1);
+    }
+
+    #[test]
+    fn openat2_refuses_symlinks_and_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link")).unwrap();
+        let d = std::fs::File::open(dir.path()).unwrap();
+        use std::os::fd::AsFd;
+        let how = OpenHow {
+            flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+        let fd = d.as_fd();
+        assert!(openat2(fd, c"f", &how).is_ok());
+        assert_eq!(
+            openat2(fd, c"link", &how).unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
+        assert_eq!(
+            openat2(fd, c"../etc/hostname", &how)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EXDEV)
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! Host-side access to a jail's workspace.
+//!
+//! The workspace is a tmpfs mounted inside the jail; the host holds an `O_PATH` descriptor of
+//! its root and never a path. Every operation:
+//! * resolves with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
+//!   RESOLVE_NO_XDEV)` from that descriptor, so `..`, absolute paths, symlinks planted by the
+//!   program and mount points cannot lead outside the workspace;
+//! * runs with the thread's filesystem uid and gid switched to the jail program's host ids,
+//!   so it can do exactly what the sandboxed program could, no more (and files it creates
+//!   belong to the program);
+//! * refuses anything but regular files and directories (FIFOs, sockets, devices) without
+//!   blocking, and files with more than one link.
+//!
+//! Removal needs no walk at all: the tmpfs disappears with the jail.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::sys::{self, OpenHow};
+
+/// Errors of workspace operations.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    #[error("{path}: not a regular file")]
+    NotRegular { path: String },
+    #[error("{path}: has other hard links; refusing to touch it")]
+    HardLinked { path: String },
+    #[error("{path}: larger than {limit} bytes")]
+    TooLarge { path: String, limit: u64 },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl WorkspaceError {
+    /// The OS error behind this error, if any (`ELOOP` for a planted symlink, `EXDEV` for an
+    /// escape attempt, `ENOENT`, …).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            WorkspaceError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+const RESOLVE: u64 = sys::RESOLVE_BENEATH
+    | sys::RESOLVE_NO_SYMLINKS
+    | sys::RESOLVE_NO_MAGICLINKS
+    | sys::RESOLVE_NO_XDEV;
+
+/// Switches the calling thread's filesystem ids for its lifetime.
+struct FsIds {
+    uid: u32,
+    gid: u32,
+}
+
+impl FsIds {
+    fn become_(uid: u32, gid: u32) -> FsIds {
+        let old_gid = sys::setfsgid(gid);
+        let old_uid = sys::setfsuid(uid);
+        FsIds {
+            uid: old_uid,
+            gid: old_gid,
+        }
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        sys::setfsuid(self.uid);
+        sys::setfsgid(self.gid);
+    }
+}
+
+/// The workspace of one jail.
+#[derive(Debug)]
+pub struct Workspace {
+    root: OwnedFd,
+    uid: u32,
+    gid: u32,
+}
+
+/// Splits a relative workspace path into checked components.
+fn components(path: &str) -> Result<Vec<CString>, WorkspaceError> {
+    let bad = |reason| WorkspaceError::InvalidPath {
+        path: path.to_string(),
+        reason,
+    };
+    if path.is_empty() {
+        return Err(bad("empty"));
+    }
+    if path.len() > 4096 {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    if path.starts_with('/') {
+        return Err(bad("must be relative to the workspace"));
+    }
+    let mut out = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" => continue,
+            "." | ".." => return Err(bad("'.' and '..' are not allowed")),
+            p => out.push(CString::new(p).map_err(|_| bad("contains a NUL byte"))?),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("names no file"));
+    }
+    Ok(out)
+}
+
+impl Workspace {
+    pub(crate) fn new(root: OwnedFd, uid: u32, gid: u32) -> Workspace {
+        Workspace { root, uid, gid }
+    }
+
+    fn io(path: &str) -> impl FnOnce(io::Error) -> WorkspaceError + '_ {
+        move |source| WorkspaceError::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// Opens (creating when `create`) each directory of `parts`, beneath the root.
+    fn walk_dirs(
+        &self,
+        path: &str,
+        parts: &[CString],
+        create: bool,
+    ) -> Result<OwnedFd, WorkspaceError> {
+        let how = OpenHow {
+            flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: RESOLVE,
+        };
+        let mut dir = self.root.try_clone().map_err(Self::io(path))?;
+        for part in parts {
+            let next = match sys::openat2(dir.as_fd(), part, &how) {
+                Ok(fd) => fd,
+                Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
+                    // SAFETY: mkdirat relative to a directory descriptor we hold, with a
+                    // single NUL-terminated component (no slashes).
+                    if unsafe { libc::mkdirat(dir.as_raw_fd(), part.as_ptr(), 0o755) } < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() != Some(libc::EEXIST) {
+                            return Err(Self::io(path)(e));
+                        }
+                    }
+                    sys::openat2(dir.as_fd(), part, &how).map_err(Self::io(path))?
+                }
+                Err(e) => return Err(Self::io(path)(e)),
+            };
+            dir = next;
+        }
+        Ok(dir)
+    }
+
+    /// Writes a file (creating parent directories), replacing an existing file or symlink of
+    /// that name without following it.
+    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), WorkspaceError> {
+        let parts = components(path)?;
+        let (name, dirs) = parts.split_last().expect("components() is never empty");
+        let _ids = FsIds::become_(self.uid, self.gid);
+        let dir = self.walk_dirs(path, dirs, true)?;
+        // Remove whatever has this name (a symlink is removed, never followed); a directory
+        // of that name makes the create fail below.
+        // SAFETY: unlinkat relative to a directory descriptor, single component.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+        let how = OpenHow {
+            flags: (libc::O_WRONLY
+                | libc::O_CREAT
+                | libc::O_EXCL
+                | libc::O_NOFOLLOW
+                | libc::O_CLOEXEC) as u64,
+            mode: (mode & 0o777) as u64,
+            resolve: RESOLVE,
+        };
+        let fd = sys::openat2(dir.as_fd(), name, &how).map_err(Self::io(path))?;
+        let mut f = File::from(fd);
+        f.write_all(data).map_err(Self::io(path))?;
+        // The umask may have narrowed the mode.
+        // SAFETY: fchmod on a descriptor we own.
+        if unsafe { libc::fchmod(f.as_raw_fd(), mode & 0o777) } < 0 {
+            return Err(Self::io(path)(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Reads a regular file of at most `limit` bytes.
+    pub fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, WorkspaceError> {
+        let parts = components(path)?;
+        let (name, dirs) = parts.split_last().expect("components() is never empty");
+        let _ids = FsIds::become_(self.uid, self.gid);
+        let dir = self.walk_dirs(path, dirs, false)?;
+        let how = OpenHow {
+            flags: (libc::O_RDONLY
+                | libc::O_NOFOLLOW
+                | libc::O_NONBLOCK
+                | libc::O_NOCTTY
+                | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: RESOLVE,
+        };
+        let fd = sys::openat2(dir.as_fd(), name, &how).map_err(Self::io(path))?;
+        let st = fstat(fd.as_fd()).map_err(Self::io(path))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(WorkspaceError::NotRegular {
+                path: path.to_string(),
+            });
+        }
+        if st.st_nlink != 1 {
+            return Err(WorkspaceError::HardLinked {
+                path: path.to_string(),
+            });
+        }
+        if st.st_size as u64 > limit {
+            return Err(WorkspaceError::TooLarge {
+                path: path.to_string(),
+                limit,
+            });
+        }
+        let mut out = Vec::with_capacity(st.st_size as usize);
+        File::from(fd)
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(Self::io(path))?;
+        if out.len() as u64 > limit {
+            return Err(WorkspaceError::TooLarge {
+                path: path.to_string(),
+                limit,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The workspace root descriptor (`O_PATH`).
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain old data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a valid descriptor into a struct we own.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_reject_escapes() {
+        assert!(components("a/b.txt").is_ok());
+        assert_eq!(components("a//b").unwrap().len(), 2);
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a\0b", "/"] {
+            assert!(components(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("canary");
+        std::fs::write(&canary, b"host").unwrap();
+        let ws_dir = dir.path().join("ws");
+        std::fs::create_dir(&ws_dir).unwrap();
+        std::os::unix::fs::symlink(&canary, ws_dir.join("link")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), ws_dir.join("dirlink")).unwrap();
+        let root: OwnedFd = File::open(&ws_dir).unwrap().into();
+        // SAFETY: geteuid has no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let ws = Workspace::new(root, uid, gid);
+        assert_eq!(
+            ws.read_file("link", 100).unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
+        let e = ws.read_file("dirlink/canary", 100).unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+            "{e}"
+        );
+        assert!(ws.write_file("dirlink/canary", b"pwned", 0o644).is_err());
+        // Writing over the link replaces the link, never the target.
+        ws.write_file("link", b"mine", 0o644).unwrap();
+        assert_eq!(std::fs::read(&canary).unwrap(), b"host");
+        assert_eq!(ws.read_file("link", 100).unwrap(), b"mine");
+        ws.write_file("sub/dir/f", b"x", 0o600).unwrap();
+        assert_eq!(ws.read_file("sub/dir/f", 1).unwrap(), b"x");
+        assert!(matches!(
+            ws.read_file("sub/dir/f", 0),
+            Err(WorkspaceError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn fifos_and_hard_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = CString::new(dir.path().join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
+        let root: OwnedFd = File::open(dir.path()).unwrap().into();
+        // SAFETY: geteuid has no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let ws = Workspace::new(root, uid, gid);
+        assert!(matches!(
+            ws.read_file("fifo", 10),
+            Err(WorkspaceError::NotRegular { .. })
+        ));
+        assert!(matches!(
+            ws.read_file("a", 10),
+            Err(WorkspaceError::HardLinked { .. })
+        ));
+    }
+}
