@@ -1,0 +1,129 @@
+//! `runcell languages` and `runcell runtimes install`.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use serde::Serialize;
+
+use runcell_lang::Language;
+
+use crate::Global;
+
+#[derive(Args, Debug)]
+pub struct LanguagesArgs {
+    /// Print JSON (the shape of `GET /api/v1/languages`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One language as `GET /api/v1/languages` lists it.
+#[derive(Debug, Serialize)]
+pub struct LanguageInfo {
+    pub id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub aliases: Vec<String>,
+    pub extensions: Vec<String>,
+    pub available: bool,
+    pub compiled: bool,
+    pub contexts: bool,
+}
+
+/// Probes every language (in parallel: some toolchains take a while to print a version).
+pub fn describe(langs: &[Language]) -> Vec<LanguageInfo> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = langs
+            .iter()
+            .map(|l| {
+                s.spawn(move || {
+                    let available = l.available();
+                    LanguageInfo {
+                        id: l.id.clone(),
+                        name: l.name.clone(),
+                        version: if available { l.probe_version() } else { None },
+                        aliases: l.aliases.clone(),
+                        extensions: l.extensions.clone(),
+                        available,
+                        compiled: l.is_compiled(),
+                        contexts: false,
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("version probe thread"))
+            .collect()
+    })
+}
+
+pub fn list(global: &Global, args: LanguagesArgs) -> Result<i32> {
+    let registry = global.registry()?;
+    let infos = describe(registry.all());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&infos)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<12} {:<12} {:<14} {:<10} {:<9} ALIASES",
+        "ID", "NAME", "VERSION", "INSTALLED", "COMPILED"
+    );
+    for i in &infos {
+        println!(
+            "{:<12} {:<12} {:<14} {:<10} {:<9} {}",
+            i.id,
+            i.name,
+            i.version.as_deref().unwrap_or("-"),
+            if i.available { "yes" } else { "no" },
+            if i.compiled { "yes" } else { "no" },
+            i.aliases.join(", ")
+        );
+    }
+    Ok(0)
+}
+
+pub fn install(global: &Global, names: &[String]) -> Result<i32> {
+    let registry = global.registry()?;
+    let langs: Vec<&Language> = if names.is_empty() {
+        registry.all().iter().collect()
+    } else {
+        let mut out = Vec::new();
+        for n in names {
+            match registry.resolve(n) {
+                Some(l) => out.push(l),
+                None => bail!(
+                    "unknown language {n:?}; known: {}",
+                    registry
+                        .all()
+                        .iter()
+                        .map(|l| l.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        out
+    };
+    let r = runcell_lang::install::install(&langs, &global.prefix)?;
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    eprintln!(
+        "runcell: Debian packages installed: {}; already present: {}",
+        list(&r.debian_installed),
+        list(&r.debian_present)
+    );
+    eprintln!(
+        "runcell: pip packages in {}/venv installed: {}; already present: {}",
+        global.prefix.display(),
+        list(&r.pip_installed),
+        list(&r.pip_present)
+    );
+    if !r.unavailable.is_empty() {
+        bail!("still not installed: {}", r.unavailable.join(", "));
+    }
+    Ok(0)
+}

@@ -1,0 +1,625 @@
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use runcell_jail::{
+    CgroupLimits, Exit, Jail, JailConfig, JailError, Limit, Outcome, OutputTarget, ProcessSpec,
+    Rlimits, RunLimits, Spawner, StdinSource, Stream, TmpfsSize, WORKSPACE,
+};
+use runcell_lang::{Language, Registry, Vars};
+
+use crate::limits::{LimitPolicy, Limits};
+use crate::model::{
+    CompileResult, ExecuteRequest, ExecutionResult, decode_output, rfc3339, signal_name,
+};
+use crate::{EngineError, rootfs};
+
+/// Receives output chunks of a run as they arrive (for streaming).
+pub type OutputSink<'a> = &'a mut dyn FnMut(Stream, &[u8]);
+
+/// Engine settings (from the server's configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Read-only prefix with runtimes that are not Debian packages.
+    pub prefix: PathBuf,
+    /// Defaults and maxima of run limits.
+    pub limits: LimitPolicy,
+    /// Limits of compile steps (not the caller's to choose; languages may raise them).
+    pub compile: Limits,
+    /// Size of each run's workspace tmpfs, MiB (its pages count against the memory limit).
+    pub workspace_mb: u64,
+    /// Size of each step's private /tmp, MiB (also counted against the memory limit).
+    pub tmp_mb: u64,
+    /// Open files per process.
+    pub open_files: u64,
+    /// Main-thread stack of each process, MiB.
+    pub stack_mb: u64,
+    /// Extra files of one request together, bytes.
+    pub max_files_bytes: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            prefix: PathBuf::from("/opt/runcell"),
+            limits: LimitPolicy::default(),
+            compile: Limits {
+                wall_time: 30.0,
+                cpu_time: 30.0,
+                memory_mb: 1024,
+                max_processes: 128,
+                max_output_bytes: 1 << 20,
+                max_file_size_mb: 256,
+            },
+            workspace_mb: 256,
+            tmp_mb: 256,
+            open_files: 1024,
+            stack_mb: 64,
+            max_files_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A validated request, ready to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Canonical language id.
+    pub language: String,
+    pub version: String,
+    pub limits: Limits,
+    pub session_id: Option<String>,
+    source_name: String,
+    code: Vec<u8>,
+    files: Vec<(String, Vec<u8>)>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdin: Vec<u8>,
+}
+
+/// Runs execution requests in jails.
+pub struct Engine {
+    spawner: Spawner,
+    registry: Arc<Registry>,
+    config: EngineConfig,
+    jail: JailConfig,
+    versions: Mutex<HashMap<String, Option<String>>>,
+}
+
+const MAX_ARGS: usize = 256;
+const MAX_ENV_BYTES: usize = 64 << 10;
+const MAX_ARG_BYTES: usize = 64 << 10;
+
+fn invalid(s: impl Into<String>) -> EngineError {
+    EngineError::InvalidRequest(s.into())
+}
+
+/// The environment every program starts from (nothing comes from the host).
+fn base_env() -> Vec<(String, String)> {
+    [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/tmp"),
+        ("TMPDIR", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("USER", "runner"),
+        ("LOGNAME", "runner"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn merge_env(into: &mut Vec<(String, String)>, more: impl IntoIterator<Item = (String, String)>) {
+    for (k, v) in more {
+        into.retain(|(x, _)| *x != k);
+        into.push((k, v));
+    }
+}
+
+fn valid_env_name(k: &str) -> bool {
+    let mut b = k.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Checks a relative file name for the workspace (the jail's workspace API checks again).
+fn valid_file_name(name: &str) -> Result<(), EngineError> {
+    let bad = |why: &str| invalid(format!("file name {name:?} {why}"));
+    if name.is_empty() || name.len() > 1024 {
+        return Err(bad("must be 1 to 1024 bytes long"));
+    }
+    if name.starts_with('/') || name.contains('\0') || name.contains('\\') {
+        return Err(bad(
+            "must be a relative path without NUL bytes or backslashes",
+        ));
+    }
+    for part in name.split('/') {
+        if part.is_empty() || part == "." || part == ".." || part.len() > 255 {
+            return Err(bad("must not contain empty, '.' or '..' components"));
+        }
+    }
+    Ok(())
+}
+
+fn version_matches(installed: &str, wanted: &str) -> bool {
+    let w = wanted.trim();
+    w.is_empty()
+        || w == "*"
+        || w.eq_ignore_ascii_case("latest")
+        || installed == w
+        || installed.starts_with(&format!("{w}."))
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e6
+}
+
+impl Engine {
+    /// An engine over a running spawner and a language registry.
+    pub fn new(spawner: Spawner, registry: Arc<Registry>, config: EngineConfig) -> Engine {
+        let jail = rootfs::jail_config(registry.all(), &config.prefix, config.workspace_mb);
+        Engine {
+            spawner,
+            registry,
+            config,
+            jail,
+            versions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The installed version of a language (probed once, then cached).
+    pub fn version_of(&self, lang: &Language) -> Option<String> {
+        let mut cache = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(lang.id.clone())
+            .or_insert_with(|| lang.probe_version())
+            .clone()
+    }
+
+    /// Validates a request against the languages and limits of this engine.
+    pub fn plan(&self, req: &ExecuteRequest) -> Result<Plan, EngineError> {
+        let lang = self
+            .registry
+            .resolve(req.language.trim())
+            .ok_or_else(|| EngineError::UnsupportedLanguage(req.language.clone()))?;
+        if !lang.available() {
+            return Err(EngineError::LanguageUnavailable(format!(
+                "{} is not installed on this server (run `runcell runtimes install {}`)",
+                lang.name, lang.id
+            )));
+        }
+        let version = self.version_of(lang).unwrap_or_else(|| "unknown".into());
+        if let Some(wanted) = &req.version
+            && !version_matches(&version, wanted)
+        {
+            return Err(EngineError::LanguageUnavailable(format!(
+                "{} version {wanted:?} is not available; this server has {version}",
+                lang.name
+            )));
+        }
+        let limits = self.config.limits.resolve(req)?;
+        match &req.network {
+            None | Some(serde_json::Value::Bool(false)) | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Bool(true)) => {
+                return Err(invalid(
+                    "network access is not available on this server; runs have no network",
+                ));
+            }
+            Some(_) => return Err(invalid("network must be true or false")),
+        }
+        if req.args.len() > MAX_ARGS {
+            return Err(invalid(format!("at most {MAX_ARGS} arguments are allowed")));
+        }
+        for a in &req.args {
+            if a.contains('\0') {
+                return Err(invalid("arguments must not contain NUL bytes"));
+            }
+            if a.len() > MAX_ARG_BYTES {
+                return Err(invalid(format!(
+                    "an argument is longer than {MAX_ARG_BYTES} bytes"
+                )));
+            }
+        }
+        let mut env_bytes = 0;
+        for (k, v) in &req.environment {
+            if !valid_env_name(k) {
+                return Err(invalid(format!(
+                    "environment variable name {k:?} must be letters, digits and underscores, \
+                     not starting with a digit"
+                )));
+            }
+            if v.contains('\0') {
+                return Err(invalid(format!(
+                    "environment variable {k} must not contain NUL bytes"
+                )));
+            }
+            env_bytes += k.len() + v.len() + 2;
+        }
+        if env_bytes > MAX_ENV_BYTES {
+            return Err(invalid(format!(
+                "the environment is larger than {MAX_ENV_BYTES} bytes"
+            )));
+        }
+        let source_name = lang.source_file_for(&req.code);
+        let mut files = Vec::with_capacity(req.files.len());
+        let mut total = req.code.len() as u64;
+        for f in &req.files {
+            valid_file_name(&f.name)?;
+            if f.name == source_name || files.iter().any(|(n, _): &(String, Vec<u8>)| *n == f.name)
+            {
+                return Err(invalid(format!(
+                    "file name {:?} is used twice (the main source is {source_name})",
+                    f.name
+                )));
+            }
+            let data = match f.encoding.as_deref().unwrap_or("utf8") {
+                "utf8" | "utf-8" | "text" => f.content.clone().into_bytes(),
+                "base64" => base64::engine::general_purpose::STANDARD
+                    .decode(f.content.trim())
+                    .map_err(|e| invalid(format!("file {:?} is not valid base64: {e}", f.name)))?,
+                other => {
+                    return Err(invalid(format!(
+                        "file encoding {other:?} is not supported (use utf8 or base64)"
+                    )));
+                }
+            };
+            total += data.len() as u64;
+            files.push((f.name.clone(), data));
+        }
+        if total > self.config.max_files_bytes {
+            return Err(invalid(format!(
+                "code and files together exceed {} bytes",
+                self.config.max_files_bytes
+            )));
+        }
+        Ok(Plan {
+            language: lang.id.clone(),
+            version,
+            limits,
+            session_id: req.session_id.clone(),
+            source_name,
+            code: req.code.clone().into_bytes(),
+            files,
+            args: req.args.clone(),
+            env: req
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            stdin: req.stdin.clone().unwrap_or_default().into_bytes(),
+        })
+    }
+
+    /// Validates and runs a request.
+    pub fn execute(&self, req: &ExecuteRequest) -> Result<ExecutionResult, EngineError> {
+        let plan = self.plan(req)?;
+        Ok(self.run(
+            &plan,
+            &uuid::Uuid::new_v4().to_string(),
+            SystemTime::now(),
+            None,
+        ))
+    }
+
+    /// Runs a plan to its end. Never fails: a system error yields a `failed` result with a
+    /// `failure_reason`. Output chunks of the run step go to `on_output` as they arrive.
+    pub fn run(
+        &self,
+        plan: &Plan,
+        execution_id: &str,
+        created_at: SystemTime,
+        on_output: Option<OutputSink<'_>>,
+    ) -> ExecutionResult {
+        let started_at = SystemTime::now();
+        let mut r = ExecutionResult {
+            execution_id: execution_id.to_string(),
+            status: "completed".into(),
+            language: plan.language.clone(),
+            version: plan.version.clone(),
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: -1,
+            signal: None,
+            execution_time: 0.0,
+            cpu_time: 0.0,
+            memory_peak_kb: 0,
+            limit_exceeded: None,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            compile: None,
+            session_id: plan.session_id.clone(),
+            failure_reason: None,
+            created_at: rfc3339(created_at),
+            started_at: rfc3339(started_at),
+            completed_at: String::new(),
+        };
+        if let Err(e) = self.run_steps(plan, &mut r, on_output) {
+            r.status = "failed".into();
+            r.exit_code = -1;
+            r.failure_reason = Some(format!("runcell could not run the program: {e}"));
+        }
+        r.completed_at = rfc3339(SystemTime::now());
+        r
+    }
+
+    fn lang(&self, id: &str) -> Result<&Language, JailError> {
+        self.registry
+            .resolve(id)
+            .ok_or_else(|| JailError::InvalidConfig(format!("language {id} disappeared")))
+    }
+
+    fn spec(&self, argv: Vec<String>, env: Vec<(String, String)>, l: &Limits) -> ProcessSpec {
+        ProcessSpec {
+            argv,
+            env,
+            cwd: WORKSPACE.into(),
+            rlimits: Rlimits {
+                cpu_secs: l.cpu_time.ceil() as u64 + 1,
+                file_size_bytes: l.max_file_size_mb << 20,
+                open_files: self.config.open_files,
+                stack_bytes: self.config.stack_mb << 20,
+                processes: l.max_processes,
+                locked_memory_bytes: 64 << 10,
+            },
+            tmp: TmpfsSize::mib(self.config.tmp_mb),
+            shm: TmpfsSize::mib(self.config.tmp_mb.min(64)),
+        }
+    }
+
+    fn run_limits(l: &Limits) -> RunLimits {
+        RunLimits {
+            wall_time: Duration::from_secs_f64(l.wall_time),
+            cpu_time: Duration::from_secs_f64(l.cpu_time),
+            output_bytes: l.max_output_bytes,
+        }
+    }
+
+    fn cgroup(l: &Limits) -> CgroupLimits {
+        CgroupLimits {
+            memory_bytes: l.memory_mb << 20,
+            // The jail's agent and the step's init are tasks of the group too.
+            max_tasks: (l.max_processes + 2).min(u32::MAX as u64) as u32,
+            cpus: None,
+        }
+    }
+
+    /// Compile limits: the server's, raised to what the language needs.
+    fn compile_limits(&self, lang: &Language) -> Limits {
+        let mut l = self.config.compile;
+        if let Some(c) = &lang.compile {
+            if let Some(m) = c.memory_mb {
+                l.memory_mb = l.memory_mb.max(m);
+            }
+            if let Some(p) = c.max_processes {
+                l.max_processes = l.max_processes.max(p);
+            }
+            if let Some(w) = c.wall_time {
+                l.wall_time = l.wall_time.max(w);
+            }
+            if let Some(t) = c.cpu_time {
+                l.cpu_time = l.cpu_time.max(t);
+            }
+        }
+        l
+    }
+
+    fn run_steps(
+        &self,
+        plan: &Plan,
+        r: &mut ExecutionResult,
+        on_output: Option<OutputSink<'_>>,
+    ) -> Result<(), JailError> {
+        let lang = self.lang(&plan.language)?;
+        let mut run = plan.limits;
+        if let Some(min) = lang.run.min_processes {
+            run.max_processes = run.max_processes.max(min);
+        }
+        let compile = self.compile_limits(lang);
+        let vars = |memory_mb| Vars {
+            source: plan.source_name.clone(),
+            memory_mb,
+            prefix: self.config.prefix.clone(),
+        };
+        let compile_argv = lang.compile_argv(&vars(compile.memory_mb));
+        let first = if compile_argv.is_some() {
+            &compile
+        } else {
+            &run
+        };
+        let jail = self.spawner.prepare(&self.jail, &Self::cgroup(first))?;
+        let ws = jail.workspace();
+        let write = |name: &str, data: &[u8]| {
+            ws.write_file(name, data, 0o644)
+                .map_err(|e| JailError::InvalidConfig(format!("write {name}: {e}")))
+        };
+        write(&plan.source_name, &plan.code)?;
+        for (name, data) in &plan.files {
+            write(name, data)?;
+        }
+        if let Some(argv) = compile_argv {
+            let mut env = base_env();
+            merge_env(&mut env, lang.env(&vars(compile.memory_mb)));
+            let out = jail.run(
+                &self.spec(argv, env, &compile),
+                StdinSource::Null,
+                &Self::run_limits(&compile),
+            )?;
+            let ok = out.exit.success() && out.limit.is_none();
+            r.compile = Some(compile_result(&out));
+            if !ok {
+                r.stderr = decode_output(&out.stderr, out.stderr_truncated);
+                r.stdout = decode_output(&out.stdout, out.stdout_truncated);
+                if let Some(l) = out.limit {
+                    r.status = "failed".into();
+                    r.failure_reason =
+                        Some(format!("compilation exceeded its {} limit", limit_words(l)));
+                } else if let Exit::NotStarted { stage, errno } = out.exit {
+                    r.status = "failed".into();
+                    r.failure_reason = Some(not_started(stage, errno, "the compiler"));
+                }
+                return jail.destroy();
+            }
+            jail.set_limits(&Self::cgroup(&run))?;
+        }
+        let mut env = base_env();
+        merge_env(&mut env, lang.env(&vars(run.memory_mb)));
+        merge_env(&mut env, plan.env.iter().cloned());
+        let argv = lang.run_argv(&vars(run.memory_mb), &plan.args);
+        let spec = self.spec(argv, env, &run);
+        let out = run_program(
+            &jail,
+            &spec,
+            &plan.stdin,
+            &Self::run_limits(&run),
+            on_output,
+        )?;
+        fill_result(r, &out);
+        jail.destroy()
+    }
+}
+
+fn run_program(
+    jail: &Jail,
+    spec: &ProcessSpec,
+    stdin: &[u8],
+    limits: &RunLimits,
+    on_output: Option<OutputSink<'_>>,
+) -> Result<Outcome, JailError> {
+    let stdin = if stdin.is_empty() {
+        StdinSource::Null
+    } else {
+        StdinSource::Bytes(stdin.to_vec())
+    };
+    let Some(sink) = on_output else {
+        return jail.run(spec, stdin, limits);
+    };
+    let p = jail.start(spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut outcome = jail.supervise(p, limits, &mut |s, chunk| {
+        match s {
+            Stream::Stdout => out.extend_from_slice(chunk),
+            Stream::Stderr => err.extend_from_slice(chunk),
+        }
+        sink(s, chunk);
+    })?;
+    outcome.stdout = out;
+    outcome.stderr = err;
+    Ok(outcome)
+}
+
+fn limit_words(l: Limit) -> &'static str {
+    match l {
+        Limit::WallTime => "wall-clock time",
+        Limit::CpuTime => "CPU time",
+        Limit::Memory => "memory",
+        Limit::Output => "output size",
+        Limit::FileSize => "file size",
+        Limit::Processes => "process",
+    }
+}
+
+fn not_started(stage: runcell_jail::Stage, errno: i32, what: &str) -> String {
+    format!(
+        "{what} could not be started ({}: {})",
+        stage.describe(),
+        std::io::Error::from_raw_os_error(errno)
+    )
+}
+
+fn compile_result(out: &Outcome) -> CompileResult {
+    CompileResult {
+        stdout: decode_output(&out.stdout, out.stdout_truncated),
+        stderr: decode_output(&out.stderr, out.stderr_truncated),
+        exit_code: match out.exit {
+            Exit::Exited(c) => c,
+            _ => -1,
+        },
+        execution_time: secs(out.wall_time),
+        cpu_time: secs(out.cpu_time),
+        memory_peak_kb: out.memory_peak_bytes / 1024,
+        limit_exceeded: out.limit.map(|l| l.as_str().to_string()),
+    }
+}
+
+fn fill_result(r: &mut ExecutionResult, out: &Outcome) {
+    r.stdout = decode_output(&out.stdout, out.stdout_truncated);
+    r.stderr = decode_output(&out.stderr, out.stderr_truncated);
+    r.stdout_truncated = out.stdout_truncated;
+    r.stderr_truncated = out.stderr_truncated;
+    r.execution_time = secs(out.wall_time);
+    r.cpu_time = secs(out.cpu_time);
+    r.memory_peak_kb = out.memory_peak_bytes / 1024;
+    r.limit_exceeded = out.limit.map(|l| l.as_str().to_string());
+    match out.exit {
+        Exit::Exited(c) => r.exit_code = c,
+        Exit::Signaled(s) => {
+            r.exit_code = -1;
+            r.signal = Some(signal_name(s));
+        }
+        Exit::NotStarted { stage, errno } => {
+            r.exit_code = -1;
+            r.status = "failed".into();
+            r.failure_reason = Some(not_started(stage, errno, "the program"));
+        }
+    }
+    if let Some(l) = out.limit {
+        r.status = "failed".into();
+        r.failure_reason = Some(format!("the program exceeded its {} limit", limit_words(l)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_match_by_prefix() {
+        assert!(version_matches("3.11.2", "3"));
+        assert!(version_matches("3.11.2", "3.11"));
+        assert!(version_matches("3.11.2", "3.11.2"));
+        assert!(version_matches("3.11.2", "latest"));
+        assert!(version_matches("3.11.2", "*"));
+        assert!(!version_matches("3.11.2", "3.1"));
+        assert!(!version_matches("3.11.2", "2"));
+    }
+
+    #[test]
+    fn env_names_are_checked() {
+        assert!(valid_env_name("FOO_1"));
+        assert!(valid_env_name("_x"));
+        assert!(!valid_env_name("1X"));
+        assert!(!valid_env_name("A=B"));
+        assert!(!valid_env_name(""));
+        assert!(!valid_env_name("A-B"));
+    }
+
+    #[test]
+    fn file_names_are_checked() {
+        assert!(valid_file_name("util.py").is_ok());
+        assert!(valid_file_name("pkg/mod.py").is_ok());
+        for bad in ["", "/etc/x", "../x", "a/../b", "a//b", "a\0", "a\\b", "."] {
+            assert!(valid_file_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn later_env_entries_override_earlier_ones() {
+        let mut env = base_env();
+        merge_env(&mut env, [("HOME".to_string(), "/w".to_string())]);
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+        assert_eq!(env.last().unwrap(), &("HOME".to_string(), "/w".to_string()));
+    }
+}

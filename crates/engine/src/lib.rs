@@ -1,0 +1,46 @@
+//! runcell's execution engine: turns an execution request into jailed compile and run steps
+//! and an `ExecutionResult`. Knows languages (through `runcell-lang`) and the jail's interface
+//! (through `runcell-jail`); knows nothing of HTTP or storage.
+
+mod engine;
+pub mod limits;
+pub mod model;
+pub mod rootfs;
+
+pub use engine::{Engine, EngineConfig, OutputSink, Plan};
+pub use limits::{LimitPolicy, Limits};
+pub use model::{CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest};
+
+/// Why a request cannot be run. Every variant is the caller's mistake (a 4xx), except
+/// `System`.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("Unsupported language: {0}")]
+    UnsupportedLanguage(String),
+    #[error("{0}")]
+    LanguageUnavailable(String),
+    #[error("{0}")]
+    InvalidLimit(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("runcell could not run the program: {0}")]
+    System(#[from] runcell_jail::JailError),
+}
+
+impl EngineError {
+    /// The API error code (`UNSUPPORTED_LANGUAGE`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::UnsupportedLanguage(_) => "UNSUPPORTED_LANGUAGE",
+            EngineError::LanguageUnavailable(_) => "LANGUAGE_UNAVAILABLE",
+            EngineError::InvalidLimit(_) => "INVALID_LIMIT",
+            EngineError::InvalidRequest(_) => "INVALID_REQUEST",
+            EngineError::System(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    /// True when the request itself is at fault.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, EngineError::System(_))
+    }
+}

@@ -1,0 +1,773 @@
+//! One language: its TOML schema, validation, and what the engine asks of it.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::error::LangError;
+use crate::probe;
+use crate::template::{self, ALL_VARS, PREFIX_ONLY, Vars};
+
+/// Environment the engine starts every step from; a language's `env` is added on top.
+/// The version probe runs on the host with exactly this environment.
+pub const BASE_ENV: &[(&str, &str)] = &[
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("HOME", "/tmp"),
+    ("TMPDIR", "/tmp"),
+    ("LANG", "C.UTF-8"),
+];
+
+/// How long [`Language::probe_version`] lets the probe run.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A language definition, loaded from one TOML file.
+///
+/// Command and environment templates are kept unexpanded (see [`Language::compile_argv`],
+/// [`Language::run_argv`], [`Language::env`]); `{prefix}` is already expanded in `ro_paths`,
+/// `requires`, `version.argv` and `install`.
+#[derive(Debug, Clone)]
+pub struct Language {
+    /// Canonical id, lowercase (`python`, `cpp`).
+    pub id: String,
+    /// Display name (`C++`).
+    pub name: String,
+    /// Other names [`crate::Registry::resolve`] accepts, lowercase.
+    pub aliases: Vec<String>,
+    /// File extensions without the dot, lowercase.
+    pub extensions: Vec<String>,
+    /// Default name of the program file in the workspace, e.g. `main.py`.
+    pub source_file: String,
+    /// For languages whose file name depends on the code (Java): the first capture of the first
+    /// match is the file stem. See [`Language::source_file_for`].
+    pub main_name_pattern: Option<Regex>,
+    /// Compile step, for compiled languages.
+    pub compile: Option<CompileSpec>,
+    pub run: RunSpec,
+    /// Added to [`BASE_ENV`] for compile and run; values are templates. Sorted by name.
+    pub env: Vec<(String, String)>,
+    pub version: VersionProbe,
+    pub install: InstallSpec,
+    /// Host paths (files or directories) the jail must expose read-only, beyond its base set.
+    pub ro_paths: Vec<PathBuf>,
+    /// Absolute paths that must all exist for the toolchain to count as installed.
+    pub requires: Vec<PathBuf>,
+    /// A hello-world program and its exact stdout, for smoke tests and playgrounds.
+    pub example: Option<Example>,
+    /// Where the definition came from: `builtin:python.toml` or the file's path.
+    pub origin: String,
+}
+
+/// The compile step: a command and the minimum limits it gets whatever the user asked for
+/// (effective limit = max(user's limit, minimum)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompileSpec {
+    /// Command template (`{source}`, `{stem}`, `{memory_mb}`, `{prefix}`).
+    pub argv: Vec<String>,
+    pub memory_mb: Option<u64>,
+    pub max_processes: Option<u64>,
+    /// Seconds.
+    pub wall_time: Option<f64>,
+    /// Seconds.
+    pub cpu_time: Option<f64>,
+}
+
+/// The run step. The user's arguments are appended to `argv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    /// Command template (`{source}`, `{stem}`, `{memory_mb}`, `{prefix}`).
+    pub argv: Vec<String>,
+    /// The run's process/thread limit is raised to at least this (runtimes that start threads).
+    pub min_processes: Option<u64>,
+}
+
+/// How to ask the toolchain for its version: run `argv` on the host, match `regex` against
+/// stdout, then stderr; the first capture group is the version.
+#[derive(Debug, Clone)]
+pub struct VersionProbe {
+    pub argv: Vec<String>,
+    pub regex: Regex,
+}
+
+/// What `runtimes install` installs for this language.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallSpec {
+    /// Debian package names (apt-get).
+    pub debian: Vec<String>,
+    /// pip requirement specifiers, installed into `{prefix}/venv`.
+    pub pip: Vec<String>,
+}
+
+/// A program and the exact stdout it prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub code: String,
+    pub stdout: String,
+}
+
+impl Language {
+    /// Whether there is a compile step.
+    pub fn is_compiled(&self) -> bool {
+        self.compile.is_some()
+    }
+
+    /// The file name the code must be saved under: `source_file`, or for a language with a
+    /// `main_name_pattern` whose first capture matches (Java's `public class Foo`),
+    /// that name plus the extension of `source_file` (`Foo.java`).
+    pub fn source_file_for(&self, code: &str) -> String {
+        let Some(re) = &self.main_name_pattern else {
+            return self.source_file.clone();
+        };
+        let Some(name) = re.captures(code).and_then(|c| c.get(1)).map(|m| m.as_str()) else {
+            return self.source_file.clone();
+        };
+        if !is_safe_file_name(name) {
+            return self.source_file.clone();
+        }
+        match Path::new(&self.source_file).extension() {
+            Some(ext) => format!("{name}.{}", ext.to_string_lossy()),
+            None => name.to_owned(),
+        }
+    }
+
+    /// The compile command with placeholders expanded, or `None` for interpreted languages.
+    pub fn compile_argv(&self, vars: &Vars) -> Option<Vec<String>> {
+        self.compile
+            .as_ref()
+            .map(|c| c.argv.iter().map(|t| template::expand(t, vars)).collect())
+    }
+
+    /// The run command with placeholders expanded, followed by the user's `args` verbatim.
+    pub fn run_argv(&self, vars: &Vars, args: &[String]) -> Vec<String> {
+        let mut argv: Vec<String> = self
+            .run
+            .argv
+            .iter()
+            .map(|t| template::expand(t, vars))
+            .collect();
+        argv.extend(args.iter().cloned());
+        argv
+    }
+
+    /// The language's environment with placeholders expanded (to add on top of [`BASE_ENV`]).
+    pub fn env(&self, vars: &Vars) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.clone(), template::expand(v, vars)))
+            .collect()
+    }
+
+    /// Whether every path in `requires` exists on this host.
+    pub fn available(&self) -> bool {
+        self.requires.iter().all(|p| p.exists())
+    }
+
+    /// Runs the version probe on the host (clean [`BASE_ENV`], stdin closed, killed after
+    /// [`PROBE_TIMEOUT`]) and returns the first capture of `version.regex` in its stdout, else in
+    /// its stderr. `None` if the probe cannot run, times out, or nothing matches.
+    /// The exit status is not checked: some tools print their version and exit non-zero.
+    pub fn probe_version(&self) -> Option<String> {
+        let (stdout, stderr) = probe::run_capture(&self.version.argv, BASE_ENV, PROBE_TIMEOUT)?;
+        [stdout, stderr].iter().find_map(|bytes| {
+            let text = String::from_utf8_lossy(bytes);
+            let caps = self.version.regex.captures(&text)?;
+            let v = caps.get(1)?.as_str().trim();
+            (!v.is_empty()).then(|| v.to_owned())
+        })
+    }
+
+    /// Parses and validates one definition. `origin` names the file in errors;
+    /// `prefix` replaces `{prefix}` in paths, the version probe and pip specifiers.
+    pub fn from_toml(text: &str, origin: &str, prefix: &Path) -> Result<Language, LangError> {
+        let raw: RawLanguage = toml::from_str(text).map_err(|e| LangError::Toml {
+            file: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |message: String| LangError::Invalid {
+            file: origin.to_owned(),
+            message,
+        };
+        let prefix = prefix
+            .to_str()
+            .ok_or_else(|| invalid(format!("runtime prefix {} is not UTF-8", prefix.display())))?;
+        raw.validate(origin, prefix).map_err(invalid)
+    }
+}
+
+/// A plain file name: no directory part, not hidden, no control characters.
+fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The TOML schema.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLanguage {
+    id: String,
+    name: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    extensions: Vec<String>,
+    source_file: String,
+    #[serde(default)]
+    main_name_pattern: Option<String>,
+    #[serde(default)]
+    compile: Option<RawCompile>,
+    run: RawRun,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    version: RawVersion,
+    #[serde(default)]
+    install: RawInstall,
+    #[serde(default)]
+    ro_paths: Vec<String>,
+    #[serde(default)]
+    requires: Vec<String>,
+    #[serde(default)]
+    example: Option<RawExample>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompile {
+    command: Vec<String>,
+    memory_mb: Option<u64>,
+    max_processes: Option<u64>,
+    wall_time: Option<f64>,
+    cpu_time: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    command: Vec<String>,
+    min_processes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVersion {
+    command: Vec<String>,
+    regex: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInstall {
+    #[serde(default)]
+    debian: Vec<String>,
+    #[serde(default)]
+    pip: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExample {
+    code: String,
+    stdout: String,
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-._#".contains(c))
+}
+
+fn check_command(what: &str, argv: &[String], allowed: &[template::Var]) -> Result<(), String> {
+    let Some(first) = argv.first() else {
+        return Err(format!("{what}: the command is empty"));
+    };
+    if first.trim().is_empty() {
+        return Err(format!("{what}: the program (first element) is empty"));
+    }
+    for arg in argv {
+        if arg.contains('\0') {
+            return Err(format!("{what}: {arg:?} contains a NUL byte"));
+        }
+        template::check(arg, allowed).map_err(|e| format!("{what}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_positive(what: &str, v: Option<u64>) -> Result<(), String> {
+    match v {
+        Some(0) => Err(format!("{what} must be at least 1")),
+        _ => Ok(()),
+    }
+}
+
+fn check_seconds(what: &str, v: Option<f64>) -> Result<(), String> {
+    match v {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            Err(format!("{what} must be a positive number of seconds"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Expands `{prefix}` in a path template and checks that the result is absolute and normal.
+fn host_path(what: &str, template_: &str, prefix: &str) -> Result<PathBuf, String> {
+    template::check(template_, PREFIX_ONLY).map_err(|e| format!("{what}: {e}"))?;
+    let path = PathBuf::from(template::expand_prefix(template_, prefix));
+    if !path.is_absolute() {
+        return Err(format!(
+            "{what}: {} is not an absolute path",
+            path.display()
+        ));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "{what}: {} must not contain `.` or `..`",
+            path.display()
+        ));
+    }
+    if path.to_str().is_some_and(|s| s.contains('\0')) {
+        return Err(format!("{what}: path contains a NUL byte"));
+    }
+    Ok(path)
+}
+
+/// Debian package names: lowercase alphanumerics and `+-.`, starting alphanumeric, optionally
+/// `:arch`. Never starts with `-`, so it cannot be taken for an apt-get option.
+fn is_debian_package(s: &str) -> bool {
+    let (name, arch) = match s.split_once(':') {
+        Some((n, a)) => (n, Some(a)),
+        None => (s, None),
+    };
+    let ok_name = name.len() >= 2
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    ok_name
+        && arch.is_none_or(|a| {
+            !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// A pip requirement specifier such as `deno`, `deno>=2.9,<3` or `ipykernel[extra]==6.0`.
+/// Starts with a letter or digit (never an option) and has no whitespace or shell/URL syntax.
+fn is_pip_requirement(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-[],<>=!~*".contains(c))
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl RawLanguage {
+    fn validate(self, origin: &str, prefix: &str) -> Result<Language, String> {
+        let id = self.id.trim().to_owned();
+        if !is_name(&id) {
+            return Err(format!(
+                "id {id:?} must be lowercase letters, digits and `+-._#`, starting with a letter or digit"
+            ));
+        }
+        if self.name.trim().is_empty() {
+            return Err("name is empty".into());
+        }
+
+        let mut aliases: Vec<String> = Vec::new();
+        for alias in &self.aliases {
+            let a = alias.trim().to_lowercase();
+            if !is_name(&a) {
+                return Err(format!(
+                    "alias {alias:?} must be letters, digits and `+-._#`"
+                ));
+            }
+            if a != id && !aliases.contains(&a) {
+                aliases.push(a);
+            }
+        }
+
+        let mut extensions: Vec<String> = Vec::new();
+        for ext in &self.extensions {
+            let e = ext.trim().trim_start_matches('.').to_lowercase();
+            if e.is_empty() || e.contains(['/', '.', '\0']) || e.chars().any(char::is_whitespace) {
+                return Err(format!("extension {ext:?} is not a single file extension"));
+            }
+            if !extensions.contains(&e) {
+                extensions.push(e);
+            }
+        }
+
+        if !is_safe_file_name(&self.source_file) || template::check(&self.source_file, &[]).is_err()
+        {
+            return Err(format!(
+                "source_file {:?} must be a plain file name (no directory, no placeholder)",
+                self.source_file
+            ));
+        }
+
+        let main_name_pattern = match &self.main_name_pattern {
+            None => None,
+            Some(p) => {
+                let re = Regex::new(p).map_err(|e| format!("main_name_pattern: {e}"))?;
+                if re.captures_len() < 2 {
+                    return Err("main_name_pattern needs a capture group (the file stem)".into());
+                }
+                Some(re)
+            }
+        };
+
+        let compile = match self.compile {
+            None => None,
+            Some(c) => {
+                check_command("compile.command", &c.command, ALL_VARS)?;
+                check_positive("compile.memory_mb", c.memory_mb)?;
+                check_positive("compile.max_processes", c.max_processes)?;
+                check_seconds("compile.wall_time", c.wall_time)?;
+                check_seconds("compile.cpu_time", c.cpu_time)?;
+                Some(CompileSpec {
+                    argv: c.command,
+                    memory_mb: c.memory_mb,
+                    max_processes: c.max_processes,
+                    wall_time: c.wall_time,
+                    cpu_time: c.cpu_time,
+                })
+            }
+        };
+
+        check_command("run.command", &self.run.command, ALL_VARS)?;
+        check_positive("run.min_processes", self.run.min_processes)?;
+        let run = RunSpec {
+            argv: self.run.command,
+            min_processes: self.run.min_processes,
+        };
+
+        let mut env = Vec::with_capacity(self.env.len());
+        for (k, v) in self.env {
+            if !is_env_name(&k) {
+                return Err(format!("env: {k:?} is not a valid variable name"));
+            }
+            if v.contains('\0') {
+                return Err(format!("env.{k}: value contains a NUL byte"));
+            }
+            template::check(&v, ALL_VARS).map_err(|e| format!("env.{k}: {e}"))?;
+            env.push((k, v));
+        }
+
+        check_command("version.command", &self.version.command, PREFIX_ONLY)?;
+        let version_regex =
+            Regex::new(&self.version.regex).map_err(|e| format!("version.regex: {e}"))?;
+        if version_regex.captures_len() < 2 {
+            return Err("version.regex needs a capture group (the version)".into());
+        }
+        let version = VersionProbe {
+            argv: self
+                .version
+                .command
+                .iter()
+                .map(|t| template::expand_prefix(t, prefix))
+                .collect(),
+            regex: version_regex,
+        };
+
+        for p in &self.install.debian {
+            if !is_debian_package(p) {
+                return Err(format!(
+                    "install.debian: {p:?} is not a Debian package name"
+                ));
+            }
+        }
+        for p in &self.install.pip {
+            if !is_pip_requirement(p) {
+                return Err(format!(
+                    "install.pip: {p:?} is not a plain pip requirement (name[extras]<op>version)"
+                ));
+            }
+        }
+        let install = InstallSpec {
+            debian: self.install.debian,
+            pip: self.install.pip,
+        };
+
+        let ro_paths = self
+            .ro_paths
+            .iter()
+            .map(|p| host_path("ro_paths", p, prefix))
+            .collect::<Result<Vec<_>, _>>()?;
+        let requires = self
+            .requires
+            .iter()
+            .map(|p| host_path("requires", p, prefix))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let example = self.example.map(|e| Example {
+            code: e.code,
+            stdout: e.stdout,
+        });
+
+        Ok(Language {
+            id,
+            name: self.name.trim().to_owned(),
+            aliases,
+            extensions,
+            source_file: self.source_file,
+            main_name_pattern,
+            compile,
+            run,
+            env,
+            version,
+            install,
+            ro_paths,
+            requires,
+            example,
+            origin: origin.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+id = "toy"
+name = "Toy"
+source_file = "main.toy"
+[run]
+command = ["/usr/bin/toy", "{source}"]
+[version]
+command = ["/usr/bin/toy", "--version"]
+regex = 'toy (\S+)'
+"#;
+
+    fn parse(text: &str) -> Result<Language, LangError> {
+        Language::from_toml(text, "test.toml", Path::new("/opt/runcell"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn minimal_file_parses_with_defaults() {
+        let l = parse(MINIMAL).unwrap();
+        assert_eq!(l.id, "toy");
+        assert!(l.aliases.is_empty() && l.extensions.is_empty() && l.env.is_empty());
+        assert!(!l.is_compiled());
+        assert!(l.available(), "no requires: available");
+        assert_eq!(l.install, InstallSpec::default());
+        assert_eq!(l.origin, "test.toml");
+        assert_eq!(l.source_file_for("anything"), "main.toy");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_everywhere() {
+        let e = err(&format!("{MINIMAL}\nbogus = 1\n"));
+        assert!(e.starts_with("test.toml: "), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+        let e = err(&MINIMAL.replace("[run]\n", "[run]\nmin_process = 3\n"));
+        assert!(e.contains("min_process"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[install]\napt = [\"x\"]\n"));
+        assert!(e.contains("apt"), "{e}");
+    }
+
+    #[test]
+    fn schema_errors_name_the_file_and_line() {
+        let e = err("id = \"x\"\nname = 3\n");
+        assert!(e.starts_with("test.toml: "), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        let e = err("this is not toml");
+        assert!(e.starts_with("test.toml: "), "{e}");
+        let e = err(&MINIMAL.replace("[run]\ncommand = [\"/usr/bin/toy\", \"{source}\"]\n", ""));
+        assert!(e.contains("run"), "{e}");
+    }
+
+    #[test]
+    fn empty_commands_are_refused() {
+        let e = err(&MINIMAL.replace(r#"command = ["/usr/bin/toy", "{source}"]"#, "command = []"));
+        assert!(e.contains("run.command: the command is empty"), "{e}");
+        let e = err(&MINIMAL.replace(
+            r#"command = ["/usr/bin/toy", "{source}"]"#,
+            r#"command = [" ", "x"]"#,
+        ));
+        assert!(e.contains("run.command"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[compile]\ncommand = []\n"));
+        assert!(e.contains("compile.command: the command is empty"), "{e}");
+        let e = err(&MINIMAL.replace(r#"command = ["/usr/bin/toy", "--version"]"#, "command = []"));
+        assert!(e.contains("version.command"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let cases: &[(&str, &str, &str)] = &[
+            (r#"id = "toy""#, r#"id = "Bad Id""#, "id"),
+            (r#"id = "toy""#, r#"id = """#, "id"),
+            (r#"name = "Toy""#, r#"name = " ""#, "name is empty"),
+            (
+                r#"source_file = "main.toy""#,
+                r#"source_file = "../x.toy""#,
+                "source_file",
+            ),
+            (
+                r#"source_file = "main.toy""#,
+                r#"source_file = "{stem}.toy""#,
+                "source_file",
+            ),
+            (
+                r#"regex = 'toy (\S+)'"#,
+                r#"regex = 'toy \S+'"#,
+                "capture group",
+            ),
+            (
+                r#"regex = 'toy (\S+)'"#,
+                r#"regex = 'toy ((\S+)'"#,
+                "version.regex",
+            ),
+            ("{source}\"]", "{sauce}\"]", "unknown placeholder `{sauce}`"),
+            ("\"--version\"]", "\"{source}\"]", "cannot be used here"),
+        ];
+        for (from, to, needle) in cases {
+            let text = MINIMAL.replacen(from, to, 1);
+            assert_ne!(text, MINIMAL, "replacement {from:?} did not apply");
+            let e = err(&text);
+            assert!(e.contains(needle), "{to}: {e}");
+        }
+        let more: &[(&str, &str)] = &[
+            ("requires = [\"usr/bin/toy\"]", "not an absolute path"),
+            ("requires = [\"/usr/../etc\"]", "must not contain"),
+            ("ro_paths = [\"{source}\"]", "cannot be used here"),
+            ("aliases = [\"two words\"]", "alias"),
+            ("extensions = [\"a/b\"]", "extension"),
+            ("main_name_pattern = 'class \\w+'", "capture group"),
+            ("main_name_pattern = '('", "main_name_pattern"),
+            ("[env]\n\"A-B\" = \"x\"", "not a valid variable name"),
+            ("[env]\nA = \"{nope}\"", "env.A"),
+            ("[install]\ndebian = [\"-o=evil\"]", "Debian package"),
+            ("[install]\ndebian = [\"Python3\"]", "Debian package"),
+            ("[install]\npip = [\"--index-url=http://x\"]", "pip"),
+            ("[install]\npip = [\"deno; sys_platform\"]", "pip"),
+            (
+                "[compile]\ncommand = [\"cc\"]\nmemory_mb = 0",
+                "compile.memory_mb",
+            ),
+            (
+                "[compile]\ncommand = [\"cc\"]\nwall_time = -1",
+                "compile.wall_time",
+            ),
+            ("[compile]\ncommand = [\"cc\"]\nmemory_mb = -5", "memory_mb"),
+            ("[example]\ncode = \"x\"", "stdout"),
+        ];
+        for (extra, needle) in more {
+            // Top-level keys must come before the first table.
+            let text = if extra.starts_with('[') {
+                format!("{MINIMAL}\n{extra}\n")
+            } else {
+                format!("{extra}\n{MINIMAL}")
+            };
+            let e = err(&text);
+            assert!(e.contains(needle), "{extra}: {e}");
+            assert!(e.starts_with("test.toml: "), "{e}");
+        }
+        let e = err(&MINIMAL.replace("[run]\n", "[run]\nmin_processes = 0\n"));
+        assert!(e.contains("run.min_processes"), "{e}");
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        let text = format!(
+            "aliases = [\"TOY\", \"Toy2\", \"toy2\"]\nextensions = [\".TY\", \"ty\"]\n{MINIMAL}"
+        );
+        let l = parse(&text).unwrap();
+        assert_eq!(
+            l.aliases,
+            vec!["toy2"],
+            "own id and duplicates dropped, lowercased"
+        );
+        assert_eq!(l.extensions, vec!["ty"]);
+    }
+
+    #[test]
+    fn prefix_is_expanded_in_paths_and_probe_not_in_commands() {
+        let text = MINIMAL
+            .replace(
+                "/usr/bin/toy\", \"--version",
+                "{prefix}/bin/toy\", \"--version",
+            )
+            .replace(
+                "[run]\ncommand = [\"/usr/bin/toy\"",
+                "[run]\ncommand = [\"{prefix}/bin/toy\"",
+            );
+        let text = format!(
+            "ro_paths = [\"{{prefix}}/lib\"]\nrequires = [\"{{prefix}}/bin/toy\"]\n{text}\n[env]\nTOYHOME = \"{{prefix}}/home\"\n"
+        );
+        let l = Language::from_toml(&text, "t.toml", Path::new("/srv/rc")).unwrap();
+        assert_eq!(l.version.argv, vec!["/srv/rc/bin/toy", "--version"]);
+        assert_eq!(l.ro_paths, vec![PathBuf::from("/srv/rc/lib")]);
+        assert_eq!(l.requires, vec![PathBuf::from("/srv/rc/bin/toy")]);
+        assert!(!l.available());
+        assert_eq!(
+            l.run.argv[0], "{prefix}/bin/toy",
+            "templates stay unexpanded"
+        );
+        let vars = Vars::new("main.toy", 64, "/srv/rc");
+        assert_eq!(l.run_argv(&vars, &[]), vec!["/srv/rc/bin/toy", "main.toy"]);
+        assert_eq!(
+            l.env(&vars),
+            vec![("TOYHOME".to_owned(), "/srv/rc/home".to_owned())]
+        );
+    }
+
+    #[test]
+    fn compile_and_run_argv_expand_and_append_args() {
+        let text = format!(
+            "{MINIMAL}\n[compile]\ncommand = [\"/usr/bin/toyc\", \"-m{{memory_mb}}\", \"-o\", \"{{stem}}\", \"{{source}}\"]\nmemory_mb = 512\nmax_processes = 8\nwall_time = 30\ncpu_time = 10.5\n"
+        )
+        .replace(r#"command = ["/usr/bin/toy", "{source}"]"#, r#"command = ["./{stem}"]"#);
+        let l = parse(&text).unwrap();
+        assert!(l.is_compiled());
+        let c = l.compile.as_ref().unwrap();
+        assert_eq!(
+            (c.memory_mb, c.max_processes, c.wall_time, c.cpu_time),
+            (Some(512), Some(8), Some(30.0), Some(10.5))
+        );
+        let vars = Vars::new("prog.toy", 300, "/opt/runcell");
+        assert_eq!(
+            l.compile_argv(&vars).unwrap(),
+            vec!["/usr/bin/toyc", "-m300", "-o", "prog", "prog.toy"]
+        );
+        let args = vec!["a b".to_owned(), "{source}".to_owned()];
+        assert_eq!(
+            l.run_argv(&vars, &args),
+            vec!["./prog", "a b", "{source}"],
+            "user args are not expanded"
+        );
+        assert_eq!(parse(MINIMAL).unwrap().compile_argv(&vars), None);
+    }
+
+    #[test]
+    fn main_name_pattern_picks_the_file_name() {
+        let text = format!("main_name_pattern = 'public class (\\w+)'\n{MINIMAL}")
+            .replace(r#"source_file = "main.toy""#, r#"source_file = "Main.toy""#);
+        let l = parse(&text).unwrap();
+        assert_eq!(l.source_file_for("public class Foo {}"), "Foo.toy");
+        assert_eq!(l.source_file_for("class Foo {}"), "Main.toy");
+        assert_eq!(l.source_file_for(""), "Main.toy");
+    }
+}
