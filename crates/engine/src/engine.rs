@@ -370,7 +370,9 @@ impl Engine {
                 file_size_bytes: l.max_file_size_mb << 20,
                 open_files: self.config.open_files,
                 stack_bytes: self.config.stack_mb << 20,
-                processes: l.max_processes,
+                // A backstop only: the cgroup's task limit (which counts the jail's two helper
+                // processes too) must be the one that trips, so that it is reported.
+                processes: l.max_processes + 2,
                 locked_memory_bytes: 64 << 10,
             },
             tmp: TmpfsSize::mib(self.config.tmp_mb),

@@ -100,6 +100,11 @@ pub(crate) struct AgentPlan {
     pub staging: PathBuf,
     /// Compiled seccomp filters for every program of this jail.
     pub filters: Vec<seccompiler::BpfProgram>,
+    /// cgroup `tasks` files (v1) the agent writes `0` to, to move itself into its cgroup.
+    pub cgroup_tasks: Vec<RawFd>,
+    /// Bring up loopback (when the jail has a network namespace of its own making; pooled
+    /// namespaces come with loopback up and cannot be configured from inside).
+    pub loopback: bool,
 }
 
 /// Entry point of the agent after `clone`. Never returns.
@@ -134,9 +139,16 @@ fn setup_err(stage: &str, what: impl std::fmt::Display, e: impl Into<io::Error>)
 }
 
 fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError> {
-    let mut keep = [ctrl, sync];
+    let mut keep = vec![ctrl, sync];
+    keep.extend_from_slice(&plan.cgroup_tasks);
     keep.sort_unstable();
     sys::close_all_except(&keep).map_err(|e| setup_err("fds", "close inherited descriptors", e))?;
+    // Join the jail's cgroup first, before anything is charged to the spawner's.
+    for &fd in &plan.cgroup_tasks {
+        sys::write_all(fd, b"0").map_err(|e| setup_err("cgroup", "join the jail's cgroup", e))?;
+        // SAFETY: our copy of the descriptor, not used again.
+        unsafe { libc::close(fd) };
+    }
     null_stdio().map_err(|e| setup_err("fds", "redirect stdio to /dev/null", e))?;
 
     // Wait until the spawner has written our uid/gid maps and put us in the cgroup.
@@ -174,7 +186,9 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
 
     build_root(&plan.config, &plan.staging)?;
     sethostname(&plan.config.hostname).map_err(|e| setup_err("uts", "sethostname", e))?;
-    loopback_up().map_err(|e| setup_err("network", "bring up loopback", e))?;
+    if plan.loopback {
+        loopback_up().map_err(|e| setup_err("network", "bring up loopback", e))?;
+    }
     // Nobody in the jail may read our memory or open our /proc entries.
     nix::sys::prctl::set_dumpable(false).map_err(|e| setup_err("agent", "set_dumpable", e))?;
 
@@ -507,7 +521,7 @@ fn build_dev(root: &Path) -> Result<(), JailError> {
     restrict(&dev, sys::MOUNT_ATTR_RDONLY, false)
 }
 
-fn loopback_up() -> io::Result<()> {
+pub(crate) fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain socket(2) call; the descriptor is owned right away.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {

@@ -17,6 +17,7 @@ pub mod cgroup;
 mod client;
 mod config;
 mod error;
+mod netns;
 mod proto;
 pub mod seccomp;
 pub mod slots;

@@ -16,6 +16,7 @@ use crate::agent::{AgentPlan, agent_entry};
 use crate::cgroup::{Cgroup, CgroupRoot};
 use crate::config::{CgroupLimits, JailConfig};
 use crate::error::{JailError, WireError};
+use crate::netns::NetnsPool;
 use crate::proto::{self, AgentReply, PreparedInfo, SpawnerReply, SpawnerRequest};
 use crate::slots::{self, SlotIds, Slots};
 use crate::sys;
@@ -26,6 +27,7 @@ pub const SPAWNER_FD: RawFd = 3;
 pub const ENV_STATE_DIR: &str = "RUNCELL_SPAWNER_STATE_DIR";
 pub const ENV_SLOTS: &str = "RUNCELL_SPAWNER_SLOTS";
 pub const ENV_ID_BASE: &str = "RUNCELL_SPAWNER_ID_BASE";
+pub const ENV_NETNS_POOL: &str = "RUNCELL_SPAWNER_NETNS_POOL";
 
 /// How long an agent may take to build its jail.
 const AGENT_READY_TIMEOUT_MS: i32 = 30_000;
@@ -39,6 +41,8 @@ pub struct SpawnerOptions {
     pub slots: u32,
     /// First host uid/gid of jail slots.
     pub id_base: u32,
+    /// Network namespaces to keep made ahead of time (0: create one per jail, on the spot).
+    pub netns_pool: usize,
 }
 
 impl Default for SpawnerOptions {
@@ -47,6 +51,7 @@ impl Default for SpawnerOptions {
             state_dir: PathBuf::from("/run/runcell"),
             slots: 1024,
             id_base: slots::DEFAULT_ID_BASE,
+            netns_pool: 4,
         }
     }
 }
@@ -57,6 +62,7 @@ impl SpawnerOptions {
             (ENV_STATE_DIR, self.state_dir.display().to_string()),
             (ENV_SLOTS, self.slots.to_string()),
             (ENV_ID_BASE, self.id_base.to_string()),
+            (ENV_NETNS_POOL, self.netns_pool.to_string()),
         ]
     }
 
@@ -74,6 +80,10 @@ impl SpawnerOptions {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(d.id_base),
+            netns_pool: std::env::var(ENV_NETNS_POOL)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.netns_pool),
         }
     }
 }
@@ -116,6 +126,7 @@ struct Server {
     staging: PathBuf,
     jails: HashMap<u64, JailRecord>,
     next_id: u64,
+    netns: Option<NetnsPool>,
 }
 
 static FILTERS: OnceLock<Vec<seccompiler::BpfProgram>> = OnceLock::new();
@@ -149,12 +160,22 @@ impl Server {
         if FILTERS.get().is_none() {
             let _ = FILTERS.set(crate::seccomp::filters()?);
         }
+        let netns = if opts.netns_pool > 0 {
+            // SAFETY: the spawner is single-threaded (checked above).
+            Some(
+                unsafe { NetnsPool::start(opts.netns_pool) }
+                    .map_err(|e| JailError::io("start the network namespace factory", e))?,
+            )
+        } else {
+            None
+        };
         let mut server = Server {
             cgroups,
             slots,
             staging,
             jails: HashMap::new(),
             next_id: 1,
+            netns,
         };
         server.sweep_stale();
         Ok(server)
@@ -253,7 +274,7 @@ impl Server {
     }
 
     fn clone_agent(
-        &self,
+        &mut self,
         config: JailConfig,
         slot: SlotIds,
         cgroup: &dyn Cgroup,
@@ -262,22 +283,45 @@ impl Server {
             proto::seqpacket_pair().map_err(|e| JailError::io("socketpair", e))?;
         let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| JailError::io("pipe", e.into()))?;
+        let netns = self.netns.as_mut().and_then(NetnsPool::take);
+        let attach = cgroup
+            .self_attach_files()
+            .map_err(|e| JailError::io("open the cgroup's tasks files", e))?;
         let plan = AgentPlan {
             config,
             staging: self.staging.clone(),
             filters: FILTERS.get().cloned().unwrap_or_default(),
+            cgroup_tasks: attach.iter().flatten().map(|f| f.as_raw_fd()).collect(),
+            loopback: netns.is_none(),
         };
-        let flags = libc::CLONE_NEWUSER
+        let mut flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS;
+        match (&netns, &self.netns) {
+            (Some(ns), Some(pool)) => pool
+                .enter(ns)
+                .map_err(|e| JailError::io("enter a pooled network namespace", e))?,
+            _ => flags |= libc::CLONE_NEWNET,
+        }
         // SAFETY: the spawner is single-threaded (checked at start-up).
-        let pid = unsafe { sys::clone_fork(flags) }.map_err(|e| JailError::io("clone jail", e))?;
-        if pid == 0 {
+        let cloned = unsafe { sys::clone_fork(flags) };
+        if matches!(cloned, Ok(0)) {
             agent_entry(&plan, ctrl_child.as_raw_fd(), sync_r.as_raw_fd());
         }
+        if netns.is_some()
+            && let Some(pool) = &self.netns
+        {
+            if let Err(e) = pool.leave() {
+                // Carrying on inside a jail's network namespace would hand it to the next
+                // jail too: stop (every jail dies with the spawner).
+                eprintln!("runcell spawner: cannot return to its network namespace: {e}");
+                std::process::abort();
+            }
+        }
+        drop(netns);
+        let pid = cloned.map_err(|e| JailError::io("clone jail", e))?;
         drop(ctrl_child);
         drop(sync_r);
         let kill = |e: JailError| {
@@ -300,9 +344,12 @@ impl Server {
         );
         write_proc(pid, "uid_map", &maps).map_err(kill)?;
         write_proc(pid, "gid_map", &gmaps).map_err(kill)?;
-        cgroup
-            .add_process(pid)
-            .map_err(|e| kill(JailError::io("move the jail into its cgroup", e)))?;
+        if attach.is_none() {
+            cgroup
+                .add_process(pid)
+                .map_err(|e| kill(JailError::io("move the jail into its cgroup", e)))?;
+        }
+        drop(attach);
         sys::write_all(sync_w.as_raw_fd(), b"g")
             .map_err(|e| kill(JailError::io("start agent", e)))?;
         drop(sync_w);

@@ -736,6 +736,22 @@ fn the_spawners_environment_does_not_reach_programs() {
     );
 }
 
+/// Run A listens on loopback TCP and on an abstract unix socket.
+const PROBE_A: &str = "import socket, time
+open('/tmp/marker-a', 'w').write('x')
+t = socket.socket(); t.bind(('127.0.0.1', 45678)); t.listen()
+u = socket.socket(socket.AF_UNIX); u.bind('\\0runcell-a'); u.listen()
+time.sleep(3); print('a survived')";
+
+/// Run B tries to reach them.
+const PROBE_B: &str = "import socket
+for fam, addr in ((socket.AF_INET, ('127.0.0.1', 45678)), (socket.AF_UNIX, '\\0runcell-a')):
+    s = socket.socket(fam)
+    try:
+        s.connect(addr); print('reached', addr)
+    except OSError as e:
+        print('refused', e.errno)";
+
 #[test]
 fn runs_do_not_see_or_touch_each_other() {
     let mounts = host_mounts();
@@ -747,25 +763,28 @@ fn runs_do_not_see_or_touch_each_other() {
         .unwrap();
     let victim = a
         .start(
-            &py("import time; open('/tmp/marker-a', 'w').write('x'); time.sleep(3); print('a survived')"),
+            &py(PROBE_A),
             StdinSource::Null,
             OutputTarget::Pipe,
             OutputTarget::Pipe,
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let out = b
-        .run(
-            &sh(
-                "ls /proc | grep -c '^[0-9]'; cat /proc/*/cmdline | tr '\\0' ' '; echo; \
-                 ls /workspace /tmp; kill -9 -1; echo killed=$?",
-            ),
-            StdinSource::Null,
-            &run_limits(),
-        )
-        .unwrap();
+    let mut probe = sh(
+        "ls /proc | grep -c '^[0-9]'; cat /proc/*/cmdline | tr '\\0' ' '; echo; \
+         ls /workspace /tmp; kill -9 -1; echo killed=$?; python3 -c \"$PROBE\"",
+    );
+    probe.env.push(("PROBE".into(), PROBE_B.into()));
+    let out = b.run(&probe, StdinSource::Null, &run_limits()).unwrap();
     let o = text(&out.stdout);
     assert!(!o.contains("time.sleep"), "{o}");
+    assert_eq!(
+        o.matches("refused 111").count(),
+        2,
+        "{o}{}",
+        text(&out.stderr)
+    );
+    assert!(!o.contains("reached"), "{o}");
     assert!(!o.contains("secret-a") && !o.contains("marker-a"), "{o}");
     let pids: u32 = o.lines().next().unwrap().trim().parse().unwrap();
     assert!(pids <= 6, "only its own processes: {o}");

@@ -35,6 +35,13 @@ pub trait Cgroup: Send + Sync + Debug {
     fn name(&self) -> &str;
     /// Moves a process (with all its threads) into the group.
     fn add_process(&self, pid: libc::pid_t) -> io::Result<()>;
+    /// Files through which a single-threaded process can move itself into the group by
+    /// writing `0` to each, or `None` where the hierarchy has no such fast path.
+    ///
+    /// Moving a whole process (`add_process`) takes a global lock that waits for an RCU grace
+    /// period (milliseconds); a single thread moving itself through cgroup v1's `tasks` file
+    /// does not.
+    fn self_attach_files(&self) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>>;
     /// Sets memory, task and CPU limits.
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()>;
     /// Restarts peak-memory measurement from the current use.

@@ -107,6 +107,20 @@ impl Cgroup for Group {
         Ok(())
     }
 
+    fn self_attach_files(&self) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>> {
+        let mut fds = Vec::with_capacity(self.dirs.len());
+        for d in &self.dirs {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("tasks"))
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("open {}/tasks: {e}", d.display()))
+                })?;
+            fds.push(f.into());
+        }
+        Ok(Some(fds))
+    }
+
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()> {
         let mem = limits.memory_bytes.to_string();
         let limit_file = self.memory.join("memory.limit_in_bytes");

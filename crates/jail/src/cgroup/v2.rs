@@ -67,6 +67,11 @@ impl Cgroup for Group {
         write_file(&self.dir.join("cgroup.procs"), &pid.to_string())
     }
 
+    fn self_attach_files(&self) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>> {
+        // cgroup.procs moves the whole thread group and takes the global lock either way.
+        Ok(None)
+    }
+
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()> {
         write_file(
             &self.dir.join("memory.max"),
