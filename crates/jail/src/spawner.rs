@@ -312,13 +312,12 @@ impl Server {
         }
         if netns.is_some()
             && let Some(pool) = &self.netns
+            && let Err(e) = pool.leave()
         {
-            if let Err(e) = pool.leave() {
-                // Carrying on inside a jail's network namespace would hand it to the next
-                // jail too: stop (every jail dies with the spawner).
-                eprintln!("runcell spawner: cannot return to its network namespace: {e}");
-                std::process::abort();
-            }
+            // Carrying on inside a jail's network namespace would hand it to the next jail
+            // too: stop (every jail dies with the spawner).
+            eprintln!("runcell spawner: cannot return to its network namespace: {e}");
+            std::process::abort();
         }
         drop(netns);
         let pid = cloned.map_err(|e| JailError::io("clone jail", e))?;
