@@ -102,6 +102,8 @@ pub(crate) struct AgentPlan {
     pub filters: Vec<seccompiler::BpfProgram>,
     /// cgroup `tasks` files (v1) the agent writes `0` to, to move itself into its cgroup.
     pub cgroup_tasks: Vec<RawFd>,
+    /// Highest capability number of the kernel (`/proc/sys/kernel/cap_last_cap`).
+    pub cap_last_cap: u32,
     /// Bring up loopback (when the jail has a network namespace of its own making; pooled
     /// namespaces come with loopback up and cannot be configured from inside).
     pub loopback: bool,
@@ -150,6 +152,9 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
         unsafe { libc::close(fd) };
     }
     null_stdio().map_err(|e| setup_err("fds", "redirect stdio to /dev/null", e))?;
+    // Default dispositions for every signal, so that nothing the spawner's parent ignored is
+    // inherited by programs (ignored signals survive execve). Steps only change SIGPIPE.
+    default_signal_dispositions();
 
     // Wait until the spawner has written our uid/gid maps and put us in the cgroup.
     let mut b = [0u8; 1];
@@ -883,7 +888,7 @@ fn program(
             fail(Stage::Rlimits, last_errno());
         }
     }
-    if drop_privileges().is_err() {
+    if drop_privileges(plan.cap_last_cap).is_err() {
         fail(Stage::Credentials, last_errno());
     }
     if nix::sys::prctl::set_no_new_privs().is_err() {
@@ -922,28 +927,56 @@ fn program(
     fail(Stage::Exec, errno)
 }
 
-/// Empty signal mask and default dispositions (the agent blocks SIGCHLD; the step init
-/// ignores SIGPIPE; neither may leak into the program).
-fn reset_signals() -> nix::Result<()> {
-    nix::sys::signal::SigSet::empty().thread_set_mask()?;
-    for sig in 1..libc::SIGRTMAX() {
+fn default_signal_dispositions() {
+    /// The kernel's `struct sigaction` on x86_64.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // The raw system call: the C library refuses the signals it reserves for itself (32, 33),
+    // but an ignored disposition of those is inherited across execve like any other.
+    for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: restoring the default disposition; invalid numbers just fail.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
+        // SAFETY: rt_sigaction with a valid struct for the kernel ABI and a null old action.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+}
+
+/// Empty signal mask and default dispositions for the program: the agent blocks SIGCHLD and
+/// the step init ignores SIGPIPE; every other disposition is already the default (see
+/// [`default_signal_dispositions`]) or a handler, which execve resets.
+fn reset_signals() -> nix::Result<()> {
+    nix::sys::signal::SigSet::empty().thread_set_mask()?;
+    // SAFETY: restoring one default disposition.
+    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(nix::errno::Errno::last());
     }
     Ok(())
 }
 
 /// Empties the capability bounding and ambient sets, then becomes uid/gid 1000 with no
-/// supplementary groups; leaving uid 0 clears every remaining capability.
-fn drop_privileges() -> io::Result<()> {
-    let last_cap = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
-        .unwrap_or(63);
-    for cap in 0..=last_cap {
+/// supplementary groups; leaving uid 0 clears every remaining capability, which is verified.
+fn drop_privileges(last_cap: u32) -> io::Result<()> {
+    for cap in 0..=last_cap as libc::c_ulong {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
             let e = io::Error::last_os_error();
@@ -966,17 +999,33 @@ fn drop_privileges() -> io::Result<()> {
     let (g, u) = (Gid::from_raw(JAIL_GID), Uid::from_raw(JAIL_UID));
     setresgid(g, g, g)?;
     setresuid(u, u, u)?;
-    // Verify: no capability may survive.
-    let status = fs::read_to_string("/proc/self/status")?;
-    for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
-        let ok = status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .map(|l| l[key.len()..].trim().trim_start_matches('0').is_empty())
-            .unwrap_or(false);
-        if !ok {
-            return Err(io::Error::from_raw_os_error(libc::EPERM));
-        }
+    // Verify: no effective, permitted or inheritable capability may survive.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget fills two Data structs for version 3, both ours.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if data
+        .iter()
+        .any(|d| d.effective != 0 || d.permitted != 0 || d.inheritable != 0)
+    {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
     }
     Ok(())
 }

@@ -127,6 +127,7 @@ struct Server {
     jails: HashMap<u64, JailRecord>,
     next_id: u64,
     netns: Option<NetnsPool>,
+    cap_last_cap: u32,
 }
 
 static FILTERS: OnceLock<Vec<seccompiler::BpfProgram>> = OnceLock::new();
@@ -176,6 +177,10 @@ impl Server {
             jails: HashMap::new(),
             next_id: 1,
             netns,
+            cap_last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(63),
         };
         server.sweep_stale();
         Ok(server)
@@ -293,6 +298,7 @@ impl Server {
             filters: FILTERS.get().cloned().unwrap_or_default(),
             cgroup_tasks: attach.iter().flatten().map(|f| f.as_raw_fd()).collect(),
             loopback: netns.is_none(),
+            cap_last_cap: self.cap_last_cap,
         };
         let mut flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS

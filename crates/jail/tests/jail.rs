@@ -704,19 +704,24 @@ fn host_files_are_not_visible_and_the_root_is_read_only() {
 
 #[test]
 fn the_spawners_environment_does_not_reach_programs() {
-    // A spawner started with a secret in its environment (as a careless operator might).
+    // A spawner started with a secret in its environment and with signals ignored (as a
+    // careless operator or `nohup` might).
     let secret = "hunter2-runcell-secret";
     let cmd = SpawnerCommand {
-        program: "/usr/bin/env".into(),
+        program: "/bin/sh".into(),
         args: vec![
-            format!("RUNCELL_TEST_SECRET={secret}"),
-            env!("CARGO_BIN_EXE_runcell-spawner").into(),
+            "-c".into(),
+            format!(
+                "trap '' INT HUP USR1 PIPE; exec env RUNCELL_TEST_SECRET={secret} {}",
+                env!("CARGO_BIN_EXE_runcell-spawner")
+            ),
         ],
     };
     let sp = Spawner::launch(&cmd, &SpawnerOptions::default()).expect("launch");
     let jail = sp.prepare(&config(), &cgroup_limits()).unwrap();
     let mut s = py("import os, glob\n\
          print(sorted(os.environ.items()))\n\
+         print([l for l in open('/proc/self/status') if l.startswith(('SigIgn', 'SigBlk'))])\n\
          for p in glob.glob('/proc/*/environ') + glob.glob('/proc/*/cmdline') + glob.glob('/proc/*/task/*/environ'):\n\
          \x20   try:\n\
          \x20       print(p, open(p, 'rb').read())\n\
@@ -728,6 +733,12 @@ fn the_spawners_environment_does_not_reach_programs() {
     assert!(!o.contains(secret), "{o}");
     assert!(o.contains("('MINE', 'visible')"), "{o}");
     assert!(o.contains("/proc/1/environ refused 13"), "{o}");
+    // Python ignores SIGPIPE and SIGXFSZ itself; nothing else is inherited (not even the
+    // signals the C library reserves, which it refuses to reset).
+    assert!(
+        o.contains("'SigBlk:\\t0000000000000000\\n', 'SigIgn:\\t0000000001001000\\n'"),
+        "{o}"
+    );
     let env_line = o.lines().next().unwrap();
     assert_eq!(
         env_line.matches("', '").count(),
