@@ -689,13 +689,17 @@ fn stdin_never_blocks_anyone() {
 #[test]
 fn host_files_are_not_visible_and_the_root_is_read_only() {
     let out = run(&sh(
-        "for p in /etc/shadow /etc/gshadow /etc/ssh /root /home /var /boot /srv /opt /run /sys \
-                  /work /run/runcell /etc/sudoers /proc/1/root/etc /proc/kcore; do \
-           if ls -d \"$p\" >/dev/null 2>&1 && cat \"$p\" >/dev/null 2>&1; then echo \"VISIBLE $p\"; fi; done; \
+        "for p in /etc/shadow /etc/gshadow /etc/ssh /etc/sudoers /root /home /boot /srv /opt /run \
+                  /sys /work /run/runcell /var/lib /var/log; do \
+           if [ -e \"$p\" ]; then echo \"VISIBLE $p\"; fi; done; \
+         for p in /proc/1/exe /proc/1/mem /proc/1/environ /proc/kcore; do \
+           if cat \"$p\" >/dev/null 2>&1; then echo \"READABLE $p\"; fi; done; \
+         for p in /proc/1/root/ /proc/1/cwd/; do \
+           if ls \"$p\" >/dev/null 2>&1; then echo \"READABLE $p\"; fi; done; \
          touch /usr/x 2>&1; touch /etc/x 2>&1; touch /x 2>&1; mkdir /dev/x 2>&1; cat /etc/passwd",
     ));
     let s = text(&out.stdout);
-    assert!(!s.contains("VISIBLE"), "{s}");
+    assert!(!s.contains("VISIBLE") && !s.contains("READABLE"), "{s}");
     assert_eq!(s.matches("Read-only file system").count(), 4, "{s}");
     // The passwd file is the jail's own: no host accounts.
     assert!(s.contains("runner:x:1000:1000"), "{s}");
