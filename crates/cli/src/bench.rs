@@ -134,7 +134,7 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
         eprintln!("runcell: {BWRAP} not found (apt-get install bubblewrap); skipping its rows");
     }
     let registry = global.registry()?;
-    let config = runcell_engine::rootfs::jail_config(registry.all(), &global.prefix, 64);
+    let config = runcell_engine::rootfs::jail_config(registry.all(), &global.prefix(), 64);
     let spawner = global.spawner()?;
     let cg = CgroupLimits {
         memory_bytes: 256 << 20,

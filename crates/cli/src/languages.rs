@@ -103,7 +103,7 @@ pub fn install(global: &Global, names: &[String]) -> Result<i32> {
         }
         out
     };
-    let r = runcell_lang::install::install(&langs, &global.prefix)?;
+    let r = runcell_lang::install::install(&langs, &global.prefix())?;
     let list = |v: &[String]| {
         if v.is_empty() {
             "none".to_string()
@@ -118,7 +118,7 @@ pub fn install(global: &Global, names: &[String]) -> Result<i32> {
     );
     eprintln!(
         "runcell: pip packages in {}/venv installed: {}; already present: {}",
-        global.prefix.display(),
+        global.prefix().display(),
         list(&r.pip_installed),
         list(&r.pip_present)
     );

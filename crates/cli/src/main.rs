@@ -3,6 +3,7 @@
 mod bench;
 mod languages;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,29 +27,22 @@ struct Cli {
 /// Options shared by every command.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Read-only prefix holding runtimes that are not Debian packages (a Python venv, Deno).
-    #[arg(
-        long,
-        global = true,
-        env = "RUNCELL_PREFIX",
-        default_value = "/opt/runcell"
-    )]
-    pub prefix: PathBuf,
+    /// Read-only prefix holding runtimes that are not Debian packages (a Python venv, Deno);
+    /// default /opt/runcell.
+    #[arg(long, global = true, env = "RUNCELL_PREFIX")]
+    pub prefix: Option<PathBuf>,
     /// Extra directory of language definitions (*.toml); may be repeated.
     #[arg(long = "languages-dir", global = true, env = "RUNCELL_LANGUAGES_DIR")]
     pub languages_dirs: Vec<PathBuf>,
-    /// Host directory for jail slot locks and the staging mount point.
-    #[arg(
-        long,
-        global = true,
-        env = "RUNCELL_STATE_DIR",
-        default_value = "/run/runcell"
-    )]
-    pub state_dir: PathBuf,
+    /// Host directory for jail slot locks and the staging mount point; default /run/runcell.
+    #[arg(long, global = true, env = "RUNCELL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Start the HTTP API server (SQLite store under the data directory; no other service).
+    Serve(serve::ServeArgs),
     /// Run a source file in a jail and print its output; the exit code mirrors the program's.
     Run(run::RunArgs),
     /// List the languages, their versions and whether their toolchains are installed.
@@ -76,9 +70,16 @@ enum RuntimesCommand {
 }
 
 impl Global {
+    /// The runtime prefix.
+    pub fn prefix(&self) -> PathBuf {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/opt/runcell"))
+    }
+
     pub fn registry(&self) -> Result<Arc<Registry>> {
         Ok(Arc::new(
-            Registry::load(&self.prefix, &self.languages_dirs)
+            Registry::load(&self.prefix(), &self.languages_dirs)
                 .context("loading language definitions")?,
         ))
     }
@@ -89,10 +90,10 @@ impl Global {
             program: exe,
             args: vec!["__spawner".into()],
         };
-        let opts = SpawnerOptions {
-            state_dir: self.state_dir.clone(),
-            ..SpawnerOptions::default()
-        };
+        let mut opts = SpawnerOptions::default();
+        if let Some(d) = &self.state_dir {
+            opts.state_dir = d.clone();
+        }
         Spawner::launch(&cmd, &opts).context("starting the jail spawner")
     }
 }
@@ -115,6 +116,7 @@ fn main() {
 
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Serve(args) => serve::serve(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, args),
         Command::Languages(args) => languages::list(&cli.global, args),
         Command::Runtimes {

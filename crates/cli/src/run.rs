@@ -116,7 +116,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32> {
         ..ExecuteRequest::default()
     };
     let config = EngineConfig {
-        prefix: global.prefix.clone(),
+        prefix: global.prefix(),
         ..EngineConfig::default()
     };
     let engine = Engine::new(global.spawner()?, registry, config);

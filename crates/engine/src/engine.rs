@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -7,7 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use runcell_jail::{
-    CgroupLimits, Exit, Jail, JailConfig, JailError, Limit, Outcome, OutputTarget, ProcessSpec,
+    CgroupLimits, Exit, Jail, JailError, Killer, Limit, Outcome, OutputTarget, ProcessSpec,
     Rlimits, RunLimits, Spawner, StdinSource, Stream, TmpfsSize, WORKSPACE,
 };
 use runcell_lang::{Language, Registry, Vars};
@@ -16,6 +17,7 @@ use crate::limits::{LimitPolicy, Limits};
 use crate::model::{
     CompileResult, ExecuteRequest, ExecutionResult, decode_output, rfc3339, signal_name,
 };
+use crate::pool::JailPool;
 use crate::{EngineError, rootfs};
 
 /// Receives output chunks of a run as they arrive (for streaming).
@@ -41,6 +43,8 @@ pub struct EngineConfig {
     pub stack_mb: u64,
     /// Extra files of one request together, bytes.
     pub max_files_bytes: u64,
+    /// Jails kept prepared ahead of requests (0: prepare each on demand).
+    pub pool_size: usize,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +65,7 @@ impl Default for EngineConfig {
             open_files: 1024,
             stack_mb: 64,
             max_files_bytes: 16 << 20,
+            pool_size: 0,
         }
     }
 }
@@ -83,11 +88,69 @@ pub struct Plan {
 
 /// Runs execution requests in jails.
 pub struct Engine {
-    spawner: Spawner,
+    pool: JailPool,
     registry: Arc<Registry>,
     config: EngineConfig,
-    jail: JailConfig,
     versions: Mutex<HashMap<String, Option<String>>>,
+}
+
+/// Cancels an execution from another thread: before it starts (it will not), or while it
+/// runs (its program and everything it started are killed).
+#[derive(Debug, Clone, Default)]
+pub struct Cancel {
+    inner: Arc<CancelInner>,
+}
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    current: Mutex<Option<Killer>>,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Cancels: kills the running step, if any, and prevents further steps.
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::SeqCst);
+        if let Some(k) = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = k.kill();
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Registers the running step (killing it at once if cancellation came first).
+    fn running(&self, killer: Option<Killer>) {
+        let mut cur = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = &killer
+            && self.is_cancelled()
+        {
+            let _ = k.kill();
+        }
+        *cur = killer;
+    }
+}
+
+/// How to run one plan.
+#[derive(Default)]
+pub struct RunContext<'a> {
+    /// Receives the run step's output as it arrives (for streaming).
+    pub on_output: Option<OutputSink<'a>>,
+    /// Cancellation from another thread.
+    pub cancel: Option<&'a Cancel>,
+    /// A session's jail to run in (its workspace persists); otherwise a fresh jail.
+    pub jail: Option<&'a Jail>,
 }
 
 const MAX_ARGS: usize = 256;
@@ -162,13 +225,39 @@ impl Engine {
     /// An engine over a running spawner and a language registry.
     pub fn new(spawner: Spawner, registry: Arc<Registry>, config: EngineConfig) -> Engine {
         let jail = rootfs::jail_config(registry.all(), &config.prefix, config.workspace_mb);
-        Engine {
+        let pool = JailPool::new(
             spawner,
+            jail,
+            Self::cgroup(&config.limits.defaults),
+            config.pool_size,
+        );
+        Engine {
+            pool,
             registry,
             config,
-            jail,
             versions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A fresh jail for a session (runs of one session share its workspace); give it back
+    /// with [`Engine::release`].
+    pub fn session_jail(&self) -> Result<Jail, JailError> {
+        self.pool.take()
+    }
+
+    /// Destroys a jail in the background.
+    pub fn release(&self, jail: Jail) {
+        self.pool.release(jail);
+    }
+
+    /// Jails prepared and waiting.
+    pub fn pool_ready(&self) -> usize {
+        self.pool.ready()
+    }
+
+    /// The spawner behind this engine.
+    pub fn spawner(&self) -> &Spawner {
+        self.pool.spawner()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -309,8 +398,41 @@ impl Engine {
             &plan,
             &uuid::Uuid::new_v4().to_string(),
             SystemTime::now(),
-            None,
+            RunContext::default(),
         ))
+    }
+
+    /// A `failed` result for a plan that could not be run at all.
+    pub fn failure(
+        &self,
+        plan: &Plan,
+        execution_id: &str,
+        created_at: SystemTime,
+        reason: impl Into<String>,
+    ) -> ExecutionResult {
+        let now = rfc3339(SystemTime::now());
+        ExecutionResult {
+            execution_id: execution_id.to_string(),
+            status: "failed".into(),
+            language: plan.language.clone(),
+            version: plan.version.clone(),
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: -1,
+            signal: None,
+            execution_time: 0.0,
+            cpu_time: 0.0,
+            memory_peak_kb: 0,
+            limit_exceeded: None,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            compile: None,
+            session_id: plan.session_id.clone(),
+            failure_reason: Some(reason.into()),
+            created_at: rfc3339(created_at),
+            started_at: now.clone(),
+            completed_at: now,
+        }
     }
 
     /// Runs a plan to its end. Never fails: a system error yields a `failed` result with a
@@ -320,7 +442,7 @@ impl Engine {
         plan: &Plan,
         execution_id: &str,
         created_at: SystemTime,
-        on_output: Option<OutputSink<'_>>,
+        ctx: RunContext<'_>,
     ) -> ExecutionResult {
         let started_at = SystemTime::now();
         let mut r = ExecutionResult {
@@ -345,10 +467,16 @@ impl Engine {
             started_at: rfc3339(started_at),
             completed_at: String::new(),
         };
-        if let Err(e) = self.run_steps(plan, &mut r, on_output) {
+        let cancel = ctx.cancel;
+        if let Err(e) = self.run_steps(plan, &mut r, ctx) {
             r.status = "failed".into();
             r.exit_code = -1;
             r.failure_reason = Some(format!("runcell could not run the program: {e}"));
+        }
+        if cancel.is_some_and(Cancel::is_cancelled) {
+            r.status = "failed".into();
+            r.limit_exceeded = None;
+            r.failure_reason = Some("the execution was cancelled".into());
         }
         r.completed_at = rfc3339(SystemTime::now());
         r
@@ -421,7 +549,7 @@ impl Engine {
         &self,
         plan: &Plan,
         r: &mut ExecutionResult,
-        on_output: Option<OutputSink<'_>>,
+        ctx: RunContext<'_>,
     ) -> Result<(), JailError> {
         let lang = self.lang(&plan.language)?;
         let mut run = plan.limits;
@@ -440,7 +568,21 @@ impl Engine {
         } else {
             &run
         };
-        let jail = self.spawner.prepare(&self.jail, &Self::cgroup(first))?;
+        if ctx.cancel.is_some_and(Cancel::is_cancelled) {
+            return Ok(());
+        }
+        let owned;
+        let jail = match ctx.jail {
+            Some(j) => j,
+            None => {
+                owned = Owned {
+                    jail: Some(self.pool.take()?),
+                    pool: &self.pool,
+                };
+                owned.jail.as_ref().expect("just set")
+            }
+        };
+        jail.set_limits(&Self::cgroup(first))?;
         let ws = jail.workspace();
         let write = |name: &str, data: &[u8]| {
             ws.write_file(name, data, 0o644)
@@ -453,10 +595,13 @@ impl Engine {
         if let Some(argv) = compile_argv {
             let mut env = base_env();
             merge_env(&mut env, lang.env(&vars(compile.memory_mb)));
-            let out = jail.run(
+            let out = run_program(
+                jail,
                 &self.spec(argv, env, &compile),
-                StdinSource::Null,
+                &[],
                 &Self::run_limits(&compile),
+                None,
+                ctx.cancel,
             )?;
             let ok = out.exit.success() && out.limit.is_none();
             r.compile = Some(compile_result(&out));
@@ -471,7 +616,10 @@ impl Engine {
                     r.status = "failed".into();
                     r.failure_reason = Some(not_started(stage, errno, "the compiler"));
                 }
-                return jail.destroy();
+                return Ok(());
+            }
+            if ctx.cancel.is_some_and(Cancel::is_cancelled) {
+                return Ok(());
             }
             jail.set_limits(&Self::cgroup(&run))?;
         }
@@ -481,14 +629,29 @@ impl Engine {
         let argv = lang.run_argv(&vars(run.memory_mb), &plan.args);
         let spec = self.spec(argv, env, &run);
         let out = run_program(
-            &jail,
+            jail,
             &spec,
             &plan.stdin,
             &Self::run_limits(&run),
-            on_output,
+            ctx.on_output,
+            ctx.cancel,
         )?;
         fill_result(r, &out);
-        jail.destroy()
+        Ok(())
+    }
+}
+
+/// A jail taken from the pool for one execution, destroyed in the background afterwards.
+struct Owned<'a> {
+    jail: Option<Jail>,
+    pool: &'a JailPool,
+}
+
+impl Drop for Owned<'_> {
+    fn drop(&mut self) {
+        if let Some(j) = self.jail.take() {
+            self.pool.release(j);
+        }
     }
 }
 
@@ -497,26 +660,33 @@ fn run_program(
     spec: &ProcessSpec,
     stdin: &[u8],
     limits: &RunLimits,
-    on_output: Option<OutputSink<'_>>,
+    mut on_output: Option<OutputSink<'_>>,
+    cancel: Option<&Cancel>,
 ) -> Result<Outcome, JailError> {
     let stdin = if stdin.is_empty() {
         StdinSource::Null
     } else {
         StdinSource::Bytes(stdin.to_vec())
     };
-    let Some(sink) = on_output else {
-        return jail.run(spec, stdin, limits);
-    };
     let p = jail.start(spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
+    if let Some(c) = cancel {
+        c.running(p.killer().ok());
+    }
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let mut outcome = jail.supervise(p, limits, &mut |s, chunk| {
+    let outcome = jail.supervise(p, limits, &mut |s, chunk| {
         match s {
             Stream::Stdout => out.extend_from_slice(chunk),
             Stream::Stderr => err.extend_from_slice(chunk),
         }
-        sink(s, chunk);
-    })?;
+        if let Some(sink) = on_output.as_mut() {
+            sink(s, chunk);
+        }
+    });
+    if let Some(c) = cancel {
+        c.running(None);
+    }
+    let mut outcome = outcome?;
     outcome.stdout = out;
     outcome.stderr = err;
     Ok(outcome)

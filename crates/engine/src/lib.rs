@@ -5,9 +5,10 @@
 mod engine;
 pub mod limits;
 pub mod model;
+mod pool;
 pub mod rootfs;
 
-pub use engine::{Engine, EngineConfig, OutputSink, Plan};
+pub use engine::{Cancel, Engine, EngineConfig, OutputSink, Plan, RunContext};
 pub use limits::{LimitPolicy, Limits};
 pub use model::{CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest};
 

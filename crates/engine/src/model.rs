@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One execution request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 pub struct ExecuteRequest {
     pub language: String,
@@ -27,33 +28,44 @@ pub struct ExecuteRequest {
     pub files: Vec<FileSpec>,
     /// Wall-clock seconds (alias of `limits.wall_time`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, example = 10))]
     pub timeout: Option<Value>,
     #[serde(default)]
     pub limits: Option<LimitsRequest>,
+    /// Network access (only `false` is supported: runs have no network).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<bool>))]
     pub network: Option<Value>,
     #[serde(default)]
     pub session_id: Option<String>,
 }
 
 /// Requested limits; each is validated against the server's defaults and maxima.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 pub struct LimitsRequest {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub wall_time: Option<Value>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub cpu_time: Option<Value>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub memory_mb: Option<Value>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub max_processes: Option<Value>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub max_output_bytes: Option<Value>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub max_file_size_mb: Option<Value>,
 }
 
 /// An extra file of the request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct FileSpec {
     pub name: String,
@@ -64,6 +76,7 @@ pub struct FileSpec {
 }
 
 /// The result of one execution.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExecutionResult {
     pub execution_id: String,
@@ -99,6 +112,7 @@ pub struct ExecutionResult {
 }
 
 /// The compile step's result.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CompileResult {
     pub stdout: String,

@@ -224,10 +224,34 @@ pub struct Process {
 impl Process {
     /// Kills the program and everything it started.
     pub fn kill(&self) -> io::Result<()> {
-        match crate::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL) {
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            r => r,
-        }
+        kill_step(&self.pidfd)
+    }
+
+    /// A handle that kills this program from any thread, also while it is being supervised.
+    pub fn killer(&self) -> io::Result<Killer> {
+        Ok(Killer {
+            pidfd: Arc::new(self.pidfd.try_clone()?),
+        })
+    }
+}
+
+fn kill_step(pidfd: &OwnedFd) -> io::Result<()> {
+    match crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        r => r,
+    }
+}
+
+/// Kills one started program (and everything it started). Cheap to clone; harmless after the
+/// program has ended (the pidfd names that process only, never a reused pid).
+#[derive(Debug, Clone)]
+pub struct Killer {
+    pidfd: Arc<OwnedFd>,
+}
+
+impl Killer {
+    pub fn kill(&self) -> io::Result<()> {
+        kill_step(&self.pidfd)
     }
 }
 

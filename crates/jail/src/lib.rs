@@ -27,7 +27,7 @@ mod sys;
 mod workspace;
 
 pub use agent::Stage;
-pub use client::{Jail, OutputTarget, Process, Spawner, SpawnerCommand, StdinSource};
+pub use client::{Jail, Killer, OutputTarget, Process, Spawner, SpawnerCommand, StdinSource};
 pub use config::{
     Bind, CgroupLimits, JAIL_GID, JAIL_UID, JailConfig, JailFile, ProcessSpec, Rlimits, Symlink,
     TmpfsSize, WORKSPACE,

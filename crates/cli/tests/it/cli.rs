@@ -1,4 +1,4 @@
-//! End-to-end tests of the `runcell` binary: every language (hello world with stdin, args and
+//! End-to-end tests of the `runcell` command line: every language (hello world with stdin, args and
 //! environment; a compile error for compiled languages; a runtime error), and the CLI's own
 //! behaviour (exit codes, JSON, limits, errors).
 //!

@@ -1,0 +1,79 @@
+//! `runcell serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use runcell_jail::{Spawner, SpawnerCommand, SpawnerOptions};
+use runcell_lang::Registry;
+use runcell_server::config::Config;
+
+use crate::Global;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8002).
+    #[arg(long, env = "RUNCELL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the SQLite database and the generated API key (default /var/lib/runcell).
+    #[arg(long, env = "RUNCELL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file (see docs/configuration.md); environment variables and flags
+    /// override it.
+    #[arg(long, env = "RUNCELL_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+pub fn serve(global: &Global, args: ServeArgs) -> Result<i32> {
+    let mut config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(p) = &global.prefix {
+        config.engine.prefix = p.clone();
+    }
+    if let Some(d) = &global.state_dir {
+        config.state_dir = d.clone();
+    }
+    config
+        .languages_dirs
+        .extend(global.languages_dirs.iter().cloned());
+    config.validate()?;
+    let registry = Arc::new(
+        Registry::load(&config.engine.prefix, &config.languages_dirs)
+            .context("loading language definitions")?,
+    );
+    // The spawner starts before any thread does.
+    let exe = std::env::current_exe().context("finding the runcell executable")?;
+    let spawner = Spawner::launch(
+        &SpawnerCommand {
+            program: exe,
+            args: vec!["__spawner".into()],
+        },
+        &SpawnerOptions {
+            state_dir: config.state_dir.clone(),
+            ..SpawnerOptions::default()
+        },
+    )
+    .context("starting the jail spawner")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUNCELL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("runcell")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(runcell_server::serve(config, spawner, registry))?;
+    Ok(0)
+}

@@ -1,0 +1,283 @@
+//! Server configuration: defaults, then a TOML file, then environment variables, then
+//! command-line flags (applied by the caller).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use runcell_engine::EngineConfig;
+
+/// Everything `runcell serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database and the generated API key.
+    pub data_dir: PathBuf,
+    /// API keys; each is a tenant. Empty: a key is generated on first start, stored (hashed)
+    /// in the database and printed.
+    pub api_keys: Vec<String>,
+    /// Requests per minute per key (a batch of N counts as N). 0 is refused, never "off".
+    pub rate_limit_per_minute: u32,
+    /// Executions running at the same time.
+    pub concurrency: usize,
+    /// Accepted executions waiting for a worker (async queue plus waiting sync requests);
+    /// beyond it the API answers 503.
+    pub max_queue: usize,
+    /// How long finished executions are kept, seconds.
+    pub result_retention_secs: u64,
+    /// Largest request body, bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Host directory for jail slot locks and the staging mount point.
+    pub state_dir: PathBuf,
+    /// Extra language definition directories.
+    pub languages_dirs: Vec<PathBuf>,
+    pub webhooks: WebhookConfig,
+    pub sessions: SessionConfig,
+    /// Limits, runtime prefix, jail pool.
+    pub engine: EngineConfig,
+}
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Hosts, IP addresses or CIDR ranges allowed as targets although they are loopback,
+    /// private, link-local or metadata addresses.
+    pub allow: Vec<String>,
+    /// Attempts before a delivery is given up (the first one included).
+    pub max_attempts: u32,
+    /// Waits between attempts, seconds; the last one repeats.
+    pub backoff_secs: Vec<f64>,
+    /// Timeout of one attempt, seconds.
+    pub timeout_secs: f64,
+}
+
+/// Sessions: runs with the same `session_id` share a workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A session unused this long is destroyed with its workspace, seconds.
+    pub idle_timeout_secs: u64,
+    /// Sessions alive at once (all tenants together).
+    pub max_sessions: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            allow: Vec::new(),
+            max_attempts: 8,
+            backoff_secs: vec![5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0],
+            timeout_secs: 10.0,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_timeout_secs: 600,
+            max_sessions: 256,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8002)),
+            data_dir: PathBuf::from("/var/lib/runcell"),
+            api_keys: Vec::new(),
+            rate_limit_per_minute: 6000,
+            concurrency: cpus * 2,
+            max_queue: 1000,
+            result_retention_secs: 24 * 3600,
+            max_body_bytes: 10 << 20,
+            state_dir: PathBuf::from("/run/runcell"),
+            languages_dirs: Vec::new(),
+            webhooks: WebhookConfig::default(),
+            sessions: SessionConfig::default(),
+            engine: EngineConfig {
+                pool_size: 4,
+                ..EngineConfig::default()
+            },
+        }
+    }
+}
+
+/// A configuration problem, in a sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn comma_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl Config {
+    /// Defaults, overridden by the TOML file (if any), then by environment variables
+    /// (`RUNCELL_LISTEN`, `RUNCELL_DATA_DIR`, `RUNCELL_API_KEYS`, `RUNCELL_WEBHOOK_ALLOW`,
+    /// `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
+    /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut c = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
+                toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
+            }
+            None => Config::default(),
+        };
+        let parse = |name: &str, v: String| -> Result<u64, ConfigError> {
+            v.trim()
+                .parse()
+                .map_err(|_| ConfigError(format!("{name} must be a whole number, got {v:?}")))
+        };
+        if let Some(v) = env("RUNCELL_LISTEN") {
+            c.listen = v
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError(format!("RUNCELL_LISTEN must be host:port, got {v:?}")))?;
+        }
+        if let Some(v) = env("RUNCELL_DATA_DIR") {
+            c.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("RUNCELL_API_KEYS") {
+            c.api_keys = comma_list(&v);
+        }
+        if let Some(v) = env("RUNCELL_WEBHOOK_ALLOW") {
+            c.webhooks.allow = comma_list(&v);
+        }
+        if let Some(v) = env("RUNCELL_RATE_LIMIT") {
+            c.rate_limit_per_minute = parse("RUNCELL_RATE_LIMIT", v)? as u32;
+        }
+        if let Some(v) = env("RUNCELL_CONCURRENCY") {
+            c.concurrency = parse("RUNCELL_CONCURRENCY", v)? as usize;
+        }
+        if let Some(v) = env("RUNCELL_MAX_QUEUE") {
+            c.max_queue = parse("RUNCELL_MAX_QUEUE", v)? as usize;
+        }
+        if let Some(v) = env("RUNCELL_RETENTION_SECS") {
+            c.result_retention_secs = parse("RUNCELL_RETENTION_SECS", v)?;
+        }
+        if let Some(v) = env("RUNCELL_POOL_SIZE") {
+            c.engine.pool_size = parse("RUNCELL_POOL_SIZE", v)? as usize;
+        }
+        Ok(c)
+    }
+
+    /// Refuses settings that would mean "off" or "unlimited" by accident.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: &str| Err(ConfigError(s.to_string()));
+        if self.rate_limit_per_minute == 0 {
+            return bad("rate_limit_per_minute must be at least 1 (it cannot be turned off)");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1");
+        }
+        if self.max_queue == 0 {
+            return bad("max_queue must be at least 1");
+        }
+        if self.result_retention_secs == 0 {
+            return bad("result_retention_secs must be at least 1");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes must be at least 1024");
+        }
+        if self.webhooks.max_attempts == 0 {
+            return bad("webhooks.max_attempts must be at least 1");
+        }
+        if self.webhooks.backoff_secs.is_empty()
+            || self
+                .webhooks
+                .backoff_secs
+                .iter()
+                .any(|s| !s.is_finite() || *s < 0.0)
+        {
+            return bad("webhooks.backoff_secs must be a non-empty list of seconds");
+        }
+        if !(self.webhooks.timeout_secs.is_finite() && self.webhooks.timeout_secs > 0.0) {
+            return bad("webhooks.timeout_secs must be positive");
+        }
+        for entry in &self.webhooks.allow {
+            crate::webhook::AllowEntry::parse(entry)
+                .map_err(|e| ConfigError(format!("webhooks.allow: {e}")))?;
+        }
+        if self.sessions.max_sessions == 0 || self.sessions.idle_timeout_secs == 0 {
+            return bad("sessions.max_sessions and sessions.idle_timeout_secs must be at least 1");
+        }
+        for k in &self.api_keys {
+            if k.len() < 16 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad("API keys must be at least 16 printable characters without spaces");
+            }
+        }
+        self.engine
+            .limits
+            .validate()
+            .map_err(|e| ConfigError(format!("engine.limits: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, no_env).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8002");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("runcell.toml");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:9000\"\nrate_limit_per_minute = 10\n[webhooks]\nmax_attempts = 3\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "RUNCELL_RATE_LIMIT" => Some("20".to_string()),
+            "RUNCELL_API_KEYS" => Some("aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb".to_string()),
+            _ => None,
+        };
+        let c = Config::load(Some(&f), env).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.rate_limit_per_minute, 20);
+        assert_eq!(c.webhooks.max_attempts, 3);
+        assert_eq!(c.api_keys.len(), 2);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn off_switches_are_refused() {
+        let env = |k: &str| (k == "RUNCELL_RATE_LIMIT").then(|| "0".to_string());
+        let c = Config::load(None, env).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("rate_limit"));
+        let env = |k: &str| (k == "RUNCELL_RATE_LIMIT").then(|| "many".to_string());
+        assert!(Config::load(None, env).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, "no_such_setting = 1\n").unwrap();
+        assert!(Config::load(Some(&f), no_env).is_err());
+    }
+}

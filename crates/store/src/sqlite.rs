@@ -1,0 +1,675 @@
+//! [`SqliteStore`]: the [`Store`] on an embedded SQLite database in WAL mode.
+//!
+//! One file (mode 0600), `synchronous=NORMAL` (a commit survives a crash or `kill -9` of the
+//! process; only a power loss may undo the last commits), a 5 s busy timeout, foreign keys on.
+//! The schema version is kept in `PRAGMA user_version` and migrated forward by [`SqliteStore::open`].
+//!
+//! SQLite has a single writer. Every write that must be atomic is either one statement
+//! (`UPDATE … RETURNING`, `INSERT … ON CONFLICT`) or a `BEGIN IMMEDIATE` transaction, so
+//! concurrent callers (on one pool or several processes) never see or make a half-done change.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use crate::{
+    Attempt, DeliveryRow, DeliveryState, ExecStatus, ExecutionRow, Finish, ListFilter, NewDelivery,
+    NewExecution, Result, Store, StoreError,
+};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the initial schema.
+    r#"
+    CREATE TABLE executions (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        id             TEXT    NOT NULL UNIQUE,
+        tenant         TEXT    NOT NULL,
+        status         TEXT    NOT NULL,
+        language       TEXT    NOT NULL,
+        session_id     TEXT,
+        request        TEXT    NOT NULL,
+        result         TEXT,
+        failure_reason TEXT,
+        callback_url   TEXT,
+        created_at     INTEGER NOT NULL,
+        started_at     INTEGER,
+        completed_at   INTEGER,
+        expires_at     INTEGER
+    );
+    CREATE INDEX executions_status_seq ON executions (status, seq);
+    CREATE INDEX executions_tenant_seq ON executions (tenant, seq);
+    CREATE INDEX executions_tenant_session_seq ON executions (tenant, session_id, seq);
+    CREATE INDEX executions_expires_at ON executions (expires_at);
+
+    CREATE TABLE tenants (
+        tenant         TEXT    PRIMARY KEY,
+        webhook_secret TEXT    NOT NULL,
+        created_at     INTEGER NOT NULL
+    );
+
+    CREATE TABLE api_keys (
+        key_hash   TEXT    PRIMARY KEY,
+        tenant     TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE deliveries (
+        id              TEXT    PRIMARY KEY,
+        execution_id    TEXT    NOT NULL,
+        tenant          TEXT    NOT NULL,
+        url             TEXT    NOT NULL,
+        payload         TEXT    NOT NULL,
+        state           TEXT    NOT NULL,
+        created_at      INTEGER NOT NULL,
+        next_attempt_at INTEGER
+    );
+    CREATE INDEX deliveries_state_next ON deliveries (state, next_attempt_at);
+    CREATE INDEX deliveries_tenant_execution ON deliveries (tenant, execution_id);
+
+    CREATE TABLE delivery_attempts (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id TEXT    NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+        at          INTEGER NOT NULL,
+        status_code INTEGER,
+        error       TEXT,
+        duration_ms INTEGER NOT NULL
+    );
+    CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id, seq);
+    "#,
+];
+
+/// Columns of an execution row, in the order [`exec_row`] reads them by name.
+macro_rules! exec_cols {
+    () => {
+        "seq, id, tenant, status, language, session_id, request, result, failure_reason, \
+         callback_url, created_at, started_at, completed_at, expires_at"
+    };
+}
+
+/// Columns of a delivery joined with its attempts (see [`collect_deliveries`]).
+macro_rules! delivery_select {
+    ($where_order_limit:expr, $order:expr) => {
+        concat!(
+            "WITH d AS (SELECT rowid AS drow, id, execution_id, tenant, url, payload, state, \
+             created_at, next_attempt_at FROM deliveries ",
+            $where_order_limit,
+            ") SELECT d.drow, d.id, d.execution_id, d.tenant, d.url, d.payload, d.state, \
+             d.created_at, d.next_attempt_at, a.seq AS a_seq, a.at AS a_at, \
+             a.status_code AS a_status_code, a.error AS a_error, a.duration_ms AS a_duration_ms \
+             FROM d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id ORDER BY ",
+            $order,
+            ", d.drow, a.seq"
+        )
+    };
+}
+
+/// runcell's [`Store`] on an embedded SQLite database (WAL).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn corrupt(e: sqlx::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn get<'r, T>(row: &'r SqliteRow, col: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(col).map_err(corrupt)
+}
+
+fn exec_row(row: &SqliteRow) -> Result<ExecutionRow> {
+    let status: String = get(row, "status")?;
+    let status = ExecStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown execution status {status:?}")))?;
+    Ok(ExecutionRow {
+        id: get(row, "id")?,
+        tenant: get(row, "tenant")?,
+        status,
+        language: get(row, "language")?,
+        session_id: get(row, "session_id")?,
+        request: get(row, "request")?,
+        result: get(row, "result")?,
+        failure_reason: get(row, "failure_reason")?,
+        callback_url: get(row, "callback_url")?,
+        created_at: get(row, "created_at")?,
+        started_at: get(row, "started_at")?,
+        completed_at: get(row, "completed_at")?,
+        expires_at: get(row, "expires_at")?,
+        seq: get(row, "seq")?,
+    })
+}
+
+fn exec_rows(rows: &[SqliteRow]) -> Result<Vec<ExecutionRow>> {
+    rows.iter().map(exec_row).collect()
+}
+
+/// Groups the rows of a [`delivery_select!`] query (one per attempt, or one with NULL attempt
+/// columns for a delivery without attempts; a delivery's rows are adjacent) into deliveries.
+fn collect_deliveries(rows: &[SqliteRow]) -> Result<Vec<DeliveryRow>> {
+    let mut out: Vec<(i64, DeliveryRow)> = Vec::new();
+    for row in rows {
+        let drow: i64 = get(row, "drow")?;
+        if out.last().is_none_or(|(last, _)| *last != drow) {
+            let state: String = get(row, "state")?;
+            let state = DeliveryState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown delivery state {state:?}")))?;
+            out.push((
+                drow,
+                DeliveryRow {
+                    id: get(row, "id")?,
+                    execution_id: get(row, "execution_id")?,
+                    tenant: get(row, "tenant")?,
+                    url: get(row, "url")?,
+                    payload: get(row, "payload")?,
+                    state,
+                    created_at: get(row, "created_at")?,
+                    next_attempt_at: get(row, "next_attempt_at")?,
+                    attempts: Vec::new(),
+                },
+            ));
+        }
+        let attempt_seq: Option<i64> = get(row, "a_seq")?;
+        if attempt_seq.is_some() {
+            let status_code: Option<i64> = get(row, "a_status_code")?;
+            let status_code = status_code
+                .map(|c| {
+                    u16::try_from(c)
+                        .map_err(|_| StoreError::Corrupt(format!("HTTP status {c} out of range")))
+                })
+                .transpose()?;
+            let attempt = Attempt {
+                at: get(row, "a_at")?,
+                status_code,
+                error: get(row, "a_error")?,
+                duration_ms: get(row, "a_duration_ms")?,
+            };
+            if let Some((_, d)) = out.last_mut() {
+                d.attempts.push(attempt);
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Creates `path` with mode 0600 if it does not exist (SQLite would use 0644; its `-wal` and
+/// `-shm` files take the database file's mode).
+fn create_private_file(path: &Path) -> Result<()> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Database(format!(
+            "creating {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one `BEGIN IMMEDIATE` transaction.
+async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {version}, newer than this build's \
+             {SCHEMA_VERSION}: upgrade runcell"
+        )));
+    }
+    if version < 0 {
+        return Err(StoreError::Corrupt(format!("schema version {version}")));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for step in MIGRATIONS.iter().skip(version as usize) {
+        sqlx::raw_sql(*step).execute(&mut *tx).await.map_err(db)?;
+    }
+    // PRAGMA takes no bound parameters; the value is our own integer constant.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "PRAGMA user_version = {SCHEMA_VERSION}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its parent directory) the database at `path` and
+    /// brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(|e| {
+                        StoreError::Database(format!("creating {}: {e}", parent.display()))
+                    })?;
+            }
+            _ => {}
+        }
+        create_private_file(path)?;
+
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5))
+            .synchronous(SqliteSynchronous::Normal);
+
+        // Switching to WAL needs an exclusive lock that the busy timeout does not wait for, so
+        // it is done once on a single connection (WAL is then a property of the file), together
+        // with the migration, before the pool opens its connections.
+        let mut conn =
+            SqliteConnection::connect_with(&options.clone().journal_mode(SqliteJournalMode::Wal))
+                .await
+                .map_err(db)?;
+        let migrated = migrate(&mut conn).await;
+        let closed = conn.close().await.map_err(db);
+        migrated?;
+        closed?;
+
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        Ok(SqliteStore {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes every connection (waiting for the ones in use to be returned). Dropping the
+    /// store without this is safe too: every commit is already in the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert_execution(&self, e: &NewExecution) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO executions (id, tenant, status, language, session_id, request, \
+             callback_url, created_at, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(&e.id)
+        .bind(&e.tenant)
+        .bind(e.status.as_str())
+        .bind(&e.language)
+        .bind(&e.session_id)
+        .bind(&e.request)
+        .bind(&e.callback_url)
+        .bind(e.created_at)
+        .bind(e.started_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn claim_next_pending(&self, now: i64) -> Result<Option<ExecutionRow>> {
+        // One statement: SQLite takes the write lock before evaluating the subquery, so two
+        // claimers can never take the same row.
+        let rows = sqlx::query(concat!(
+            "UPDATE executions SET status = 'running', started_at = ?1 WHERE seq = \
+             (SELECT seq FROM executions WHERE status = 'pending' ORDER BY seq LIMIT 1) \
+             RETURNING ",
+            exec_cols!()
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.first().map(exec_row).transpose()
+    }
+
+    async fn finish_execution(&self, id: &str, f: &Finish) -> Result<bool> {
+        if !f.status.is_final() {
+            return Err(StoreError::Database(format!(
+                "finish_execution with non-final status {}",
+                f.status.as_str()
+            )));
+        }
+        let done = sqlx::query(
+            "UPDATE executions SET status = ?2, result = ?3, failure_reason = ?4, \
+             completed_at = ?5, expires_at = ?6 \
+             WHERE id = ?1 AND status IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(f.status.as_str())
+        .bind(&f.result)
+        .bind(&f.failure_reason)
+        .bind(f.completed_at)
+        .bind(f.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn get_execution(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<ExecutionRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            exec_cols!(),
+            " FROM executions WHERE id = ?1 AND tenant = ?2 \
+             AND (expires_at IS NULL OR expires_at > ?3)"
+        ))
+        .bind(id)
+        .bind(tenant)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(exec_row).transpose()
+    }
+
+    async fn list_executions(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        now: i64,
+    ) -> Result<Vec<ExecutionRow>> {
+        // Only the conditions in use are in the SQL, so the planner can pick the
+        // (tenant, session_id, seq) or (tenant, seq) index.
+        let mut sql = String::from(concat!(
+            "SELECT ",
+            exec_cols!(),
+            " FROM executions WHERE tenant = ? AND (expires_at IS NULL OR expires_at > ?)"
+        ));
+        if filter.session_id.is_some() {
+            sql.push_str(" AND session_id = ?");
+        }
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.before_seq.is_some() {
+            sql.push_str(" AND seq < ?");
+        }
+        sql.push_str(" ORDER BY seq DESC LIMIT ?");
+        // Built only from the constant fragments above; every value is bound.
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant).bind(now);
+        if let Some(session) = &filter.session_id {
+            q = q.bind(session);
+        }
+        if let Some(status) = filter.status {
+            q = q.bind(status.as_str());
+        }
+        if let Some(before) = filter.before_seq {
+            q = q.bind(before);
+        }
+        let rows = q
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        exec_rows(&rows)
+    }
+
+    async fn cancel_pending(&self, tenant: &str, id: &str, f: &Finish) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = ?3, result = ?4, failure_reason = ?5, \
+             completed_at = ?6, expires_at = ?7 \
+             WHERE id = ?1 AND tenant = ?2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(f.status.as_str())
+        .bind(&f.result)
+        .bind(&f.failure_reason)
+        .bind(f.completed_at)
+        .bind(f.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn fail_interrupted(
+        &self,
+        reason: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Vec<ExecutionRow>> {
+        let rows = sqlx::query(concat!(
+            "UPDATE executions SET status = 'failed', failure_reason = ?1, completed_at = ?2, \
+             expires_at = ?3 WHERE status = 'running' RETURNING ",
+            exec_cols!()
+        ))
+        .bind(reason)
+        .bind(now)
+        .bind(expires_at)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut rows = exec_rows(&rows)?;
+        rows.sort_by_key(|r| r.seq);
+        Ok(rows)
+    }
+
+    async fn count_pending(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")))
+    }
+
+    async fn delete_expired(&self, now: i64) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        // Attempts go with their deliveries (ON DELETE CASCADE).
+        sqlx::query(
+            "DELETE FROM deliveries WHERE (tenant, execution_id) IN \
+             (SELECT tenant, id FROM executions WHERE expires_at <= ?1)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let done = sqlx::query("DELETE FROM executions WHERE expires_at <= ?1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn webhook_secret(&self, tenant: &str, generate: String) -> Result<String> {
+        const SELECT: &str = "SELECT webhook_secret FROM tenants WHERE tenant = ?1";
+        // The common case reads only, without taking the write lock.
+        let existing: Option<String> = sqlx::query_scalar(SELECT)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        if let Some(secret) = existing {
+            return Ok(secret);
+        }
+        sqlx::query(
+            "INSERT INTO tenants (tenant, webhook_secret, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (tenant) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&generate)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        // Whoever inserted first, this is the committed secret.
+        let secret: Option<String> = sqlx::query_scalar(SELECT)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        secret.ok_or_else(|| StoreError::Database(format!("tenant {tenant:?} vanished")))
+    }
+
+    async fn api_keys(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT key_hash, tenant FROM api_keys ORDER BY created_at, rowid")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((get(r, "key_hash")?, get(r, "tenant")?)))
+            .collect()
+    }
+
+    async fn insert_api_key(&self, key_hash: &str, tenant: &str, created_at: i64) -> Result<()> {
+        sqlx::query("INSERT INTO api_keys (key_hash, tenant, created_at) VALUES (?1, ?2, ?3)")
+            .bind(key_hash)
+            .bind(tenant)
+            .bind(created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn insert_delivery(&self, d: &NewDelivery) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deliveries (id, execution_id, tenant, url, payload, state, created_at, \
+             next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&d.id)
+        .bind(&d.execution_id)
+        .bind(&d.tenant)
+        .bind(&d.url)
+        .bind(&d.payload)
+        .bind(d.created_at)
+        .bind(d.next_attempt_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query(delivery_select!(
+            "WHERE state = 'pending' AND next_attempt_at <= ?1 \
+             ORDER BY next_attempt_at, rowid LIMIT ?2",
+            "d.next_attempt_at"
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        collect_deliveries(&rows)
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &Attempt,
+        state: DeliveryState,
+        next_attempt_at: Option<i64>,
+    ) -> Result<()> {
+        let next = match state {
+            DeliveryState::Pending => Some(next_attempt_at.ok_or_else(|| {
+                StoreError::Database(
+                    "record_attempt: a pending delivery needs next_attempt_at".into(),
+                )
+            })?),
+            DeliveryState::Delivered | DeliveryState::Failed => None,
+        };
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let updated =
+            sqlx::query("UPDATE deliveries SET state = ?2, next_attempt_at = ?3 WHERE id = ?1")
+                .bind(delivery_id)
+                .bind(state.as_str())
+                .bind(next)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        if updated.rows_affected() == 0 {
+            // Deleted meanwhile (its execution expired): nothing to record.
+            tx.rollback().await.map_err(db)?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, at, status_code, error, duration_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(delivery_id)
+        .bind(attempt.at)
+        .bind(attempt.status_code.map(i64::from))
+        .bind(&attempt.error)
+        .bind(attempt.duration_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_deliveries(&self, tenant: &str, execution_id: &str) -> Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query(delivery_select!(
+            "WHERE tenant = ?1 AND execution_id = ?2",
+            "d.created_at"
+        ))
+        .bind(tenant)
+        .bind(execution_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        collect_deliveries(&rows)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,965 @@
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::*;
+
+async fn open_temp() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("state/runcell.db"))
+        .await
+        .expect("open");
+    (dir, store)
+}
+
+fn new_exec(id: &str, tenant: &str, status: ExecStatus) -> NewExecution {
+    NewExecution {
+        id: id.to_string(),
+        tenant: tenant.to_string(),
+        status,
+        language: "python".to_string(),
+        session_id: None,
+        request: format!(r#"{{"language":"python","code":"print('{id}')"}}"#),
+        callback_url: None,
+        created_at: 1_000,
+        started_at: (status == ExecStatus::Running).then_some(1_001),
+    }
+}
+
+fn finish(status: ExecStatus, at: i64, expires_at: i64) -> Finish {
+    Finish {
+        status,
+        result: Some(format!(r#"{{"status":"{}"}}"#, status.as_str())),
+        failure_reason: (status == ExecStatus::Failed).then(|| "killed".to_string()),
+        completed_at: at,
+        expires_at,
+    }
+}
+
+fn new_delivery(id: &str, execution_id: &str, tenant: &str, due: i64) -> NewDelivery {
+    NewDelivery {
+        id: id.to_string(),
+        execution_id: execution_id.to_string(),
+        tenant: tenant.to_string(),
+        url: "https://example.com/hook".to_string(),
+        payload: format!(r#"{{"type":"execution.completed","id":"{execution_id}"}}"#),
+        created_at: 2_000,
+        next_attempt_at: due,
+    }
+}
+
+fn attempt(at: i64, status_code: Option<u16>, error: Option<&str>) -> Attempt {
+    Attempt {
+        at,
+        status_code,
+        error: error.map(str::to_string),
+        duration_ms: 12,
+    }
+}
+
+fn all(limit: u32) -> ListFilter {
+    ListFilter {
+        limit,
+        ..ListFilter::default()
+    }
+}
+
+#[tokio::test]
+async fn execution_round_trip() {
+    let (_dir, s) = open_temp().await;
+    let mut e = new_exec("e1", "t1", ExecStatus::Running);
+    e.session_id = Some("sess".into());
+    e.callback_url = Some("https://example.com/cb".into());
+    s.insert_execution(&e).await.unwrap();
+
+    let row = s.get_execution("t1", "e1", 5_000).await.unwrap().unwrap();
+    assert_eq!(row.id, "e1");
+    assert_eq!(row.tenant, "t1");
+    assert_eq!(row.status, ExecStatus::Running);
+    assert_eq!(row.language, "python");
+    assert_eq!(row.session_id.as_deref(), Some("sess"));
+    assert_eq!(row.request, e.request);
+    assert_eq!(row.callback_url.as_deref(), Some("https://example.com/cb"));
+    assert_eq!(row.created_at, 1_000);
+    assert_eq!(row.started_at, Some(1_001));
+    assert_eq!(
+        (
+            row.result,
+            row.failure_reason,
+            row.completed_at,
+            row.expires_at
+        ),
+        (None, None, None, None)
+    );
+
+    let f = finish(ExecStatus::Completed, 1_500, 100_000);
+    assert!(s.finish_execution("e1", &f).await.unwrap());
+    let row = s.get_execution("t1", "e1", 5_000).await.unwrap().unwrap();
+    assert_eq!(row.status, ExecStatus::Completed);
+    assert_eq!(row.result, f.result);
+    assert_eq!(row.failure_reason, None);
+    assert_eq!(row.completed_at, Some(1_500));
+    assert_eq!(row.expires_at, Some(100_000));
+
+    // A duplicate id is an error.
+    assert!(matches!(
+        s.insert_execution(&e).await,
+        Err(StoreError::Database(_))
+    ));
+    assert!(
+        s.get_execution("t1", "nope", 5_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn seq_is_strictly_increasing_even_after_deletes() {
+    let (_dir, s) = open_temp().await;
+    s.insert_execution(&new_exec("a", "t", ExecStatus::Running))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("b", "t", ExecStatus::Running))
+        .await
+        .unwrap();
+    let b = s.get_execution("t", "b", 0).await.unwrap().unwrap();
+    // Expire and delete the newest row; the next one must still get a higher seq.
+    s.finish_execution("b", &finish(ExecStatus::Completed, 1, 10))
+        .await
+        .unwrap();
+    assert_eq!(s.delete_expired(10).await.unwrap(), 1);
+    s.insert_execution(&new_exec("c", "t", ExecStatus::Running))
+        .await
+        .unwrap();
+    let c = s.get_execution("t", "c", 0).await.unwrap().unwrap();
+    assert!(c.seq > b.seq, "{} <= {}", c.seq, b.seq);
+}
+
+#[tokio::test]
+async fn tenant_isolation() {
+    let (_dir, s) = open_temp().await;
+    s.insert_execution(&new_exec("e1", "alice", ExecStatus::Pending))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("msg_1", "e1", "alice", 10))
+        .await
+        .unwrap();
+
+    assert!(s.get_execution("bob", "e1", 0).await.unwrap().is_none());
+    assert!(
+        s.list_executions("bob", &all(100), 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.list_deliveries("bob", "e1").await.unwrap().is_empty());
+    let f = finish(ExecStatus::Failed, 5, 100);
+    assert!(!s.cancel_pending("bob", "e1", &f).await.unwrap());
+    // Still pending for its owner.
+    let row = s.get_execution("alice", "e1", 0).await.unwrap().unwrap();
+    assert_eq!(row.status, ExecStatus::Pending);
+    assert_eq!(
+        s.list_executions("alice", &all(100), 0)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(s.list_deliveries("alice", "e1").await.unwrap().len(), 1);
+    assert!(s.cancel_pending("alice", "e1", &f).await.unwrap());
+}
+
+#[tokio::test]
+async fn expiry_hides_and_delete_expired_removes_rows_and_deliveries() {
+    let (_dir, s) = open_temp().await;
+    for id in ["old", "new", "open"] {
+        s.insert_execution(&new_exec(id, "t", ExecStatus::Running))
+            .await
+            .unwrap();
+    }
+    s.finish_execution("old", &finish(ExecStatus::Completed, 10, 100))
+        .await
+        .unwrap();
+    s.finish_execution("new", &finish(ExecStatus::Completed, 10, 200))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("msg_old", "old", "t", 50))
+        .await
+        .unwrap();
+    s.record_attempt(
+        "msg_old",
+        &attempt(50, Some(500), None),
+        DeliveryState::Pending,
+        Some(60),
+    )
+    .await
+    .unwrap();
+    s.insert_delivery(&new_delivery("msg_new", "new", "t", 50))
+        .await
+        .unwrap();
+
+    // Before expiry everything is visible; expires_at <= now hides.
+    assert!(s.get_execution("t", "old", 99).await.unwrap().is_some());
+    assert!(s.get_execution("t", "old", 100).await.unwrap().is_none());
+    assert!(s.get_execution("t", "new", 100).await.unwrap().is_some());
+    assert!(
+        s.get_execution("t", "open", 1_000_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let ids: Vec<String> = s
+        .list_executions("t", &all(10), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["open", "new"]);
+
+    assert_eq!(s.delete_expired(99).await.unwrap(), 0);
+    assert_eq!(s.delete_expired(100).await.unwrap(), 1);
+    assert!(s.list_deliveries("t", "old").await.unwrap().is_empty());
+    assert_eq!(s.list_deliveries("t", "new").await.unwrap().len(), 1);
+    let attempts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_attempts")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 0, "attempts of deleted deliveries are deleted");
+    // The row is really gone, not only hidden.
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE id = 'old'")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(s.get_execution("t", "old", 0).await.unwrap().is_none());
+    // A late attempt on a deleted delivery is dropped quietly.
+    s.record_attempt(
+        "msg_old",
+        &attempt(70, Some(200), None),
+        DeliveryState::Delivered,
+        None,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(s.delete_expired(1_000).await.unwrap(), 1);
+    assert!(s.list_deliveries("t", "new").await.unwrap().is_empty());
+    assert!(s.get_execution("t", "open", 1_000).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn claim_is_fifo_and_atomic_status_change() {
+    let (_dir, s) = open_temp().await;
+    assert!(s.claim_next_pending(1).await.unwrap().is_none());
+    s.insert_execution(&new_exec("a", "t1", ExecStatus::Pending))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("sync", "t1", ExecStatus::Running))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("b", "t2", ExecStatus::Pending))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("c", "t1", ExecStatus::Pending))
+        .await
+        .unwrap();
+    assert_eq!(s.count_pending().await.unwrap(), 3);
+
+    let mut order = Vec::new();
+    while let Some(row) = s.claim_next_pending(7_000).await.unwrap() {
+        assert_eq!(row.status, ExecStatus::Running);
+        assert_eq!(row.started_at, Some(7_000));
+        order.push(row.id);
+    }
+    assert_eq!(order, ["a", "b", "c"]);
+    assert_eq!(s.count_pending().await.unwrap(), 0);
+    let a = s.get_execution("t1", "a", 0).await.unwrap().unwrap();
+    assert_eq!(a.status, ExecStatus::Running);
+    assert_eq!(a.started_at, Some(7_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_take_each_row_exactly_once() {
+    let (_dir, s) = open_temp().await;
+    let s = Arc::new(s);
+    const N: usize = 50;
+    for i in 0..N {
+        s.insert_execution(&new_exec(&format!("e{i:03}"), "t", ExecStatus::Pending))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(row) = s.claim_next_pending(1).await.expect("claim") {
+                mine.push(row.id);
+                tokio::task::yield_now().await;
+            }
+            mine
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    assert_eq!(claimed.len(), N, "every row claimed exactly once");
+    let unique: HashSet<_> = claimed.iter().collect();
+    assert_eq!(unique.len(), N);
+    assert_eq!(s.count_pending().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn finish_only_once() {
+    let (_dir, s) = open_temp().await;
+    s.insert_execution(&new_exec("e", "t", ExecStatus::Running))
+        .await
+        .unwrap();
+    let first = finish(ExecStatus::Failed, 10, 100);
+    assert!(s.finish_execution("e", &first).await.unwrap());
+    assert!(
+        !s.finish_execution("e", &finish(ExecStatus::Completed, 20, 200))
+            .await
+            .unwrap()
+    );
+    let row = s.get_execution("t", "e", 0).await.unwrap().unwrap();
+    assert_eq!(row.status, ExecStatus::Failed);
+    assert_eq!(row.failure_reason.as_deref(), Some("killed"));
+    assert_eq!((row.completed_at, row.expires_at), (Some(10), Some(100)));
+    // Missing id.
+    assert!(!s.finish_execution("nope", &first).await.unwrap());
+    // A pending row can be finished directly.
+    s.insert_execution(&new_exec("p", "t", ExecStatus::Pending))
+        .await
+        .unwrap();
+    assert!(
+        s.finish_execution("p", &finish(ExecStatus::Completed, 1, 2))
+            .await
+            .unwrap()
+    );
+    // A non-final status is refused.
+    s.insert_execution(&new_exec("q", "t", ExecStatus::Running))
+        .await
+        .unwrap();
+    assert!(
+        s.finish_execution("q", &finish(ExecStatus::Running, 1, 2))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn cancel_pending_only_for_pending() {
+    let (_dir, s) = open_temp().await;
+    s.insert_execution(&new_exec("p", "t", ExecStatus::Pending))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("r", "t", ExecStatus::Running))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("d", "t", ExecStatus::Running))
+        .await
+        .unwrap();
+    s.finish_execution("d", &finish(ExecStatus::Completed, 5, 500))
+        .await
+        .unwrap();
+    let f = Finish {
+        status: ExecStatus::Failed,
+        result: None,
+        failure_reason: Some("cancelled".into()),
+        completed_at: 9,
+        expires_at: 900,
+    };
+    assert!(!s.cancel_pending("t", "r", &f).await.unwrap());
+    assert!(!s.cancel_pending("t", "d", &f).await.unwrap());
+    assert!(!s.cancel_pending("t", "missing", &f).await.unwrap());
+    assert!(s.cancel_pending("t", "p", &f).await.unwrap());
+    assert!(!s.cancel_pending("t", "p", &f).await.unwrap(), "only once");
+    let p = s.get_execution("t", "p", 0).await.unwrap().unwrap();
+    assert_eq!(p.status, ExecStatus::Failed);
+    assert_eq!(p.failure_reason.as_deref(), Some("cancelled"));
+    assert_eq!((p.completed_at, p.expires_at), (Some(9), Some(900)));
+    assert!(s.claim_next_pending(10).await.unwrap().is_none());
+    assert_eq!(
+        s.get_execution("t", "r", 0).await.unwrap().unwrap().status,
+        ExecStatus::Running
+    );
+    assert_eq!(
+        s.get_execution("t", "d", 0).await.unwrap().unwrap().status,
+        ExecStatus::Completed
+    );
+}
+
+#[tokio::test]
+async fn fail_interrupted_fails_running_only() {
+    let (_dir, s) = open_temp().await;
+    s.insert_execution(&new_exec("r1", "t1", ExecStatus::Running))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("p", "t1", ExecStatus::Pending))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("r2", "t2", ExecStatus::Running))
+        .await
+        .unwrap();
+    s.insert_execution(&new_exec("c", "t1", ExecStatus::Running))
+        .await
+        .unwrap();
+    s.finish_execution("c", &finish(ExecStatus::Completed, 5, 5_000))
+        .await
+        .unwrap();
+
+    let failed = s
+        .fail_interrupted("server restarted", 100, 1_000)
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = failed
+        .iter()
+        .map(|r| (r.id.as_str(), r.tenant.as_str()))
+        .collect();
+    assert_eq!(got, [("r1", "t1"), ("r2", "t2")]);
+    for r in &failed {
+        assert_eq!(r.status, ExecStatus::Failed);
+        assert_eq!(r.failure_reason.as_deref(), Some("server restarted"));
+        assert_eq!((r.completed_at, r.expires_at), (Some(100), Some(1_000)));
+    }
+    let r1 = s.get_execution("t1", "r1", 0).await.unwrap().unwrap();
+    assert_eq!(r1.status, ExecStatus::Failed);
+    assert_eq!(
+        s.get_execution("t1", "p", 0).await.unwrap().unwrap().status,
+        ExecStatus::Pending
+    );
+    let c = s.get_execution("t1", "c", 0).await.unwrap().unwrap();
+    assert_eq!((c.status, c.completed_at), (ExecStatus::Completed, Some(5)));
+    assert!(s.fail_interrupted("again", 1, 2).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn list_pagination_and_filters() {
+    let (_dir, s) = open_temp().await;
+    for i in 0..10 {
+        let status = if i % 2 == 0 {
+            ExecStatus::Pending
+        } else {
+            ExecStatus::Running
+        };
+        let mut e = new_exec(&format!("e{i}"), "t", status);
+        e.session_id = (i < 6).then(|| "s1".to_string());
+        s.insert_execution(&e).await.unwrap();
+    }
+    s.insert_execution(&new_exec("other", "u", ExecStatus::Pending))
+        .await
+        .unwrap();
+    let ids = |rows: Vec<ExecutionRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+
+    // Pages of 4, newest first, following the cursor.
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let filter = ListFilter {
+            before_seq: cursor,
+            limit: 4,
+            ..ListFilter::default()
+        };
+        let rows = s.list_executions("t", &filter, 0).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        for w in rows.windows(2) {
+            assert!(w[0].seq > w[1].seq);
+        }
+        cursor = rows.last().map(|r| r.seq);
+        pages.push(ids(rows));
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["e9", "e8", "e7", "e6"],
+            vec!["e5", "e4", "e3", "e2"],
+            vec!["e1", "e0"],
+        ]
+    );
+
+    let session = ListFilter {
+        session_id: Some("s1".into()),
+        limit: 100,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(s.list_executions("t", &session, 0).await.unwrap()),
+        ["e5", "e4", "e3", "e2", "e1", "e0"]
+    );
+    let pending_in_session = ListFilter {
+        status: Some(ExecStatus::Pending),
+        ..session.clone()
+    };
+    assert_eq!(
+        ids(s
+            .list_executions("t", &pending_in_session, 0)
+            .await
+            .unwrap()),
+        ["e4", "e2", "e0"]
+    );
+    let running = ListFilter {
+        status: Some(ExecStatus::Running),
+        limit: 2,
+        ..ListFilter::default()
+    };
+    let first = s.list_executions("t", &running, 0).await.unwrap();
+    assert_eq!(ids(first.clone()), ["e9", "e7"]);
+    let next = ListFilter {
+        before_seq: first.last().map(|r| r.seq),
+        ..running.clone()
+    };
+    assert_eq!(
+        ids(s.list_executions("t", &next, 0).await.unwrap()),
+        ["e5", "e3"]
+    );
+    let all_filters = ListFilter {
+        session_id: Some("s1".into()),
+        status: Some(ExecStatus::Running),
+        before_seq: first.last().map(|r| r.seq),
+        limit: 1,
+    };
+    assert_eq!(
+        ids(s.list_executions("t", &all_filters, 0).await.unwrap()),
+        ["e5"]
+    );
+    assert!(s.list_executions("t", &all(0), 0).await.unwrap().is_empty());
+    let nobody = ListFilter {
+        session_id: Some("nope".into()),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert!(s.list_executions("t", &nobody, 0).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_secret_is_stable_and_shared_by_concurrent_callers() {
+    let (_dir, s) = open_temp().await;
+    let s = Arc::new(s);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            s.webhook_secret("t", format!("whsec_candidate{i}")).await
+        }));
+    }
+    let mut secrets = HashSet::new();
+    for t in tasks {
+        secrets.insert(t.await.unwrap().unwrap());
+    }
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let secret = secrets.into_iter().next().unwrap();
+    assert!(secret.starts_with("whsec_candidate"));
+    assert_eq!(
+        s.webhook_secret("t", "whsec_other".into()).await.unwrap(),
+        secret
+    );
+    assert_eq!(
+        s.webhook_secret("u", "whsec_u".into()).await.unwrap(),
+        "whsec_u"
+    );
+    assert_eq!(
+        s.webhook_secret("u", "whsec_x".into()).await.unwrap(),
+        "whsec_u"
+    );
+}
+
+#[tokio::test]
+async fn api_keys_round_trip() {
+    let (_dir, s) = open_temp().await;
+    assert!(s.api_keys().await.unwrap().is_empty());
+    s.insert_api_key("hash1", "t1", 10).await.unwrap();
+    s.insert_api_key("hash2", "t2", 20).await.unwrap();
+    assert!(s.insert_api_key("hash1", "t3", 30).await.is_err());
+    assert_eq!(
+        s.api_keys().await.unwrap(),
+        [
+            ("hash1".to_string(), "t1".to_string()),
+            ("hash2".to_string(), "t2".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deliveries_due_ordering_attempts_and_states() {
+    let (_dir, s) = open_temp().await;
+    assert_eq!(s.next_delivery_due().await.unwrap(), None);
+    assert!(s.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
+    s.insert_delivery(&new_delivery("msg_c", "ec", "t", 300))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("msg_a", "ea", "t", 100))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("msg_b", "eb", "t", 200))
+        .await
+        .unwrap();
+    // A duplicate id is ignored (the first one stays).
+    let mut dup = new_delivery("msg_a", "ea", "t", 5);
+    dup.payload = "other".into();
+    s.insert_delivery(&dup).await.unwrap();
+
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(100));
+    assert!(s.due_deliveries(99, 10).await.unwrap().is_empty());
+    let due = s.due_deliveries(250, 10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["msg_a", "msg_b"]);
+    let a = &due[0];
+    assert_eq!(a.state, DeliveryState::Pending);
+    assert_eq!(a.next_attempt_at, Some(100));
+    assert_eq!(a.execution_id, "ea");
+    assert_eq!(a.tenant, "t");
+    assert_eq!(a.url, "https://example.com/hook");
+    assert_eq!(a.payload, new_delivery("msg_a", "ea", "t", 0).payload);
+    assert_eq!(a.created_at, 2_000);
+    assert!(a.attempts.is_empty());
+    let ids: Vec<String> = s
+        .due_deliveries(1_000, 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["msg_a", "msg_b"], "limit");
+
+    // msg_a: fails twice (retry later), then succeeds.
+    let a1 = attempt(100, Some(500), None);
+    s.record_attempt("msg_a", &a1, DeliveryState::Pending, Some(400))
+        .await
+        .unwrap();
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(200));
+    let due: Vec<String> = s
+        .due_deliveries(350, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(due, ["msg_b", "msg_c"]);
+    let due = s.due_deliveries(400, 10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["msg_b", "msg_c", "msg_a"]);
+    assert_eq!(due[2].attempts, std::slice::from_ref(&a1));
+    assert_eq!(due[2].next_attempt_at, Some(400));
+
+    let a2 = attempt(400, None, Some("connect timeout"));
+    s.record_attempt("msg_a", &a2, DeliveryState::Pending, Some(900))
+        .await
+        .unwrap();
+    let a3 = attempt(900, Some(204), None);
+    // next_attempt_at is ignored for a final state.
+    s.record_attempt("msg_a", &a3, DeliveryState::Delivered, Some(5_000))
+        .await
+        .unwrap();
+    let listed = s.list_deliveries("t", "ea").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, DeliveryState::Delivered);
+    assert_eq!(listed[0].next_attempt_at, None);
+    assert_eq!(listed[0].attempts, [a1, a2, a3]);
+
+    // msg_b: refused permanently.
+    let b1 = attempt(500, Some(410), None);
+    s.record_attempt("msg_b", &b1, DeliveryState::Failed, None)
+        .await
+        .unwrap();
+    let b = &s.list_deliveries("t", "eb").await.unwrap()[0];
+    assert_eq!(
+        (b.state, b.next_attempt_at, b.attempts.as_slice()),
+        (DeliveryState::Failed, None, [b1].as_slice())
+    );
+
+    // Only msg_c is still pending.
+    let due: Vec<String> = s
+        .due_deliveries(i64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(due, ["msg_c"]);
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(300));
+    // A pending state without a next attempt time is refused (it would never be retried).
+    assert!(
+        s.record_attempt(
+            "msg_c",
+            &attempt(1, None, None),
+            DeliveryState::Pending,
+            None
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        s.list_deliveries("t", "ec").await.unwrap()[0]
+            .attempts
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn several_deliveries_of_one_execution_listed_with_their_attempts() {
+    let (_dir, s) = open_temp().await;
+    let mut d1 = new_delivery("msg_1", "e", "t", 10);
+    d1.created_at = 1;
+    let mut d2 = new_delivery("msg_2", "e", "t", 10);
+    d2.created_at = 2;
+    s.insert_delivery(&d2).await.unwrap();
+    s.insert_delivery(&d1).await.unwrap();
+    for i in 0..3 {
+        s.record_attempt(
+            "msg_2",
+            &attempt(i, Some(500), None),
+            DeliveryState::Pending,
+            Some(10),
+        )
+        .await
+        .unwrap();
+        s.record_attempt(
+            "msg_1",
+            &attempt(100 + i, None, Some("refused")),
+            DeliveryState::Pending,
+            Some(10),
+        )
+        .await
+        .unwrap();
+    }
+    let listed = s.list_deliveries("t", "e").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].id, "msg_1");
+    assert_eq!(
+        listed[0].attempts.iter().map(|a| a.at).collect::<Vec<_>>(),
+        [100, 101, 102]
+    );
+    assert_eq!(listed[1].id, "msg_2");
+    assert_eq!(
+        listed[1].attempts.iter().map(|a| a.at).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    let due = s.due_deliveries(10, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert!(due.iter().all(|d| d.attempts.len() == 3));
+}
+
+#[tokio::test]
+async fn durable_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runcell.db");
+    {
+        let s = SqliteStore::open(&path).await.unwrap();
+        s.insert_execution(&new_exec("p", "t", ExecStatus::Pending))
+            .await
+            .unwrap();
+        s.insert_execution(&new_exec("r", "t", ExecStatus::Running))
+            .await
+            .unwrap();
+        s.insert_delivery(&new_delivery("msg", "r", "t", 10))
+            .await
+            .unwrap();
+        s.record_attempt(
+            "msg",
+            &attempt(10, Some(503), None),
+            DeliveryState::Pending,
+            Some(20),
+        )
+        .await
+        .unwrap();
+        s.insert_api_key("h", "t", 1).await.unwrap();
+        assert_eq!(
+            s.webhook_secret("t", "whsec_1".into()).await.unwrap(),
+            "whsec_1"
+        );
+        // Dropped without close(), like a killed process.
+    }
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(s.count_pending().await.unwrap(), 1);
+    assert_eq!(
+        s.get_execution("t", "r", 0).await.unwrap().unwrap().status,
+        ExecStatus::Running
+    );
+    let failed = s.fail_interrupted("restart", 30, 40).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(s.claim_next_pending(31).await.unwrap().unwrap().id, "p");
+    let d = s.due_deliveries(20, 10).await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].attempts.len(), 1);
+    assert_eq!(s.api_keys().await.unwrap(), [("h".into(), "t".into())]);
+    assert_eq!(
+        s.webhook_secret("t", "whsec_2".into()).await.unwrap(),
+        "whsec_1"
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn file_mode_wal_and_schema_version() {
+    let (dir, s) = open_temp().await;
+    // A write, so that -wal and -shm exist.
+    s.insert_execution(&new_exec("e", "t", ExecStatus::Pending))
+        .await
+        .unwrap();
+    let db = dir.path().join("state/runcell.db");
+    for file in [db.clone(), dir.path().join("state/runcell.db-wal")] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+    let dir_mode = std::fs::metadata(dir.path().join("state"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(sync, 1, "NORMAL");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(busy, 5_000);
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(s.path(), db.as_path());
+
+    // A database from a newer build is refused rather than misread.
+    sqlx::raw_sql("PRAGMA user_version = 99")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    s.close().await;
+    drop(s);
+    match SqliteStore::open(&db).await {
+        Err(StoreError::Database(msg)) => assert!(msg.contains("99"), "{msg}"),
+        other => panic!("expected a version error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_status_or_state_is_corrupt() {
+    let (_dir, s) = open_temp().await;
+    s.insert_execution(&new_exec("e", "t", ExecStatus::Pending))
+        .await
+        .unwrap();
+    sqlx::raw_sql("UPDATE executions SET status = 'exploded'")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.get_execution("t", "e", 0).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.list_executions("t", &all(10), 0).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    s.insert_delivery(&new_delivery("msg", "e", "t", 1))
+        .await
+        .unwrap();
+    sqlx::raw_sql("UPDATE deliveries SET state = 'lost'")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.list_deliveries("t", "e").await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn queries_use_the_indexes() {
+    let (_dir, s) = open_temp().await;
+    let plan = |sql: &'static str| {
+        let pool = s.pool.clone();
+        async move {
+            let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+            rows.iter()
+                .map(|r| r.try_get::<String, _>("detail").unwrap())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        }
+    };
+    let p = plan(
+        "EXPLAIN QUERY PLAN UPDATE executions SET status = 'running' WHERE seq = \
+         (SELECT seq FROM executions WHERE status = 'pending' ORDER BY seq LIMIT 1)",
+    )
+    .await;
+    assert!(p.contains("executions_status_seq"), "{p}");
+    let p = plan(
+        "EXPLAIN QUERY PLAN SELECT * FROM executions WHERE tenant = 't' AND session_id = 's' \
+         AND (expires_at IS NULL OR expires_at > 0) AND seq < 5 ORDER BY seq DESC LIMIT 5",
+    )
+    .await;
+    assert!(p.contains("executions_tenant_session_seq"), "{p}");
+    assert!(!p.contains("TEMP B-TREE"), "{p}");
+    let p = plan(
+        "EXPLAIN QUERY PLAN DELETE FROM deliveries WHERE (tenant, execution_id) IN \
+         (SELECT tenant, id FROM executions WHERE expires_at <= 5)",
+    )
+    .await;
+    assert!(p.contains("deliveries_tenant_execution"), "{p}");
+    assert!(p.contains("executions_expires_at"), "{p}");
+    let p = plan(
+        "EXPLAIN QUERY PLAN SELECT * FROM deliveries WHERE state = 'pending' \
+         AND next_attempt_at <= 5 ORDER BY next_attempt_at LIMIT 5",
+    )
+    .await;
+    assert!(p.contains("deliveries_state_next"), "{p}");
+}
+
+/// `cargo test -p runcell-store --release -- --ignored --nocapture cost`
+#[tokio::test]
+#[ignore = "timing, run by hand"]
+async fn cost_of_insert_and_finish() {
+    let (_dir, s) = open_temp().await;
+    let n = 2_000;
+    let (mut insert, mut fin) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..n {
+        let id = format!("{i:08x}-0000-4000-8000-000000000000");
+        let t = Instant::now();
+        s.insert_execution(&new_exec(&id, "tenant", ExecStatus::Running))
+            .await
+            .unwrap();
+        insert += t.elapsed();
+        let t = Instant::now();
+        assert!(
+            s.finish_execution(&id, &finish(ExecStatus::Completed, 2, 3))
+                .await
+                .unwrap()
+        );
+        fin += t.elapsed();
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(n);
+    println!(
+        "insert_execution {:.0} µs + finish_execution {:.0} µs = {:.0} µs per pair ({n} pairs)",
+        us(insert),
+        us(fin),
+        us(insert + fin)
+    );
+    let started = Instant::now();
+    for i in 0..n {
+        let id = format!("{i:08x}-0000-4000-8000-000000000000");
+        s.get_execution("tenant", &id, 0).await.unwrap().unwrap();
+    }
+    let per_get = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    println!("get_execution: {per_get:.0} µs per call");
+}
