@@ -32,19 +32,25 @@ impl Utf8Chunks {
     /// invalid bytes become U+FFFD.
     pub fn push(&mut self, chunk: &[u8]) -> String {
         self.carry.extend_from_slice(chunk);
-        let cut = match std::str::from_utf8(&self.carry) {
-            Ok(_) => self.carry.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => {
-                // Invalid bytes in the middle: keep only a trailing incomplete sequence.
-                let tail = self.carry.len().saturating_sub(3);
-                (tail..=self.carry.len())
-                    .find(|&i| {
-                        std::str::from_utf8(&self.carry[i..]).is_ok() || i == self.carry.len()
-                    })
-                    .unwrap_or(self.carry.len())
+        let n = self.carry.len();
+        let mut cut = n;
+        // An incomplete sequence can only be the last 1 to 3 bytes: find its lead byte.
+        for k in 1..=n.min(3) {
+            let b = self.carry[n - k];
+            if b & 0xc0 == 0x80 {
+                continue;
             }
-        };
+            let len = match b {
+                0xf0..=0xf7 => 4,
+                0xe0..=0xef => 3,
+                0xc0..=0xdf => 2,
+                _ => 1,
+            };
+            if len > k {
+                cut = n - k;
+            }
+            break;
+        }
         let rest = self.carry.split_off(cut);
         let text = String::from_utf8_lossy(&self.carry).into_owned();
         self.carry = rest;
