@@ -12,7 +12,8 @@ use clap::Args;
 use serde::Serialize;
 
 use runcell_jail::{
-    CgroupLimits, Exit, ProcessSpec, Rlimits, RunLimits, StdinSource, TmpfsSize, WORKSPACE,
+    CgroupLimits, Exit, ProcessSpec, Rlimits, RunLimits, StdinSource, StepMode, TmpfsSize,
+    WORKSPACE,
 };
 
 use crate::Global;
@@ -25,6 +26,19 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Load the HTTP API instead (a server is started for the run): synchronous print(42) in
+    /// Python and C, next to a bare spawn of the same work.
+    #[arg(long)]
+    pub http: bool,
+    /// With --http: client concurrencies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub concurrency: Vec<usize>,
+    /// With --http: requests per language and concurrency.
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// With --http: the server's own concurrency (default: its configuration's).
+    #[arg(long)]
+    pub server_concurrency: Option<usize>,
 }
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -117,12 +131,17 @@ fn spec(argv: &[&str]) -> ProcessSpec {
             processes: 64,
             locked_memory_bytes: 64 << 10,
         },
-        tmp: TmpfsSize::mib(64),
-        shm: TmpfsSize::mib(64),
+        mode: StepMode::Private {
+            tmp: TmpfsSize::mib(64),
+            shm: TmpfsSize::mib(64),
+        },
     }
 }
 
 pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
+    if args.http {
+        return crate::bench_http::bench_http(global, &args);
+    }
     if args.iterations < 3 {
         bail!("--iterations must be at least 3");
     }

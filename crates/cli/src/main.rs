@@ -1,6 +1,7 @@
 //! The `runcell` command.
 
 mod bench;
+mod bench_http;
 mod languages;
 mod run;
 mod serve;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use runcell_jail::{
     CgroupLimits, Exit, Jail, JailError, Killer, Limit, Outcome, OutputTarget, ProcessSpec,
-    Rlimits, RunLimits, Spawner, StdinSource, Stream, TmpfsSize, WORKSPACE,
+    Rlimits, RunLimits, Spawner, StdinSource, StepMode, Stream, TmpfsSize, WORKSPACE,
 };
 use runcell_lang::{Language, Registry, Vars};
 
@@ -503,8 +503,10 @@ impl Engine {
                 processes: l.max_processes + 2,
                 locked_memory_bytes: 64 << 10,
             },
-            tmp: TmpfsSize::mib(self.config.tmp_mb),
-            shm: TmpfsSize::mib(self.config.tmp_mb.min(64)),
+            mode: StepMode::Private {
+                tmp: TmpfsSize::mib(self.config.tmp_mb),
+                shm: TmpfsSize::mib(self.config.tmp_mb.min(64)),
+            },
         }
     }
 

@@ -153,12 +153,25 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub fn decode_output(bytes: &[u8], truncated: bool) -> String {
     let mut b = bytes;
     if truncated {
-        // Drop an incomplete UTF-8 sequence at the very end (at most 3 bytes).
-        if let Err(e) = std::str::from_utf8(&b[b.len().saturating_sub(4)..])
-            && e.error_len().is_none()
-        {
-            let start = b.len().saturating_sub(4);
-            b = &b[..start + e.valid_up_to()];
+        // Drop an incomplete UTF-8 sequence at the very end (at most 3 bytes): find the lead
+        // byte among the last 3 and drop it if its sequence is longer than what follows it.
+        // (The last 4 bytes may start inside an earlier character: do not decode them alone.)
+        let n = b.len();
+        for k in 1..=n.min(3) {
+            let lead = b[n - k];
+            if lead & 0xc0 == 0x80 {
+                continue;
+            }
+            let len = match lead {
+                0xf0..=0xf7 => 4,
+                0xe0..=0xef => 3,
+                0xc0..=0xdf => 2,
+                _ => 1,
+            };
+            if len > k {
+                b = &b[..n - k];
+            }
+            break;
         }
     }
     String::from_utf8_lossy(b).into_owned()
@@ -217,6 +230,14 @@ mod tests {
         assert_eq!(decode_output(b"caf\xc3", true), "caf");
         // A 4-byte emoji cut after 2 bytes.
         assert_eq!(decode_output(b"x\xf0\x9f", true), "x");
+        // The cut after four 2-byte characters and the lead byte of a fifth.
+        assert_eq!(
+            decode_output("aéééé\u{e9}".as_bytes()[..10].as_ref(), true),
+            "aéééé"
+        );
+        assert_eq!(decode_output("€€".as_bytes()[..4].as_ref(), true), "€");
+        assert_eq!(decode_output("€€".as_bytes()[..5].as_ref(), true), "€");
+        assert_eq!(decode_output("€€".as_bytes(), true), "€€");
         // Not truncated: an incomplete tail is invalid input, shown as U+FFFD.
         assert_eq!(decode_output(b"caf\xc3", false), "caf\u{fffd}");
         assert_eq!(decode_output(b"", true), "");

@@ -72,6 +72,7 @@ pub fn jail_config(languages: &[Language], prefix: &Path, workspace_mb: u64) -> 
         files: Vec::new(),
         workspace: TmpfsSize::mib(workspace_mb),
         hostname: "runcell".into(),
+        shared: None,
     }
 }
 

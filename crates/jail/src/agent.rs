@@ -28,7 +28,9 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::unistd::{Gid, Uid, pivot_root, sethostname, setresgid, setresuid};
 
-use crate::config::{JAIL_GID, JAIL_UID, JailConfig, ProcessSpec, WORKSPACE};
+use crate::config::{
+    JAIL_GID, JAIL_UID, JailConfig, ProcessSpec, RUNTIME_DIR, StepMode, WORKSPACE,
+};
 use crate::error::{JailError, WireError};
 use crate::proto::{self, AgentReply, AgentRequest, RECORD_FINISHED, RECORD_STARTED, StepRecord};
 use crate::sys;
@@ -197,16 +199,23 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
     // Nobody in the jail may read our memory or open our /proc entries.
     nix::sys::prctl::set_dumpable(false).map_err(|e| setup_err("agent", "set_dumpable", e))?;
 
-    let ws = fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(WORKSPACE)
-        .map_err(|e| setup_err("workspace", "open /workspace", e))?;
+    let open_dir = |p: &str| {
+        fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(p)
+            .map_err(|e| setup_err("workspace", format!("open {p}"), e))
+    };
+    let mut dirs = vec![open_dir(WORKSPACE)?];
+    if plan.config.shared.is_some() {
+        dirs.push(open_dir(RUNTIME_DIR)?);
+    }
     // SAFETY: `ctrl` is open for the agent's whole life.
     let ctrl = unsafe { BorrowedFd::borrow_raw(ctrl) };
-    proto::send(ctrl, &AgentReply::Ready, &[ws.as_raw_fd()])
+    let raw: Vec<RawFd> = dirs.iter().map(|d| d.as_raw_fd()).collect();
+    proto::send(ctrl, &AgentReply::Ready, &raw)
         .map_err(|e| setup_err("agent", "report ready", e))?;
-    drop(ws);
+    drop(dirs);
     serve(plan, ctrl)
 }
 
@@ -426,6 +435,32 @@ fn build_root(cfg: &JailConfig, staging: &Path) -> Result<(), JailError> {
     mkdir_p(&staging.join("tmp"), 0o755)?;
     fs::set_permissions(staging.join("tmp"), fs::Permissions::from_mode(0o1777))
         .map_err(|e| setup_err("rootfs", "chmod /tmp", e))?;
+    if let Some(shared) = &cfg.shared {
+        // A sandbox's processes share /tmp, /dev/shm and a private runtime directory.
+        let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        for (dir, size) in [("tmp", &shared.tmp), ("dev/shm", &shared.shm)] {
+            mount_at(
+                Some(Path::new("tmpfs")),
+                &staging.join(dir),
+                Some("tmpfs"),
+                nosuid_nodev,
+                Some(&size.mount_options(0o1777, None)),
+            )?;
+        }
+        let runtime = inside(staging, Path::new(RUNTIME_DIR));
+        mkdir_p(&runtime, 0o755)?;
+        mount_at(
+            Some(Path::new("tmpfs")),
+            &runtime,
+            Some("tmpfs"),
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            Some(
+                &shared
+                    .runtime
+                    .mount_options(0o700, Some((JAIL_UID, JAIL_GID))),
+            ),
+        )?;
+    }
     let ws = inside(staging, Path::new(WORKSPACE));
     mkdir_p(&ws, 0o755)?;
     mount_at(
@@ -561,8 +596,8 @@ struct StepPlan {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: CString,
-    tmp_opts: String,
-    shm_opts: String,
+    /// Mount options of the private /tmp and /dev/shm; `None` for a shared step.
+    private: Option<(String, String)>,
     rlimits: [(libc::__rlimit_resource_t, u64, u64); 7],
 }
 
@@ -605,8 +640,13 @@ impl StepPlan {
             argv,
             envp,
             cwd: c(&spec.cwd)?,
-            tmp_opts: spec.tmp.mount_options(0o1777, None),
-            shm_opts: spec.shm.mount_options(0o1777, None),
+            private: match &spec.mode {
+                StepMode::Private { tmp, shm } => Some((
+                    tmp.mount_options(0o1777, None),
+                    shm.mount_options(0o1777, None),
+                )),
+                StepMode::Shared => None,
+            },
             rlimits: [
                 (libc::RLIMIT_CPU, r.cpu_secs, r.cpu_secs + 1),
                 (libc::RLIMIT_FSIZE, r.file_size_bytes, r.file_size_bytes),
@@ -624,29 +664,40 @@ impl StepPlan {
     }
 }
 
-/// Starts one step; returns a pidfd of its init process. Takes ownership of the four
-/// descriptors of the request: stdin, stdout, stderr, status pipe.
+/// Starts one step; returns a pidfd of its init process. Takes ownership of the five
+/// descriptors of the request: stdin, stdout, stderr, status pipe, control pipe.
 fn start_step(
     plan: &AgentPlan,
     spec: &ProcessSpec,
     fds: Vec<OwnedFd>,
 ) -> Result<OwnedFd, JailError> {
-    if fds.len() != 4 {
+    if fds.len() != 5 {
         return Err(JailError::InvalidConfig(format!(
-            "a start request carries 4 descriptors, got {}",
+            "a start request carries 5 descriptors, got {}",
             fds.len()
         )));
     }
     let step = StepPlan::new(spec)?;
-    let raw: [RawFd; 4] = [
+    if step.private.is_none() && plan.config.shared.is_none() {
+        return Err(JailError::InvalidConfig(
+            "a shared step needs a jail prepared with shared mounts".into(),
+        ));
+    }
+    let raw: [RawFd; 5] = [
         fds[0].as_raw_fd(),
         fds[1].as_raw_fd(),
         fds[2].as_raw_fd(),
         fds[3].as_raw_fd(),
+        fds[4].as_raw_fd(),
     ];
+    let flags = if step.private.is_some() {
+        libc::CLONE_NEWPID | libc::CLONE_NEWNS
+    } else {
+        0
+    };
     // SAFETY: the agent is single-threaded.
-    let pid = unsafe { sys::clone_fork(libc::CLONE_NEWPID | libc::CLONE_NEWNS) }
-        .map_err(|e| setup_err("step", "clone step init", e))?;
+    let pid =
+        unsafe { sys::clone_fork(flags) }.map_err(|e| setup_err("step", "clone step init", e))?;
     if pid == 0 {
         let r =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step_init(plan, &step, raw)));
@@ -666,8 +717,8 @@ fn errno_of(e: impl Into<io::Error>) -> i32 {
 }
 
 /// Pid 1 of the step's pid namespace. Never returns.
-fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 4]) -> ! {
-    let [stdin, stdout, stderr, status] = fds;
+fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5]) -> ! {
+    let [stdin, stdout, stderr, status, ctl] = fds;
     let mut keep = fds;
     keep.sort_unstable();
     let fail = |stage: Stage, errno: i32| -> ! {
@@ -687,12 +738,17 @@ fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 4]) -> ! {
         fail(Stage::StepMounts, errno_of(e));
     }
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    // SIGCHLD stays blocked (it is read from a signalfd below); the program unblocks it.
+    let mut chld = nix::sys::signal::SigSet::empty();
+    chld.add(nix::sys::signal::Signal::SIGCHLD);
+    let _ = chld.thread_set_mask();
     // Writing the status record must not kill us if the reader is gone.
     // SAFETY: setting a signal disposition in this single-threaded process.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
-    if let Err(e) = step_mounts(step) {
+    if let Some((tmp, shm)) = &step.private
+        && let Err(e) = step_mounts(tmp, shm)
+    {
         fail(Stage::StepMounts, errno_of(e));
     }
     let ruleset = match landlock_ruleset() {
@@ -748,19 +804,7 @@ fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 4]) -> ! {
     } else {
         (0, 0)
     };
-    let mut wait_status = 0;
-    loop {
-        let mut st = 0;
-        // SAFETY: waitpid for any child into a status we own.
-        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
-        if r == child {
-            wait_status = st;
-            break;
-        }
-        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
+    let wait_status = wait_for(child, ctl);
     record(
         status,
         StepRecord {
@@ -771,11 +815,80 @@ fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 4]) -> ! {
             time_ns: proto::monotonic_ns(),
         },
     );
-    // Exiting as pid 1 makes the kernel kill everything left in the step's namespace.
+    // Exiting as pid 1 of a private step makes the kernel kill everything left in the step's
+    // namespace; a shared step's background processes belong to the jail from here.
     exit(0)
 }
 
-fn step_mounts(step: &StepPlan) -> nix::Result<()> {
+/// Waits for the program, reaping every other child meanwhile (orphans of a private step are
+/// ours to reap), and forwarding signals asked for on the control pipe to the program's
+/// process group. Returns the program's wait status.
+fn wait_for(child: libc::pid_t, ctl: RawFd) -> i32 {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok();
+    let mut ctl_open = true;
+    loop {
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid without blocking, into a status we own.
+            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+            if r == child {
+                return st;
+            }
+            if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                return 0;
+            }
+            if r <= 0 {
+                break;
+            }
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: sfd.as_ref().map_or(-1, |s| s.as_fd().as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if ctl_open { ctl } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Without a signalfd, fall back to polling for exits every 10 ms.
+        let timeout = if sfd.is_some() { -1 } else { 10 };
+        // SAFETY: poll on an array we own, with its true length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if n <= 0 {
+            continue;
+        }
+        if fds[0].revents != 0
+            && let Some(s) = &sfd
+        {
+            while let Ok(Some(_)) = s.read_signal() {}
+        }
+        if fds[1].revents != 0 {
+            let mut b = [0u8; 4];
+            match sys::read_full(ctl, &mut b) {
+                Ok(4) => {
+                    let sig = i32::from_ne_bytes(b);
+                    // SAFETY: kill(2) of the program's process group (it is a session
+                    // leader), or of the program alone if the group is gone.
+                    unsafe {
+                        if libc::kill(-child, sig) < 0 {
+                            libc::kill(child, sig);
+                        }
+                    }
+                }
+                _ => ctl_open = false,
+            }
+        }
+    }
+}
+
+fn step_mounts(tmp_opts: &str, shm_opts: &str) -> nix::Result<()> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount(
         Some("proc"),
@@ -789,14 +902,14 @@ fn step_mounts(step: &StepPlan) -> nix::Result<()> {
         "/tmp",
         Some("tmpfs"),
         nosuid_nodev,
-        Some(step.tmp_opts.as_str()),
+        Some(tmp_opts),
     )?;
     mount(
         Some("tmpfs"),
         "/dev/shm",
         Some("tmpfs"),
         nosuid_nodev,
-        Some(step.shm_opts.as_str()),
+        Some(shm_opts),
     )
 }
 
@@ -811,7 +924,7 @@ fn landlock_ruleset() -> Result<RulesetCreated, landlock::RulesetError> {
         .create()?
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?
         .add_rules(path_beneath_rules(
-            [WORKSPACE, "/tmp", "/dev/shm", "/dev/pts"],
+            [WORKSPACE, "/tmp", "/dev/shm", "/dev/pts", RUNTIME_DIR],
             AccessFs::from_all(abi),
         ))?
         .add_rules(path_beneath_rules(

@@ -150,11 +150,21 @@ impl Spawner {
         let SpawnerReply::Prepared(info) = reply else {
             return Err(JailError::Spawner("unexpected reply to prepare".into()));
         };
-        let Ok([ctrl, agent, ws]) = <[OwnedFd; 3]>::try_from(fds) else {
+        let expected = if config.shared.is_some() { 4 } else { 3 };
+        if fds.len() != expected {
+            return Err(JailError::Spawner(
+                "prepare reply without descriptors".into(),
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let (Some(ctrl), Some(agent), Some(ws)) = (fds.next(), fds.next(), fds.next()) else {
             return Err(JailError::Spawner(
                 "prepare reply without descriptors".into(),
             ));
         };
+        let runtime = fds
+            .next()
+            .map(|fd| Workspace::new(fd, info.program_id, info.program_id));
         let cgroup = self
             .inner
             .cgroups
@@ -163,6 +173,7 @@ impl Spawner {
         Ok(Jail {
             spawner: self.clone(),
             workspace: Workspace::new(ws, info.program_id, info.program_id),
+            runtime,
             info,
             ctrl: Mutex::new(ctrl),
             agent,
@@ -181,6 +192,7 @@ pub struct Jail {
     ctrl: Mutex<OwnedFd>,
     agent: OwnedFd,
     workspace: Workspace,
+    runtime: Option<Workspace>,
     pub(crate) cgroup: Box<dyn Cgroup>,
     destroyed: bool,
 }
@@ -219,39 +231,58 @@ pub struct Process {
     pub stderr: Option<OwnedFd>,
     pub(crate) baseline: crate::cgroup::CgroupStats,
     pub(crate) sent_ns: u64,
+    pub(crate) killer: Killer,
 }
 
 impl Process {
-    /// Kills the program and everything it started.
+    /// Kills the program (for a private step, everything it started too).
     pub fn kill(&self) -> io::Result<()> {
-        kill_step(&self.pidfd)
+        self.killer.kill()
     }
 
-    /// A handle that kills this program from any thread, also while it is being supervised.
+    /// Sends `sig` to the program's process group.
+    pub fn signal(&self, sig: libc::c_int) -> io::Result<()> {
+        self.killer.signal(sig)
+    }
+
+    /// A handle that signals or kills this program from any thread, also while it is being
+    /// supervised.
     pub fn killer(&self) -> io::Result<Killer> {
-        Ok(Killer {
-            pidfd: Arc::new(self.pidfd.try_clone()?),
-        })
+        Ok(self.killer.clone())
     }
 }
 
-fn kill_step(pidfd: &OwnedFd) -> io::Result<()> {
-    match crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL) {
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        r => r,
-    }
-}
-
-/// Kills one started program (and everything it started). Cheap to clone; harmless after the
-/// program has ended (the pidfd names that process only, never a reused pid).
+/// Signals or kills one started program. Cheap to clone; harmless after the program has ended
+/// (the pidfd names that process only, never a reused pid).
 #[derive(Debug, Clone)]
 pub struct Killer {
+    /// pidfd of the step's init.
     pidfd: Arc<OwnedFd>,
+    /// Write end of the step init's control pipe.
+    ctl: Arc<OwnedFd>,
+    shared: bool,
 }
 
 impl Killer {
+    /// A private step: SIGKILL to its init, which takes everything in its pid namespace with
+    /// it. A shared step: SIGKILL to the program's process group.
     pub fn kill(&self) -> io::Result<()> {
-        kill_step(&self.pidfd)
+        if self.shared {
+            return self.signal(libc::SIGKILL);
+        }
+        match crate::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Sends `sig` to the program's process group (through its step init).
+    pub fn signal(&self, sig: libc::c_int) -> io::Result<()> {
+        match crate::sys::write_all(self.ctl.as_raw_fd(), &sig.to_ne_bytes()) {
+            // The step has ended: nothing left to signal.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(()),
+            r => r,
+        }
     }
 }
 
@@ -319,6 +350,12 @@ impl Jail {
         &self.workspace
     }
 
+    /// The private runtime directory ([`crate::RUNTIME_DIR`] inside) of a jail with shared
+    /// mounts.
+    pub fn runtime_dir(&self) -> Option<&Workspace> {
+        self.runtime.as_ref()
+    }
+
     /// Changes the jail's kernel-enforced limits (between steps, or for a sandbox's budget).
     pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), JailError> {
         limits.validate()?;
@@ -350,6 +387,7 @@ impl Jail {
         let (out_r, out_w) = output(stdout).ctx(|| "prepare stdout".into())?;
         let (err_r, err_w) = output(stderr).ctx(|| "prepare stderr".into())?;
         let (status_r, status_w) = pipe().ctx(|| "status pipe".into())?;
+        let (ctl_r, ctl_w) = pipe().ctx(|| "control pipe".into())?;
         self.cgroup
             .reset_peak()
             .ctx(|| "reset memory peak".into())?;
@@ -364,20 +402,30 @@ impl Jail {
                 out_w.as_raw_fd(),
                 err_w.as_raw_fd(),
                 status_w.as_raw_fd(),
+                ctl_r.as_raw_fd(),
             ],
         )
         .ctx(|| "send start request to the jail".into())?;
-        drop((stdin, out_w, err_w, status_w));
+        drop((stdin, out_w, err_w, status_w, ctl_r));
         let reply = proto::recv::<AgentReply>(ctrl.as_fd()).ctx(|| "read start reply".into())?;
         match reply {
-            Some((AgentReply::Started, mut fds)) if fds.len() == 1 => Ok(Process {
-                pidfd: fds.remove(0),
-                status: status_r,
-                stdout: out_r,
-                stderr: err_r,
-                baseline,
-                sent_ns,
-            }),
+            Some((AgentReply::Started, mut fds)) if fds.len() == 1 => {
+                let pidfd = fds.remove(0);
+                let killer = Killer {
+                    pidfd: Arc::new(pidfd.try_clone().ctx(|| "dup pidfd".into())?),
+                    ctl: Arc::new(ctl_w),
+                    shared: spec.mode == crate::config::StepMode::Shared,
+                };
+                Ok(Process {
+                    pidfd,
+                    status: status_r,
+                    stdout: out_r,
+                    stderr: err_r,
+                    baseline,
+                    sent_ns,
+                    killer,
+                })
+            }
             Some((AgentReply::Error(e), _)) => Err(e.into()),
             Some(_) => Err(JailError::Spawner("unexpected reply from the jail".into())),
             None => Err(JailError::Spawner("the jail's agent is gone".into())),

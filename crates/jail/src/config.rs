@@ -31,6 +31,33 @@ pub struct JailConfig {
     pub workspace: TmpfsSize,
     /// Host name inside the jail.
     pub hostname: String,
+    /// Jail-wide `/tmp`, `/dev/shm` and runtime directory, for [`StepMode::Shared`] steps
+    /// (a sandbox's long-lived processes). `None` for one-shot jails, whose steps are private.
+    pub shared: Option<SharedMounts>,
+}
+
+/// Jail-wide writable mounts of a jail that runs shared steps.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedMounts {
+    pub tmp: TmpfsSize,
+    pub shm: TmpfsSize,
+    /// A private directory at [`RUNTIME_DIR`] (owned by the program's user, not part of the
+    /// workspace) for runcell's own files inside the jail, such as kernel sockets.
+    pub runtime: TmpfsSize,
+}
+
+/// Where the runtime directory of a jail with [`SharedMounts`] is mounted.
+pub const RUNTIME_DIR: &str = "/run/runcell";
+
+/// Where a step runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum StepMode {
+    /// A pid namespace of its own (when the program exits, everything it started dies with
+    /// it) and fresh private `/proc`, `/tmp` and `/dev/shm` of these sizes.
+    Private { tmp: TmpfsSize, shm: TmpfsSize },
+    /// The jail's shared pid namespace, `/proc` and `/tmp` (needs [`JailConfig::shared`]):
+    /// what the program starts in the background outlives it, until the jail is destroyed.
+    Shared,
 }
 
 /// A read-only bind mount of a host path.
@@ -139,9 +166,8 @@ pub struct Rlimits {
     pub locked_memory_bytes: u64,
 }
 
-/// One program started in a jail: a "step". A step gets its own pid namespace (when its main
-/// process exits, every process it started dies with it), its own `/proc`, and fresh
-/// private tmpfs mounts at `/tmp` and `/dev/shm`. The workspace is shared by all steps.
+/// One program started in a jail: a "step" (see [`StepMode`]). The workspace is shared by all
+/// steps.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessSpec {
     /// Program and arguments. A program without a `/` is looked up in `PATH` from `env`.
@@ -151,10 +177,7 @@ pub struct ProcessSpec {
     /// Working directory inside the jail.
     pub cwd: PathBuf,
     pub rlimits: Rlimits,
-    /// Size of the step's private `/tmp`.
-    pub tmp: TmpfsSize,
-    /// Size of the step's private `/dev/shm`.
-    pub shm: TmpfsSize,
+    pub mode: StepMode,
 }
 
 fn check_abs(what: &str, p: &Path) -> Result<(), JailError> {
@@ -198,7 +221,7 @@ fn check_tmpfs(what: &str, t: &TmpfsSize) -> Result<(), JailError> {
 }
 
 /// Paths the jail manages itself; binds and files must not cover them.
-const RESERVED: &[&str] = &["/proc", "/dev", "/tmp", WORKSPACE];
+const RESERVED: &[&str] = &["/proc", "/dev", "/tmp", WORKSPACE, RUNTIME_DIR];
 
 impl JailConfig {
     pub fn validate(&self) -> Result<(), JailError> {
@@ -229,6 +252,11 @@ impl JailConfig {
             }
         }
         check_tmpfs("workspace", &self.workspace)?;
+        if let Some(s) = &self.shared {
+            check_tmpfs("shared /tmp", &s.tmp)?;
+            check_tmpfs("shared /dev/shm", &s.shm)?;
+            check_tmpfs("runtime directory", &s.runtime)?;
+        }
         if self.hostname.is_empty()
             || self.hostname.len() > 64
             || !self
@@ -308,8 +336,10 @@ impl ProcessSpec {
                 "rlimit open_files must be at least 8".into(),
             ));
         }
-        check_tmpfs("/tmp", &self.tmp)?;
-        check_tmpfs("/dev/shm", &self.shm)?;
+        if let StepMode::Private { tmp, shm } = &self.mode {
+            check_tmpfs("/tmp", tmp)?;
+            check_tmpfs("/dev/shm", shm)?;
+        }
         Ok(())
     }
 }
@@ -331,8 +361,10 @@ mod tests {
                 processes: 64,
                 locked_memory_bytes: 64 << 10,
             },
-            tmp: TmpfsSize::mib(16),
-            shm: TmpfsSize::mib(16),
+            mode: StepMode::Private {
+                tmp: TmpfsSize::mib(16),
+                shm: TmpfsSize::mib(16),
+            },
         }
     }
 
@@ -346,6 +378,7 @@ mod tests {
             files: vec![],
             workspace: TmpfsSize::mib(16),
             hostname: "runcell".into(),
+            shared: None,
         }
     }
 

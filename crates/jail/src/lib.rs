@@ -29,8 +29,8 @@ mod workspace;
 pub use agent::Stage;
 pub use client::{Jail, Killer, OutputTarget, Process, Spawner, SpawnerCommand, StdinSource};
 pub use config::{
-    Bind, CgroupLimits, JAIL_GID, JAIL_UID, JailConfig, JailFile, ProcessSpec, Rlimits, Symlink,
-    TmpfsSize, WORKSPACE,
+    Bind, CgroupLimits, JAIL_GID, JAIL_UID, JailConfig, JailFile, ProcessSpec, RUNTIME_DIR,
+    Rlimits, SharedMounts, StepMode, Symlink, TmpfsSize, WORKSPACE,
 };
 pub use error::JailError;
 pub use proto::monotonic_ns;

@@ -39,7 +39,8 @@ pub(crate) enum SpawnerReply {
     Hello {
         cgroup: String,
     },
-    /// Descriptors: agent control socket, agent pidfd, workspace directory (`O_PATH`).
+    /// Descriptors: agent control socket, agent pidfd, workspace directory (`O_PATH`), and
+    /// the runtime directory (`O_PATH`) of jails with shared mounts.
     Prepared(PreparedInfo),
     Destroyed,
     Error(WireError),
@@ -57,14 +58,16 @@ pub(crate) struct PreparedInfo {
 /// Client → agent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum AgentRequest {
-    /// Descriptors: stdin, stdout, stderr, status pipe (write end).
+    /// Descriptors: stdin, stdout, stderr, status pipe (write end), control pipe (read end:
+    /// 4-byte signal numbers for the program's process group).
     Start(Box<ProcessSpec>),
 }
 
 /// Agent → spawner (once) and agent → client.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum AgentReply {
-    /// Setup finished. Descriptor: the workspace directory (`O_PATH`).
+    /// Setup finished. Descriptors: the workspace directory (`O_PATH`), and the runtime
+    /// directory for jails with shared mounts.
     Ready,
     /// Descriptor: a pidfd of the step's init process.
     Started,

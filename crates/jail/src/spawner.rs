@@ -241,7 +241,7 @@ impl Server {
         &mut self,
         config: JailConfig,
         limits: CgroupLimits,
-    ) -> Result<(PreparedInfo, [OwnedFd; 3]), JailError> {
+    ) -> Result<(PreparedInfo, Vec<OwnedFd>), JailError> {
         config.validate()?;
         limits.validate()?;
         let slot = self
@@ -283,7 +283,7 @@ impl Server {
         config: JailConfig,
         slot: SlotIds,
         cgroup: &dyn Cgroup,
-    ) -> Result<(libc::pid_t, [OwnedFd; 3]), JailError> {
+    ) -> Result<(libc::pid_t, Vec<OwnedFd>), JailError> {
         let (ctrl, ctrl_child) =
             proto::seqpacket_pair().map_err(|e| JailError::io("socketpair", e))?;
         let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -358,9 +358,11 @@ impl Server {
         sys::write_all(sync_w.as_raw_fd(), b"g")
             .map_err(|e| kill(JailError::io("start agent", e)))?;
         drop(sync_w);
-        let ws = wait_ready(ctrl.as_fd()).map_err(kill)?;
+        let dirs = wait_ready(ctrl.as_fd()).map_err(kill)?;
         let pidfd = sys::pidfd_open(pid).map_err(|e| kill(JailError::io("pidfd_open", e)))?;
-        Ok((pid, [ctrl, pidfd, ws]))
+        let mut fds = vec![ctrl, pidfd];
+        fds.extend(dirs);
+        Ok((pid, fds))
     }
 
     fn destroy(&mut self, jail: u64) -> Result<(), JailError> {
@@ -401,7 +403,9 @@ fn write_proc(pid: libc::pid_t, file: &str, contents: &str) -> Result<(), JailEr
         .map_err(|e| JailError::io(format!("write {}", path.display()), e))
 }
 
-fn wait_ready(ctrl: BorrowedFd<'_>) -> Result<OwnedFd, JailError> {
+/// Waits for the agent's ready message; returns the workspace (and runtime directory)
+/// descriptors it sent.
+fn wait_ready(ctrl: BorrowedFd<'_>) -> Result<Vec<OwnedFd>, JailError> {
     let mut pfd = libc::pollfd {
         fd: ctrl.as_raw_fd(),
         events: libc::POLLIN,
@@ -422,7 +426,7 @@ fn wait_ready(ctrl: BorrowedFd<'_>) -> Result<OwnedFd, JailError> {
         break;
     }
     match proto::recv::<AgentReply>(ctrl).map_err(|e| JailError::io("read agent reply", e))? {
-        Some((AgentReply::Ready, mut fds)) if fds.len() == 1 => Ok(fds.remove(0)),
+        Some((AgentReply::Ready, fds)) if matches!(fds.len(), 1 | 2) => Ok(fds),
         Some((AgentReply::Error(e), _)) => Err(e.into()),
         Some(_) => Err(JailError::Spawner(
             "unexpected reply from the jail agent".into(),

@@ -170,6 +170,7 @@ impl Jail {
             stderr,
             baseline,
             sent_ns,
+            killer,
         } = process;
         let mut outputs = [
             OutputState {
@@ -210,7 +211,7 @@ impl Jail {
                 *kill_reason = Some(reason);
                 *killed_ns = Some(monotonic_ns());
             }
-            let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = killer.kill();
         };
 
         loop {

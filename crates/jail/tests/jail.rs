@@ -76,6 +76,7 @@ fn config() -> JailConfig {
         files: vec![],
         workspace: TmpfsSize::mib(64),
         hostname: "runcell".into(),
+        shared: None,
     }
 }
 
@@ -104,8 +105,10 @@ fn spec(argv: &[&str]) -> ProcessSpec {
             processes: 64,
             locked_memory_bytes: 64 << 10,
         },
-        tmp: TmpfsSize::mib(64),
-        shm: TmpfsSize::mib(64),
+        mode: StepMode::Private {
+            tmp: TmpfsSize::mib(64),
+            shm: TmpfsSize::mib(64),
+        },
     }
 }
 
@@ -571,8 +574,10 @@ fn tmpfs_pages_count_against_the_memory_limit() {
     for dir in ["/tmp", "/dev/shm"] {
         let mut s = spec(&["/usr/bin/dd", "if=/dev/zero", "bs=1M", "count=300"]);
         s.argv.push(format!("of={dir}/fill"));
-        s.tmp = TmpfsSize::mib(512);
-        s.shm = TmpfsSize::mib(512);
+        s.mode = StepMode::Private {
+            tmp: TmpfsSize::mib(512),
+            shm: TmpfsSize::mib(512),
+        };
         s.rlimits.file_size_bytes = 1 << 30;
         let out = run_once(&s, StdinSource::Null, &cg, &run_limits());
         assert_eq!(out.limit, Some(Limit::Memory), "{dir}: {out:?}");
@@ -587,7 +592,10 @@ fn tmpfs_sizes_are_enforced() {
         "dd if=/dev/zero of=/tmp/fill bs=1M count=20 2>&1; echo rc=$?; \
          dd if=/dev/zero of=/workspace/fill bs=1M count=100 2>&1; echo rc=$?; du -sm /tmp /workspace",
     );
-    s.tmp = TmpfsSize::mib(8);
+    s.mode = StepMode::Private {
+        tmp: TmpfsSize::mib(8),
+        shm: TmpfsSize::mib(64),
+    };
     s.rlimits.file_size_bytes = 1 << 30;
     let out = run(&s);
     let o = text(&out.stdout);
@@ -1128,4 +1136,202 @@ fn bad_specs_are_refused_before_anything_runs() {
         .run(&spec(&["/bin/true"]), StdinSource::Null, &run_limits())
         .unwrap();
     assert_eq!(out.exit, Exit::Exited(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared steps (sandboxes)
+
+fn shared_config() -> JailConfig {
+    JailConfig {
+        shared: Some(SharedMounts {
+            tmp: TmpfsSize::mib(64),
+            shm: TmpfsSize::mib(16),
+            runtime: TmpfsSize::mib(4),
+        }),
+        ..config()
+    }
+}
+
+fn shared(argv: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        mode: StepMode::Shared,
+        ..spec(argv)
+    }
+}
+
+#[test]
+fn shared_steps_share_tmp_and_background_processes_outlive_them() {
+    let mounts = host_mounts();
+    let jail = spawner()
+        .prepare(&shared_config(), &cgroup_limits())
+        .unwrap();
+    let trace = Trace::of(&jail);
+    let first = jail
+        .run(
+            &shared(&[
+                "/bin/sh",
+                "-c",
+                "echo kept > /tmp/x; setsid sleep 1000 >/dev/null 2>&1 & echo started",
+            ]),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(text(&first.stdout), "started\n", "{}", text(&first.stderr));
+    let second = jail
+        .run(
+            &shared(&["/bin/sh", "-c", "cat /tmp/x; pgrep -c sleep"]),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(
+        text(&second.stdout),
+        "kept\n1\n",
+        "{}",
+        text(&second.stderr)
+    );
+    // A private step still sees only itself.
+    let private = jail
+        .run(
+            &sh("ls /tmp | wc -l; pgrep -c sleep || true"),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(text(&private.stdout), "0\n0\n");
+    assert!(
+        !processes_of(&trace.uids).is_empty(),
+        "the background sleep lives"
+    );
+    jail.destroy().unwrap();
+    trace.assert_gone(&mounts);
+}
+
+#[test]
+fn shared_steps_need_a_shared_jail() {
+    let jail = spawner().prepare(&config(), &cgroup_limits()).unwrap();
+    let e = jail
+        .start(
+            &shared(&["/bin/true"]),
+            StdinSource::Null,
+            OutputTarget::Null,
+            OutputTarget::Null,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("shared"), "{e}");
+}
+
+#[test]
+fn signals_reach_the_programs_process_group() {
+    let mounts = host_mounts();
+    let jail = spawner()
+        .prepare(&shared_config(), &cgroup_limits())
+        .unwrap();
+    let trace = Trace::of(&jail);
+    // SIGINT interrupts (the program handles it and carries on to a clean exit).
+    let p = jail
+        .start(
+            &ProcessSpec {
+                mode: StepMode::Shared,
+                ..py("import signal, sys, time\n\
+                      signal.signal(signal.SIGINT, lambda *a: (print('interrupted', flush=True), sys.exit(3)))\n\
+                      print('ready', flush=True)\n\
+                      time.sleep(60)")
+            },
+            StdinSource::Null,
+            OutputTarget::Pipe,
+            OutputTarget::Pipe,
+        )
+        .unwrap();
+    let signaller = p.killer().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        signaller.signal(libc::SIGINT).unwrap();
+    });
+    let mut out = Vec::new();
+    let o = jail
+        .supervise(p, &run_limits(), &mut |_, c| out.extend_from_slice(c))
+        .unwrap();
+    assert_eq!(text(&out), "ready\ninterrupted\n");
+    assert_eq!(o.exit, Exit::Exited(3));
+    // Kill takes the whole group of a shared step, children included.
+    let p = jail
+        .start(
+            &shared(&["/bin/sh", "-c", "sleep 1000 & sleep 1000 & wait"]),
+            StdinSource::Null,
+            OutputTarget::Null,
+            OutputTarget::Null,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p.kill().unwrap();
+    let o = jail.supervise(p, &run_limits(), &mut |_, _| {}).unwrap();
+    assert_eq!(o.exit, Exit::Signaled(libc::SIGKILL));
+    let left = jail
+        .run(
+            &shared(&["/bin/sh", "-c", "pgrep -c sleep || true"]),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(text(&left.stdout), "0\n");
+    // A private step is signalled the same way.
+    let p = jail
+        .start(
+            &sh("trap 'exit 7' TERM; sleep 1000 & wait"),
+            StdinSource::Null,
+            OutputTarget::Null,
+            OutputTarget::Null,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGTERM).unwrap();
+    let o = jail.supervise(p, &run_limits(), &mut |_, _| {}).unwrap();
+    assert_eq!(o.exit, Exit::Exited(7));
+    jail.destroy().unwrap();
+    trace.assert_gone(&mounts);
+}
+
+#[test]
+fn the_runtime_directory_is_the_programs_and_safe_for_the_host() {
+    let jail = spawner()
+        .prepare(&shared_config(), &cgroup_limits())
+        .unwrap();
+    let rt = jail
+        .runtime_dir()
+        .expect("a shared jail has a runtime directory");
+    rt.write_file("conn.json", b"{\"key\":\"k\"}", 0o600)
+        .unwrap();
+    let out = jail
+        .run(
+            &shared(&[
+                "/bin/sh",
+                "-c",
+                "stat -c '%U %a' /run/runcell /run/runcell/conn.json; \
+               cat /run/runcell/conn.json; echo; ln -s /etc/passwd /run/runcell/evil; \
+               touch /run/runcell/made",
+            ]),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "runner 700\nrunner 600\n{\"key\":\"k\"}\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(rt.read_file("evil", 100).is_err());
+    assert_eq!(rt.read_file("made", 100).unwrap(), b"");
+    // The workspace does not show it.
+    let ls = jail
+        .run(
+            &shared(&["/bin/ls", "-A", "/workspace"]),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(text(&ls.stdout), "");
+    jail.destroy().unwrap();
 }

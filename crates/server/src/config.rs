@@ -268,6 +268,20 @@ mod tests {
         c.validate().unwrap();
     }
 
+    /// The example in docs/configuration.md stays true: every key it shows exists.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + 8;
+        let end = start + doc[start..].find("```").expect("its end");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("example.toml");
+        std::fs::write(&f, &doc[start..end]).unwrap();
+        let c = Config::load(Some(&f), no_env).unwrap();
+        assert_eq!(c.engine.limits, runcell_engine::LimitPolicy::default());
+        assert_eq!(c.webhooks, WebhookConfig::default());
+    }
+
     #[test]
     fn off_switches_are_refused() {
         let env = |k: &str| (k == "RUNCELL_RATE_LIMIT").then(|| "0".to_string());

@@ -134,13 +134,20 @@ pub async fn submit_async(
     state.store.insert_execution(&row).await?;
     state.jobs.pending.fetch_add(1, Ordering::SeqCst);
     metrics::gauge!("runcell_queue_depth").set(state.jobs.queued() as f64);
+    // The answer describes the execution as accepted (API.md: 202 with status `pending`),
+    // not as read back: by then the dispatcher may already have claimed it.
+    let accepted = ExecutionObject {
+        execution_id: id,
+        status: ExecStatus::Pending.as_str().to_string(),
+        created_at: runcell_engine::model::rfc3339(system_time(row.created_at)),
+        started_at: None,
+        completed_at: None,
+        expires_at: None,
+        result: None,
+        failure_reason: None,
+    };
     state.jobs.wake.notify_one();
-    let stored = state
-        .store
-        .get_execution(tenant, &id, now_ms())
-        .await?
-        .ok_or_else(|| ApiError::internal("a new execution vanished"))?;
-    Ok(ExecutionObject::from_row(&stored))
+    Ok(accepted)
 }
 
 /// Claims queued executions whenever a worker is free, forever.

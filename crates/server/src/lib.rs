@@ -198,6 +198,11 @@ fn describe_languages(engine: &Engine) -> Vec<LanguageInfo> {
         .collect()
 }
 
+/// Installs the TLS crypto provider (ring) used by HTTP clients in this process.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(
     config: Config,
@@ -205,7 +210,7 @@ pub async fn serve(
     registry: Arc<Registry>,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io {
         what: format!("create {}", config.data_dir.display()),
         source: e,

@@ -208,17 +208,20 @@ pub async fn list_executions(
             ApiError::bad_request("INVALID_QUERY", "cursor must be a next_cursor value")
         })?),
     };
+    // One row more than the page tells whether there is a next page.
     let filter = ListFilter {
         session_id: q.session_id.filter(|s| !s.is_empty()),
         status,
         before_seq,
-        limit,
+        limit: limit + 1,
     };
-    let rows = state
+    let mut rows = state
         .store
         .list_executions(&tenant.0, &filter, now_ms())
         .await?;
-    let next_cursor = (rows.len() == limit as usize)
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = more
         .then(|| rows.last().map(|r| r.seq.to_string()))
         .flatten();
     Ok(Json(ExecutionList {

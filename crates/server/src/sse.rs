@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::jobs::{self, Progress, check_capacity};
 use crate::state::{AppState, now_ms};
 
-const PING: Duration = Duration::from_secs(15);
+const PING: Duration = Duration::from_secs(5);
 
 /// Decodes a byte stream into text without splitting characters across events.
 #[derive(Default)]

@@ -1,3 +1,5 @@
 //! One integration test binary for the runcell binary: the CLI and the HTTP API.
 
+mod api;
 mod cli;
+mod server;

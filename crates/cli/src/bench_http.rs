@@ -1,0 +1,274 @@
+//! `runcell bench --http`: load on the HTTP API (synchronous `print(42)` in Python and C) at
+//! several concurrencies, next to a bare-spawn baseline doing the same work, in one run.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::Global;
+use crate::bench::BenchArgs;
+
+const PY: &str = "print(42)";
+const C: &str = "#include <stdio.h>\nint main(void) { printf(\"42\\n\"); return 0; }\n";
+
+#[derive(Debug, Serialize)]
+struct Row {
+    language: &'static str,
+    concurrency: usize,
+    requests: usize,
+    runcell_p50_ms: f64,
+    runcell_p99_ms: f64,
+    runcell_per_sec: f64,
+    bare_p50_ms: f64,
+    bare_p99_ms: f64,
+    bare_per_sec: f64,
+    errors: usize,
+}
+
+/// A server started for the benchmark; killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    key: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(concurrency: Option<usize>) -> Result<Server> {
+    let data = tempfile::tempdir()?;
+    let key = format!("bench-{}", std::process::id()).repeat(2);
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("RUNCELL_API_KEYS", &key)
+        .env("RUNCELL_RATE_LIMIT", "100000000")
+        .env("RUNCELL_MAX_QUEUE", "100000")
+        .env("RUNCELL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(c) = concurrency {
+        cmd.env("RUNCELL_CONCURRENCY", c.to_string());
+    }
+    let mut child = cmd.spawn().context("starting runcell serve")?;
+    let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let mut lines = BufReader::new(stderr).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow!("the server exited before it was ready"))??;
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server {
+        child,
+        base,
+        key,
+        _data: data,
+    })
+}
+
+fn percentile(v: &mut [Duration], q: f64) -> f64 {
+    v.sort();
+    v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
+}
+
+/// Runs `total` calls of `f` with `conc` workers; returns latencies, wall time and errors.
+async fn load<F, Fut>(total: usize, conc: usize, f: F) -> (Vec<Duration>, Duration, usize)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (f, next) = (Arc::clone(&f), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            while next.fetch_add(1, Ordering::SeqCst) < total {
+                let t = Instant::now();
+                if !f().await {
+                    errors += 1;
+                }
+                lat.push(t.elapsed());
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    (all, started.elapsed(), errors)
+}
+
+fn bare_python() -> bool {
+    Command::new("/usr/bin/python3")
+        .args(["-c", PY])
+        .output()
+        .is_ok_and(|o| o.stdout == b"42\n")
+}
+
+fn bare_c(dir: &std::path::Path, n: usize) -> bool {
+    let src = dir.join(format!("p{n}.c"));
+    let bin = dir.join(format!("p{n}"));
+    std::fs::write(&src, C).is_ok()
+        && Command::new("/usr/bin/gcc")
+            .args(["-O2", "-pipe", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .arg("-lm")
+            .status()
+            .is_ok_and(|s| s.success())
+        && Command::new(&bin)
+            .output()
+            .is_ok_and(|o| o.stdout == b"42\n")
+}
+
+pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
+    let levels = &args.concurrency;
+    if levels.is_empty() || levels.contains(&0) {
+        bail!("--concurrency takes positive numbers, e.g. 1,8,64");
+    }
+    let server = start_server(args.server_concurrency)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runcell_server::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let url = format!("{}/api/v1/execute", server.base);
+    let scratch = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    for (language, code) in [("python", PY), ("c", C)] {
+        let call = {
+            let (client, url, key) = (client.clone(), url.clone(), server.key.clone());
+            let body = json!({"language": language, "code": code}).to_string();
+            move || {
+                let req = client
+                    .post(&url)
+                    .header("x-api-key", &key)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                async move {
+                    match req.send().await {
+                        Ok(r) if r.status().is_success() => r
+                            .json::<serde_json::Value>()
+                            .await
+                            .is_ok_and(|v| v["stdout"] == "42\n"),
+                        _ => false,
+                    }
+                }
+            }
+        };
+        // Warm up: jail pool, page cache, compiler.
+        rt.block_on(load(8, 2, call.clone()));
+        for &conc in levels {
+            let total = args.requests.max(conc);
+            let (mut lat, wall, errors) = rt.block_on(load(total, conc, call.clone()));
+            let dir = scratch.path().to_path_buf();
+            let counter = Arc::new(AtomicUsize::new(0));
+            let (mut bare, bare_wall, bare_errors) = rt.block_on(load(total, conc, move || {
+                let (dir, counter) = (dir.clone(), Arc::clone(&counter));
+                async move {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::spawn_blocking(move || match language {
+                        "python" => bare_python(),
+                        _ => bare_c(&dir, n),
+                    })
+                    .await
+                    .unwrap_or(false)
+                }
+            }));
+            rows.push(Row {
+                language,
+                concurrency: conc,
+                requests: total,
+                runcell_p50_ms: percentile(&mut lat, 0.5),
+                runcell_p99_ms: percentile(&mut lat, 0.99),
+                runcell_per_sec: total as f64 / wall.as_secs_f64(),
+                bare_p50_ms: percentile(&mut bare, 0.5),
+                bare_p99_ms: percentile(&mut bare, 0.99),
+                bare_per_sec: total as f64 / bare_wall.as_secs_f64(),
+                errors: errors + bare_errors,
+            });
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "runcell bench --http: synchronous print(42) over HTTP against {}, {} CPUs",
+        server.base,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "{:<8} {:>5} {:>6} | {:>9} {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>6} {:>6}",
+        "lang",
+        "conc",
+        "reqs",
+        "p50 ms",
+        "p99 ms",
+        "exec/s",
+        "bare p50",
+        "bare p99",
+        "bare/s",
+        "p50 x",
+        "errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<8} {:>5} {:>6} | {:>9.2} {:>9.2} {:>8.1} | {:>9.2} {:>9.2} {:>8.1} | {:>6.2} {:>6}",
+            r.language,
+            r.concurrency,
+            r.requests,
+            r.runcell_p50_ms,
+            r.runcell_p99_ms,
+            r.runcell_per_sec,
+            r.bare_p50_ms,
+            r.bare_p99_ms,
+            r.bare_per_sec,
+            r.runcell_p50_ms / r.bare_p50_ms,
+            r.errors
+        );
+    }
+    println!(
+        "runcell = POST /api/v1/execute end to end (HTTP, auth, store, jail, compile for C); \
+         bare = the same program spawned directly (C: gcc, then the binary)."
+    );
+    Ok(if rows.iter().any(|r| r.errors > 0) {
+        1
+    } else {
+        0
+    })
+}

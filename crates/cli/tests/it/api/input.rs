@@ -1,0 +1,460 @@
+//! Bad input is a clear 4xx with `{"detail", "code"}`, never a 5xx, and never runs anything.
+
+use serde_json::{Value, json};
+
+use crate::server::{KEY_A, Opts, Server};
+
+/// Routes that take an `ExecuteRequest` body.
+const EXECUTE_ROUTES: &[&str] = &[
+    "/api/v1/execute",
+    "/api/v1/execute?stream=true",
+    "/api/v1/execute/async",
+    "/api/submit",
+    "/api/submit?wait=true",
+];
+
+fn nested_arrays(depth: usize) -> Vec<u8> {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()
+}
+
+#[test]
+fn malformed_bodies_are_400_and_never_5xx() {
+    let srv = Server::start();
+    let raw: Vec<(&str, Vec<u8>)> = vec![
+        ("an empty body", vec![]),
+        ("whitespace", b"  \n ".to_vec()),
+        ("truncated JSON", br#"{"language":"#.to_vec()),
+        ("not JSON", b"print(42)".to_vec()),
+        (
+            "trailing garbage",
+            br#"{"language":"python","code":"print(1)"} x"#.to_vec(),
+        ),
+        ("100000 nested arrays", nested_arrays(100_000)),
+        (
+            "100000 nested objects",
+            format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000)).into_bytes(),
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"language\":\"python\",\"code\":\"print(1)\xff\xfe\"}".to_vec(),
+        ),
+        (
+            "a lone surrogate escape",
+            br#"{"language":"python","code":"print('\ud800')"}"#.to_vec(),
+        ),
+        (
+            "a number out of range",
+            br#"{"language":"python","code":"x","timeout":1e400}"#.to_vec(),
+        ),
+    ];
+    let typed: Vec<(&str, Value)> = vec![
+        ("a string", json!("hello")),
+        ("a number", json!(42)),
+        ("null", Value::Null),
+        ("an array", json!([1, 2])),
+        ("no code", json!({"language": "python"})),
+        ("no language", json!({"code": "print(1)"})),
+        (
+            "code of the wrong type",
+            json!({"language": "python", "code": 42}),
+        ),
+        (
+            "language of the wrong type",
+            json!({"language": ["python"], "code": "x"}),
+        ),
+        (
+            "stdin of the wrong type",
+            json!({"language": "python", "code": "x", "stdin": 5}),
+        ),
+        (
+            "args of the wrong type",
+            json!({"language": "python", "code": "x", "args": "a"}),
+        ),
+        (
+            "args with a number",
+            json!({"language": "python", "code": "x", "args": [1]}),
+        ),
+        (
+            "environment as a list",
+            json!({"language": "python", "code": "x", "environment": [1]}),
+        ),
+        (
+            "an environment value of the wrong type",
+            json!({"language": "python", "code": "x", "environment": {"A": 1}}),
+        ),
+        (
+            "an invalid environment name",
+            json!({"language": "python", "code": "x", "environment": {"1A=": "v"}}),
+        ),
+        (
+            "files as an object",
+            json!({"language": "python", "code": "x", "files": {}}),
+        ),
+        (
+            "a file without content",
+            json!({"language": "python", "code": "x", "files": [{"name": "a.py"}]}),
+        ),
+        (
+            "a file name escaping the workspace",
+            json!({"language": "python", "code": "x",
+                   "files": [{"name": "../a.py", "content": ""}]}),
+        ),
+        (
+            "bad base64",
+            json!({"language": "python", "code": "x",
+                   "files": [{"name": "a.bin", "content": "!!!", "encoding": "base64"}]}),
+        ),
+        (
+            "a file named like the main source",
+            json!({"language": "python", "code": "x",
+                   "files": [{"name": "main.py", "content": ""}]}),
+        ),
+        (
+            "an unknown file encoding",
+            json!({"language": "python", "code": "x",
+                   "files": [{"name": "a.txt", "content": "x", "encoding": "rot13"}]}),
+        ),
+        (
+            "300 arguments",
+            json!({"language": "python", "code": "x", "args": vec!["a"; 300]}),
+        ),
+        (
+            "a 100 KiB environment",
+            json!({"language": "python", "code": "x",
+                   "environment": {"BIG": "x".repeat(100 << 10)}}),
+        ),
+        (
+            "limits as a number",
+            json!({"language": "python", "code": "x", "limits": 5}),
+        ),
+        (
+            "network on",
+            json!({"language": "python", "code": "x", "network": true}),
+        ),
+        (
+            "network as a string",
+            json!({"language": "python", "code": "x", "network": "no"}),
+        ),
+        (
+            "session_id of the wrong type",
+            json!({"language": "python", "code": "x", "session_id": 7}),
+        ),
+        (
+            "version of the wrong type",
+            json!({"language": "python", "code": "x", "version": 3}),
+        ),
+        (
+            "an unavailable version",
+            json!({"language": "python", "code": "x", "version": "1.0"}),
+        ),
+        (
+            "callback_url of the wrong type",
+            json!({"language": "python", "code": "x", "callback_url": 5}),
+        ),
+    ];
+    for route in EXECUTE_ROUTES {
+        for (what, body) in &raw {
+            let r = srv.post_raw(route, Some(KEY_A), body.clone());
+            assert!(
+                r.status < 500,
+                "{route} with {what}: {} {}",
+                r.status,
+                r.text
+            );
+            r.error(400, None);
+        }
+        for (what, body) in &typed {
+            let r = srv.post(route, Some(KEY_A), body);
+            assert_eq!(r.status, 400, "{route} with {what}: {}", r.text);
+            r.error(400, None);
+        }
+    }
+    // The deep documents are refused by the JSON parser, not by a size limit.
+    let r = srv.post_raw("/api/v1/execute", Some(KEY_A), nested_arrays(100_000));
+    r.error(400, Some("INVALID_JSON"));
+    let r = srv.post_raw("/api/v1/execute/batch", Some(KEY_A), nested_arrays(100_000));
+    r.error(400, Some("INVALID_JSON"));
+    // An unknown language: 400 UNSUPPORTED_LANGUAGE on every route.
+    for route in EXECUTE_ROUTES {
+        let r = srv.post(
+            route,
+            Some(KEY_A),
+            &json!({"language": "cobol-2099", "code": "x"}),
+        );
+        let v = r.error(400, Some("UNSUPPORTED_LANGUAGE"));
+        assert_eq!(v["detail"], "Unsupported language: cobol-2099");
+    }
+    // Unknown fields are ignored.
+    let v = srv.execute(&json!({"language": "python", "code": "print(1)", "colour": "blue"}));
+    assert_eq!(v["stdout"], "1\n");
+    // Only that one ran.
+    assert_eq!(srv.list_all(KEY_A, "").len(), 1);
+}
+
+#[test]
+fn a_body_over_the_limit_is_413() {
+    let srv = Server::with(Opts::new().config("max_body_bytes = 4096\n"));
+    let big = json!({"language": "python", "code": format!("# {}\nprint(1)", "x".repeat(5000))});
+    for route in EXECUTE_ROUTES {
+        let r = srv.post(route, Some(KEY_A), &big);
+        r.error(413, Some("PAYLOAD_TOO_LARGE"));
+    }
+    let r = srv.post("/api/v1/execute/batch", Some(KEY_A), &json!([big.clone()]));
+    r.error(413, Some("PAYLOAD_TOO_LARGE"));
+    let r = srv.post_raw("/api/v1/execute", Some(KEY_A), nested_arrays(100_000));
+    r.error(413, Some("PAYLOAD_TOO_LARGE"));
+    // Just under the limit is fine.
+    let small = json!({"language": "python", "code": format!("# {}\nprint(1)", "x".repeat(3000))});
+    assert_eq!(srv.execute(&small)["stdout"], "1\n");
+    assert_eq!(srv.list_all(KEY_A, "").len(), 1);
+}
+
+#[test]
+fn invalid_limits_are_400_and_never_mean_unlimited() {
+    let srv = Server::start();
+    let bad_for_all: Vec<Value> = vec![
+        json!(-1),
+        json!(0),
+        json!(-0.5),
+        json!(1e12),
+        json!(1e308),
+        json!(18446744073709551615u64),
+        json!("5"),
+        json!("unlimited"),
+        json!([1]),
+        json!({}),
+        json!(true),
+    ];
+    let fields = [
+        "wall_time",
+        "cpu_time",
+        "memory_mb",
+        "max_processes",
+        "max_output_bytes",
+        "max_file_size_mb",
+    ];
+    let mut cases: Vec<(String, Value)> = Vec::new();
+    for f in fields {
+        for v in &bad_for_all {
+            cases.push((
+                format!("limits.{f} = {v}"),
+                json!({"language": "python", "code": "print(1)", "limits": {f: v}}),
+            ));
+        }
+    }
+    for f in [
+        "memory_mb",
+        "max_processes",
+        "max_output_bytes",
+        "max_file_size_mb",
+    ] {
+        cases.push((
+            format!("limits.{f} = 1.5"),
+            json!({"language": "python", "code": "print(1)", "limits": {f: 1.5}}),
+        ));
+    }
+    cases.push((
+        "limits.memory_mb = 1".into(),
+        json!({"language": "python", "code": "print(1)", "limits": {"memory_mb": 1}}),
+    ));
+    for v in &bad_for_all {
+        cases.push((
+            format!("timeout = {v}"),
+            json!({"language": "python", "code": "print(1)", "timeout": v}),
+        ));
+    }
+    for (what, body) in &cases {
+        for route in [
+            "/api/v1/execute",
+            "/api/v1/execute/async",
+            "/api/submit?wait=true",
+        ] {
+            let r = srv.post(route, Some(KEY_A), body);
+            assert_eq!(r.status, 400, "{route} with {what}: {}", r.text);
+            r.error(400, Some("INVALID_LIMIT"));
+        }
+        let r = srv.post(
+            "/api/v1/execute/batch",
+            Some(KEY_A),
+            &json!([{"language": "python", "code": "print(1)"}, body]),
+        );
+        assert_eq!(r.status, 400, "batch with {what}: {}", r.text);
+        r.error(400, Some("INVALID_LIMIT"));
+    }
+    assert!(
+        srv.list_all(KEY_A, "").is_empty(),
+        "nothing with an invalid limit runs"
+    );
+
+    // null is the default, not "unlimited": 600 MiB is over the default memory limit.
+    let v = srv.execute(&json!({
+        "language": "python",
+        "code": "b = bytearray(600 * 1024 * 1024)\nprint(len(b))",
+        "limits": {"memory_mb": null, "wall_time": null}
+    }));
+    assert_eq!(v["limit_exceeded"], "memory", "{v:#}");
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["exit_code"], -1);
+    // A valid limit is applied.
+    let v = srv.execute(&json!({
+        "language": "python",
+        "code": "b = bytearray(100 * 1024 * 1024)\nprint(len(b))",
+        "limits": {"memory_mb": 64}
+    }));
+    assert_eq!(v["limit_exceeded"], "memory", "{v:#}");
+}
+
+#[test]
+fn nul_bytes_run_in_code_and_stdin_but_are_refused_in_environment_and_args() {
+    let srv = Server::start();
+    let v = srv.execute(&json!({
+        "language": "javascript",
+        "code": "console.log(\"a\u{0}b\".length)"
+    }));
+    assert_eq!(v["stdout"], "3\n", "{v:#}");
+    assert_eq!(v["exit_code"], 0);
+    let v = srv.execute(&json!({
+        "language": "python",
+        "code": "import sys\nd = sys.stdin.buffer.read()\nprint(len(d), d.count(0))",
+        "stdin": "x\u{0}y"
+    }));
+    assert_eq!(v["stdout"], "3 1\n", "{v:#}");
+
+    for body in [
+        json!({"language": "python", "code": "print(1)", "environment": {"A": "x\u{0}y"}}),
+        json!({"language": "python", "code": "print(1)", "environment": {"A\u{0}B": "x"}}),
+        json!({"language": "python", "code": "print(1)", "args": ["x\u{0}y"]}),
+    ] {
+        for route in [
+            "/api/v1/execute",
+            "/api/v1/execute/async",
+            "/api/v1/execute?stream=true",
+        ] {
+            let r = srv.post(route, Some(KEY_A), &body);
+            assert_eq!(r.status, 400, "{route} {body}: {}", r.text);
+            r.error(400, None);
+        }
+    }
+    assert_eq!(srv.list_all(KEY_A, "").len(), 2, "only the two valid runs");
+}
+
+#[test]
+fn bad_batches_are_400_and_run_nothing() {
+    let srv = Server::start();
+    let ok = json!({"language": "python", "code": "print(1)"});
+    let bodies = [
+        ("11 items", Value::Array(vec![ok.clone(); 11])),
+        ("100 items", Value::Array(vec![ok.clone(); 100])),
+        ("no items", json!([])),
+        ("an object", ok.clone()),
+        ("a string", json!("x")),
+        ("a non-object item", json!([ok.clone(), 1])),
+        (
+            "an item without code",
+            json!([ok.clone(), {"language": "python"}]),
+        ),
+        (
+            "an item with a bad limit",
+            json!([ok.clone(), {"language": "python", "code": "x", "timeout": -1}]),
+        ),
+        (
+            "an item with a NUL argument",
+            json!([ok.clone(), {"language": "python", "code": "x", "args": ["\u{0}"]}]),
+        ),
+        (
+            "an unknown language last",
+            json!([ok.clone(), ok.clone(), {"language": "invalid", "code": "x"}]),
+        ),
+    ];
+    for (what, body) in &bodies {
+        let r = srv.post("/api/v1/execute/batch", Some(KEY_A), body);
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+        r.error(400, None);
+    }
+    for (what, body) in [
+        ("empty", Vec::new()),
+        ("malformed", b"[{".to_vec()),
+        ("invalid UTF-8", b"[\"\xff\"]".to_vec()),
+    ] {
+        let r = srv.post_raw("/api/v1/execute/batch", Some(KEY_A), body);
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+        r.error(400, None);
+    }
+    assert!(
+        srv.list_all(KEY_A, "").is_empty(),
+        "a refused batch runs nothing"
+    );
+}
+
+#[test]
+fn bad_query_parameters_are_400() {
+    let srv = Server::start();
+    for q in [
+        "limit=abc",
+        "limit=0",
+        "limit=-1",
+        "limit=101",
+        "limit=1.5",
+        "limit=99999999999999999999",
+        "status=bogus",
+        "status=COMPLETED%20",
+        "cursor=xyz",
+        "cursor=1e3",
+    ] {
+        let r = srv.get(&format!("/api/v1/executions?{q}"), Some(KEY_A));
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+        r.error(400, None);
+    }
+    let body = json!({"language": "python", "code": "print(1)"});
+    for path in [
+        "/api/v1/execute?stream=maybe",
+        "/api/v1/execute?stream=2",
+        "/api/submit?wait=maybe",
+        "/api/submit?wait=",
+    ] {
+        let r = srv.post(path, Some(KEY_A), &body);
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        r.error(400, None);
+    }
+    assert!(srv.list_all(KEY_A, "").is_empty());
+    // Good values still work.
+    srv.get(
+        "/api/v1/executions?limit=100&status=completed&session_id=x",
+        Some(KEY_A),
+    )
+    .expect(200);
+}
+
+#[test]
+fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
+    let srv = Server::start();
+    for (key, path) in [
+        (None, "/"),
+        (None, "/nope"),
+        (Some(KEY_A), "/api/v1/nope"),
+        (Some(KEY_A), "/api/v2/execute"),
+        (
+            Some(KEY_A),
+            "/api/v1/executions/00000000-0000-4000-8000-000000000000/nope",
+        ),
+    ] {
+        let r = srv.get(path, key);
+        assert_eq!(r.status, 404, "{path}: {}", r.text);
+        r.error(404, None);
+    }
+    let id = "00000000-0000-4000-8000-000000000000";
+    for (method, path) in [
+        ("GET", "/api/v1/execute".to_string()),
+        ("PUT", "/api/v1/execute/batch".to_string()),
+        ("GET", "/api/v1/execute/async".to_string()),
+        ("DELETE", format!("/api/v1/executions/{id}")),
+        ("GET", format!("/api/v1/executions/{id}/cancel")),
+        ("POST", "/api/v1/languages".to_string()),
+        ("POST", "/health".to_string()),
+        ("DELETE", "/api/submit".to_string()),
+    ] {
+        let r = crate::server::Resp::of(srv.req(method, &path, Some(KEY_A)).send());
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.text);
+        r.error(405, None);
+    }
+}

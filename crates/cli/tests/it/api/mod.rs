@@ -1,0 +1,12 @@
+//! End-to-end tests of the HTTP API (`API.md` and the seeds it follows), each against its own
+//! `runcell serve` child process (see `server.rs`).
+//!
+//! Needs root and the toolchains, like the CLI tests.
+
+mod auth;
+mod durability;
+mod executions;
+mod input;
+mod operations;
+mod seeds;
+mod webhooks;

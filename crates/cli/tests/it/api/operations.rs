@@ -1,0 +1,195 @@
+//! Operations: health, metrics, the OpenAPI document, the docs page, and the languages.
+
+use serde_json::json;
+
+use crate::server::{KEY_A, Server};
+
+#[test]
+fn health_metrics_openapi_and_docs() {
+    let srv = Server::start();
+    let r = srv.get("/health", None).expect(200);
+    assert_eq!(r.json(), json!({"status": "ok"}));
+
+    // Metrics need a key.
+    srv.get("/metrics", None).error(401, None);
+    let v = srv.execute(&json!({"language": "python", "code": "print(1)"}));
+    assert_eq!(v["stdout"], "1\n");
+    let r = srv.get("/metrics", Some(KEY_A)).expect(200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        r.headers
+    );
+    for name in [
+        "runcell_http_requests_total",
+        "runcell_executions_total",
+        "runcell_execution_duration_seconds",
+        "runcell_queue_depth",
+    ] {
+        assert!(
+            r.text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{}",
+            r.text
+        );
+    }
+    // The run is counted, with its language and status.
+    assert!(
+        r.text
+            .lines()
+            .any(|l| l.starts_with("runcell_executions_total")
+                && l.contains("language=\"python\"")
+                && l.contains("status=\"completed\"")
+                && l.trim_end().ends_with(" 1")),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text
+            .lines()
+            .any(|l| l.starts_with("runcell_execution_duration_seconds_count")),
+        "a histogram: {}",
+        r.text
+    );
+
+    // The OpenAPI 3.1 document lists every route.
+    let doc = srv.get("/openapi.json", None).expect(200).json();
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/api/v1/execute", "post"),
+        ("/api/v1/execute/async", "post"),
+        ("/api/v1/execute/batch", "post"),
+        ("/api/v1/executions", "get"),
+        ("/api/v1/executions/{execution_id}", "get"),
+        ("/api/v1/executions/{execution_id}/cancel", "post"),
+        ("/api/v1/executions/{execution_id}/deliveries", "get"),
+        ("/api/v1/webhook-secret", "get"),
+        ("/api/v1/languages", "get"),
+        ("/api/submit", "post"),
+        ("/api/result/{execution_id}", "get"),
+        ("/health", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from the OpenAPI document: {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+    }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert!(
+        schemes.as_object().is_some_and(|s| s.len() >= 2),
+        "{schemes}"
+    );
+
+    // The docs page is HTML.
+    let r = srv.get("/docs", None).expect(200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html")),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.text.to_ascii_lowercase().contains("<html"), "{}", r.text);
+}
+
+#[test]
+fn languages_lists_the_eleven_with_versions() {
+    let srv = Server::start();
+    let v = srv.get("/api/v1/languages", Some(KEY_A)).expect(200).json();
+    let list = v.as_array().expect("an array");
+    for id in [
+        "python",
+        "javascript",
+        "typescript",
+        "bash",
+        "c",
+        "cpp",
+        "java",
+        "go",
+        "rust",
+        "ruby",
+        "php",
+    ] {
+        let l = list
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not listed: {v:#}"));
+        assert_eq!(l["available"], true, "{l}");
+        assert!(
+            l["version"]
+                .as_str()
+                .is_some_and(|s| s.chars().next().is_some_and(|c| c.is_ascii_digit())),
+            "{l}"
+        );
+        assert!(l["name"].as_str().is_some_and(|s| !s.is_empty()), "{l}");
+        assert!(l["aliases"].is_array(), "{l}");
+        assert!(l["compiled"].is_boolean(), "{l}");
+    }
+    let python = list.iter().find(|l| l["id"] == "python").unwrap();
+    assert_eq!(python["compiled"], false);
+    assert!(python["aliases"].as_array().unwrap().contains(&json!("py")));
+    let c = list.iter().find(|l| l["id"] == "c").unwrap();
+    assert_eq!(c["compiled"], true);
+    // The version listed is the one runs report; an alias runs the language.
+    let r = srv.execute(&json!({"language": "py", "code": "print(1)"}));
+    assert_eq!(r["language"], "python");
+    assert_eq!(r["version"], python["version"]);
+}
+
+#[test]
+fn an_uninstalled_language_is_listed_unavailable_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cobol.toml"),
+        r#"
+id = "cobol"
+name = "COBOL"
+aliases = ["cob"]
+extensions = ["cob"]
+source_file = "main.cob"
+requires = ["/nonexistent/runcell-test/cobc"]
+[run]
+command = ["/nonexistent/runcell-test/cobc", "{source}"]
+[version]
+command = ["/nonexistent/runcell-test/cobc", "--version"]
+regex = 'cobc (\S+)'
+"#,
+    )
+    .unwrap();
+    let srv = Server::with(
+        crate::server::Opts::new().env("RUNCELL_LANGUAGES_DIR", dir.path().to_str().unwrap()),
+    );
+    let v = srv.get("/api/v1/languages", Some(KEY_A)).expect(200).json();
+    let cobol = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == "cobol")
+        .unwrap_or_else(|| panic!("cobol is listed: {v:#}"));
+    assert_eq!(cobol["available"], false, "{cobol}");
+    assert_eq!(cobol["version"], serde_json::Value::Null, "{cobol}");
+    for route in ["/api/v1/execute", "/api/v1/execute/async"] {
+        let r = srv.post(
+            route,
+            Some(KEY_A),
+            &json!({"language": "cob", "code": "DISPLAY 'HI'."}),
+        );
+        r.error(400, Some("LANGUAGE_UNAVAILABLE"));
+    }
+    let r = srv.post(
+        "/api/v1/execute/batch",
+        Some(KEY_A),
+        &json!([{"language": "python", "code": "print(1)"},
+                {"language": "cobol", "code": "DISPLAY 'HI'."}]),
+    );
+    r.error(400, Some("LANGUAGE_UNAVAILABLE"));
+    assert!(srv.list_all(KEY_A, "").is_empty());
+}
