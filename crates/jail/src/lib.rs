@@ -36,4 +36,4 @@ pub use error::JailError;
 pub use proto::monotonic_ns;
 pub use spawner::{SpawnerOptions, spawner_main};
 pub use supervise::{Exit, Limit, Outcome, RunLimits, Stream};
-pub use workspace::{Workspace, WorkspaceError};
+pub use workspace::{Entry, EntryKind, Walk, Workspace, WorkspaceError};

@@ -165,6 +165,14 @@ impl Workspace {
     /// Writes a file (creating parent directories), replacing an existing file or symlink of
     /// that name without following it.
     pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), WorkspaceError> {
+        let fd = self.create(path, mode)?;
+        let mut f = File::from(fd);
+        f.write_all(data).map_err(Self::io(path))
+    }
+
+    /// Creates a file (creating parent directories, replacing an existing file or symlink of
+    /// that name without following it) and returns it open for writing.
+    pub fn create(&self, path: &str, mode: u32) -> Result<OwnedFd, WorkspaceError> {
         let parts = components(path)?;
         let (name, dirs) = parts.split_last().expect("components() is never empty");
         let _ids = FsIds::become_(self.uid, self.gid);
@@ -183,14 +191,12 @@ impl Workspace {
             resolve: RESOLVE,
         };
         let fd = sys::openat2(dir.as_fd(), name, &how).map_err(Self::io(path))?;
-        let mut f = File::from(fd);
-        f.write_all(data).map_err(Self::io(path))?;
         // The umask may have narrowed the mode.
         // SAFETY: fchmod on a descriptor we own.
-        if unsafe { libc::fchmod(f.as_raw_fd(), mode & 0o777) } < 0 {
+        if unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o777) } < 0 {
             return Err(Self::io(path)(io::Error::last_os_error()));
         }
-        Ok(())
+        Ok(fd)
     }
 
     /// Reads a regular file of at most `limit` bytes.
@@ -244,6 +250,130 @@ impl Workspace {
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
     }
+
+    /// Every entry below the root, breadth first, without following any link or crossing a
+    /// mount: at most `max_entries` entries and `max_depth` directory levels (`truncated`
+    /// says whether anything was left out).
+    pub fn walk(&self, max_entries: usize, max_depth: usize) -> Result<Walk, WorkspaceError> {
+        let _ids = FsIds::become_(self.uid, self.gid);
+        let how = OpenHow {
+            flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: RESOLVE,
+        };
+        let root = sys::openat2(self.root.as_fd(), c".", &how).map_err(Self::io("."))?;
+        let mut out = Walk {
+            entries: Vec::new(),
+            truncated: false,
+        };
+        let mut queue: std::collections::VecDeque<(OwnedFd, String, usize)> =
+            std::collections::VecDeque::new();
+        queue.push_back((root, String::new(), 0));
+        while let Some((dir_fd, prefix, depth)) = queue.pop_front() {
+            let raw = dir_fd.as_raw_fd();
+            let dir = nix::dir::Dir::from_fd(dir_fd)
+                .map_err(|e| Self::io(&prefix)(io::Error::from(e)))?;
+            let dir_raw = BorrowedFdCopy(raw);
+            for item in dir {
+                let Ok(item) = item else { continue };
+                let name = item.file_name();
+                let name_bytes = name.to_bytes();
+                if name_bytes == b"." || name_bytes == b".." {
+                    continue;
+                }
+                if out.entries.len() >= max_entries {
+                    out.truncated = true;
+                    return Ok(out);
+                }
+                let Ok(name_str) = std::str::from_utf8(name_bytes) else {
+                    continue;
+                };
+                let path = if prefix.is_empty() {
+                    name_str.to_string()
+                } else {
+                    format!("{prefix}/{name_str}")
+                };
+                // SAFETY: stat is plain old data; fstatat fills it.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: fstatat relative to an open directory, not following links.
+                if unsafe {
+                    libc::fstatat(dir_raw.0, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+                } < 0
+                {
+                    continue;
+                }
+                let kind = match st.st_mode & libc::S_IFMT {
+                    libc::S_IFREG => EntryKind::File,
+                    libc::S_IFDIR => EntryKind::Dir,
+                    libc::S_IFLNK => EntryKind::Symlink,
+                    _ => EntryKind::Other,
+                };
+                if kind == EntryKind::Dir {
+                    if depth + 1 < max_depth {
+                        let sub = sys::openat2(
+                            // SAFETY: the directory stays open while we iterate over it.
+                            unsafe { BorrowedFd::borrow_raw(dir_raw.0) },
+                            name,
+                            &how,
+                        );
+                        if let Ok(sub) = sub {
+                            queue.push_back((sub, path.clone(), depth + 1));
+                        }
+                    } else {
+                        out.truncated = true;
+                    }
+                }
+                out.entries.push(Entry {
+                    path,
+                    kind,
+                    size: st.st_size as u64,
+                    mode: st.st_mode & 0o7777,
+                    mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+                    inode: st.st_ino,
+                    links: st.st_nlink as u64,
+                    uid: st.st_uid,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A raw descriptor number kept next to the `Dir` that owns it.
+#[derive(Clone, Copy)]
+struct BorrowedFdCopy(std::os::fd::RawFd);
+
+/// What [`Workspace::walk`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walk {
+    pub entries: Vec<Entry>,
+    pub truncated: bool,
+}
+
+/// The kind of a workspace entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    /// FIFOs, sockets, devices.
+    Other,
+}
+
+/// One entry of a workspace walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the workspace root.
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    pub mtime_ns: i128,
+    pub inode: u64,
+    pub links: u64,
+    /// Owner as the host sees it.
+    pub uid: u32,
 }
 
 fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
@@ -302,6 +432,34 @@ mod tests {
             ws.read_file("sub/dir/f", 0),
             Err(WorkspaceError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn walks_list_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b/c")).unwrap();
+        std::fs::write(dir.path().join("a/f.txt"), b"12345").unwrap();
+        std::fs::write(dir.path().join("a/b/c/deep"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
+        let root: OwnedFd = File::open(dir.path()).unwrap().into();
+        // SAFETY: geteuid has no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let ws = Workspace::new(root, uid, gid);
+        let w = ws.walk(100, 10).unwrap();
+        let mut paths: Vec<_> = w.entries.iter().map(|e| e.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(paths, ["a", "a/b", "a/b/c", "a/b/c/deep", "a/f.txt", "etc"]);
+        assert!(!w.truncated);
+        let f = w.entries.iter().find(|e| e.path == "a/f.txt").unwrap();
+        assert_eq!((f.kind, f.size), (EntryKind::File, 5));
+        let l = w.entries.iter().find(|e| e.path == "etc").unwrap();
+        assert_eq!(l.kind, EntryKind::Symlink);
+        let w = ws.walk(3, 10).unwrap();
+        assert_eq!(w.entries.len(), 3);
+        assert!(w.truncated);
+        let w = ws.walk(100, 2).unwrap();
+        assert!(w.entries.iter().all(|e| e.path.matches('/').count() < 2));
+        assert!(w.truncated);
     }
 
     #[test]

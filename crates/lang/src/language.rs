@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::error::LangError;
 use crate::probe;
-use crate::template::{self, ALL_VARS, PREFIX_ONLY, Vars};
+use crate::template::{self, ALL_VARS, CONTEXT_VARS, PREFIX_ONLY, Vars};
 
 /// Environment the engine starts every step from; a language's `env` is added on top.
 /// The version probe runs on the host with exactly this environment.
@@ -56,6 +56,8 @@ pub struct Language {
     pub requires: Vec<PathBuf>,
     /// A hello-world program and its exact stdout, for smoke tests and playgrounds.
     pub example: Option<Example>,
+    /// The Jupyter kernel of stateful code contexts, if the language has them.
+    pub context: Option<ContextSpec>,
     /// Where the definition came from: `builtin:python.toml` or the file's path.
     pub origin: String,
 }
@@ -81,6 +83,17 @@ pub struct RunSpec {
     pub argv: Vec<String>,
     /// The run's process/thread limit is raised to at least this (runtimes that start threads).
     pub min_processes: Option<u64>,
+}
+
+/// A Jupyter kernel for stateful code contexts (sandboxes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextSpec {
+    /// Command template (`{prefix}`, `{connection_file}`).
+    pub argv: Vec<String>,
+    /// Added to the language's environment; values may use `{prefix}`.
+    pub env: Vec<(String, String)>,
+    /// Absolute paths that must exist for contexts to be available (the kernel's package).
+    pub requires: Vec<PathBuf>,
 }
 
 /// How to ask the toolchain for its version: run `argv` on the host, match `regex` against
@@ -164,6 +177,38 @@ impl Language {
         self.requires.iter().all(|p| p.exists())
     }
 
+    /// Whether code contexts (a Jupyter kernel) are defined and installed.
+    pub fn contexts_available(&self) -> bool {
+        self.context
+            .as_ref()
+            .is_some_and(|c| c.requires.iter().all(|p| p.exists()))
+    }
+
+    /// The kernel command of a code context, placeholders expanded.
+    pub fn context_argv(&self, prefix: &Path, connection_file: &str) -> Option<Vec<String>> {
+        let prefix = prefix.to_string_lossy();
+        self.context.as_ref().map(|c| {
+            c.argv
+                .iter()
+                .map(|t| template::expand_context(t, &prefix, connection_file))
+                .collect()
+        })
+    }
+
+    /// The environment of a code context's kernel: the language's, then the context's.
+    pub fn context_env(&self, prefix: &Path, memory_mb: u64) -> Vec<(String, String)> {
+        let vars = Vars::new("", memory_mb, prefix);
+        let mut env = self.env(&vars);
+        if let Some(c) = &self.context {
+            let p = prefix.to_string_lossy();
+            for (k, v) in &c.env {
+                env.retain(|(x, _)| x != k);
+                env.push((k.clone(), template::expand_context(v, &p, "")));
+            }
+        }
+        env
+    }
+
     /// Runs the version probe on the host (clean [`BASE_ENV`], stdin closed, killed after
     /// [`PROBE_TIMEOUT`]) and returns the first capture of `version.regex` in its stdout, else in
     /// its stderr. `None` if the probe cannot run, times out, or nothing matches.
@@ -235,6 +280,18 @@ struct RawLanguage {
     requires: Vec<String>,
     #[serde(default)]
     example: Option<RawExample>,
+    #[serde(default)]
+    context: Option<RawContext>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContext {
+    command: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    requires: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +579,34 @@ impl RawLanguage {
             stdout: e.stdout,
         });
 
+        let context = match self.context {
+            None => None,
+            Some(c) => {
+                check_command("context.command", &c.command, CONTEXT_VARS)?;
+                let mut env = Vec::with_capacity(c.env.len());
+                for (k, v) in c.env {
+                    if !is_env_name(&k) {
+                        return Err(format!("context.env: {k:?} is not a valid variable name"));
+                    }
+                    if v.contains('\0') {
+                        return Err(format!("context.env.{k}: value contains a NUL byte"));
+                    }
+                    template::check(&v, PREFIX_ONLY).map_err(|e| format!("context.env.{k}: {e}"))?;
+                    env.push((k, v));
+                }
+                let requires = c
+                    .requires
+                    .iter()
+                    .map(|p| host_path("context.requires", p, prefix))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(ContextSpec {
+                    argv: c.command,
+                    env,
+                    requires,
+                })
+            }
+        };
+
         Ok(Language {
             id,
             name: self.name.trim().to_owned(),
@@ -537,6 +622,7 @@ impl RawLanguage {
             ro_paths,
             requires,
             example,
+            context,
             origin: origin.to_owned(),
         })
     }

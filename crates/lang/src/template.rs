@@ -48,6 +48,8 @@ pub(crate) enum Var {
     Stem,
     MemoryMb,
     Prefix,
+    /// Path (inside the jail) of a kernel's connection file; context commands only.
+    ConnectionFile,
 }
 
 impl Var {
@@ -57,6 +59,7 @@ impl Var {
             "stem" => Var::Stem,
             "memory_mb" => Var::MemoryMb,
             "prefix" => Var::Prefix,
+            "connection_file" => Var::ConnectionFile,
             _ => return None,
         })
     }
@@ -66,6 +69,8 @@ impl Var {
 pub(crate) const ALL_VARS: &[Var] = &[Var::Source, Var::Stem, Var::MemoryMb, Var::Prefix];
 /// Only `{prefix}`: for paths and the version probe, which are expanded at load time.
 pub(crate) const PREFIX_ONLY: &[Var] = &[Var::Prefix];
+/// Kernel commands of code contexts.
+pub(crate) const CONTEXT_VARS: &[Var] = &[Var::Prefix, Var::ConnectionFile];
 
 enum Piece<'a> {
     Text(&'a str),
@@ -101,7 +106,7 @@ fn parse(template: &str) -> Result<Vec<Piece<'_>>, String> {
             let Some(var) = Var::parse(name) else {
                 return Err(format!(
                     "unknown placeholder `{{{name}}}` in {template:?} \
-                     (known: {{source}}, {{stem}}, {{memory_mb}}, {{prefix}})"
+                     (known: {{source}}, {{stem}}, {{memory_mb}}, {{prefix}}, {{connection_file}})"
                 ));
             };
             pieces.push(Piece::Var(var));
@@ -139,12 +144,32 @@ fn var_name(var: Var) -> &'static str {
         Var::Stem => "stem",
         Var::MemoryMb => "memory_mb",
         Var::Prefix => "prefix",
+        Var::ConnectionFile => "connection_file",
     }
 }
 
 /// Expands the placeholders of `template`. A malformed template (one that [`check`] would refuse,
 /// possible only for a `Language` built by hand) is returned unchanged.
 pub(crate) fn expand(template: &str, vars: &Vars) -> String {
+    expand_with(template, |var| match var {
+        Var::Source => vars.source.clone(),
+        Var::Stem => vars.stem().to_owned(),
+        Var::MemoryMb => vars.memory_mb.to_string(),
+        Var::Prefix => vars.prefix.to_string_lossy().into_owned(),
+        Var::ConnectionFile => String::new(),
+    })
+}
+
+/// Expands a context command (`{prefix}`, `{connection_file}`).
+pub(crate) fn expand_context(template: &str, prefix: &str, connection_file: &str) -> String {
+    expand_with(template, |var| match var {
+        Var::Prefix => prefix.to_owned(),
+        Var::ConnectionFile => connection_file.to_owned(),
+        _ => String::new(),
+    })
+}
+
+fn expand_with(template: &str, value: impl Fn(Var) -> String) -> String {
     let Ok(pieces) = parse(template) else {
         return template.to_owned();
     };
@@ -152,10 +177,7 @@ pub(crate) fn expand(template: &str, vars: &Vars) -> String {
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Var(Var::Source) => out.push_str(&vars.source),
-            Piece::Var(Var::Stem) => out.push_str(vars.stem()),
-            Piece::Var(Var::MemoryMb) => out.push_str(&vars.memory_mb.to_string()),
-            Piece::Var(Var::Prefix) => out.push_str(&vars.prefix.to_string_lossy()),
+            Piece::Var(v) => out.push_str(&value(v)),
         }
     }
     out
