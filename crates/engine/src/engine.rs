@@ -8,8 +8,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use runcell_jail::{
-    CgroupLimits, Exit, Jail, JailError, Killer, Limit, Outcome, OutputTarget, ProcessSpec,
-    Rlimits, RunLimits, Spawner, StdinSource, StepMode, Stream, TmpfsSize, WORKSPACE,
+    CgroupLimits, Exit, Jail, JailConfig, JailError, Killer, Limit, Outcome, OutputTarget,
+    ProcessSpec, Rlimits, RunLimits, SharedMounts, Spawner, StdinSource, StepMode, Stream,
+    TmpfsSize, WORKSPACE,
 };
 use runcell_lang::{Language, Registry, Vars};
 
@@ -86,9 +87,24 @@ pub struct Plan {
     stdin: Vec<u8>,
 }
 
+/// The resource budget of a sandbox: one jail whose kernel-enforced limits everything running
+/// in it shares.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SandboxBudget {
+    /// Memory of all its processes together, including its workspace and `/tmp` files.
+    pub memory_mb: u64,
+    /// CPU bandwidth in cores (`None`: no bandwidth limit, only the host's cores).
+    pub cpus: Option<f64>,
+    /// Processes and threads at once.
+    pub max_processes: u64,
+    /// Size of the workspace.
+    pub disk_mb: u64,
+}
+
 /// Runs execution requests in jails.
 pub struct Engine {
     pool: JailPool,
+    jail_config: JailConfig,
     registry: Arc<Registry>,
     config: EngineConfig,
     versions: Mutex<HashMap<String, Option<String>>>,
@@ -162,7 +178,7 @@ fn invalid(s: impl Into<String>) -> EngineError {
 }
 
 /// The environment every program starts from (nothing comes from the host).
-fn base_env() -> Vec<(String, String)> {
+pub fn base_env() -> Vec<(String, String)> {
     [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("HOME", "/tmp"),
@@ -227,12 +243,13 @@ impl Engine {
         let jail = rootfs::jail_config(registry.all(), &config.prefix, config.workspace_mb);
         let pool = JailPool::new(
             spawner,
-            jail,
+            jail.clone(),
             Self::cgroup(&config.limits.defaults),
             config.pool_size,
         );
         Engine {
             pool,
+            jail_config: jail,
             registry,
             config,
             versions: Mutex::new(HashMap::new()),
@@ -243,6 +260,53 @@ impl Engine {
     /// with [`Engine::release`].
     pub fn session_jail(&self) -> Result<Jail, JailError> {
         self.pool.take()
+    }
+
+    /// A jail for a sandbox: shared `/tmp`, `/dev/shm` and runtime directory, a workspace of
+    /// `disk_mb`, and the budget's cgroup limits, which everything started in it shares.
+    pub fn sandbox_jail(&self, b: &SandboxBudget) -> Result<Jail, JailError> {
+        let mut cfg = self.jail_config.clone();
+        cfg.workspace = TmpfsSize::mib(b.disk_mb);
+        cfg.shared = Some(SharedMounts {
+            tmp: TmpfsSize::mib(self.config.tmp_mb),
+            shm: TmpfsSize::mib(self.config.tmp_mb.min(64)),
+            runtime: TmpfsSize::mib(16),
+        });
+        self.pool.spawner().prepare(
+            &cfg,
+            &CgroupLimits {
+                memory_bytes: b.memory_mb << 20,
+                // The jail's agent and each shared step's init are tasks of the group too.
+                max_tasks: (b.max_processes + 2).min(u32::MAX as u64) as u32,
+                cpus: b.cpus,
+            },
+        )
+    }
+
+    /// How to start a long-lived program (a kernel, a command) in a sandbox's jail: a shared
+    /// step with per-process rlimits derived from the budget. CPU time per process is bounded
+    /// by `cpu_secs` (the sandbox's longest possible life); the cgroup bounds the rate.
+    pub fn sandbox_process(
+        &self,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        b: &SandboxBudget,
+        cpu_secs: u64,
+    ) -> ProcessSpec {
+        ProcessSpec {
+            argv,
+            env,
+            cwd: WORKSPACE.into(),
+            rlimits: Rlimits {
+                cpu_secs,
+                file_size_bytes: b.disk_mb.max(1) << 20,
+                open_files: self.config.open_files,
+                stack_bytes: self.config.stack_mb << 20,
+                processes: b.max_processes + 2,
+                locked_memory_bytes: 64 << 10,
+            },
+            mode: StepMode::Shared,
+        }
     }
 
     /// Destroys a jail in the background.

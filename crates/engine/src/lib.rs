@@ -8,7 +8,9 @@ pub mod model;
 mod pool;
 pub mod rootfs;
 
-pub use engine::{Cancel, Engine, EngineConfig, OutputSink, Plan, RunContext};
+pub use engine::{
+    Cancel, Engine, EngineConfig, OutputSink, Plan, RunContext, SandboxBudget, base_env,
+};
 pub use limits::{LimitPolicy, Limits};
 pub use model::{CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest};
 

@@ -179,7 +179,7 @@ impl Spawner {
             ctrl: Mutex::new(ctrl),
             agent,
             cgroup,
-            destroyed: false,
+            destroyed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -195,7 +195,7 @@ pub struct Jail {
     workspace: Workspace,
     runtime: Option<Workspace>,
     pub(crate) cgroup: Box<dyn Cgroup>,
-    destroyed: bool,
+    destroyed: std::sync::atomic::AtomicBool,
 }
 
 /// Standard input of a started program.
@@ -454,15 +454,20 @@ impl Jail {
     }
 
     /// Destroys the jail now and waits until nothing of it is left (processes, cgroup).
-    pub fn destroy(mut self) -> Result<(), JailError> {
-        self.destroy_inner()
+    pub fn destroy(self) -> Result<(), JailError> {
+        self.shutdown()
     }
 
-    fn destroy_inner(&mut self) -> Result<(), JailError> {
-        if self.destroyed {
+    /// Destroys the jail through a shared reference (for a jail other threads still hold):
+    /// every process dies and the workspace and cgroup are removed before this returns; what
+    /// the holders try afterwards fails. Idempotent.
+    pub fn shutdown(&self) -> Result<(), JailError> {
+        if self
+            .destroyed
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             return Ok(());
         }
-        self.destroyed = true;
         // Kill first, so the jail dies even if the spawner is slow to answer.
         let _ = crate::sys::pidfd_send_signal(self.agent.as_fd(), libc::SIGKILL);
         match self.spawner.call(&SpawnerRequest::Destroy {
@@ -472,10 +477,15 @@ impl Jail {
             _ => Err(JailError::Spawner("unexpected reply to destroy".into())),
         }
     }
+
+    /// Whether [`Jail::shutdown`] (or destroy) has run.
+    pub fn is_destroyed(&self) -> bool {
+        self.destroyed.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Drop for Jail {
     fn drop(&mut self) {
-        let _ = self.destroy_inner();
+        let _ = self.shutdown();
     }
 }

@@ -199,8 +199,10 @@ impl Workspace {
         Ok(fd)
     }
 
-    /// Reads a regular file of at most `limit` bytes.
-    pub fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, WorkspaceError> {
+    /// Opens a regular file for reading, by descriptor and without following any link; a
+    /// file with several hard links is refused (it could be a link to something else the
+    /// sandbox's user can write). Returns the file and its size at opening.
+    pub fn open_read(&self, path: &str) -> Result<(File, u64), WorkspaceError> {
         let parts = components(path)?;
         let (name, dirs) = parts.split_last().expect("components() is never empty");
         let _ids = FsIds::become_(self.uid, self.gid);
@@ -226,15 +228,20 @@ impl Workspace {
                 path: path.to_string(),
             });
         }
-        if st.st_size as u64 > limit {
+        Ok((File::from(fd), st.st_size as u64))
+    }
+
+    /// Reads a regular file of at most `limit` bytes.
+    pub fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, WorkspaceError> {
+        let (file, size) = self.open_read(path)?;
+        if size > limit {
             return Err(WorkspaceError::TooLarge {
                 path: path.to_string(),
                 limit,
             });
         }
-        let mut out = Vec::with_capacity(st.st_size as usize);
-        File::from(fd)
-            .take(limit + 1)
+        let mut out = Vec::with_capacity(size as usize);
+        file.take(limit + 1)
             .read_to_end(&mut out)
             .map_err(Self::io(path))?;
         if out.len() as u64 > limit {

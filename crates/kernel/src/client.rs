@@ -24,7 +24,10 @@ pub enum Event {
     /// Text on standard output (`stdout: true`) or standard error.
     Stream { stdout: bool, text: String },
     /// A MIME bundle: the value of the last expression (`main`), or a `display()`.
-    Display { data: Map<String, Value>, main: bool },
+    Display {
+        data: Map<String, Value>,
+        main: bool,
+    },
     /// The execution count of this run.
     ExecutionCount(u64),
     /// The code raised.
@@ -51,6 +54,9 @@ pub struct ExecuteOutcome {
 }
 
 type Shell = Connection<zeromq::DealerSocket>;
+
+/// Consecutive unreadable messages after which the connection is considered broken.
+const MAX_BAD_MESSAGES: u32 = 64;
 type IoPub = Connection<zeromq::SubSocket>;
 
 /// One kernel's connections.
@@ -79,11 +85,10 @@ async fn connect_kernel_port(
             return Err(KernelError::Dead(" while starting".into()));
         }
         let j = Arc::clone(jail);
-        let r = tokio::task::spawn_blocking(move || {
-            j.connect_tcp(port, Duration::from_millis(500))
-        })
-        .await
-        .map_err(proto)?;
+        let r =
+            tokio::task::spawn_blocking(move || j.connect_tcp(port, Duration::from_millis(500)))
+                .await
+                .map_err(proto)?;
         match r {
             Ok(s) => {
                 let s: StdTcpStream = s;
@@ -125,7 +130,7 @@ async fn expose(
             tracing::warn!("kernel connection closed: {e}");
         }
         // A broken connection is a dead kernel.
-        let _ = alive_tx.send(false);
+        alive_tx.send_replace(false);
     });
     Ok(path)
 }
@@ -144,16 +149,26 @@ impl KernelConnection {
     ) -> Result<KernelConnection, KernelError> {
         let session = uuid::Uuid::new_v4().to_string();
         let mut paths = Vec::new();
-        for (port, channel) in [(ports[0], "shell"), (ports[1], "iopub"), (ports[3], "control")] {
+        for (port, channel) in [
+            (ports[0], "shell"),
+            (ports[1], "iopub"),
+            (ports[3], "control"),
+        ] {
             let stream = connect_kernel_port(jail, port, deadline, &alive).await?;
             paths.push(expose(stream, sock_dir, channel, limits, Arc::clone(&alive_tx)).await?);
         }
         let endpoint = |p: &Path| format!("ipc://{}", p.display());
         let mut shell_sock = zeromq::DealerSocket::new();
-        shell_sock.connect(&endpoint(&paths[0])).await.map_err(proto)?;
+        shell_sock
+            .connect(&endpoint(&paths[0]))
+            .await
+            .map_err(proto)?;
         let mut iopub_sock = zeromq::SubSocket::new();
         iopub_sock.subscribe("").await.map_err(proto)?;
-        iopub_sock.connect(&endpoint(&paths[1])).await.map_err(proto)?;
+        iopub_sock
+            .connect(&endpoint(&paths[1]))
+            .await
+            .map_err(proto)?;
         let mut control_sock = zeromq::DealerSocket::new();
         control_sock
             .connect(&endpoint(&paths[2]))
@@ -178,7 +193,9 @@ impl KernelConnection {
         let mut subscribed = false;
         while !(replied && subscribed) {
             if Instant::now() >= deadline {
-                return Err(KernelError::Start("the kernel did not answer in time".into()));
+                return Err(KernelError::Start(
+                    "the kernel did not answer in time".into(),
+                ));
             }
             let req = JupyterMessage::new(KernelInfoRequest {}, None);
             let id = req.header.msg_id.clone();
@@ -198,12 +215,17 @@ impl KernelConnection {
                             subscribed = true;
                         }
                     }
-                    m = self.shell.read() => {
-                        let m = m.map_err(proto)?;
-                        if matches!(m.content, JupyterMessageContent::KernelInfoReply(_)) {
-                            replied = true;
+                    m = self.shell.read() => match m {
+                        Ok(m) => {
+                            if matches!(m.content, JupyterMessageContent::KernelInfoReply(_)) {
+                                replied = true;
+                            }
                         }
-                    }
+                        // Some kernels (bash_kernel) leave out fields of their info that the
+                        // protocol crate requires; an answer is an answer.
+                        Err(e) if e.to_string().contains("kernel_info_reply") => replied = true,
+                        Err(e) => return Err(proto(e)),
+                    },
                     _ = alive.changed() => {
                         if !*alive.borrow() {
                             return Err(KernelError::Dead(" while starting".into()));
@@ -224,13 +246,14 @@ impl KernelConnection {
     pub(crate) async fn execute(
         &mut self,
         code: &str,
+        silent: bool,
         on: &mut (dyn FnMut(Event) + Send),
     ) -> Result<ExecuteOutcome, KernelError> {
         let req = JupyterMessage::new(
             ExecuteRequest {
                 code: code.to_string(),
-                silent: false,
-                store_history: true,
+                silent,
+                store_history: !silent,
                 user_expressions: None,
                 allow_stdin: false,
                 stop_on_error: true,
@@ -242,11 +265,27 @@ impl KernelConnection {
         let mut reply: Option<ExecuteOutcome> = None;
         let mut idle = false;
         let mut count: Option<u64> = None;
+        let mut errors = 0u32;
         while !(idle && reply.is_some()) {
             let mut alive = self.alive.clone();
             tokio::select! {
                 m = self.iopub.read(), if !idle => {
-                    let m = m.map_err(proto)?;
+                    let m = match m {
+                        Ok(m) => {
+                            errors = 0;
+                            m
+                        }
+                        Err(e) => {
+                            // A message this client cannot parse is skipped; a broken
+                            // connection also ends the kernel's liveness.
+                            errors += 1;
+                            tracing::debug!("unreadable IOPub message: {e}");
+                            if errors > MAX_BAD_MESSAGES {
+                                return Err(proto(e));
+                            }
+                            continue;
+                        }
+                    };
                     if m.parent_header.as_ref().is_none_or(|p| p.msg_id != id) {
                         continue;
                     }
@@ -292,7 +331,20 @@ impl KernelConnection {
                     }
                 }
                 m = self.shell.read(), if reply.is_none() => {
-                    let m = m.map_err(proto)?;
+                    let m = match m {
+                        Ok(m) => {
+                            errors = 0;
+                            m
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            tracing::debug!("unreadable shell message: {e}");
+                            if errors > MAX_BAD_MESSAGES {
+                                return Err(proto(e));
+                            }
+                            continue;
+                        }
+                    };
                     if m.parent_header.as_ref().is_none_or(|p| p.msg_id != id) {
                         continue;
                     }

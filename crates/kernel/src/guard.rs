@@ -39,10 +39,19 @@ const FLAG_COMMAND: u8 = 0x04;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Greeting { got: usize },
+    Greeting {
+        got: usize,
+    },
     Flags,
-    Size { long: bool, more: bool, command: bool, got: usize },
-    Body { left: u64 },
+    Size {
+        long: bool,
+        more: bool,
+        command: bool,
+        got: usize,
+    },
+    Body {
+        left: u64,
+    },
 }
 
 /// The incremental checker of one kernel-to-client byte stream.
@@ -275,7 +284,11 @@ mod tests {
         let mut f = ZmtpFilter::new(limits());
         f.check(&greeting()).unwrap();
         f.check(&frame(FLAG_MORE, &[0; 900])).unwrap();
-        assert!(f.check(&frame(0, &[0; 900])).unwrap_err().contains("message"));
+        assert!(
+            f.check(&frame(0, &[0; 900]))
+                .unwrap_err()
+                .contains("message")
+        );
 
         let mut f = ZmtpFilter::new(limits());
         f.check(&greeting()).unwrap();
@@ -284,7 +297,11 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        assert!(ZmtpFilter::new(limits()).check(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(
+            ZmtpFilter::new(limits())
+                .check(b"HTTP/1.1 200 OK\r\n")
+                .is_err()
+        );
         let mut g = greeting();
         g[10] = 2;
         assert!(ZmtpFilter::new(limits()).check(&g).is_err());

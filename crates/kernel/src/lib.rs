@@ -147,7 +147,7 @@ impl Kernel {
                         output_bytes: 1,
                     };
                     let _ = jail.supervise(process, &limits, &mut |_, _| {});
-                    let _ = alive_tx.send(false);
+                    alive_tx.send_replace(false);
                 })?;
         }
         let connect = KernelConnection::connect(
@@ -205,12 +205,27 @@ impl Kernel {
         if !*self.alive.borrow() {
             return Err(KernelError::Dead(String::new()));
         }
-        conn.execute(code, on).await
+        conn.execute(code, false, on).await
+    }
+
+    /// Runs code without a trace: no outputs, no history, the execution count unchanged
+    /// (for set-up such as environment variables or warming imports).
+    pub async fn execute_silent(&self, code: &str) -> Result<ExecuteOutcome, KernelError> {
+        let mut conn = self.conn.lock().await;
+        if !*self.alive.borrow() {
+            return Err(KernelError::Dead(String::new()));
+        }
+        conn.execute(code, true, &mut |_| {}).await
     }
 
     /// Interrupts what the kernel is running (SIGINT to its process group).
     pub fn interrupt(&self) -> std::io::Result<()> {
         self.killer.signal(libc::SIGINT)
+    }
+
+    /// A handle that interrupts or kills this kernel without waiting for a run to end.
+    pub fn killer(&self) -> Killer {
+        self.killer.clone()
     }
 
     pub fn is_alive(&self) -> bool {

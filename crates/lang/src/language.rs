@@ -94,6 +94,49 @@ pub struct ContextSpec {
     pub env: Vec<(String, String)>,
     /// Absolute paths that must exist for contexts to be available (the kernel's package).
     pub requires: Vec<PathBuf>,
+    /// How code in the kernel's language sets environment variables (for a run's `env`).
+    pub env_style: Option<EnvStyle>,
+    /// Code run silently in pre-started kernels so that the first user code is fast (for
+    /// example importing heavy packages); it must leave no names behind.
+    pub warmup: Option<String>,
+}
+
+/// The language a context's kernel speaks, for setting environment variables in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvStyle {
+    /// `os.environ.update({...})`
+    Python,
+    /// `export K='v'`
+    Bash,
+    /// `Deno.env.set(k, v)`
+    Deno,
+}
+
+impl EnvStyle {
+    /// Code that sets `vars` in the kernel's process (names are assumed valid; values are
+    /// quoted for the language).
+    pub fn code(self, vars: &[(String, String)]) -> String {
+        let json = || {
+            let map: serde_json::Map<String, serde_json::Value> = vars
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            serde_json::Value::Object(map).to_string()
+        };
+        match self {
+            EnvStyle::Python => format!("__import__('os').environ.update({})", json()),
+            EnvStyle::Deno => format!(
+                "for (const [k, v] of Object.entries({})) Deno.env.set(k, v);",
+                json()
+            ),
+            EnvStyle::Bash => vars
+                .iter()
+                .map(|(k, v)| format!("export {k}='{}'", v.replace('\'', "'\\''")))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
 }
 
 /// How to ask the toolchain for its version: run `argv` on the host, match `regex` against
@@ -292,6 +335,8 @@ struct RawContext {
     env: BTreeMap<String, String>,
     #[serde(default)]
     requires: Vec<String>,
+    env_style: Option<EnvStyle>,
+    warmup: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -591,7 +636,8 @@ impl RawLanguage {
                     if v.contains('\0') {
                         return Err(format!("context.env.{k}: value contains a NUL byte"));
                     }
-                    template::check(&v, PREFIX_ONLY).map_err(|e| format!("context.env.{k}: {e}"))?;
+                    template::check(&v, PREFIX_ONLY)
+                        .map_err(|e| format!("context.env.{k}: {e}"))?;
                     env.push((k, v));
                 }
                 let requires = c
@@ -603,6 +649,8 @@ impl RawLanguage {
                     argv: c.command,
                     env,
                     requires,
+                    env_style: c.env_style,
+                    warmup: c.warmup,
                 })
             }
         };
@@ -855,5 +903,23 @@ regex = 'toy (\S+)'
         assert_eq!(l.source_file_for("public class Foo {}"), "Foo.toy");
         assert_eq!(l.source_file_for("class Foo {}"), "Main.toy");
         assert_eq!(l.source_file_for(""), "Main.toy");
+    }
+
+    #[test]
+    fn env_code_quotes_values_for_each_language() {
+        let vars = vec![("A".to_string(), "it's \"x\" $HOME".to_string())];
+        assert_eq!(
+            EnvStyle::Bash.code(&vars),
+            "export A='it'\\''s \"x\" $HOME'"
+        );
+        assert_eq!(
+            EnvStyle::Python.code(&vars),
+            r#"__import__('os').environ.update({"A":"it's \"x\" $HOME"})"#
+        );
+        assert!(
+            EnvStyle::Deno
+                .code(&vars)
+                .contains(r#"{"A":"it's \"x\" $HOME"}"#)
+        );
     }
 }

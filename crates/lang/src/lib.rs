@@ -71,8 +71,8 @@ mod template;
 
 pub use error::LangError;
 pub use language::{
-    BASE_ENV, CompileSpec, ContextSpec, Example, InstallSpec, Language, PROBE_TIMEOUT, RunSpec,
-    VersionProbe,
+    BASE_ENV, CompileSpec, ContextSpec, EnvStyle, Example, InstallSpec, Language, PROBE_TIMEOUT,
+    RunSpec, VersionProbe,
 };
 pub use registry::{Registry, builtin_files};
 pub use template::Vars;

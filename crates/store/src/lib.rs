@@ -1,13 +1,16 @@
 //! runcell's durable state behind one trait, [`Store`], with an embedded SQLite (WAL)
 //! implementation, [`SqliteStore`]. Knows nothing of HTTP or jails: it stores executions (the
 //! durable queue of async work and the results), tenants' webhook secrets and API key hashes,
-//! and webhook deliveries with their attempts.
+//! webhook deliveries with their attempts, and the records of long-lived sandboxes: the
+//! sandboxes themselves (lifecycle, expiry, access token hash), the code runs made in them, and
+//! the artifacts (files) those runs produced (the rows only; their blobs live elsewhere).
 //!
 //! Every read and write of a tenant's objects takes the tenant: a row of another tenant is
-//! indistinguishable from a missing one.
+//! indistinguishable from a missing one. The few exceptions (`…_by_id`, and the reapers that
+//! work across tenants) say so.
 //!
-//! Times are Unix milliseconds (`i64`). JSON documents (requests, results, webhook payloads)
-//! are stored as text and are opaque here.
+//! Times are Unix milliseconds (`i64`). JSON documents (requests, results, webhook payloads,
+//! sandbox specs, code run documents, artifact metadata) are stored as text and are opaque here.
 
 mod sqlite;
 
@@ -197,6 +200,164 @@ pub struct DeliveryRow {
     pub attempts: Vec<Attempt>,
 }
 
+/// Lifecycle of a sandbox record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxStatus {
+    /// Its processes are (or should be) alive; it can be renewed and run code.
+    Running,
+    /// Ended (deleted, expired, or lost with a previous process); final.
+    Terminated,
+}
+
+impl SandboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxStatus::Running => "running",
+            SandboxStatus::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SandboxStatus> {
+        match s {
+            "running" => Some(SandboxStatus::Running),
+            "terminated" => Some(SandboxStatus::Terminated),
+            _ => None,
+        }
+    }
+}
+
+/// A new sandbox (recorded `Running`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSandbox {
+    /// `sb_…`.
+    pub id: String,
+    pub tenant: String,
+    /// Hex SHA-256 of the sandbox's access token (opaque here).
+    pub access_token_hash: String,
+    /// The sandbox's spec as JSON: limits, env, metadata, network, … (opaque here).
+    pub spec: String,
+    pub created_at: i64,
+    /// When the expiry reaper ends it, unless renewed.
+    pub expires_at: i64,
+}
+
+/// A stored sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxRow {
+    pub id: String,
+    pub tenant: String,
+    pub status: SandboxStatus,
+    pub access_token_hash: String,
+    pub spec: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// When it was terminated (`Terminated` only).
+    pub ended_at: Option<i64>,
+    /// Why it was terminated (`Terminated` only).
+    pub end_reason: Option<String>,
+    /// Insertion order; strictly increasing (used for list cursors).
+    pub seq: i64,
+}
+
+/// Filter of [`Store::list_sandboxes`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxFilter {
+    pub status: Option<SandboxStatus>,
+    /// Only rows with `seq` below this (the cursor of the previous page).
+    pub before_seq: Option<i64>,
+    /// At most this many rows (newest first).
+    pub limit: u32,
+}
+
+/// Lifecycle of a code run in a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Accepted, waiting for its context to be free.
+    Queued,
+    /// The kernel is running it.
+    Running,
+    /// It ran to the end without an error.
+    Succeeded,
+    /// It raised an error, a limit killed it, or the system could not run it.
+    Failed,
+    /// Cancelled before or while running.
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        match s {
+            "queued" => Some(RunStatus::Queued),
+            "running" => Some(RunStatus::Running),
+            "succeeded" => Some(RunStatus::Succeeded),
+            "failed" => Some(RunStatus::Failed),
+            "cancelled" => Some(RunStatus::Cancelled),
+            _ => None,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+}
+
+/// A code run in a sandbox (new or stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeRunRow {
+    /// `run_…`.
+    pub id: String,
+    pub tenant: String,
+    /// The sandbox it runs in (of the same tenant).
+    pub sandbox_id: String,
+    /// The execution context (kernel) within the sandbox.
+    pub context_id: String,
+    pub status: RunStatus,
+    /// The whole run object as JSON (opaque here).
+    pub doc: String,
+    pub created_at: i64,
+    /// Insertion order; strictly increasing (used for list cursors). Ignored on insert.
+    pub seq: i64,
+}
+
+/// An artifact (a file a code run produced); its content is stored elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactRow {
+    /// `art_…`.
+    pub id: String,
+    pub tenant: String,
+    /// The sandbox it came from (of the same tenant).
+    pub sandbox_id: String,
+    /// The code run that produced it.
+    pub run_id: String,
+    pub context_id: String,
+    /// Path relative to the sandbox's workspace.
+    pub name: String,
+    pub mime_type: String,
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    /// The kernel's execution count of the producing run, if it had one.
+    pub execution_count: Option<i64>,
+    /// A JSON object (opaque here).
+    pub metadata: String,
+    pub created_at: i64,
+    /// When the row is deleted by [`Store::delete_expired_artifacts`].
+    pub expires_at: i64,
+}
+
 /// runcell's storage.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -280,4 +441,102 @@ pub trait Store: Send + Sync + 'static {
 
     /// The deliveries of one of `tenant`'s executions, with attempts.
     async fn list_deliveries(&self, tenant: &str, execution_id: &str) -> Result<Vec<DeliveryRow>>;
+
+    // --- sandboxes ----------------------------------------------------------------------------
+
+    /// Inserts a new sandbox, `Running` (a duplicate id is an error).
+    async fn insert_sandbox(&self, s: &NewSandbox) -> Result<()>;
+
+    /// A sandbox of `tenant` (whatever its status); `None` for a missing or other tenant's id.
+    async fn get_sandbox(&self, tenant: &str, id: &str) -> Result<Option<SandboxRow>>;
+
+    /// A sandbox by id alone, of any tenant (for a request authenticated by the sandbox's own
+    /// access token, which the caller checks against `access_token_hash`).
+    async fn get_sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRow>>;
+
+    /// `tenant`'s sandboxes, newest first (highest `seq` first).
+    async fn list_sandboxes(&self, tenant: &str, f: &SandboxFilter) -> Result<Vec<SandboxRow>>;
+
+    /// Sets a `Running` sandbox's `expires_at`. Returns false (and changes nothing) when it is
+    /// not running (or not the tenant's).
+    async fn renew_sandbox(&self, tenant: &str, id: &str, expires_at: i64) -> Result<bool>;
+
+    /// Moves a `Running` sandbox to `Terminated` with `ended_at` and `reason`. Returns false
+    /// (and changes nothing) when it was not running or does not exist, so a second call is a
+    /// harmless no-op. Any tenant's (the caller has already authorized it).
+    async fn end_sandbox(&self, id: &str, ended_at: i64, reason: &str) -> Result<bool>;
+
+    /// At start-up, when sandbox processes could not survive the previous process: every
+    /// `Running` sandbox becomes `Terminated` with `reason`. Returns their ids, oldest first.
+    async fn end_all_sandboxes(&self, ended_at: i64, reason: &str) -> Result<Vec<String>>;
+
+    /// Ids of the `Running` sandboxes (of every tenant) whose `expires_at <= now`, for the
+    /// expiry reaper; soonest expired first.
+    async fn expired_sandboxes(&self, now: i64) -> Result<Vec<String>>;
+
+    /// Deletes the `Terminated` sandboxes that ended before `before`, with their code runs and
+    /// artifact rows. Returns the ids of the artifacts deleted (the caller removes their
+    /// blobs).
+    async fn purge_sandboxes(&self, before: i64) -> Result<Vec<String>>;
+
+    // --- code runs ----------------------------------------------------------------------------
+
+    /// Inserts a code run (`seq` is ignored). A duplicate id, or a sandbox that does not exist
+    /// for `r.tenant`, is an error.
+    async fn insert_code_run(&self, r: &CodeRunRow) -> Result<()>;
+
+    /// Replaces a code run's status and doc. Returns false (and changes nothing) when its
+    /// status is already final (a final status is never overwritten) or it does not exist.
+    async fn update_code_run(&self, id: &str, status: RunStatus, doc: &str) -> Result<bool>;
+
+    /// A code run of `tenant` in `sandbox_id`; `None` for a missing, other sandbox's or other
+    /// tenant's id.
+    async fn get_code_run(
+        &self,
+        tenant: &str,
+        sandbox_id: &str,
+        id: &str,
+    ) -> Result<Option<CodeRunRow>>;
+
+    /// The code runs of one of `tenant`'s sandboxes, newest first (highest `seq` first): at
+    /// most `limit`, with `seq` below `before_seq` when given (the cursor of the previous page).
+    async fn list_code_runs(
+        &self,
+        tenant: &str,
+        sandbox_id: &str,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<CodeRunRow>>;
+
+    /// The `Queued` and `Running` code runs of one sandbox, or of every sandbox (and tenant)
+    /// when `None`, oldest first. Changes nothing: the caller rewrites their docs and records
+    /// them with [`Store::update_code_run`].
+    async fn unfinished_code_runs(&self, sandbox_id: Option<&str>) -> Result<Vec<CodeRunRow>>;
+
+    // --- artifacts ----------------------------------------------------------------------------
+
+    /// Inserts artifact rows, all or none (one transaction). A duplicate id, or a sandbox that
+    /// does not exist for the row's tenant, is an error.
+    async fn insert_artifacts(&self, a: &[ArtifactRow]) -> Result<()>;
+
+    /// An artifact of `tenant`; `None` for a missing or other tenant's id. Rows past their
+    /// `expires_at` are returned until deleted: the caller compares.
+    async fn get_artifact(&self, tenant: &str, id: &str) -> Result<Option<ArtifactRow>>;
+
+    /// An artifact by id alone, of any tenant (for a signed download URL, already verified by
+    /// the caller).
+    async fn get_artifact_by_id(&self, id: &str) -> Result<Option<ArtifactRow>>;
+
+    /// The artifacts of one of `tenant`'s sandboxes (only those of `run_id` when given), in
+    /// insertion order.
+    async fn list_artifacts(
+        &self,
+        tenant: &str,
+        sandbox_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<Vec<ArtifactRow>>;
+
+    /// Deletes the artifact rows (of every tenant) whose `expires_at <= now`. Returns their
+    /// ids (the caller removes their blobs).
+    async fn delete_expired_artifacts(&self, now: i64) -> Result<Vec<String>>;
 }

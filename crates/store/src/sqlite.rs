@@ -20,12 +20,16 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::{
-    Attempt, DeliveryRow, DeliveryState, ExecStatus, ExecutionRow, Finish, ListFilter, NewDelivery,
-    NewExecution, Result, Store, StoreError,
+    ArtifactRow, Attempt, CodeRunRow, DeliveryRow, DeliveryState, ExecStatus, ExecutionRow, Finish,
+    ListFilter, NewDelivery, NewExecution, NewSandbox, Result, RunStatus, SandboxFilter,
+    SandboxRow, SandboxStatus, Store, StoreError,
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+// One migration per version step.
+const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -87,6 +91,61 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id, seq);
     "#,
+    // 1 -> 2: long-lived sandboxes, their code runs, and artifacts. A code run or artifact
+    // belongs to a sandbox of its own tenant (the composite foreign key), and goes with it.
+    r#"
+    CREATE TABLE sandboxes (
+        seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                TEXT    NOT NULL UNIQUE,
+        tenant            TEXT    NOT NULL,
+        status            TEXT    NOT NULL,
+        access_token_hash TEXT    NOT NULL,
+        spec              TEXT    NOT NULL,
+        created_at        INTEGER NOT NULL,
+        expires_at        INTEGER NOT NULL,
+        ended_at          INTEGER,
+        end_reason        TEXT
+    );
+    CREATE UNIQUE INDEX sandboxes_tenant_id ON sandboxes (tenant, id);
+    CREATE INDEX sandboxes_tenant_seq ON sandboxes (tenant, seq);
+    CREATE INDEX sandboxes_tenant_status_seq ON sandboxes (tenant, status, seq);
+    CREATE INDEX sandboxes_status_expires_at ON sandboxes (status, expires_at);
+    CREATE INDEX sandboxes_status_ended_at ON sandboxes (status, ended_at);
+
+    CREATE TABLE code_runs (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT    NOT NULL UNIQUE,
+        tenant     TEXT    NOT NULL,
+        sandbox_id TEXT    NOT NULL,
+        context_id TEXT    NOT NULL,
+        status     TEXT    NOT NULL,
+        doc        TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        FOREIGN KEY (tenant, sandbox_id) REFERENCES sandboxes (tenant, id) ON DELETE CASCADE
+    );
+    CREATE INDEX code_runs_tenant_sandbox_seq ON code_runs (tenant, sandbox_id, seq);
+    CREATE INDEX code_runs_status_sandbox ON code_runs (status, sandbox_id);
+
+    CREATE TABLE artifacts (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT    NOT NULL UNIQUE,
+        tenant          TEXT    NOT NULL,
+        sandbox_id      TEXT    NOT NULL,
+        run_id          TEXT    NOT NULL,
+        context_id      TEXT    NOT NULL,
+        name            TEXT    NOT NULL,
+        mime_type       TEXT    NOT NULL,
+        size_bytes      INTEGER NOT NULL,
+        sha256          TEXT    NOT NULL,
+        execution_count INTEGER,
+        metadata        TEXT    NOT NULL,
+        created_at      INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        FOREIGN KEY (tenant, sandbox_id) REFERENCES sandboxes (tenant, id) ON DELETE CASCADE
+    );
+    CREATE INDEX artifacts_tenant_sandbox_run ON artifacts (tenant, sandbox_id, run_id);
+    CREATE INDEX artifacts_expires_at ON artifacts (expires_at);
+    "#,
 ];
 
 /// Columns of an execution row, in the order [`exec_row`] reads them by name.
@@ -94,6 +153,37 @@ macro_rules! exec_cols {
     () => {
         "seq, id, tenant, status, language, session_id, request, result, failure_reason, \
          callback_url, created_at, started_at, completed_at, expires_at"
+    };
+}
+
+/// Columns of a sandbox row, read by name by [`sandbox_row`].
+macro_rules! sandbox_cols {
+    () => {
+        "seq, id, tenant, status, access_token_hash, spec, created_at, expires_at, ended_at, \
+         end_reason"
+    };
+}
+
+/// Columns of a code run row, read by name by [`run_row`].
+macro_rules! run_cols {
+    () => {
+        "seq, id, tenant, sandbox_id, context_id, status, doc, created_at"
+    };
+}
+
+/// Columns of an artifact row, read by name by [`artifact_row`].
+macro_rules! artifact_cols {
+    () => {
+        "id, tenant, sandbox_id, run_id, context_id, name, mime_type, size_bytes, sha256, \
+         execution_count, metadata, created_at, expires_at"
+    };
+}
+
+/// The `(tenant, id)` of the terminated sandboxes [`Store::purge_sandboxes`] deletes (`?1` is
+/// `before`).
+macro_rules! purgeable {
+    () => {
+        "SELECT tenant, id FROM sandboxes WHERE status = 'terminated' AND ended_at < ?1"
     };
 }
 
@@ -167,6 +257,73 @@ fn exec_row(row: &SqliteRow) -> Result<ExecutionRow> {
 
 fn exec_rows(rows: &[SqliteRow]) -> Result<Vec<ExecutionRow>> {
     rows.iter().map(exec_row).collect()
+}
+
+fn sandbox_row(row: &SqliteRow) -> Result<SandboxRow> {
+    let status: String = get(row, "status")?;
+    let status = SandboxStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown sandbox status {status:?}")))?;
+    Ok(SandboxRow {
+        id: get(row, "id")?,
+        tenant: get(row, "tenant")?,
+        status,
+        access_token_hash: get(row, "access_token_hash")?,
+        spec: get(row, "spec")?,
+        created_at: get(row, "created_at")?,
+        expires_at: get(row, "expires_at")?,
+        ended_at: get(row, "ended_at")?,
+        end_reason: get(row, "end_reason")?,
+        seq: get(row, "seq")?,
+    })
+}
+
+fn run_row(row: &SqliteRow) -> Result<CodeRunRow> {
+    let status: String = get(row, "status")?;
+    let status = RunStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown code run status {status:?}")))?;
+    Ok(CodeRunRow {
+        id: get(row, "id")?,
+        tenant: get(row, "tenant")?,
+        sandbox_id: get(row, "sandbox_id")?,
+        context_id: get(row, "context_id")?,
+        status,
+        doc: get(row, "doc")?,
+        created_at: get(row, "created_at")?,
+        seq: get(row, "seq")?,
+    })
+}
+
+fn artifact_row(row: &SqliteRow) -> Result<ArtifactRow> {
+    Ok(ArtifactRow {
+        id: get(row, "id")?,
+        tenant: get(row, "tenant")?,
+        sandbox_id: get(row, "sandbox_id")?,
+        run_id: get(row, "run_id")?,
+        context_id: get(row, "context_id")?,
+        name: get(row, "name")?,
+        mime_type: get(row, "mime_type")?,
+        size_bytes: get(row, "size_bytes")?,
+        sha256: get(row, "sha256")?,
+        execution_count: get(row, "execution_count")?,
+        metadata: get(row, "metadata")?,
+        created_at: get(row, "created_at")?,
+        expires_at: get(row, "expires_at")?,
+    })
+}
+
+/// The `id` column of each row, in order.
+fn ids(rows: &[SqliteRow]) -> Result<Vec<String>> {
+    rows.iter().map(|r| get(r, "id")).collect()
+}
+
+/// The `id` column of each row, ordered by the `seq` column (`RETURNING` has no order).
+fn ids_by_seq(rows: &[SqliteRow]) -> Result<Vec<String>> {
+    let mut out = rows
+        .iter()
+        .map(|r| Ok((get::<i64>(r, "seq")?, get::<String>(r, "id")?)))
+        .collect::<Result<Vec<_>>>()?;
+    out.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(out.into_iter().map(|(_, id)| id).collect())
 }
 
 /// Groups the rows of a [`delivery_select!`] query (one per attempt, or one with NULL attempt
@@ -668,6 +825,389 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         collect_deliveries(&rows)
+    }
+
+    async fn insert_sandbox(&self, s: &NewSandbox) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sandboxes (id, tenant, status, access_token_hash, spec, created_at, \
+             expires_at) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
+        )
+        .bind(&s.id)
+        .bind(&s.tenant)
+        .bind(&s.access_token_hash)
+        .bind(&s.spec)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn get_sandbox(&self, tenant: &str, id: &str) -> Result<Option<SandboxRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            sandbox_cols!(),
+            " FROM sandboxes WHERE id = ?1 AND tenant = ?2"
+        ))
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(sandbox_row).transpose()
+    }
+
+    async fn get_sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            sandbox_cols!(),
+            " FROM sandboxes WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(sandbox_row).transpose()
+    }
+
+    async fn list_sandboxes(&self, tenant: &str, f: &SandboxFilter) -> Result<Vec<SandboxRow>> {
+        // Only the conditions in use are in the SQL, so the planner can pick the
+        // (tenant, status, seq) or (tenant, seq) index.
+        let mut sql = String::from(concat!(
+            "SELECT ",
+            sandbox_cols!(),
+            " FROM sandboxes WHERE tenant = ?"
+        ));
+        if f.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if f.before_seq.is_some() {
+            sql.push_str(" AND seq < ?");
+        }
+        sql.push_str(" ORDER BY seq DESC LIMIT ?");
+        // Built only from the constant fragments above; every value is bound.
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
+        if let Some(status) = f.status {
+            q = q.bind(status.as_str());
+        }
+        if let Some(before) = f.before_seq {
+            q = q.bind(before);
+        }
+        let rows = q
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(sandbox_row).collect()
+    }
+
+    async fn renew_sandbox(&self, tenant: &str, id: &str, expires_at: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sandboxes SET expires_at = ?3 \
+             WHERE id = ?1 AND tenant = ?2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn end_sandbox(&self, id: &str, ended_at: i64, reason: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sandboxes SET status = 'terminated', ended_at = ?2, end_reason = ?3 \
+             WHERE id = ?1 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(ended_at)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn end_all_sandboxes(&self, ended_at: i64, reason: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "UPDATE sandboxes SET status = 'terminated', ended_at = ?1, end_reason = ?2 \
+             WHERE status = 'running' RETURNING seq, id",
+        )
+        .bind(ended_at)
+        .bind(reason)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        ids_by_seq(&rows)
+    }
+
+    async fn expired_sandboxes(&self, now: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id FROM sandboxes WHERE status = 'running' AND expires_at <= ?1 \
+             ORDER BY expires_at, seq",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        ids(&rows)
+    }
+
+    async fn purge_sandboxes(&self, before: i64) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        // The children are deleted explicitly (rather than left to ON DELETE CASCADE) to learn
+        // the artifact ids, and so as not to depend on foreign keys being enforced.
+        let artifacts = sqlx::query(concat!(
+            "DELETE FROM artifacts WHERE (tenant, sandbox_id) IN (",
+            purgeable!(),
+            ") RETURNING seq, id"
+        ))
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(concat!(
+            "DELETE FROM code_runs WHERE (tenant, sandbox_id) IN (",
+            purgeable!(),
+            ")"
+        ))
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query("DELETE FROM sandboxes WHERE status = 'terminated' AND ended_at < ?1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        ids_by_seq(&artifacts)
+    }
+
+    async fn insert_code_run(&self, r: &CodeRunRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO code_runs (id, tenant, sandbox_id, context_id, status, doc, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(&r.id)
+        .bind(&r.tenant)
+        .bind(&r.sandbox_id)
+        .bind(&r.context_id)
+        .bind(r.status.as_str())
+        .bind(&r.doc)
+        .bind(r.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn update_code_run(&self, id: &str, status: RunStatus, doc: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE code_runs SET status = ?2, doc = ?3 \
+             WHERE id = ?1 AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(doc)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn get_code_run(
+        &self,
+        tenant: &str,
+        sandbox_id: &str,
+        id: &str,
+    ) -> Result<Option<CodeRunRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_cols!(),
+            " FROM code_runs WHERE id = ?1 AND tenant = ?2 AND sandbox_id = ?3"
+        ))
+        .bind(id)
+        .bind(tenant)
+        .bind(sandbox_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    async fn list_code_runs(
+        &self,
+        tenant: &str,
+        sandbox_id: &str,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<CodeRunRow>> {
+        // Separate statements rather than `(?3 IS NULL OR seq < ?3)`, so that the cursor is a
+        // range on the (tenant, sandbox_id, seq) index rather than a filter.
+        let rows = match before_seq {
+            Some(before) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    run_cols!(),
+                    " FROM code_runs WHERE tenant = ?1 AND sandbox_id = ?2 AND seq < ?3 \
+                     ORDER BY seq DESC LIMIT ?4"
+                ))
+                .bind(tenant)
+                .bind(sandbox_id)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    run_cols!(),
+                    " FROM code_runs WHERE tenant = ?1 AND sandbox_id = ?2 \
+                     ORDER BY seq DESC LIMIT ?3"
+                ))
+                .bind(tenant)
+                .bind(sandbox_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db)?;
+        rows.iter().map(run_row).collect()
+    }
+
+    async fn unfinished_code_runs(&self, sandbox_id: Option<&str>) -> Result<Vec<CodeRunRow>> {
+        let rows = match sandbox_id {
+            Some(sandbox_id) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    run_cols!(),
+                    " FROM code_runs WHERE status IN ('queued', 'running') \
+                     AND sandbox_id = ?1 ORDER BY seq"
+                ))
+                .bind(sandbox_id)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    run_cols!(),
+                    " FROM code_runs WHERE status IN ('queued', 'running') ORDER BY seq"
+                ))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db)?;
+        rows.iter().map(run_row).collect()
+    }
+
+    async fn insert_artifacts(&self, a: &[ArtifactRow]) -> Result<()> {
+        if a.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        for art in a {
+            sqlx::query(concat!(
+                "INSERT INTO artifacts (",
+                artifact_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ))
+            .bind(&art.id)
+            .bind(&art.tenant)
+            .bind(&art.sandbox_id)
+            .bind(&art.run_id)
+            .bind(&art.context_id)
+            .bind(&art.name)
+            .bind(&art.mime_type)
+            .bind(art.size_bytes)
+            .bind(&art.sha256)
+            .bind(art.execution_count)
+            .bind(&art.metadata)
+            .bind(art.created_at)
+            .bind(art.expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_artifact(&self, tenant: &str, id: &str) -> Result<Option<ArtifactRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            artifact_cols!(),
+            " FROM artifacts WHERE id = ?1 AND tenant = ?2"
+        ))
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(artifact_row).transpose()
+    }
+
+    async fn get_artifact_by_id(&self, id: &str) -> Result<Option<ArtifactRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            artifact_cols!(),
+            " FROM artifacts WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(artifact_row).transpose()
+    }
+
+    async fn list_artifacts(
+        &self,
+        tenant: &str,
+        sandbox_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<Vec<ArtifactRow>> {
+        let rows = match run_id {
+            Some(run_id) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    artifact_cols!(),
+                    " FROM artifacts WHERE tenant = ?1 AND sandbox_id = ?2 AND run_id = ?3 \
+                     ORDER BY seq"
+                ))
+                .bind(tenant)
+                .bind(sandbox_id)
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    artifact_cols!(),
+                    " FROM artifacts WHERE tenant = ?1 AND sandbox_id = ?2 ORDER BY seq"
+                ))
+                .bind(tenant)
+                .bind(sandbox_id)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db)?;
+        rows.iter().map(artifact_row).collect()
+    }
+
+    async fn delete_expired_artifacts(&self, now: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("DELETE FROM artifacts WHERE expires_at <= ?1 RETURNING seq, id")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        ids_by_seq(&rows)
     }
 }
 

@@ -963,3 +963,947 @@ async fn cost_of_insert_and_finish() {
     let per_get = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
     println!("get_execution: {per_get:.0} µs per call");
 }
+
+// --- sandboxes, code runs, artifacts ---------------------------------------------------------
+
+fn new_sandbox(id: &str, tenant: &str, expires_at: i64) -> NewSandbox {
+    NewSandbox {
+        id: id.to_string(),
+        tenant: tenant.to_string(),
+        access_token_hash: format!("hash-of-{id}"),
+        spec: format!(r#"{{"limits":{{"memory_mb":512}},"metadata":{{"name":"{id}"}}}}"#),
+        created_at: 1_000,
+        expires_at,
+    }
+}
+
+fn new_run(id: &str, tenant: &str, sandbox_id: &str, status: RunStatus) -> CodeRunRow {
+    CodeRunRow {
+        id: id.to_string(),
+        tenant: tenant.to_string(),
+        sandbox_id: sandbox_id.to_string(),
+        context_id: "ctx_1".to_string(),
+        status,
+        doc: format!(r#"{{"id":"{id}","status":"{}"}}"#, status.as_str()),
+        created_at: 2_000,
+        seq: 0,
+    }
+}
+
+fn new_artifact(id: &str, tenant: &str, sandbox_id: &str, run_id: &str) -> ArtifactRow {
+    ArtifactRow {
+        id: id.to_string(),
+        tenant: tenant.to_string(),
+        sandbox_id: sandbox_id.to_string(),
+        run_id: run_id.to_string(),
+        context_id: "ctx_1".to_string(),
+        name: format!("out/{id}.png"),
+        mime_type: "image/png".to_string(),
+        size_bytes: 1234,
+        sha256: "ab".repeat(32),
+        execution_count: Some(3),
+        metadata: r#"{"width":640}"#.to_string(),
+        created_at: 3_000,
+        expires_at: 100_000,
+    }
+}
+
+fn sandbox_ids(rows: &[SandboxRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn run_ids(rows: &[CodeRunRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn artifact_ids(rows: &[ArtifactRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn sandboxes(limit: u32) -> SandboxFilter {
+    SandboxFilter {
+        limit,
+        ..SandboxFilter::default()
+    }
+}
+
+async fn count(s: &SqliteStore, table: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(&s.pool)
+        .await
+        .unwrap()
+}
+
+#[test]
+fn status_strings_round_trip() {
+    for st in [SandboxStatus::Running, SandboxStatus::Terminated] {
+        assert_eq!(SandboxStatus::parse(st.as_str()), Some(st));
+    }
+    assert_eq!(SandboxStatus::parse("Running"), None);
+    let all = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+    for st in all {
+        assert_eq!(RunStatus::parse(st.as_str()), Some(st));
+        assert_eq!(st.as_str(), st.as_str().to_lowercase());
+    }
+    let finals: Vec<_> = all.into_iter().filter(|s| s.is_final()).collect();
+    assert_eq!(
+        finals,
+        [
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Cancelled
+        ]
+    );
+    assert_eq!(RunStatus::parse("done"), None);
+}
+
+#[tokio::test]
+async fn sandbox_round_trip_and_tenant_isolation() {
+    let (_dir, s) = open_temp().await;
+    let sb = new_sandbox("sb_1", "alice", 50_000);
+    s.insert_sandbox(&sb).await.unwrap();
+
+    let row = s.get_sandbox("alice", "sb_1").await.unwrap().unwrap();
+    assert_eq!(row.id, "sb_1");
+    assert_eq!(row.tenant, "alice");
+    assert_eq!(row.status, SandboxStatus::Running);
+    assert_eq!(row.access_token_hash, "hash-of-sb_1");
+    assert_eq!(row.spec, sb.spec);
+    assert_eq!((row.created_at, row.expires_at), (1_000, 50_000));
+    assert_eq!((row.ended_at, row.end_reason.as_deref()), (None, None));
+    assert_eq!(
+        s.get_sandbox_by_id("sb_1").await.unwrap(),
+        Some(row.clone())
+    );
+    assert_eq!(
+        s.list_sandboxes("alice", &sandboxes(10)).await.unwrap(),
+        std::slice::from_ref(&row)
+    );
+
+    // Another tenant sees nothing and changes nothing.
+    assert!(s.get_sandbox("bob", "sb_1").await.unwrap().is_none());
+    assert!(
+        s.list_sandboxes("bob", &sandboxes(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!s.renew_sandbox("bob", "sb_1", 99_000).await.unwrap());
+    assert_eq!(
+        s.get_sandbox("alice", "sb_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at,
+        50_000
+    );
+
+    // Missing ids.
+    assert!(s.get_sandbox("alice", "sb_x").await.unwrap().is_none());
+    assert!(s.get_sandbox_by_id("sb_x").await.unwrap().is_none());
+    // A duplicate id is an error, even for another tenant.
+    assert!(matches!(
+        s.insert_sandbox(&new_sandbox("sb_1", "bob", 1)).await,
+        Err(StoreError::Database(_))
+    ));
+}
+
+#[tokio::test]
+async fn renew_only_running_and_end_is_idempotent() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb_1", "t", 10_000))
+        .await
+        .unwrap();
+    assert!(s.renew_sandbox("t", "sb_1", 20_000).await.unwrap());
+    assert_eq!(
+        s.get_sandbox("t", "sb_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at,
+        20_000
+    );
+    assert!(!s.renew_sandbox("t", "sb_missing", 20_000).await.unwrap());
+
+    assert!(s.end_sandbox("sb_1", 15_000, "deleted").await.unwrap());
+    let ended = s.get_sandbox("t", "sb_1").await.unwrap().unwrap();
+    assert_eq!(ended.status, SandboxStatus::Terminated);
+    assert_eq!(ended.ended_at, Some(15_000));
+    assert_eq!(ended.end_reason.as_deref(), Some("deleted"));
+
+    // A second end changes nothing; a terminated sandbox is not renewed.
+    assert!(!s.end_sandbox("sb_1", 16_000, "expired").await.unwrap());
+    assert!(!s.renew_sandbox("t", "sb_1", 90_000).await.unwrap());
+    assert_eq!(s.get_sandbox("t", "sb_1").await.unwrap().unwrap(), ended);
+    assert!(!s.end_sandbox("sb_missing", 1, "x").await.unwrap());
+}
+
+#[tokio::test]
+async fn end_all_and_expired_sandboxes_take_running_ones_only() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb_a", "t1", 300))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_b", "t2", 100))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_c", "t1", 200))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_done", "t1", 50))
+        .await
+        .unwrap();
+    assert!(s.end_sandbox("sb_done", 60, "deleted").await.unwrap());
+
+    assert!(s.expired_sandboxes(99).await.unwrap().is_empty());
+    assert_eq!(s.expired_sandboxes(100).await.unwrap(), ["sb_b"]);
+    // Soonest expired first, across tenants; terminated ones never.
+    assert_eq!(
+        s.expired_sandboxes(1_000).await.unwrap(),
+        ["sb_b", "sb_c", "sb_a"]
+    );
+    assert!(s.renew_sandbox("t2", "sb_b", 5_000).await.unwrap());
+    assert_eq!(s.expired_sandboxes(1_000).await.unwrap(), ["sb_c", "sb_a"]);
+
+    let ended = s.end_all_sandboxes(700, "server restarted").await.unwrap();
+    assert_eq!(
+        ended,
+        ["sb_a", "sb_b", "sb_c"],
+        "running ones, oldest first"
+    );
+    for id in ["sb_a", "sb_b", "sb_c"] {
+        let row = s.get_sandbox_by_id(id).await.unwrap().unwrap();
+        assert_eq!(row.status, SandboxStatus::Terminated);
+        assert_eq!(row.ended_at, Some(700));
+        assert_eq!(row.end_reason.as_deref(), Some("server restarted"));
+    }
+    let done = s.get_sandbox_by_id("sb_done").await.unwrap().unwrap();
+    assert_eq!(
+        (done.ended_at, done.end_reason.as_deref()),
+        (Some(60), Some("deleted"))
+    );
+    assert!(s.end_all_sandboxes(800, "again").await.unwrap().is_empty());
+    assert!(s.expired_sandboxes(i64::MAX).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn list_sandboxes_pages_newest_first_with_status() {
+    let (_dir, s) = open_temp().await;
+    for i in 0..7 {
+        s.insert_sandbox(&new_sandbox(&format!("sb_{i}"), "t", 1_000))
+            .await
+            .unwrap();
+    }
+    s.insert_sandbox(&new_sandbox("sb_other", "u", 1_000))
+        .await
+        .unwrap();
+    for i in [1, 4, 5] {
+        assert!(
+            s.end_sandbox(&format!("sb_{i}"), 10, "deleted")
+                .await
+                .unwrap()
+        );
+    }
+
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let f = SandboxFilter {
+            before_seq: cursor,
+            limit: 3,
+            ..SandboxFilter::default()
+        };
+        let rows = s.list_sandboxes("t", &f).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        for w in rows.windows(2) {
+            assert!(w[0].seq > w[1].seq);
+        }
+        cursor = rows.last().map(|r| r.seq);
+        pages.push(sandbox_ids(&rows).join(","));
+    }
+    assert_eq!(pages, ["sb_6,sb_5,sb_4", "sb_3,sb_2,sb_1", "sb_0"]);
+
+    let running = SandboxFilter {
+        status: Some(SandboxStatus::Running),
+        limit: 2,
+        ..SandboxFilter::default()
+    };
+    let first = s.list_sandboxes("t", &running).await.unwrap();
+    assert_eq!(sandbox_ids(&first), ["sb_6", "sb_3"]);
+    let next = SandboxFilter {
+        before_seq: first.last().map(|r| r.seq),
+        ..running.clone()
+    };
+    assert_eq!(
+        sandbox_ids(&s.list_sandboxes("t", &next).await.unwrap()),
+        ["sb_2", "sb_0"]
+    );
+    let terminated = SandboxFilter {
+        status: Some(SandboxStatus::Terminated),
+        limit: 10,
+        ..SandboxFilter::default()
+    };
+    assert_eq!(
+        sandbox_ids(&s.list_sandboxes("t", &terminated).await.unwrap()),
+        ["sb_5", "sb_4", "sb_1"]
+    );
+    assert!(
+        s.list_sandboxes("t", &sandboxes(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.list_sandboxes("u", &terminated).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn code_run_round_trip_and_tenant_isolation() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb_1", "alice", 1_000))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_2", "alice", 1_000))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_b", "bob", 1_000))
+        .await
+        .unwrap();
+    let run = new_run("run_1", "alice", "sb_1", RunStatus::Queued);
+    s.insert_code_run(&run).await.unwrap();
+
+    let row = s
+        .get_code_run("alice", "sb_1", "run_1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.seq > 0);
+    assert_eq!(
+        row,
+        CodeRunRow {
+            seq: row.seq,
+            ..run.clone()
+        }
+    );
+    assert_eq!(
+        s.list_code_runs("alice", "sb_1", None, 10).await.unwrap(),
+        std::slice::from_ref(&row)
+    );
+
+    // Another tenant, or another sandbox of the same tenant, sees nothing.
+    assert!(
+        s.get_code_run("bob", "sb_1", "run_1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.get_code_run("alice", "sb_2", "run_1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.list_code_runs("bob", "sb_1", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.list_code_runs("alice", "sb_2", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A duplicate id is an error; so is a run in a missing or another tenant's sandbox.
+    assert!(s.insert_code_run(&run).await.is_err());
+    assert!(
+        s.insert_code_run(&new_run("run_2", "alice", "sb_none", RunStatus::Queued))
+            .await
+            .is_err()
+    );
+    assert!(
+        s.insert_code_run(&new_run("run_3", "alice", "sb_b", RunStatus::Queued))
+            .await
+            .is_err()
+    );
+    assert_eq!(count(&s, "code_runs").await, 1);
+}
+
+#[tokio::test]
+async fn update_code_run_never_overwrites_a_final_status() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb", "t", 1_000))
+        .await
+        .unwrap();
+    s.insert_code_run(&new_run("run_1", "t", "sb", RunStatus::Queued))
+        .await
+        .unwrap();
+    assert!(
+        s.update_code_run("run_1", RunStatus::Running, r#"{"s":"running"}"#)
+            .await
+            .unwrap()
+    );
+    let row = s.get_code_run("t", "sb", "run_1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.doc.as_str()),
+        (RunStatus::Running, r#"{"s":"running"}"#)
+    );
+    // Running -> running again (e.g. new output in the doc) is fine.
+    assert!(
+        s.update_code_run("run_1", RunStatus::Running, r#"{"s":"running","n":1}"#)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.update_code_run("run_1", RunStatus::Succeeded, r#"{"s":"done"}"#)
+            .await
+            .unwrap()
+    );
+    for status in [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Succeeded,
+    ] {
+        assert!(
+            !s.update_code_run("run_1", status, r#"{"s":"late"}"#)
+                .await
+                .unwrap(),
+            "{status:?}"
+        );
+    }
+    let row = s.get_code_run("t", "sb", "run_1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.doc.as_str()),
+        (RunStatus::Succeeded, r#"{"s":"done"}"#)
+    );
+    // A run inserted final (e.g. rejected at once) is final too.
+    s.insert_code_run(&new_run("run_2", "t", "sb", RunStatus::Cancelled))
+        .await
+        .unwrap();
+    assert!(
+        !s.update_code_run("run_2", RunStatus::Running, "{}")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.update_code_run("run_missing", RunStatus::Running, "{}")
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn unfinished_code_runs_of_one_sandbox_or_all() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb_1", "t1", 1_000))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_2", "t2", 1_000))
+        .await
+        .unwrap();
+    for (id, sb, tenant, status) in [
+        ("run_q1", "sb_1", "t1", RunStatus::Queued),
+        ("run_ok", "sb_1", "t1", RunStatus::Succeeded),
+        ("run_r2", "sb_2", "t2", RunStatus::Running),
+        ("run_r1", "sb_1", "t1", RunStatus::Running),
+        ("run_f2", "sb_2", "t2", RunStatus::Failed),
+        ("run_c1", "sb_1", "t1", RunStatus::Cancelled),
+    ] {
+        s.insert_code_run(&new_run(id, tenant, sb, status))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        run_ids(&s.unfinished_code_runs(None).await.unwrap()),
+        ["run_q1", "run_r2", "run_r1"]
+    );
+    let one = s.unfinished_code_runs(Some("sb_1")).await.unwrap();
+    assert_eq!(run_ids(&one), ["run_q1", "run_r1"]);
+    assert_eq!(one[0].status, RunStatus::Queued);
+    assert_eq!(one[1].status, RunStatus::Running);
+    assert_eq!(
+        run_ids(&s.unfinished_code_runs(Some("sb_2")).await.unwrap()),
+        ["run_r2"]
+    );
+    assert!(
+        s.unfinished_code_runs(Some("sb_none"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // It changes nothing itself.
+    assert_eq!(s.unfinished_code_runs(None).await.unwrap().len(), 3);
+    // Once the caller records the rewritten docs, they are gone from the list.
+    for r in s.unfinished_code_runs(Some("sb_1")).await.unwrap() {
+        assert!(
+            s.update_code_run(&r.id, RunStatus::Failed, r#"{"error":"sandbox ended"}"#)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        run_ids(&s.unfinished_code_runs(None).await.unwrap()),
+        ["run_r2"]
+    );
+}
+
+#[tokio::test]
+async fn list_code_runs_pages_newest_first() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb", "t", 1_000))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_x", "t", 1_000))
+        .await
+        .unwrap();
+    for i in 0..7 {
+        s.insert_code_run(&new_run(&format!("run_{i}"), "t", "sb", RunStatus::Queued))
+            .await
+            .unwrap();
+        s.insert_code_run(&new_run(
+            &format!("run_x{i}"),
+            "t",
+            "sb_x",
+            RunStatus::Queued,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let rows = s.list_code_runs("t", "sb", cursor, 3).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        for w in rows.windows(2) {
+            assert!(w[0].seq > w[1].seq);
+        }
+        cursor = rows.last().map(|r| r.seq);
+        pages.push(run_ids(&rows).join(","));
+    }
+    assert_eq!(pages, ["run_6,run_5,run_4", "run_3,run_2,run_1", "run_0"]);
+    assert!(
+        s.list_code_runs("t", "sb", None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn artifacts_round_trip_isolation_and_listing() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb_1", "alice", 1_000))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_2", "alice", 1_000))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_b", "bob", 1_000))
+        .await
+        .unwrap();
+    let a1 = new_artifact("art_1", "alice", "sb_1", "run_1");
+    let mut a2 = new_artifact("art_2", "alice", "sb_1", "run_2");
+    a2.execution_count = None;
+    a2.metadata = "{}".into();
+    let a3 = new_artifact("art_3", "alice", "sb_1", "run_1");
+    let a4 = new_artifact("art_4", "alice", "sb_2", "run_9");
+    s.insert_artifacts(&[a1.clone(), a2.clone(), a3.clone()])
+        .await
+        .unwrap();
+    s.insert_artifacts(std::slice::from_ref(&a4)).await.unwrap();
+    s.insert_artifacts(&[]).await.unwrap();
+
+    assert_eq!(
+        s.get_artifact("alice", "art_1").await.unwrap(),
+        Some(a1.clone())
+    );
+    assert_eq!(
+        s.get_artifact_by_id("art_2").await.unwrap(),
+        Some(a2.clone())
+    );
+    assert_eq!(
+        s.list_artifacts("alice", "sb_1", None).await.unwrap(),
+        [a1.clone(), a2.clone(), a3.clone()]
+    );
+    assert_eq!(
+        artifact_ids(
+            &s.list_artifacts("alice", "sb_1", Some("run_1"))
+                .await
+                .unwrap()
+        ),
+        ["art_1", "art_3"]
+    );
+    assert_eq!(s.list_artifacts("alice", "sb_2", None).await.unwrap(), [a4]);
+    assert!(
+        s.list_artifacts("alice", "sb_1", Some("run_9"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Another tenant sees nothing.
+    assert!(s.get_artifact("bob", "art_1").await.unwrap().is_none());
+    assert!(
+        s.list_artifacts("bob", "sb_1", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.list_artifacts("bob", "sb_1", Some("run_1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.get_artifact("alice", "art_x").await.unwrap().is_none());
+    assert!(s.get_artifact_by_id("art_x").await.unwrap().is_none());
+
+    // All or none: a duplicate id in a batch inserts nothing of it.
+    let fresh = new_artifact("art_5", "alice", "sb_1", "run_3");
+    assert!(
+        s.insert_artifacts(&[fresh.clone(), a1.clone()])
+            .await
+            .is_err()
+    );
+    assert!(s.get_artifact_by_id("art_5").await.unwrap().is_none());
+    // An artifact of a missing or another tenant's sandbox is refused.
+    assert!(
+        s.insert_artifacts(&[new_artifact("art_6", "alice", "sb_b", "run_1")])
+            .await
+            .is_err()
+    );
+    assert!(
+        s.insert_artifacts(&[new_artifact("art_7", "alice", "sb_none", "run_1")])
+            .await
+            .is_err()
+    );
+    assert_eq!(count(&s, "artifacts").await, 4);
+}
+
+#[tokio::test]
+async fn delete_expired_artifacts_returns_their_ids() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb_1", "t1", 1_000))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb_2", "t2", 1_000))
+        .await
+        .unwrap();
+    let mut batch = Vec::new();
+    for (id, tenant, sb, expires_at) in [
+        ("art_a", "t1", "sb_1", 300),
+        ("art_b", "t2", "sb_2", 100),
+        ("art_c", "t1", "sb_1", 200),
+        ("art_d", "t1", "sb_1", 900),
+    ] {
+        let mut a = new_artifact(id, tenant, sb, "run_1");
+        a.expires_at = expires_at;
+        batch.push(a);
+    }
+    s.insert_artifacts(&batch[..2]).await.unwrap();
+    s.insert_artifacts(&batch[2..]).await.unwrap();
+
+    assert!(s.delete_expired_artifacts(99).await.unwrap().is_empty());
+    assert_eq!(s.delete_expired_artifacts(100).await.unwrap(), ["art_b"]);
+    assert_eq!(
+        s.delete_expired_artifacts(300).await.unwrap(),
+        ["art_a", "art_c"]
+    );
+    assert!(s.delete_expired_artifacts(300).await.unwrap().is_empty());
+    assert!(s.get_artifact_by_id("art_a").await.unwrap().is_none());
+    assert_eq!(
+        artifact_ids(&s.list_artifacts("t1", "sb_1", None).await.unwrap()),
+        ["art_d"]
+    );
+    assert!(s.get_sandbox_by_id("sb_1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn purge_sandboxes_cascades_runs_and_artifacts() {
+    let (_dir, s) = open_temp().await;
+    for (id, tenant) in [
+        ("sb_old", "t1"),
+        ("sb_recent", "t1"),
+        ("sb_live", "t2"),
+        ("sb_old2", "t2"),
+    ] {
+        s.insert_sandbox(&new_sandbox(id, tenant, 1_000))
+            .await
+            .unwrap();
+    }
+    assert!(s.end_sandbox("sb_old", 100, "deleted").await.unwrap());
+    assert!(s.end_sandbox("sb_old2", 150, "expired").await.unwrap());
+    assert!(s.end_sandbox("sb_recent", 500, "deleted").await.unwrap());
+    for (sb, tenant) in [
+        ("sb_old", "t1"),
+        ("sb_recent", "t1"),
+        ("sb_live", "t2"),
+        ("sb_old2", "t2"),
+    ] {
+        let run = format!("run_{sb}");
+        s.insert_code_run(&new_run(&run, tenant, sb, RunStatus::Succeeded))
+            .await
+            .unwrap();
+        s.insert_artifacts(&[
+            new_artifact(&format!("art_{sb}_1"), tenant, sb, &run),
+            new_artifact(&format!("art_{sb}_2"), tenant, sb, &run),
+        ])
+        .await
+        .unwrap();
+    }
+
+    assert!(
+        s.purge_sandboxes(100).await.unwrap().is_empty(),
+        "ended_at < before"
+    );
+    let purged = s.purge_sandboxes(200).await.unwrap();
+    assert_eq!(
+        purged,
+        [
+            "art_sb_old_1",
+            "art_sb_old_2",
+            "art_sb_old2_1",
+            "art_sb_old2_2"
+        ]
+    );
+    for (sb, tenant) in [("sb_old", "t1"), ("sb_old2", "t2")] {
+        assert!(s.get_sandbox_by_id(sb).await.unwrap().is_none());
+        assert!(
+            s.list_code_runs(tenant, sb, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(s.list_artifacts(tenant, sb, None).await.unwrap().is_empty());
+    }
+    // The rows are really gone.
+    assert_eq!(count(&s, "sandboxes").await, 2);
+    assert_eq!(count(&s, "code_runs").await, 2);
+    assert_eq!(count(&s, "artifacts").await, 4);
+    // Running sandboxes are never purged, whatever `before`.
+    assert_eq!(
+        s.purge_sandboxes(i64::MAX).await.unwrap(),
+        ["art_sb_recent_1", "art_sb_recent_2"]
+    );
+    assert_eq!(
+        s.list_artifacts("t2", "sb_live", None).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        s.list_code_runs("t2", "sb_live", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(s.purge_sandboxes(i64::MAX).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_sandbox_or_run_status_is_corrupt() {
+    let (_dir, s) = open_temp().await;
+    s.insert_sandbox(&new_sandbox("sb", "t", 1_000))
+        .await
+        .unwrap();
+    s.insert_code_run(&new_run("run", "t", "sb", RunStatus::Queued))
+        .await
+        .unwrap();
+    sqlx::raw_sql("UPDATE sandboxes SET status = 'zombie'; UPDATE code_runs SET status = 'odd'")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.get_sandbox("t", "sb").await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.list_sandboxes("t", &sandboxes(10)).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.get_code_run("t", "sb", "run").await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.list_code_runs("t", "sb", None, 10).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn version_1_database_migrates_to_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runcell.db");
+    // A database as a version-1 build left it: the first migration only, with data.
+    {
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::raw_sql(MIGRATIONS[0])
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql("PRAGMA user_version = 1")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO executions (id, tenant, status, language, request, created_at) \
+             VALUES ('e1', 't', 'pending', 'python', '{}', 5)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO api_keys (key_hash, tenant, created_at) VALUES ('h', 't', 1)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sandboxes'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, 0);
+        conn.close().await.unwrap();
+    }
+
+    let s = SqliteStore::open(&path).await.unwrap();
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(version, 2);
+    // The old data is intact.
+    let e = s.get_execution("t", "e1", 0).await.unwrap().unwrap();
+    assert_eq!((e.status, e.created_at), (ExecStatus::Pending, 5));
+    assert_eq!(s.api_keys().await.unwrap(), [("h".into(), "t".into())]);
+    // The new tables work.
+    s.insert_sandbox(&new_sandbox("sb", "t", 1_000))
+        .await
+        .unwrap();
+    s.insert_code_run(&new_run("run", "t", "sb", RunStatus::Running))
+        .await
+        .unwrap();
+    s.insert_artifacts(&[new_artifact("art", "t", "sb", "run")])
+        .await
+        .unwrap();
+    assert_eq!(s.expired_sandboxes(1_000).await.unwrap(), ["sb"]);
+    s.close().await;
+    drop(s);
+
+    // Reopening a version-2 database changes nothing.
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert!(s.get_sandbox("t", "sb").await.unwrap().is_some());
+    assert_eq!(s.unfinished_code_runs(None).await.unwrap().len(), 1);
+    assert!(s.get_artifact("t", "art").await.unwrap().is_some());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn sandbox_queries_use_the_indexes() {
+    let (_dir, s) = open_temp().await;
+    let plan = |sql: String| {
+        let pool = s.pool.clone();
+        async move {
+            let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| r.try_get::<String, _>("detail").unwrap())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        }
+    };
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "SELECT * FROM sandboxes WHERE tenant = 't' AND seq < 5 ORDER BY seq DESC LIMIT 5",
+            &["sandboxes_tenant_seq"],
+        ),
+        (
+            "SELECT * FROM sandboxes WHERE tenant = 't' AND status = 'running' AND seq < 5 \
+             ORDER BY seq DESC LIMIT 5",
+            &["sandboxes_tenant_status_seq"],
+        ),
+        (
+            "SELECT id FROM sandboxes WHERE status = 'running' AND expires_at <= 5 \
+             ORDER BY expires_at, seq",
+            &["sandboxes_status_expires_at"],
+        ),
+        (
+            // Either (status, …) index will do.
+            "UPDATE sandboxes SET status = 'terminated' WHERE status = 'running'",
+            &["USING INDEX sandboxes_status_"],
+        ),
+        (
+            concat!(
+                "DELETE FROM artifacts WHERE (tenant, sandbox_id) IN (",
+                purgeable!(),
+                ")"
+            ),
+            &["artifacts_tenant_sandbox_run", "sandboxes_status_ended_at"],
+        ),
+        (
+            concat!(
+                "DELETE FROM code_runs WHERE (tenant, sandbox_id) IN (",
+                purgeable!(),
+                ")"
+            ),
+            &["code_runs_tenant_sandbox_seq", "sandboxes_status_ended_at"],
+        ),
+        (
+            "SELECT * FROM code_runs WHERE tenant = 't' AND sandbox_id = 's' AND seq < 5 \
+             ORDER BY seq DESC LIMIT 5",
+            &["code_runs_tenant_sandbox_seq"],
+        ),
+        (
+            "SELECT * FROM code_runs WHERE status IN ('queued', 'running') AND sandbox_id = 's' \
+             ORDER BY seq",
+            &["code_runs_status_sandbox"],
+        ),
+        (
+            "SELECT * FROM artifacts WHERE tenant = 't' AND sandbox_id = 's' AND run_id = 'r' \
+             ORDER BY seq",
+            &["artifacts_tenant_sandbox_run"],
+        ),
+        (
+            "SELECT * FROM artifacts WHERE tenant = 't' AND sandbox_id = 's' ORDER BY seq",
+            &["artifacts_tenant_sandbox_run"],
+        ),
+        (
+            "DELETE FROM artifacts WHERE expires_at <= 5",
+            &["artifacts_expires_at"],
+        ),
+    ];
+    for (sql, indexes) in cases {
+        let p = plan(sql.replace("?1", "5")).await;
+        for index in *indexes {
+            assert!(p.contains(index), "{sql}: {p}");
+        }
+        assert!(!p.contains("SCAN"), "{sql}: {p}");
+    }
+    // Paging needs no sort.
+    let p = plan(
+        "SELECT * FROM code_runs WHERE tenant = 't' AND sandbox_id = 's' ORDER BY seq DESC \
+         LIMIT 5"
+            .into(),
+    )
+    .await;
+    assert!(!p.contains("TEMP B-TREE"), "{p}");
+}

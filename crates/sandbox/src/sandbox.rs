@@ -1,0 +1,649 @@
+//! A sandbox (one jail with a shared budget and a persistent workspace) and its code contexts
+//! (one Jupyter kernel each, inside the jail).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use runcell_engine::model::rfc3339;
+use runcell_engine::{Engine, SandboxBudget, base_env};
+use runcell_jail::{Jail, Killer};
+use runcell_kernel::{Event, Kernel, KernelError, KernelSpec, ReplyStatus};
+use runcell_lang::Language;
+
+use crate::artifacts::{self, Captured};
+use crate::model::{Artifact, RunStatus};
+use crate::run::Run;
+use crate::{SandboxConfig, SandboxError};
+
+/// Ports of the jail's loopback handed to kernels (five each).
+const PORT_FIRST: u32 = 20_000;
+const PORT_LAST: u32 = 60_000;
+
+/// A long-lived jail: everything started in it shares its memory, CPU, process and disk
+/// budget; its workspace lives as long as it does.
+pub struct Sandbox {
+    id: String,
+    engine: Arc<Engine>,
+    jail: Arc<Jail>,
+    budget: SandboxBudget,
+    env: Vec<(String, String)>,
+    cfg: Arc<SandboxConfig>,
+    next_port: AtomicU32,
+    contexts: Mutex<HashMap<String, Arc<Context>>>,
+    /// The default context of each language (created on first use).
+    defaults: tokio::sync::Mutex<HashMap<String, String>>,
+    closed: Mutex<Option<String>>,
+    self_ref: Weak<Sandbox>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("id", &self.id).finish()
+    }
+}
+
+impl Sandbox {
+    /// Prepares the sandbox's jail (blocking: a few milliseconds).
+    pub fn create(
+        engine: Arc<Engine>,
+        id: String,
+        budget: SandboxBudget,
+        env: Vec<(String, String)>,
+        cfg: Arc<SandboxConfig>,
+    ) -> Result<Arc<Sandbox>, SandboxError> {
+        let jail = Arc::new(engine.sandbox_jail(&budget)?);
+        Ok(Arc::new_cyclic(|me| Sandbox {
+            id,
+            engine,
+            jail,
+            budget,
+            env,
+            cfg,
+            next_port: AtomicU32::new(PORT_FIRST),
+            contexts: Mutex::new(HashMap::new()),
+            defaults: tokio::sync::Mutex::new(HashMap::new()),
+            closed: Mutex::new(None),
+            self_ref: me.clone(),
+        }))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn budget(&self) -> &SandboxBudget {
+        &self.budget
+    }
+
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The sandbox's jail (its workspace, its processes, its cgroup).
+    pub fn jail(&self) -> &Arc<Jail> {
+        &self.jail
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &Arc<SandboxConfig> {
+        &self.cfg
+    }
+
+    /// Why the sandbox was closed, if it was.
+    pub fn closed_reason(&self) -> Option<String> {
+        self.closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn check_open(&self) -> Result<(), SandboxError> {
+        match self.closed_reason() {
+            Some(r) => Err(SandboxError::Closed(r)),
+            None => Ok(()),
+        }
+    }
+
+    fn language(&self, name: &str) -> Result<Language, SandboxError> {
+        let lang = self
+            .engine
+            .registry()
+            .resolve(name.trim())
+            .ok_or_else(|| SandboxError::UnsupportedLanguage(name.to_string()))?;
+        if lang.context.is_none() {
+            return Err(SandboxError::ContextsUnavailable(format!(
+                "{} has no code contexts; contexts are available for {}",
+                lang.name,
+                self.context_languages().join(", ")
+            )));
+        }
+        if !lang.contexts_available() {
+            return Err(SandboxError::ContextsUnavailable(format!(
+                "the {} kernel is not installed on this server (run `runcell runtimes install {}`)",
+                lang.name, lang.id
+            )));
+        }
+        Ok(lang.clone())
+    }
+
+    /// Ids of the languages that have code contexts.
+    pub fn context_languages(&self) -> Vec<String> {
+        self.engine
+            .registry()
+            .all()
+            .iter()
+            .filter(|l| l.context.is_some())
+            .map(|l| l.id.clone())
+            .collect()
+    }
+
+    fn ports(&self) -> [u16; 5] {
+        let mut base = self.next_port.fetch_add(5, Ordering::SeqCst);
+        if base + 5 > PORT_LAST {
+            // Wrap around: contexts that old are long gone (and their ports with them).
+            self.next_port.store(PORT_FIRST + 5, Ordering::SeqCst);
+            base = PORT_FIRST;
+        }
+        let b = base as u16;
+        [b, b + 1, b + 2, b + 3, b + 4]
+    }
+
+    /// Starts a kernel for context `ctx_id`.
+    async fn start_kernel(&self, lang: &Language, ctx_id: &str) -> Result<Kernel, SandboxError> {
+        self.check_open()?;
+        let prefix = &self.engine.config().prefix;
+        let conn = KernelSpec::connection_file(ctx_id);
+        let argv = lang
+            .context_argv(prefix, &conn)
+            .ok_or_else(|| SandboxError::ContextsUnavailable(lang.name.clone()))?;
+        let mut env = base_env();
+        merge(&mut env, lang.context_env(prefix, self.budget.memory_mb));
+        merge(&mut env, self.env.iter().cloned());
+        let process = self
+            .engine
+            .sandbox_process(argv, env, &self.budget, self.cfg.cpu_secs);
+        let spec = KernelSpec {
+            name: ctx_id.to_string(),
+            argv: process.argv,
+            env: process.env,
+            rlimits: process.rlimits,
+            ports: self.ports(),
+            start_timeout: self.cfg.kernel_start_timeout,
+            limits: self.cfg.guard,
+        };
+        let started = Instant::now();
+        let kernel = Kernel::start(Arc::clone(&self.jail), spec, &self.cfg.sock_dir)
+            .await
+            .map_err(|e| match e {
+                KernelError::Start(s) if self.closed_reason().is_some() => {
+                    SandboxError::Closed(self.closed_reason().unwrap_or(s))
+                }
+                e => SandboxError::Kernel(e.to_string()),
+            })?;
+        tracing::debug!(
+            sandbox = %self.id,
+            context = ctx_id,
+            language = %lang.id,
+            "kernel started in {:?}",
+            started.elapsed()
+        );
+        Ok(kernel)
+    }
+
+    /// Creates a code context: starts its kernel and waits until it answers.
+    pub async fn create_context(&self, language: &str) -> Result<Arc<Context>, SandboxError> {
+        self.check_open()?;
+        let lang = self.language(language)?;
+        {
+            let n = self
+                .contexts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len();
+            if n >= self.cfg.max_contexts {
+                return Err(SandboxError::TooManyContexts(self.cfg.max_contexts));
+            }
+        }
+        let id = crate::ids::context_id();
+        let kernel = self.start_kernel(&lang, &id).await?;
+        let ctx = Arc::new(Context {
+            id: id.clone(),
+            language: lang.id.clone(),
+            lang,
+            created_at: SystemTime::now(),
+            sandbox: self.self_ref.clone(),
+            killer: Mutex::new(Some(kernel.killer())),
+            slot: tokio::sync::Mutex::new(Some(kernel)),
+            deleted: AtomicBool::new(false),
+        });
+        self.contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::clone(&ctx));
+        if self.closed_reason().is_some() {
+            ctx.delete();
+            self.check_open()?;
+        }
+        Ok(ctx)
+    }
+
+    /// The default context of `language`, created on first use (concurrent first uses make
+    /// one context).
+    pub async fn default_context(&self, language: &str) -> Result<Arc<Context>, SandboxError> {
+        let lang = self.language(language)?;
+        let mut defaults = self.defaults.lock().await;
+        if let Some(id) = defaults.get(&lang.id)
+            && let Some(ctx) = self.context(id)
+        {
+            return Ok(ctx);
+        }
+        let ctx = self.create_context(&lang.id).await?;
+        defaults.insert(lang.id.clone(), ctx.id.clone());
+        Ok(ctx)
+    }
+
+    pub fn context(&self, id: &str) -> Option<Arc<Context>> {
+        self.contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Every context, oldest first.
+    pub fn contexts(&self) -> Vec<Arc<Context>> {
+        let mut v: Vec<_> = self
+            .contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|c| c.created_at);
+        v
+    }
+
+    /// Deletes a context: its kernel is killed (a run in it fails). False if there is none.
+    pub fn delete_context(&self, id: &str) -> bool {
+        let ctx = self
+            .contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        match ctx {
+            Some(c) => {
+                c.delete();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the sandbox: every process in it dies and its workspace and cgroup are removed
+    /// before this returns (blocking: call from a blocking thread). Idempotent.
+    pub fn destroy(&self, reason: &str) {
+        {
+            let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            if closed.is_none() {
+                *closed = Some(reason.to_string());
+            }
+        }
+        let contexts: Vec<_> = self
+            .contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for c in &contexts {
+            c.deleted.store(true, Ordering::SeqCst);
+        }
+        if let Err(e) = self.jail.shutdown() {
+            tracing::warn!(sandbox = %self.id, "destroying the jail: {e}");
+        }
+    }
+
+    /// Runs the language's warm-up code in a context (for pre-started sandboxes).
+    pub async fn warm_up(&self, ctx: &Context) -> Result<(), SandboxError> {
+        let Some(code) = ctx.lang.context.as_ref().and_then(|c| c.warmup.clone()) else {
+            return Ok(());
+        };
+        let slot = ctx.slot.lock().await;
+        if let Some(k) = slot.as_ref() {
+            k.execute_silent(&code)
+                .await
+                .map_err(|e| SandboxError::Kernel(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn merge(into: &mut Vec<(String, String)>, more: impl IntoIterator<Item = (String, String)>) {
+    for (k, v) in more {
+        into.retain(|(x, _)| *x != k);
+        into.push((k, v));
+    }
+}
+
+/// A stateful code context: one kernel in the sandbox's jail. Runs in one context are served
+/// one at a time, in the order they arrived.
+pub struct Context {
+    pub id: String,
+    /// Canonical language id.
+    pub language: String,
+    lang: Language,
+    pub created_at: SystemTime,
+    sandbox: Weak<Sandbox>,
+    /// The kernel; holding this lock is holding the context (runs queue on it, FIFO).
+    slot: tokio::sync::Mutex<Option<Kernel>>,
+    /// The current kernel's signaller, usable while a run holds the slot.
+    killer: Mutex<Option<Killer>>,
+    deleted: AtomicBool,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("id", &self.id)
+            .field("language", &self.language)
+            .finish()
+    }
+}
+
+/// Why a run was stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancel,
+    Timeout,
+}
+
+impl Context {
+    fn delete(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+        if let Some(k) = self
+            .killer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = k.kill();
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// Whether a run holds the context now.
+    pub fn is_busy(&self) -> bool {
+        self.slot.try_lock().is_err()
+    }
+
+    /// Interrupts whatever the kernel runs now (SIGINT).
+    pub fn interrupt(&self) {
+        if let Some(k) = self
+            .killer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = k.signal(libc::SIGINT);
+        }
+    }
+
+    fn kill_kernel(&self) {
+        if let Some(k) = self
+            .killer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = k.kill();
+        }
+    }
+
+    /// Why the context cannot run anything, if it cannot.
+    fn gone(&self, sandbox: Option<&Sandbox>) -> Option<String> {
+        match sandbox {
+            None => Some("the sandbox is gone".into()),
+            Some(s) => match s.closed_reason() {
+                Some(r) => Some(format!("the sandbox was {r}")),
+                None if self.is_deleted() => Some("the context was deleted".into()),
+                None => None,
+            },
+        }
+    }
+
+    /// Runs `code` as `run`: waits for the context (runs queue), then executes, streaming
+    /// outputs into the run, enforcing `timeout` and cancellation (interrupt, then kill after
+    /// the grace period), and collects the workspace files the run created or changed. A
+    /// kernel that died is restarted (its state is lost, and the run says so).
+    pub async fn execute(
+        self: &Arc<Self>,
+        run: Arc<Run>,
+        code: String,
+        env: Vec<(String, String)>,
+        timeout: Duration,
+    ) {
+        let mut slot = tokio::select! {
+            biased;
+            _ = run.cancelled() => {
+                run.finish(RunStatus::Cancelled, Some("the run was cancelled before it started".into()));
+                return;
+            }
+            g = self.slot.lock() => g,
+        };
+        if run.is_cancel_requested() {
+            run.finish(
+                RunStatus::Cancelled,
+                Some("the run was cancelled before it started".into()),
+            );
+            return;
+        }
+        let sandbox = self.sandbox.upgrade();
+        if let Some(why) = self.gone(sandbox.as_deref()) {
+            run.finish(RunStatus::Failed, Some(why));
+            return;
+        }
+        let Some(sandbox) = sandbox else { return };
+        if !slot.as_ref().is_some_and(Kernel::is_alive) {
+            match sandbox.start_kernel(&self.lang, &self.id).await {
+                Ok(k) => {
+                    *self.killer.lock().unwrap_or_else(|p| p.into_inner()) = Some(k.killer());
+                    *slot = Some(k);
+                }
+                Err(e) => {
+                    run.finish(
+                        RunStatus::Failed,
+                        Some(format!("the context's kernel could not be started: {e}")),
+                    );
+                    return;
+                }
+            }
+        }
+        let Some(kernel) = slot.as_ref() else { return };
+        if !env.is_empty() {
+            let Some(style) = self.lang.context.as_ref().and_then(|c| c.env_style) else {
+                run.finish(
+                    RunStatus::Failed,
+                    Some(format!(
+                        "{} contexts cannot set environment variables per run",
+                        self.lang.name
+                    )),
+                );
+                return;
+            };
+            if let Err(e) = kernel.execute_silent(&style.code(&env)).await {
+                run.finish(
+                    RunStatus::Failed,
+                    Some(format!("setting the run's environment failed: {e}")),
+                );
+                return;
+            }
+        }
+        run.set_running();
+        let jail = Arc::clone(sandbox.jail());
+        let scan = sandbox.cfg.scan_entries;
+        let before = {
+            let jail = Arc::clone(&jail);
+            tokio::task::spawn_blocking(move || artifacts::snapshot(jail.workspace(), scan))
+                .await
+                .unwrap_or_default()
+        };
+        let oom_before = jail.stats().map(|s| s.oom_kills).unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let grace = sandbox.cfg.interrupt_grace;
+        let (result, stop, killed) = {
+            let r = &run;
+            let mut on = |ev: Event| r.on_kernel_event(ev);
+            let exec = kernel.execute(&code, &mut on);
+            tokio::pin!(exec);
+            let mut stop: Option<(Stop, tokio::time::Instant)> = None;
+            let mut killed = false;
+            let result = loop {
+                tokio::select! {
+                    res = &mut exec => break res,
+                    _ = run.cancelled(), if stop.is_none() => {
+                        self.interrupt();
+                        stop = Some((Stop::Cancel, tokio::time::Instant::now()));
+                    }
+                    _ = tokio::time::sleep_until(deadline), if stop.is_none() => {
+                        self.interrupt();
+                        stop = Some((Stop::Timeout, tokio::time::Instant::now()));
+                    }
+                    _ = tokio::time::sleep_until(
+                        stop.map(|(_, at)| at + grace).unwrap_or(deadline)
+                    ), if stop.is_some() && !killed => {
+                        // The code ignored the interrupt.
+                        self.kill_kernel();
+                        killed = true;
+                    }
+                }
+            };
+            (result, stop.map(|(s, _)| s), killed)
+        };
+        let oom = jail.stats().map(|s| s.oom_kills).unwrap_or(0) > oom_before;
+        let alive = kernel.is_alive();
+        let lost = "; the context's kernel was restarted and its state is lost";
+        let (status, reason) = match (&result, stop) {
+            (_, Some(Stop::Cancel)) => (
+                RunStatus::Cancelled,
+                Some(format!(
+                    "the run was cancelled{}",
+                    if alive { "" } else { lost }
+                )),
+            ),
+            (_, Some(Stop::Timeout)) => (
+                RunStatus::Failed,
+                Some(format!(
+                    "timeout: the run exceeded its time limit of {} s and was interrupted{}",
+                    timeout.as_secs_f64(),
+                    if killed || !alive {
+                        "; it did not stop, so the kernel was restarted and its state is lost"
+                    } else {
+                        ""
+                    }
+                )),
+            ),
+            _ if self.is_deleted() || sandbox.closed_reason().is_some() => (
+                RunStatus::Failed,
+                self.gone(Some(&*sandbox))
+                    .or_else(|| Some("the context was deleted".into())),
+            ),
+            (Ok(o), None) if o.status == ReplyStatus::Ok && !oom => (RunStatus::Succeeded, None),
+            (Ok(_), None) if oom && !alive => {
+                let why = memory_error(&sandbox);
+                run.set_error("MemoryError", &why);
+                (RunStatus::Failed, Some(format!("memory limit: {why}")))
+            }
+            (Ok(o), None) => match run.error() {
+                Some(e) => (
+                    RunStatus::Failed,
+                    Some(format!("the code raised {}: {}", e.name, e.value)),
+                ),
+                None if o.status == ReplyStatus::Ok => (
+                    // A process of the run was killed for memory, but the kernel lives.
+                    RunStatus::Succeeded,
+                    None,
+                ),
+                None => (RunStatus::Failed, Some("the kernel aborted the run".into())),
+            },
+            (Err(_), None) if oom => {
+                let why = memory_error(&sandbox);
+                run.set_error("MemoryError", &why);
+                (RunStatus::Failed, Some(format!("memory limit: {why}")))
+            }
+            (Err(e), None) => {
+                run.set_error("KernelDied", &e.to_string());
+                (
+                    RunStatus::Failed,
+                    Some(format!("the context's kernel died ({e}){lost}")),
+                )
+            }
+        };
+        // Files the run created or changed.
+        if sandbox.closed_reason().is_none() {
+            let cfg = Arc::clone(&sandbox.cfg);
+            let jail2 = Arc::clone(&jail);
+            let captured: Vec<Captured> = tokio::task::spawn_blocking(move || {
+                let after = artifacts::snapshot(jail2.workspace(), cfg.scan_entries);
+                let paths = artifacts::changed(&before, &after);
+                if paths.is_empty() {
+                    return Vec::new();
+                }
+                artifacts::capture(jail2.workspace(), &paths, &cfg.artifact_dir, cfg.capture)
+            })
+            .await
+            .unwrap_or_default();
+            if !captured.is_empty() {
+                let now = SystemTime::now();
+                let expires = now + sandbox.cfg.artifact_ttl;
+                let count = run.execution_count();
+                run.set_artifacts(
+                    captured
+                        .into_iter()
+                        .map(|c| Artifact {
+                            id: c.id,
+                            context_id: self.id.clone(),
+                            mime_type: c.mime_type,
+                            name: c.name,
+                            size_bytes: c.size,
+                            sha256: c.sha256,
+                            created_at: rfc3339(now),
+                            execution_count: count,
+                            expires_at: rfc3339(expires),
+                            preview_url: String::new(),
+                            download_url: String::new(),
+                            metadata: serde_json::Map::new(),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        run.finish(status, reason);
+        // A kernel that died is replaced now, so the next run finds it ready.
+        if !kernel.is_alive() && self.gone(Some(&*sandbox)).is_none() {
+            *slot = None;
+            match sandbox.start_kernel(&self.lang, &self.id).await {
+                Ok(k) => {
+                    *self.killer.lock().unwrap_or_else(|p| p.into_inner()) = Some(k.killer());
+                    *slot = Some(k);
+                }
+                Err(e) => tracing::warn!(context = %self.id, "restarting the kernel: {e}"),
+            }
+        }
+    }
+}
+
+fn memory_error(sandbox: &Sandbox) -> String {
+    format!(
+        "the sandbox ran out of memory (its limit is {} MiB, shared by everything in it); \
+         the process using the most was killed",
+        sandbox.budget.memory_mb
+    )
+}
