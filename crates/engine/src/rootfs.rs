@@ -27,6 +27,7 @@ const ETC: &[&str] = &[
     "/etc/inputrc",
     "/etc/bash.bashrc",
     "/etc/magic",
+    "/etc/fonts",
 ];
 
 /// Top-level directories that are links into `/usr` on merged-usr systems.

@@ -36,8 +36,86 @@ pub struct Config {
     pub languages_dirs: Vec<PathBuf>,
     pub webhooks: WebhookConfig,
     pub sessions: SessionConfig,
+    pub sandboxes: SandboxesConfig,
     /// Limits, runtime prefix, jail pool.
     pub engine: EngineConfig,
+}
+
+/// A sandbox's resource budget (defaults and maxima).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxLimits {
+    /// Memory of everything in the sandbox together, including its files, MiB.
+    pub memory_mb: u64,
+    /// CPU bandwidth, in cores.
+    pub cpus: f64,
+    /// Processes and threads at once.
+    pub max_processes: u64,
+    /// Size of `/workspace`, MiB.
+    pub disk_mb: u64,
+}
+
+/// Long-lived sandboxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxesConfig {
+    /// Running sandboxes on this server (all tenants).
+    pub max_sandboxes: usize,
+    /// Running sandboxes per API key.
+    pub max_per_tenant: usize,
+    /// Lifetime of a sandbox when the request gives none, seconds.
+    pub default_timeout_secs: u64,
+    /// Longest lifetime (also for renewals), seconds.
+    pub max_timeout_secs: u64,
+    pub default_limits: SandboxLimits,
+    pub max_limits: SandboxLimits,
+    /// Time limit of a code run when the request gives none, seconds.
+    pub default_run_timeout_secs: u64,
+    pub max_run_timeout_secs: u64,
+    /// Unfinished code runs per sandbox (queued ones included).
+    pub max_queued_runs: usize,
+    /// Code contexts per sandbox.
+    pub max_contexts: usize,
+    /// Sandboxes with the default limits kept ready, with a warmed Python context (0: none).
+    pub pool_size: usize,
+    /// How long artifacts stay downloadable, seconds.
+    pub artifact_ttl_secs: u64,
+    /// The server's address as clients reach it, for artifact URLs (`https://runcell.example`);
+    /// empty: taken from each request's `Host` header.
+    pub public_url: String,
+}
+
+impl Default for SandboxesConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2) as f64;
+        SandboxesConfig {
+            max_sandboxes: 64,
+            max_per_tenant: 32,
+            default_timeout_secs: 300,
+            max_timeout_secs: 24 * 3600,
+            default_limits: SandboxLimits {
+                memory_mb: 512,
+                cpus: 1.0,
+                max_processes: 128,
+                disk_mb: 1024,
+            },
+            max_limits: SandboxLimits {
+                memory_mb: 8192,
+                cpus,
+                max_processes: 1024,
+                disk_mb: 8192,
+            },
+            default_run_timeout_secs: 300,
+            max_run_timeout_secs: 3600,
+            max_queued_runs: 64,
+            max_contexts: 8,
+            pool_size: 2,
+            artifact_ttl_secs: 24 * 3600,
+            public_url: String::new(),
+        }
+    }
 }
 
 /// Webhook delivery settings.
@@ -103,6 +181,7 @@ impl Default for Config {
             languages_dirs: Vec::new(),
             webhooks: WebhookConfig::default(),
             sessions: SessionConfig::default(),
+            sandboxes: SandboxesConfig::default(),
             engine: EngineConfig {
                 pool_size: 4,
                 ..EngineConfig::default()
@@ -128,7 +207,7 @@ impl Config {
     /// Defaults, overridden by the TOML file (if any), then by environment variables
     /// (`RUNCELL_LISTEN`, `RUNCELL_DATA_DIR`, `RUNCELL_API_KEYS`, `RUNCELL_WEBHOOK_ALLOW`,
     /// `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
-    /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`).
+    /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`, `RUNCELL_SANDBOX_POOL_SIZE`).
     pub fn load(
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
@@ -176,6 +255,9 @@ impl Config {
         if let Some(v) = env("RUNCELL_POOL_SIZE") {
             c.engine.pool_size = parse("RUNCELL_POOL_SIZE", v)? as usize;
         }
+        if let Some(v) = env("RUNCELL_SANDBOX_POOL_SIZE") {
+            c.sandboxes.pool_size = parse("RUNCELL_SANDBOX_POOL_SIZE", v)? as usize;
+        }
         Ok(c)
     }
 
@@ -218,6 +300,47 @@ impl Config {
         }
         if self.sessions.max_sessions == 0 || self.sessions.idle_timeout_secs == 0 {
             return bad("sessions.max_sessions and sessions.idle_timeout_secs must be at least 1");
+        }
+        let sb = &self.sandboxes;
+        if sb.max_sandboxes == 0 || sb.max_per_tenant == 0 {
+            return bad("sandboxes.max_sandboxes and sandboxes.max_per_tenant must be at least 1");
+        }
+        if sb.default_timeout_secs == 0 || sb.default_timeout_secs > sb.max_timeout_secs {
+            return bad("sandboxes.default_timeout_secs must be between 1 and max_timeout_secs");
+        }
+        if sb.default_run_timeout_secs == 0 || sb.default_run_timeout_secs > sb.max_run_timeout_secs
+        {
+            return bad(
+                "sandboxes.default_run_timeout_secs must be between 1 and max_run_timeout_secs",
+            );
+        }
+        if sb.max_queued_runs == 0 || sb.max_contexts == 0 || sb.artifact_ttl_secs == 0 {
+            return bad(
+                "sandboxes.max_queued_runs, max_contexts and artifact_ttl_secs must be at least 1",
+            );
+        }
+        for (name, l) in [
+            ("default_limits", &sb.default_limits),
+            ("max_limits", &sb.max_limits),
+        ] {
+            if l.memory_mb < 32
+                || l.max_processes < 8
+                || l.disk_mb == 0
+                || !(l.cpus.is_finite() && l.cpus >= 0.01)
+            {
+                return Err(ConfigError(format!(
+                    "sandboxes.{name}: memory_mb must be at least 32, max_processes at least 8, \
+                     disk_mb at least 1 and cpus at least 0.01"
+                )));
+            }
+        }
+        let (d, m) = (&sb.default_limits, &sb.max_limits);
+        if d.memory_mb > m.memory_mb
+            || d.cpus > m.cpus
+            || d.max_processes > m.max_processes
+            || d.disk_mb > m.disk_mb
+        {
+            return bad("sandboxes.default_limits must not exceed sandboxes.max_limits");
         }
         for k in &self.api_keys {
             if k.len() < 16 || !k.bytes().all(|b| b.is_ascii_graphic()) {

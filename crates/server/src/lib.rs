@@ -8,6 +8,8 @@ pub mod error;
 pub mod jobs;
 pub mod openapi;
 pub mod routes;
+pub mod sandbox_routes;
+pub mod sandboxes;
 pub mod sse;
 pub mod state;
 pub mod webhook;
@@ -23,6 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sandbox_routes as sb;
 use utoipa::OpenApi;
 
 use runcell_engine::Engine;
@@ -97,6 +100,47 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/languages", get(routes::languages))
         .route("/api/submit", post(routes::submit))
         .route("/api/result/{execution_id}", get(routes::result))
+        .route(
+            "/v1/sandboxes",
+            post(sb::create_sandbox).get(sb::list_sandboxes),
+        )
+        .route(
+            "/v1/sandboxes/{id}",
+            get(sb::get_sandbox).delete(sb::delete_sandbox),
+        )
+        .route("/v1/sandboxes/{id}/timeout", post(sb::renew_sandbox))
+        .route(
+            "/v1/sandboxes/{id}/code/runs",
+            post(sb::create_run).get(sb::list_runs),
+        )
+        .route("/v1/sandboxes/{id}/code/runs/{run_id}", get(sb::get_run))
+        .route(
+            "/v1/sandboxes/{id}/code/runs/{run_id}/cancel",
+            post(sb::cancel_run),
+        )
+        .route("/v1/sandboxes/{id}/artifacts", get(sb::list_artifacts))
+        .route(
+            "/v1/artifacts/{artifact_id}/download",
+            get(sb::download_artifact),
+        )
+        .route(
+            "/v1/artifacts/{artifact_id}/preview",
+            get(sb::preview_artifact),
+        )
+        .route("/v1/sandboxes/{id}/ping", get(sb::ping))
+        .route("/v1/sandboxes/{id}/code/context", post(sb::create_context))
+        .route(
+            "/v1/sandboxes/{id}/code/contexts",
+            get(sb::list_contexts).delete(sb::delete_contexts),
+        )
+        .route(
+            "/v1/sandboxes/{id}/code/contexts/{context_id}",
+            get(sb::get_context).delete(sb::delete_context),
+        )
+        .route(
+            "/v1/sandboxes/{id}/code",
+            post(sb::run_code).delete(sb::interrupt_code),
+        )
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .route_layer(middleware::from_fn(track))
@@ -192,7 +236,7 @@ fn describe_languages(engine: &Engine) -> Vec<LanguageInfo> {
                 extensions: l.extensions.clone(),
                 available,
                 compiled: l.is_compiled(),
-                contexts: false,
+                contexts: l.contexts_available(),
             }
         })
         .collect()
@@ -239,7 +283,18 @@ pub async fn serve(
         .await?;
     let pending = store.count_pending().await?;
     let webhooks = Arc::new(Webhooks::new(config.webhooks.clone()).map_err(ServerError::Other)?);
+    let sandboxes = sandboxes::Sandboxes::start(
+        config.sandboxes.clone(),
+        Arc::clone(&engine),
+        Arc::clone(&store),
+        &config.data_dir,
+        &config.state_dir,
+        config.result_retention_secs,
+    )
+    .await
+    .map_err(ServerError::Other)?;
     let state = AppState(Arc::new(Inner {
+        sandboxes: Arc::clone(&sandboxes),
         rate: RateLimiter::new(config.rate_limit_per_minute),
         jobs: Jobs::new(config.concurrency, pending),
         sessions: Sessions::new(
@@ -299,13 +354,15 @@ pub async fn serve(
         state.config.concurrency,
         state.config.data_dir.display()
     );
-    axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| ServerError::Io {
             what: "serve".into(),
             source: e,
-        })
+        });
+    let _ = tokio::task::spawn_blocking(move || sandboxes.shutdown()).await;
+    served
 }
 
 async fn shutdown_signal() {

@@ -3,7 +3,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{api, error, routes};
+use crate::{api, error, routes, sandbox_routes, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,26 @@ use crate::{api, error, routes};
         routes::languages,
         routes::health,
         routes::metrics,
+        sandbox_routes::create_sandbox,
+        sandbox_routes::list_sandboxes,
+        sandbox_routes::get_sandbox,
+        sandbox_routes::delete_sandbox,
+        sandbox_routes::renew_sandbox,
+        sandbox_routes::create_run,
+        sandbox_routes::list_runs,
+        sandbox_routes::get_run,
+        sandbox_routes::cancel_run,
+        sandbox_routes::list_artifacts,
+        sandbox_routes::download_artifact,
+        sandbox_routes::preview_artifact,
+        sandbox_routes::ping,
+        sandbox_routes::create_context,
+        sandbox_routes::list_contexts,
+        sandbox_routes::delete_contexts,
+        sandbox_routes::get_context,
+        sandbox_routes::delete_context,
+        sandbox_routes::run_code,
+        sandbox_routes::interrupt_code,
     ),
     components(schemas(
         runcell_engine::ExecuteRequest,
@@ -43,6 +63,24 @@ use crate::{api, error, routes};
         api::AttemptInfo,
         api::Health,
         error::ErrorBody,
+        sandboxes::CreateSandbox,
+        sandboxes::LimitsRequest,
+        sandboxes::SandboxObject,
+        sandboxes::SandboxList,
+        crate::config::SandboxLimits,
+        sandbox_routes::RenewRequest,
+        sandbox_routes::CodeRunRequest,
+        sandbox_routes::RunList,
+        sandbox_routes::ArtifactList,
+        sandbox_routes::CodeContextObject,
+        sandbox_routes::ExecdErrorBody,
+        runcell_sandbox::model::CodeRun,
+        runcell_sandbox::model::RunStatus,
+        runcell_sandbox::model::Execution,
+        runcell_sandbox::model::ResultItem,
+        runcell_sandbox::model::Artifact,
+        runcell_sandbox::model::Logs,
+        runcell_sandbox::model::RunError,
     )),
     modifiers(&Security),
     tags(
@@ -50,6 +88,9 @@ use crate::{api, error, routes};
         (name = "webhooks", description = "Standard Webhooks deliveries"),
         (name = "compatibility", description = "The submit/result names of the sync-async-webhooks guide"),
         (name = "operations", description = "Health and metrics"),
+        (name = "sandboxes", description = "Long-lived sandboxes"),
+        (name = "code runs", description = "Code runs in a sandbox's contexts, and their artifacts"),
+        (name = "execd", description = "OpenSandbox execd routes under /v1/sandboxes/{id}"),
     )
 )]
 pub struct ApiDoc;
@@ -62,6 +103,10 @@ impl utoipa::Modify for Security {
         c.add_security_scheme(
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        c.add_security_scheme(
+            "access_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-EXECD-ACCESS-TOKEN"))),
         );
         c.add_security_scheme(
             "bearer",

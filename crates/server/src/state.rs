@@ -41,6 +41,7 @@ pub struct Inner {
     pub webhooks: Arc<Webhooks>,
     pub metrics: PrometheusHandle,
     pub languages: Vec<LanguageInfo>,
+    pub sandboxes: Arc<crate::sandboxes::Sandboxes>,
 }
 
 /// Coordination of running work.

@@ -35,6 +35,7 @@ const SERVER_ENV: &[&str] = &[
     "RUNCELL_MAX_QUEUE",
     "RUNCELL_RETENTION_SECS",
     "RUNCELL_POOL_SIZE",
+    "RUNCELL_SANDBOX_POOL_SIZE",
 ];
 
 /// How a test server is started.
@@ -121,6 +122,8 @@ impl Server {
             cmd.env_remove(k);
         }
         cmd.env("RUNCELL_API_KEYS", format!("{KEY_A},{KEY_B}"));
+        // Pre-started sandboxes cost a kernel each: only tests that want them ask for them.
+        cmd.env("RUNCELL_SANDBOX_POOL_SIZE", "0");
         if let Some(text) = &opts.config {
             let f = tmp.path().join("runcell.toml");
             std::fs::write(&f, text).expect("write the config file");
