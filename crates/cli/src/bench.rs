@@ -30,6 +30,11 @@ pub struct BenchArgs {
     /// Python and C, next to a bare spawn of the same work.
     #[arg(long)]
     pub http: bool,
+    /// Measure sandboxes instead (a server is started for the run): creating a sandbox until
+    /// its first Python result (from the pre-started pool, and cold), and a warm context's
+    /// `1+1`, next to a bare `python3` spawn and a one-shot execution.
+    #[arg(long)]
+    pub sandboxes: bool,
     /// With --http: client concurrencies to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     pub concurrency: Vec<usize>,
@@ -141,6 +146,9 @@ fn spec(argv: &[&str]) -> ProcessSpec {
 pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
     if args.http {
         return crate::bench_http::bench_http(global, &args);
+    }
+    if args.sandboxes {
+        return crate::bench_sandbox::bench_sandboxes(&args);
     }
     if args.iterations < 3 {
         bail!("--iterations must be at least 3");

@@ -32,10 +32,10 @@ struct Row {
 }
 
 /// A server started for the benchmark; killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
-    key: String,
+    pub(crate) base: String,
+    pub(crate) key: String,
     _data: tempfile::TempDir,
 }
 
@@ -46,7 +46,12 @@ impl Drop for Server {
     }
 }
 
-fn start_server(concurrency: Option<usize>) -> Result<Server> {
+pub(crate) fn start_server(concurrency: Option<usize>) -> Result<Server> {
+    start_server_with(concurrency, &[])
+}
+
+/// A server with extra environment variables.
+pub(crate) fn start_server_with(concurrency: Option<usize>, env: &[(&str, &str)]) -> Result<Server> {
     let data = tempfile::tempdir()?;
     let key = format!("bench-{}", std::process::id()).repeat(2);
     let exe = std::env::current_exe()?;
@@ -61,6 +66,9 @@ fn start_server(concurrency: Option<usize>) -> Result<Server> {
         .stderr(Stdio::piped());
     if let Some(c) = concurrency {
         cmd.env("RUNCELL_CONCURRENCY", c.to_string());
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let mut child = cmd.spawn().context("starting runcell serve")?;
     let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
@@ -87,7 +95,7 @@ fn start_server(concurrency: Option<usize>) -> Result<Server> {
     })
 }
 
-fn percentile(v: &mut [Duration], q: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [Duration], q: f64) -> f64 {
     v.sort();
     v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_http;
+mod bench_sandbox;
 mod languages;
 mod run;
 mod serve;

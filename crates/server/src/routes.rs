@@ -450,6 +450,8 @@ pub async fn metrics(State(state): State<AppState>, _tenant: Tenant) -> Response
     metrics::gauge!("runcell_queue_depth").set(state.jobs.queued() as f64);
     metrics::gauge!("runcell_jail_pool_ready").set(state.engine.pool_ready() as f64);
     metrics::gauge!("runcell_sessions").set(state.sessions.len() as f64);
+    metrics::gauge!("runcell_sandboxes").set(state.sandboxes.count() as f64);
+    metrics::gauge!("runcell_sandbox_pool_ready").set(state.sandboxes.pool_ready() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
