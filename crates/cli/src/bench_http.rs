@@ -51,7 +51,10 @@ pub(crate) fn start_server(concurrency: Option<usize>) -> Result<Server> {
 }
 
 /// A server with extra environment variables.
-pub(crate) fn start_server_with(concurrency: Option<usize>, env: &[(&str, &str)]) -> Result<Server> {
+pub(crate) fn start_server_with(
+    concurrency: Option<usize>,
+    env: &[(&str, &str)],
+) -> Result<Server> {
     let data = tempfile::tempdir()?;
     let key = format!("bench-{}", std::process::id()).repeat(2);
     let exe = std::env::current_exe()?;

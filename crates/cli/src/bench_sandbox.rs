@@ -95,8 +95,12 @@ impl Api {
     }
 
     fn delete(&self, id: &str) -> Result<()> {
-        self.call(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
-            .map(|_| ())
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/v1/sandboxes/{id}"),
+            None,
+        )
+        .map(|_| ())
     }
 }
 
@@ -168,7 +172,10 @@ pub fn bench_sandboxes(args: &BenchArgs) -> Result<i32> {
         ("sandbox create -> first result (pre-started)", &mut pooled),
         ("sandbox create -> first result (cold kernel)", &mut cold),
         ("warm context 1+1 round trip", &mut warm),
-        ("one-shot execution print(1+1) (POST /api/v1/execute)", &mut oneshot),
+        (
+            "one-shot execution print(1+1) (POST /api/v1/execute)",
+            &mut oneshot,
+        ),
         ("bare python3 -c print(1+1) (baseline)", &mut bare),
     ] {
         let p50 = percentile(v, 0.5);

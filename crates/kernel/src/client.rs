@@ -55,6 +55,9 @@ pub struct ExecuteOutcome {
 
 type Shell = Connection<zeromq::DealerSocket>;
 
+/// How long a reply may lag behind the kernel's idle status before it counts as lost.
+const LOST_REPLY: Duration = Duration::from_millis(500);
+
 /// Consecutive unreadable messages after which the connection is considered broken.
 const MAX_BAD_MESSAGES: u32 = 64;
 type IoPub = Connection<zeromq::SubSocket>;
@@ -266,9 +269,18 @@ impl KernelConnection {
         let mut idle = false;
         let mut count: Option<u64> = None;
         let mut errors = 0u32;
+        // When the kernel is idle again without having replied (an interrupt that landed in
+        // the kernel's own code can lose the reply), the run is over all the same.
+        let mut idle_since: Option<tokio::time::Instant> = None;
         while !(idle && reply.is_some()) {
             let mut alive = self.alive.clone();
             tokio::select! {
+                _ = tokio::time::sleep_until(
+                    idle_since.map(|t| t + LOST_REPLY).unwrap_or_else(tokio::time::Instant::now)
+                ), if idle_since.is_some() => {
+                    tracing::debug!("the kernel went idle without replying to {id}");
+                    break;
+                }
                 m = self.iopub.read(), if !idle => {
                     let m = match m {
                         Ok(m) => {
@@ -325,6 +337,9 @@ impl KernelConnection {
                         JupyterMessageContent::Status(s) => {
                             if matches!(s.execution_state, jupyter_protocol::ExecutionState::Idle) {
                                 idle = true;
+                                if reply.is_none() {
+                                    idle_since = Some(tokio::time::Instant::now());
+                                }
                             }
                         }
                         _ => {}

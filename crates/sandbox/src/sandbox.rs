@@ -17,6 +17,9 @@ use crate::model::{Artifact, RunStatus};
 use crate::run::Run;
 use crate::{SandboxConfig, SandboxError};
 
+/// How often an interrupt is repeated until the run stops.
+const INTERRUPT_EVERY: Duration = Duration::from_millis(250);
+
 /// Ports of the jail's loopback handed to kernels (five each).
 const PORT_FIRST: u32 = 20_000;
 const PORT_LAST: u32 = 60_000;
@@ -505,21 +508,34 @@ impl Context {
             tokio::pin!(exec);
             let mut stop: Option<(Stop, tokio::time::Instant)> = None;
             let mut killed = false;
+            // SIGINT is repeated until the run ends: the kernel ignores it between requests,
+            // and one that lands before the code starts is lost. The first is sent once the
+            // kernel has announced the code (execute_input), or after a short wait for kernels
+            // that do not announce it.
+            let mut resend = tokio::time::interval(INTERRUPT_EVERY);
+            resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let result = loop {
                 tokio::select! {
                     res = &mut exec => break res,
                     _ = run.cancelled(), if stop.is_none() => {
-                        self.interrupt();
                         stop = Some((Stop::Cancel, tokio::time::Instant::now()));
+                        if run.execution_count().is_some() {
+                            self.interrupt();
+                        }
+                        resend.reset();
                     }
                     _ = tokio::time::sleep_until(deadline), if stop.is_none() => {
-                        self.interrupt();
                         stop = Some((Stop::Timeout, tokio::time::Instant::now()));
+                        self.interrupt();
+                        resend.reset();
+                    }
+                    _ = resend.tick(), if stop.is_some() && !killed => {
+                        self.interrupt();
                     }
                     _ = tokio::time::sleep_until(
                         stop.map(|(_, at)| at + grace).unwrap_or(deadline)
                     ), if stop.is_some() && !killed => {
-                        // The code ignored the interrupt.
+                        // The code ignored the interrupts.
                         self.kill_kernel();
                         killed = true;
                     }

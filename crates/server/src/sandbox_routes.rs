@@ -806,18 +806,13 @@ impl RunStreamer {
                         "execution_time": execution_time_ms,
                     })));
                 } else {
-                    let err = self.pending_error.take().unwrap_or_else(|| {
-                        let ename = match doc.status {
-                            RunStatus::Cancelled => "ContextCancelled",
-                            _ if doc
-                                .failure_reason
-                                .as_deref()
-                                .is_some_and(|r| r.starts_with("timeout")) =>
-                            {
-                                "TimeoutError"
-                            }
-                            _ => "RuntimeError",
-                        };
+                    // A cancelled or timed-out run says so (the kernel's own error is its
+                    // KeyboardInterrupt); otherwise the code's error, if it raised one.
+                    let timeout = doc
+                        .failure_reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("timeout"));
+                    let named = |ename: &str| {
                         json!({
                             "type": "error",
                             "error": {
@@ -826,7 +821,13 @@ impl RunStreamer {
                                 "traceback": [],
                             },
                         })
-                    });
+                    };
+                    let err = match (doc.status, timeout, self.pending_error.take()) {
+                        (RunStatus::Cancelled, _, _) => named("ContextCancelled"),
+                        (_, true, _) => named("TimeoutError"),
+                        (_, false, Some(e)) => e,
+                        (_, false, None) => named("RuntimeError"),
+                    };
                     self.queued
                         .push_back(event(json!({"type": "status", "text": "error"})));
                     self.queued.push_back(event(err));

@@ -640,3 +640,67 @@ pub fn descendants(root: u32) -> Vec<Proc> {
 
 /// First host uid of jails.
 pub const JAIL_UID_BASE: u32 = 0x5f00_0000;
+
+/// One server-sent event and when it arrived.
+pub struct SseEvent {
+    pub at: Instant,
+    pub v: Value,
+}
+
+/// Reads `data: {…}\n\n` events, checking the framing of each (one JSON object on one line,
+/// an integer Unix-ms `timestamp`, a `type` among `types`), until the stream ends or `stop`
+/// says so.
+pub fn read_sse(
+    resp: &mut reqwest::blocking::Response,
+    types: &[&str],
+    mut stop: impl FnMut(&Value) -> bool,
+) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block = String::from_utf8(buf[..end].to_vec()).expect("UTF-8 events");
+            buf.drain(..end + 2);
+            let line = block
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a `data: ` event: {block:?}"));
+            assert!(!line.contains('\n'), "one line per event: {block:?}");
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("event is not JSON ({e}): {line:?}"));
+            assert!(
+                v["timestamp"].is_u64() && v["timestamp"].as_u64().unwrap() > 1_600_000_000_000,
+                "integer Unix ms timestamp: {v}"
+            );
+            let t = v["type"].as_str().unwrap_or_default();
+            assert!(types.contains(&t), "unknown event type: {v}");
+            let done = stop(&v);
+            events.push(SseEvent {
+                at: Instant::now(),
+                v,
+            });
+            if done {
+                return events;
+            }
+        }
+        let n = resp.read(&mut chunk).expect("read the stream");
+        if n == 0 {
+            assert!(
+                buf.iter().all(|b| b.is_ascii_whitespace()),
+                "the stream ended inside an event: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            return events;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The `text` of every event of `kind`, joined.
+pub fn sse_text(events: &[SseEvent], kind: &str) -> String {
+    events
+        .iter()
+        .filter(|e| e.v["type"] == kind)
+        .map(|e| e.v["text"].as_str().expect("text").to_string())
+        .collect()
+}

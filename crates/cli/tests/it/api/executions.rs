@@ -1,17 +1,12 @@
 //! Streaming synchronous executions, the async list, and cancellation.
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::server::{KEY_A, Opts, Server, eventually, is_uuid_v4};
+use crate::server::{KEY_A, Opts, Server, SseEvent, eventually, is_uuid_v4, read_sse, sse_text};
 
-/// One server-sent event and when it arrived.
-struct Event {
-    at: Instant,
-    v: Value,
-}
+type Event = SseEvent;
 
 const EVENT_TYPES: &[&str] = &[
     "init",
@@ -22,59 +17,14 @@ const EVENT_TYPES: &[&str] = &[
     "ping",
 ];
 
-/// Reads `data: {…}\n\n` events, checking the framing of each, until the stream ends or
-/// `stop` says so.
 fn read_events(
     resp: &mut reqwest::blocking::Response,
-    mut stop: impl FnMut(&Value) -> bool,
+    stop: impl FnMut(&Value) -> bool,
 ) -> Vec<Event> {
-    let mut events = Vec::new();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let block = String::from_utf8(buf[..end].to_vec()).expect("UTF-8 events");
-            buf.drain(..end + 2);
-            let line = block
-                .strip_prefix("data: ")
-                .unwrap_or_else(|| panic!("not a `data: ` event: {block:?}"));
-            assert!(!line.contains('\n'), "one line per event: {block:?}");
-            let v: Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("event is not JSON ({e}): {line:?}"));
-            assert!(
-                v["timestamp"].is_u64() && v["timestamp"].as_u64().unwrap() > 1_600_000_000_000,
-                "integer Unix ms timestamp: {v}"
-            );
-            let t = v["type"].as_str().unwrap_or_default();
-            assert!(EVENT_TYPES.contains(&t), "unknown event type: {v}");
-            let done = stop(&v);
-            events.push(Event {
-                at: Instant::now(),
-                v,
-            });
-            if done {
-                return events;
-            }
-        }
-        let n = resp.read(&mut chunk).expect("read the stream");
-        if n == 0 {
-            assert!(
-                buf.iter().all(|b| b.is_ascii_whitespace()),
-                "the stream ended inside an event: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            return events;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    read_sse(resp, EVENT_TYPES, stop)
 }
-
 fn text_of(events: &[Event], kind: &str) -> String {
-    events
-        .iter()
-        .filter(|e| e.v["type"] == kind)
-        .map(|e| e.v["text"].as_str().expect("text").to_string())
-        .collect()
+    sse_text(events, kind)
 }
 
 /// Checks a whole stream: init first, execution_complete last with the result, and output

@@ -8,5 +8,6 @@ mod durability;
 mod executions;
 mod input;
 mod operations;
+mod sandboxes;
 mod seeds;
 mod webhooks;
