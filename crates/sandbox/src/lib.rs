@@ -4,6 +4,7 @@
 //! the records (through [`RunObserver`]) and serves the routes.
 
 pub mod artifacts;
+pub mod command;
 pub mod ids;
 pub mod model;
 mod pool;
@@ -14,11 +15,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use artifacts::CaptureLimits;
+pub use command::{Command, CommandEvent, CommandSpec, CommandStatus, Session};
 pub use pool::WarmPool;
 pub use run::{OutputLimits, Run, RunObserver, new_doc};
 pub use runcell_engine::SandboxBudget;
 pub use runcell_kernel::GuardLimits;
-pub use sandbox::{Context, Sandbox};
+pub use sandbox::{Context, Metrics, Sandbox};
 
 /// Why a sandbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum SandboxError {
     Closed(String),
     #[error("the kernel failed: {0}")]
     Kernel(String),
+    /// A request that cannot be carried out as given.
+    #[error("{0}")]
+    Invalid(String),
     #[error("runcell could not prepare the sandbox: {0}")]
     Jail(#[from] runcell_jail::JailError),
 }
@@ -48,6 +53,7 @@ impl SandboxError {
                 | SandboxError::ContextsUnavailable(_)
                 | SandboxError::TooManyContexts(_)
                 | SandboxError::Closed(_)
+                | SandboxError::Invalid(_)
         )
     }
 }

@@ -39,6 +39,8 @@ pub struct Sandbox {
     defaults: tokio::sync::Mutex<HashMap<String, String>>,
     closed: Mutex<Option<String>>,
     self_ref: Weak<Sandbox>,
+    pub(crate) commands: crate::command::Commands,
+    pub(crate) sessions: Mutex<HashMap<String, Arc<crate::command::Session>>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -69,6 +71,8 @@ impl Sandbox {
             defaults: tokio::sync::Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
             self_ref: me.clone(),
+            commands: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -105,7 +109,7 @@ impl Sandbox {
             .clone()
     }
 
-    fn check_open(&self) -> Result<(), SandboxError> {
+    pub(crate) fn check_open(&self) -> Result<(), SandboxError> {
         match self.closed_reason() {
             Some(r) => Err(SandboxError::Closed(r)),
             None => Ok(()),
@@ -662,4 +666,50 @@ fn memory_error(sandbox: &Sandbox) -> String {
          the process using the most was killed",
         sandbox.budget.memory_mb
     )
+}
+
+/// A sample of a sandbox's resource use against its own budget (execd's `Metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Metrics {
+    /// CPU cores of the budget (the host's when the budget has no CPU limit).
+    pub cpu_count: f64,
+    /// CPU used over the sample, as a percentage of `cpu_count` cores.
+    pub cpu_used_pct: f64,
+    /// The memory budget, MiB.
+    pub mem_total_mib: f64,
+    /// Memory in use by everything in the sandbox (its files in memory included), MiB.
+    pub mem_used_mib: f64,
+    /// Unix milliseconds.
+    pub timestamp: i64,
+}
+
+impl Sandbox {
+    /// Measures CPU use over `window` and memory use at its end.
+    pub async fn metrics(&self, window: Duration) -> Result<Metrics, SandboxError> {
+        self.check_open()?;
+        let cpu_count = self.budget.cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0)
+        });
+        let t0 = Instant::now();
+        let a = self.jail.stats()?;
+        tokio::time::sleep(window).await;
+        let b = self.jail.stats()?;
+        let elapsed = t0.elapsed().as_nanos().max(1) as f64;
+        let used = b.cpu_ns.saturating_sub(a.cpu_ns) as f64;
+        let pct = (used / elapsed / cpu_count * 100.0).clamp(0.0, 100.0);
+        let round = |x: f64| (x * 100.0).round() / 100.0;
+        Ok(Metrics {
+            cpu_count,
+            cpu_used_pct: round(pct),
+            mem_total_mib: self.budget.memory_mb as f64,
+            mem_used_mib: round(b.memory_current as f64 / (1024.0 * 1024.0)),
+            timestamp: SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        })
+    }
 }

@@ -141,6 +141,29 @@ pub fn router(state: AppState) -> Router {
             "/v1/sandboxes/{id}/code",
             post(sb::run_code).delete(sb::interrupt_code),
         )
+        .route(
+            "/v1/sandboxes/{id}/command",
+            post(sb::run_command).delete(sb::interrupt_command),
+        )
+        .route(
+            "/v1/sandboxes/{id}/command/status/{command_id}",
+            get(sb::command_status),
+        )
+        .route(
+            "/v1/sandboxes/{id}/command/{command_id}/logs",
+            get(sb::command_logs),
+        )
+        .route("/v1/sandboxes/{id}/session", post(sb::create_session))
+        .route(
+            "/v1/sandboxes/{id}/session/{session_id}/run",
+            post(sb::run_in_session),
+        )
+        .route(
+            "/v1/sandboxes/{id}/session/{session_id}",
+            axum::routing::delete(sb::delete_session),
+        )
+        .route("/v1/sandboxes/{id}/metrics", get(sb::sandbox_metrics))
+        .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .route_layer(middleware::from_fn(track))

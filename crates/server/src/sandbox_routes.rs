@@ -894,15 +894,9 @@ impl RunStreamer {
 
 fn run_stream(state: AppState, run: Arc<Run>, mode: Mode, base: String) -> Response {
     let st = RunStreamer::new(state, run, mode, base);
-    let s = stream::unfold(st, |mut st| async move {
+    sse(stream::unfold(st, |mut st| async move {
         st.next().await.map(|e| (Ok::<_, Infallible>(e), st))
-    });
-    let mut r = Sse::new(s).into_response();
-    r.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    }))
 }
 
 // --- execd routes ----------------------------------------------------------------------------
@@ -1241,9 +1235,496 @@ pub async fn interrupt_code(
         }
         return Ok(StatusCode::OK);
     }
+    if let Some(cmd) = live.sandbox.command(&target) {
+        cmd.interrupt();
+        return Ok(StatusCode::OK);
+    }
     Err(ExecdError(ApiError::new(
         StatusCode::NOT_FOUND,
         "CONTEXT_NOT_FOUND",
-        format!("no run or context {target} in this sandbox"),
+        format!("no run, context or command {target} in this sandbox"),
     )))
+}
+
+// --- commands --------------------------------------------------------------------------------
+
+/// How a command stream presents itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommandMode {
+    /// `POST /command`: `init` carries the command id.
+    Command,
+    /// `POST /session/{id}/run`: `init` carries the session id.
+    Session,
+}
+
+/// Interrupts the command when a foreground stream's client goes away.
+struct InterruptOnDrop(Arc<runcell_sandbox::Command>);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if self.0.is_running() && !self.0.background {
+            // `interrupt` schedules the SIGKILL on the runtime; a dropped stream runs on it.
+            self.0.interrupt();
+        }
+    }
+}
+
+struct CommandStreamer {
+    backlog: std::collections::VecDeque<runcell_sandbox::CommandEvent>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<runcell_sandbox::CommandEvent>,
+    ping: tokio::time::Interval,
+    queued: std::collections::VecDeque<Event>,
+    eid: u64,
+    mode: CommandMode,
+    done: bool,
+    _guard: InterruptOnDrop,
+}
+
+impl CommandStreamer {
+    fn numbered(&mut self, mut v: Value) -> Event {
+        self.eid += 1;
+        v["eid"] = json!(self.eid);
+        event(v)
+    }
+
+    fn translate(&mut self, ev: runcell_sandbox::CommandEvent) {
+        use runcell_sandbox::CommandEvent as E;
+        let e = match ev {
+            E::Stdout(t) => self.numbered(json!({"type": "stdout", "text": t})),
+            E::Stderr(t) => self.numbered(json!({"type": "stderr", "text": t})),
+            E::Exit {
+                code: 0,
+                execution_time_ms,
+                ..
+            } => {
+                self.done = true;
+                self.numbered(
+                    json!({"type": "execution_complete", "execution_time": execution_time_ms}),
+                )
+            }
+            E::Exit { code, error, .. } => {
+                self.done = true;
+                let trace = match self.mode {
+                    CommandMode::Session if code >= 0 => format!("command exited with code {code}"),
+                    _ => error.unwrap_or_else(|| format!("exit status {code}")),
+                };
+                self.numbered(json!({
+                    "type": "error",
+                    "error": {"ename": "CommandExecError", "evalue": code.to_string(), "traceback": [trace]},
+                }))
+            }
+        };
+        self.queued.push_back(e);
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.queued.pop_front() {
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            if let Some(ev) = self.backlog.pop_front() {
+                self.translate(ev);
+                continue;
+            }
+            tokio::select! {
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => self.translate(ev),
+                    None => self.done = true,
+                },
+                _ = self.ping.tick() => {
+                    self.queued.push_back(event(json!({"type": "ping", "text": "pong"})));
+                }
+            }
+        }
+    }
+}
+
+fn sse(
+    s: impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    let mut r = Sse::new(s).into_response();
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn command_stream(cmd: Arc<runcell_sandbox::Command>, init: String, mode: CommandMode) -> Response {
+    let mut queued = std::collections::VecDeque::new();
+    queued.push_back(event(json!({"type": "init", "text": init})));
+    let mut ping = tokio::time::interval(EXECD_PING);
+    ping.reset();
+    let st = if cmd.background {
+        // Started: the stream ends at once; the output goes to the command's log.
+        let ms = cmd
+            .started_at
+            .elapsed()
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        queued.push_back(event(
+            json!({"type": "execution_complete", "execution_time": ms}),
+        ));
+        let (_, rx) = tokio::sync::mpsc::unbounded_channel();
+        CommandStreamer {
+            backlog: Default::default(),
+            rx,
+            ping,
+            queued,
+            eid: 0,
+            mode,
+            done: true,
+            _guard: InterruptOnDrop(cmd),
+        }
+    } else {
+        let (history, rx) = cmd.subscribe();
+        CommandStreamer {
+            backlog: history.into(),
+            rx,
+            ping,
+            queued,
+            eid: 0,
+            mode,
+            done: false,
+            _guard: InterruptOnDrop(cmd),
+        }
+    };
+    sse(stream::unfold(st, |mut st| async move {
+        st.next().await.map(|e| (Ok::<_, Infallible>(e), st))
+    }))
+}
+
+fn string_field(
+    obj: &serde_json::Map<String, Value>,
+    k: &str,
+) -> Result<Option<String>, ExecdError> {
+    match obj.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid_body(format!("{k} must be a string"))),
+    }
+}
+
+/// A timeout in milliseconds (0 or absent: none).
+fn timeout_ms(obj: &serde_json::Map<String, Value>) -> Result<Option<Duration>, ExecdError> {
+    match obj.get("timeout") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(0) => Ok(None),
+            Some(ms) => Ok(Some(Duration::from_millis(ms))),
+            None => Err(invalid_body(format!(
+                "timeout must be a whole number of milliseconds, got {v}"
+            ))),
+        },
+    }
+}
+
+/// Runs a shell command in the sandbox (foreground: streamed; background: returns at once).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/command", tag = "execd",
+    params(("id" = String, Path)),
+    request_body(content = Object, description = "`{\"command\", \"cwd\"?, \"background\"?, \"timeout\"? (ms), \"envs\"?}`"),
+    responses((status = 200, description = "Server-sent events"), (status = 400, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn run_command(
+    State(state): State<AppState>,
+    ExecdCaller(caller): ExecdCaller,
+    Path(id): Path<String>,
+    ExecdJson(body): ExecdJson,
+) -> Result<Response, ExecdError> {
+    let live = sandbox(&state, &caller, &id).await?;
+    let Value::Object(obj) = body else {
+        return Err(invalid_body(
+            "the body must be a JSON object with `command`",
+        ));
+    };
+    let command = match string_field(&obj, "command")? {
+        Some(c) if !c.trim().is_empty() && !c.contains('\0') => c,
+        _ => {
+            return Err(invalid_body(
+                "command is required: a non-empty string without NUL bytes",
+            ));
+        }
+    };
+    let background = match obj.get("background") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid_body("background must be true or false")),
+    };
+    let envs = parse_env(obj.get("envs"), "envs").map_err(|mut e| {
+        e.code = "INVALID_REQUEST_BODY";
+        ExecdError(e)
+    })?;
+    let spec = runcell_sandbox::CommandSpec {
+        command,
+        cwd: string_field(&obj, "cwd")?,
+        envs,
+        timeout: timeout_ms(&obj)?,
+        background,
+    };
+    let cmd = live.sandbox.start_command(spec).map_err(sandbox_error)?;
+    Ok(command_stream(
+        Arc::clone(&cmd),
+        cmd.id.clone(),
+        CommandMode::Command,
+    ))
+}
+
+/// Interrupts a command (SIGTERM, then SIGKILL after 3 s); also takes a code run or context id.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/command", tag = "execd",
+    params(("id" = String, Path), IdQuery),
+    responses((status = 200), (status = 400, body = ExecdErrorBody), (status = 404, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn interrupt_command(
+    state: State<AppState>,
+    caller: ExecdCaller,
+    path: Path<String>,
+    q: Result<axum::extract::Query<IdQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ExecdError> {
+    interrupt_code(state, caller, path, q).await
+}
+
+/// A command's status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CommandStatusObject {
+    pub id: String,
+    pub content: String,
+    pub running: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+fn command_not_found(id: &str) -> ExecdError {
+    ExecdError(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "COMMAND_NOT_FOUND",
+        format!("command not found: {id}"),
+    ))
+}
+
+/// The status of a command.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/command/status/{command_id}", tag = "execd",
+    params(("id" = String, Path), ("command_id" = String, Path)),
+    responses((status = 200, body = CommandStatusObject), (status = 404, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn command_status(
+    State(state): State<AppState>,
+    ExecdCaller(caller): ExecdCaller,
+    Path((id, cmd)): Path<(String, String)>,
+) -> Result<Json<CommandStatusObject>, ExecdError> {
+    let live = sandbox(&state, &caller, &id).await?;
+    let c = live
+        .sandbox
+        .command(&cmd)
+        .ok_or_else(|| command_not_found(&cmd))?;
+    let s = c.status();
+    Ok(Json(CommandStatusObject {
+        id: s.id,
+        content: s.content,
+        running: s.running,
+        exit_code: s.exit_code,
+        error: s.error,
+        started_at: s.started_at,
+        finished_at: s.finished_at,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CursorQuery {
+    /// Byte offset from the previous answer's `EXECD-COMMANDS-TAIL-CURSOR`.
+    cursor: Option<String>,
+}
+
+/// A command's combined output from a cursor on.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/command/{command_id}/logs", tag = "execd",
+    params(("id" = String, Path), ("command_id" = String, Path), CursorQuery),
+    responses((status = 200, description = "text/plain; header EXECD-COMMANDS-TAIL-CURSOR"),
+        (status = 404, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn command_logs(
+    State(state): State<AppState>,
+    ExecdCaller(caller): ExecdCaller,
+    Path((id, cmd)): Path<(String, String)>,
+    q: Result<axum::extract::Query<CursorQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ExecdError> {
+    let live = sandbox(&state, &caller, &id).await?;
+    let q = q.map_err(|e| invalid_body(e.body_text()))?;
+    let c = live
+        .sandbox
+        .command(&cmd)
+        .ok_or_else(|| command_not_found(&cmd))?;
+    let cursor =
+        q.0.cursor
+            .as_deref()
+            .and_then(|c| c.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    let (bytes, next) = c.logs(cursor);
+    let mut r = Response::new(Body::from(bytes));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&next.to_string()) {
+        r.headers_mut().insert("execd-commands-tail-cursor", v);
+    }
+    Ok(r)
+}
+
+// --- bash sessions ---------------------------------------------------------------------------
+
+/// A new bash session.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionObject {
+    pub session_id: String,
+}
+
+/// Creates a bash session (its working directory and exported variables persist).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/session", tag = "execd",
+    params(("id" = String, Path)),
+    request_body(content = Object, description = "`{\"cwd\"?}`"),
+    responses((status = 200, body = SessionObject), (status = 400, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    ExecdCaller(caller): ExecdCaller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<SessionObject>, ExecdError> {
+    let live = sandbox(&state, &caller, &id).await?;
+    let body = optional_json(&body).map_err(|mut e| {
+        e.code = "INVALID_REQUEST_BODY";
+        ExecdError(e)
+    })?;
+    let cwd = match body {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => string_field(&o, "cwd")?,
+        Some(_) => return Err(invalid_body("the body must be a JSON object")),
+    };
+    let s = live
+        .sandbox
+        .create_session(cwd.as_deref())
+        .map_err(sandbox_error)?;
+    Ok(Json(SessionObject {
+        session_id: s.id.clone(),
+    }))
+}
+
+fn session_not_found(id: &str) -> ExecdError {
+    ExecdError(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "SESSION_NOT_FOUND",
+        format!("session {id} not found"),
+    ))
+}
+
+/// Runs a command in a bash session (streamed; standard error joins standard output).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/session/{session_id}/run", tag = "execd",
+    params(("id" = String, Path), ("session_id" = String, Path)),
+    request_body(content = Object, description = "`{\"command\", \"cwd\"?, \"timeout\"? (ms)}`"),
+    responses((status = 200, description = "Server-sent events"), (status = 400, body = ExecdErrorBody),
+        (status = 404, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn run_in_session(
+    State(state): State<AppState>,
+    ExecdCaller(caller): ExecdCaller,
+    Path((id, sid)): Path<(String, String)>,
+    ExecdJson(body): ExecdJson,
+) -> Result<Response, ExecdError> {
+    let live = sandbox(&state, &caller, &id).await?;
+    let session = live
+        .sandbox
+        .session(&sid)
+        .ok_or_else(|| session_not_found(&sid))?;
+    let Value::Object(obj) = body else {
+        return Err(invalid_body(
+            "the body must be a JSON object with `command`",
+        ));
+    };
+    let command = match string_field(&obj, "command")? {
+        Some(c) if !c.trim().is_empty() && !c.contains('\0') => c,
+        _ => {
+            return Err(invalid_body(
+                "command is required: a non-empty string without NUL bytes",
+            ));
+        }
+    };
+    let cwd = string_field(&obj, "cwd")?;
+    let cmd = live
+        .sandbox
+        .run_in_session(&session, &command, cwd.as_deref(), timeout_ms(&obj)?)
+        .await
+        .map_err(sandbox_error)?;
+    Ok(command_stream(
+        cmd,
+        session.id.clone(),
+        CommandMode::Session,
+    ))
+}
+
+/// Deletes a bash session.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/session/{session_id}", tag = "execd",
+    params(("id" = String, Path), ("session_id" = String, Path)),
+    responses((status = 200), (status = 404, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn delete_session(
+    State(state): State<AppState>,
+    ExecdCaller(caller): ExecdCaller,
+    Path((id, sid)): Path<(String, String)>,
+) -> Result<StatusCode, ExecdError> {
+    let live = sandbox(&state, &caller, &id).await?;
+    if !live.sandbox.delete_session(&sid) {
+        return Err(session_not_found(&sid));
+    }
+    Ok(StatusCode::OK)
+}
+
+// --- metrics ---------------------------------------------------------------------------------
+
+/// The sandbox's CPU and memory use against its own budget (CPU over a short sample).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", tag = "execd",
+    params(("id" = String, Path)),
+    responses((status = 200, body = runcell_sandbox::Metrics), (status = 404, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn sandbox_metrics(
+    State(state): State<AppState>,
+    ExecdCaller(caller): ExecdCaller,
+    Path(id): Path<String>,
+) -> Result<Json<runcell_sandbox::Metrics>, ExecdError> {
+    let live = sandbox(&state, &caller, &id).await?;
+    let m = live
+        .sandbox
+        .metrics(Duration::from_millis(250))
+        .await
+        .map_err(sandbox_error)?;
+    Ok(Json(m))
+}
+
+/// One metrics sample a second, as server-sent events, until the client leaves or the sandbox
+/// ends.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics/watch", tag = "execd",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "Server-sent events of Metrics"), (status = 404, body = ExecdErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+pub async fn watch_metrics(
+    State(state): State<AppState>,
+    ExecdCaller(caller): ExecdCaller,
+    Path(id): Path<String>,
+) -> Result<Response, ExecdError> {
+    let live = sandbox(&state, &caller, &id).await?;
+    let s = stream::unfold(live, |live| async move {
+        match live.sandbox.metrics(Duration::from_secs(1)).await {
+            Ok(m) => {
+                let text = serde_json::to_string(&m).unwrap_or_default();
+                Some((Ok::<_, Infallible>(Event::default().data(text)), live))
+            }
+            Err(_) => None,
+        }
+    });
+    Ok(sse(s))
 }

@@ -1092,6 +1092,7 @@ pub fn sandbox_error(e: SandboxError) -> ApiError {
         SandboxError::Closed(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "SANDBOX_DELETED", e.to_string())
         }
+        SandboxError::Invalid(_) => ApiError::bad_request("INVALID_REQUEST", e.to_string()),
         SandboxError::Kernel(_) | SandboxError::Jail(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "KERNEL_UNAVAILABLE",
