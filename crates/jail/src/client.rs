@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +17,7 @@ use crate::cgroup::{Cgroup, CgroupRoot};
 use crate::config::{CgroupLimits, JailConfig, ProcessSpec};
 use crate::error::{Context, JailError};
 use crate::proto::{self, AgentReply, AgentRequest, PreparedInfo, SpawnerReply, SpawnerRequest};
+use crate::sandboxfs::SandboxFs;
 use crate::spawner::{SPAWNER_FD, SpawnerOptions};
 use crate::workspace::Workspace;
 
@@ -355,6 +357,34 @@ impl Jail {
     /// mounts.
     pub fn runtime_dir(&self) -> Option<&Workspace> {
         self.runtime.as_ref()
+    }
+
+    /// The jail's whole filesystem view, exactly as a program in it sees it (the jail's root
+    /// in the jail's mount namespace), for acting on files as the jail program's user. Meant
+    /// for one request at a time: see [`SandboxFs`].
+    pub fn filesystem(&self) -> Result<SandboxFs, JailError> {
+        if self.is_destroyed() {
+            return Err(JailError::Spawner("the jail has been destroyed".into()));
+        }
+        let gone = || JailError::Spawner("the jail's agent is gone".into());
+        let pid = crate::sys::pidfd_pid(self.agent.as_fd())
+            .ctx(|| "read the jail agent's pid".into())?
+            .ok_or_else(gone)?;
+        let root: OwnedFd = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(format!("/proc/{pid}/root"))
+            .ctx(|| "open the jail's root".into())?
+            .into();
+        // The pid was read before the open: if the agent is still alive now, the pid was
+        // still its own when the root was opened (a pid is not reused while its process
+        // lives).
+        crate::sys::pidfd_send_signal(self.agent.as_fd(), 0).map_err(|_| gone())?;
+        let program = self.info.program_id;
+        let agent = program
+            .checked_sub(1)
+            .ok_or_else(|| JailError::Spawner("invalid program id".into()))?;
+        Ok(SandboxFs::new(root, program, agent))
     }
 
     /// Changes the jail's kernel-enforced limits (between steps, or for a sandbox's budget).

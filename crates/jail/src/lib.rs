@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod netns;
 mod proto;
+mod sandboxfs;
 pub mod seccomp;
 pub mod slots;
 mod spawner;
@@ -34,6 +35,10 @@ pub use config::{
 };
 pub use error::JailError;
 pub use proto::monotonic_ns;
+pub use sandboxfs::{
+    FileMeta, FsError, FsKind, LIST_MAX_SCANNED, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_WALK_DEPTH,
+    OVERFLOW_ID, REMOVE_ALL_MAX_ENTRIES, SandboxFs, Upload,
+};
 pub use spawner::{SpawnerOptions, spawner_main};
 pub use supervise::{Exit, Limit, Outcome, RunLimits, Stream};
 pub use workspace::{Entry, EntryKind, Walk, Workspace, WorkspaceError};

@@ -97,6 +97,9 @@ pub struct OpenHow {
     pub resolve: u64,
 }
 
+/// The starting directory is treated as the root for the whole resolution: absolute paths,
+/// absolute symlinks and `..` at that directory all stay at it (like a `chroot`).
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
 /// Resolution stays beneath the starting directory.
 pub const RESOLVE_BENEATH: u64 = 0x08;
 /// No symbolic link is followed, anywhere in the path.
@@ -173,6 +176,150 @@ pub fn setfsgid(gid: u32) -> u32 {
     (unsafe { libc::syscall(libc::SYS_setfsgid, gid) }) as u32
 }
 
+/// `getgroups(2)` as a raw system call: the calling thread's supplementary groups.
+pub fn thread_groups() -> io::Result<Vec<libc::gid_t>> {
+    // SAFETY: with a size of 0 the kernel only returns the number of groups.
+    let n = check(unsafe {
+        libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>())
+    })?;
+    let mut groups: Vec<libc::gid_t> = vec![0; n as usize];
+    // SAFETY: the buffer has room for `groups.len()` entries, the size we pass.
+    let got = check(unsafe {
+        libc::syscall(
+            libc::SYS_getgroups,
+            groups.len() as libc::c_int,
+            groups.as_mut_ptr(),
+        )
+    })?;
+    groups.truncate(got as usize);
+    Ok(groups)
+}
+
+/// `setgroups(2)` as a raw system call: changes the supplementary groups of the calling
+/// thread only. (glibc's `setgroups` changes every thread of the process.)
+pub fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe a valid slice that outlives the call.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain old data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a valid descriptor into a struct we own.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `fstatat(2)` of one name in `dir`, without following a final symlink.
+pub fn lstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain old data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, a NUL-terminated name and a struct we own.
+    if unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// The file system type (`f_type` of `fstatfs(2)`, a `*_MAGIC` number) of an open file.
+pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: statfs is plain old data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on a valid descriptor (O_PATH descriptors are allowed) into a struct
+    // we own.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // f_type is a signed word; magic numbers are 32-bit.
+    Ok(st.f_type as u64 & 0xffff_ffff)
+}
+
+/// `renameat2(2)` flag: fail with `EEXIST` instead of replacing the destination.
+pub const RENAME_NOREPLACE: libc::c_uint = 1;
+
+/// `renameat2(2)`. Neither name's final component is followed.
+pub fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: valid descriptors and NUL-terminated names that outlive the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `unlinkat(2)` of one name in `dir` (`flags`: 0 or `AT_REMOVEDIR`); never follows it.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `mkdirat(2)` of one name in `dir` (an existing name, symlink or not, gives `EEXIST`).
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Host pid of the process a pidfd names, from `/proc/self/fdinfo` (`None` once it has
+/// exited). Only meaningful while the process is known to be alive: check with
+/// [`pidfd_send_signal`] (signal 0) afterwards.
+pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<libc::pid_t>> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse::<libc::pid_t>().ok())
+        .ok_or_else(|| io::Error::other("no Pid: line in the pidfd's fdinfo"))?;
+    Ok((pid > 0).then_some(pid))
+}
+
+/// Eight random bytes from `getrandom(2)`.
+pub fn random_u64() -> io::Result<u64> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the destination is the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        got += n as usize;
+    }
+    Ok(u64::from_ne_bytes(buf))
+}
+
 /// Number of threads in the calling process, from `/proc/self/stat` (field 20).
 pub fn thread_count() -> io::Result<usize> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
@@ -233,6 +380,64 @@ mod tests {
     #[test]
     fn thread_count_is_positive() {
         assert!(thread_count().unwrap() >= 1);
+    }
+
+    #[test]
+    fn small_wrappers_work() {
+        use std::os::fd::AsFd;
+        let proc_dir = std::fs::File::open("/proc").unwrap();
+        assert_eq!(fs_type(proc_dir.as_fd()).unwrap(), 0x9fa0);
+        let me = pidfd_open(std::process::id() as libc::pid_t).unwrap();
+        assert_eq!(
+            pidfd_pid(me.as_fd()).unwrap(),
+            Some(std::process::id() as libc::pid_t)
+        );
+        assert_ne!(random_u64().unwrap(), random_u64().unwrap());
+        assert!(thread_groups().is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let d = d.as_fd();
+        mkdirat(d, c"a", 0o755).unwrap();
+        mkdirat(d, c"b", 0o755).unwrap();
+        assert_eq!(
+            mkdirat(d, c"a", 0o755).unwrap_err().raw_os_error(),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(
+            renameat2(d, c"a", d, c"b", RENAME_NOREPLACE)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EEXIST)
+        );
+        renameat2(d, c"a", d, c"c", RENAME_NOREPLACE).unwrap();
+        assert_eq!(
+            lstatat(d, c"c").unwrap().st_mode & libc::S_IFMT,
+            libc::S_IFDIR
+        );
+        unlinkat(d, c"c", libc::AT_REMOVEDIR).unwrap();
+        assert!(lstatat(d, c"c").is_err());
+    }
+
+    #[test]
+    fn in_root_resolution_stays_in_the_root() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/hostname"), b"inside").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/hostname", dir.path().join("rel")).unwrap();
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let how = OpenHow {
+            flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        };
+        for p in [c"abs", c"rel", c"/etc/hostname", c"../../etc/hostname"] {
+            let fd = openat2(d.as_fd(), p, &how).unwrap();
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s).unwrap();
+            assert_eq!(s, "inside", "{p:?}");
+        }
     }
 
     #[test]

@@ -55,10 +55,18 @@ const RESOLVE: u64 = sys::RESOLVE_BENEATH
     | sys::RESOLVE_NO_MAGICLINKS
     | sys::RESOLVE_NO_XDEV;
 
-/// Switches the calling thread's filesystem ids for its lifetime.
-struct FsIds {
+/// Switches the calling thread's filesystem ids (and, with [`FsIds::sandbox_user`], its
+/// supplementary groups) for its lifetime.
+///
+/// Going from fsuid 0 to another fsuid makes the kernel clear the file-system capabilities
+/// (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`, `CAP_FOWNER`, `CAP_FSETID`, `CAP_CHOWN`, …)
+/// from the thread's effective set, so permission checks are those of the given user; they
+/// come back when the fsuid returns to 0.
+pub(crate) struct FsIds {
     uid: u32,
     gid: u32,
+    /// Supplementary groups to restore, when they were dropped.
+    groups: Option<Vec<libc::gid_t>>,
 }
 
 impl FsIds {
@@ -68,7 +76,32 @@ impl FsIds {
         FsIds {
             uid: old_uid,
             gid: old_gid,
+            groups: None,
         }
+    }
+
+    /// Acts as exactly `uid`:`gid` with no supplementary groups (dropped with a per-thread
+    /// `setgroups`, not glibc's process-wide one), and checks that the switch took effect.
+    pub(crate) fn sandbox_user(uid: u32, gid: u32) -> io::Result<FsIds> {
+        let groups = sys::thread_groups()?;
+        let dropped = if groups.is_empty() {
+            None
+        } else {
+            sys::set_thread_groups(&[])?;
+            Some(groups)
+        };
+        let mut ids = FsIds::become_(uid, gid);
+        ids.groups = dropped;
+        // An invalid id (-1) changes nothing and returns the current one.
+        let (now_uid, now_gid) = (sys::setfsuid(u32::MAX), sys::setfsgid(u32::MAX));
+        if now_uid != uid || now_gid != gid {
+            // Dropping `ids` restores what was there.
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "cannot switch to the sandbox's user (setfsuid/setfsgid refused)",
+            ));
+        }
+        Ok(ids)
     }
 }
 
@@ -76,6 +109,11 @@ impl Drop for FsIds {
     fn drop(&mut self) {
         sys::setfsuid(self.uid);
         sys::setfsgid(self.gid);
+        if let Some(groups) = self.groups.take() {
+            // Cannot fail for a thread that could drop them; if it did, the thread is left
+            // with fewer groups, never more.
+            let _ = sys::set_thread_groups(&groups);
+        }
     }
 }
 
@@ -384,13 +422,7 @@ pub struct Entry {
 }
 
 fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: stat is plain old data; fstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on a valid descriptor into a struct we own.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
+    sys::fstat(fd)
 }
 
 #[cfg(test)]

@@ -1335,3 +1335,1000 @@ fn the_runtime_directory_is_the_programs_and_safe_for_the_host() {
     assert_eq!(text(&ls.stdout), "");
     jail.destroy().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox's filesystem view from the host (the files API)
+
+/// Files on the host that no operation on a sandbox's view may touch: a tempdir with a
+/// canary file and a subdirectory, and `/etc/hostname`.
+struct HostCanary {
+    dir: tempfile::TempDir,
+    hostname: Vec<u8>,
+    before: Vec<(PathBuf, Vec<u8>, u32)>,
+}
+
+impl HostCanary {
+    fn new() -> HostCanary {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("canary"), b"host canary").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/f"), b"host sub").unwrap();
+        for p in ["", "canary", "sub", "sub/f"] {
+            let p = dir.path().join(p);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut c = HostCanary {
+            dir,
+            hostname: std::fs::read("/etc/hostname").unwrap_or_default(),
+            before: Vec::new(),
+        };
+        c.before = c.snapshot();
+        c
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let mut todo = vec![self.dir.path().to_path_buf()];
+        while let Some(p) = todo.pop() {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let data = if m.is_file() {
+                std::fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            if m.is_dir() {
+                for e in std::fs::read_dir(&p).unwrap() {
+                    todo.push(e.unwrap().path());
+                }
+            }
+            out.push((p, data, m.mode()));
+        }
+        out.sort();
+        out
+    }
+
+    fn assert_untouched(&self) {
+        assert_eq!(
+            self.snapshot(),
+            self.before,
+            "the host canary directory changed"
+        );
+        assert_eq!(
+            std::fs::read("/etc/hostname").unwrap_or_default(),
+            self.hostname,
+            "the host's /etc/hostname changed"
+        );
+    }
+}
+
+fn sandbox_jail() -> Jail {
+    spawner()
+        .prepare(&shared_config(), &cgroup_limits())
+        .unwrap()
+}
+
+/// Runs a shell script as a shared step (the sandbox's own view) and checks it succeeded.
+fn in_jail(jail: &Jail, script: &str) -> String {
+    let out = jail
+        .run(
+            &shared(&["/bin/sh", "-c", script]),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(
+        out.exit,
+        Exit::Exited(0),
+        "{script}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn read_all(fs: &SandboxFs, path: &str) -> Result<Vec<u8>, FsError> {
+    use std::io::Read;
+    let (mut f, _) = fs.open_read(path)?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).unwrap();
+    Ok(v)
+}
+
+fn put(fs: &SandboxFs, path: &str, data: &[u8]) -> Result<u64, FsError> {
+    let mut u = fs.upload(path, 1 << 20)?;
+    u.write(data)?;
+    u.commit(None)
+}
+
+fn not_found_or_forbidden(r: Result<impl std::fmt::Debug, FsError>, what: &str) {
+    assert!(
+        matches!(
+            r,
+            Err(FsError::NotFound { .. }) | Err(FsError::Forbidden { .. })
+        ),
+        "{what}: {r:?}"
+    );
+}
+
+fn upload_names(fs: &SandboxFs, dir: &str) -> Vec<String> {
+    fs.list(dir, 1, 100_000)
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|m| m.path)
+        .filter(|p| p.contains(".runcell-upload-"))
+        .collect()
+}
+
+#[test]
+fn sandbox_fs_is_the_programs_view_as_its_user() {
+    let mounts = host_mounts();
+    let jail = sandbox_jail();
+    let trace = Trace::of(&jail);
+    let fs = jail.filesystem().unwrap();
+    assert_eq!(fs.host_id(), jail.program_host_id());
+    let ws = fs.stat("/workspace").unwrap();
+    assert_eq!((ws.kind, ws.uid, ws.gid), (FsKind::Dir, JAIL_UID, JAIL_GID));
+    assert_eq!(fs.stat(".").unwrap().path, "/workspace");
+    let h = fs.stat("/etc/hostname").unwrap();
+    assert_eq!((h.kind, h.uid, h.mode), (FsKind::File, 0, 0o644));
+    assert_eq!(read_all(&fs, "/etc/hostname").unwrap(), b"runcell\n");
+    let py = fs.stat("/usr/bin/python3").unwrap();
+    assert_eq!((py.kind, py.uid), (FsKind::Symlink, OVERFLOW_ID));
+    // Written from the host: the program sees it as its own.
+    assert_eq!(put(&fs, "src/hello.txt", b"hi\n").unwrap(), 3);
+    assert_eq!(
+        in_jail(
+            &jail,
+            "stat -c '%U %a' src src/hello.txt; cat src/hello.txt"
+        ),
+        "runner 755\nrunner 644\nhi\n"
+    );
+    let mut u = fs.upload("/workspace/src/hello.txt", 100).unwrap();
+    u.write(b"again").unwrap();
+    assert_eq!(u.commit(Some(0o4640)).unwrap(), 5);
+    let m = fs.stat("src/hello.txt").unwrap();
+    assert_eq!((m.mode, m.size, m.uid), (0o640, 5, JAIL_UID));
+    // Written by the program: the host reads it.
+    in_jail(&jail, "echo made > /tmp/made; ln -s made /tmp/link");
+    assert_eq!(read_all(&fs, "/tmp/made").unwrap(), b"made\n");
+    assert_eq!(read_all(&fs, "/tmp/link").unwrap(), b"made\n");
+    assert_eq!(fs.stat("/tmp/link").unwrap().kind, FsKind::Symlink);
+    let (top, truncated) = fs.list("/", 1, 1000).unwrap();
+    assert!(!truncated);
+    let names: Vec<_> = top.iter().map(|m| m.path.as_str()).collect();
+    for want in ["/etc", "/proc", "/tmp", "/usr", "/workspace"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    // Depth-first order: a directory's descendants come right after it.
+    fs.mkdir_all("t/b/c", 0o755).unwrap();
+    put(&fs, "t/a", b"").unwrap();
+    put(&fs, "t/b/z", b"").unwrap();
+    put(&fs, "t/d", b"").unwrap();
+    let (l, _) = fs.list("t", 10, 100).unwrap();
+    let l: Vec<_> = l.iter().map(|m| m.path.as_str()).collect();
+    assert_eq!(
+        l,
+        [
+            "/workspace/t/a",
+            "/workspace/t/b",
+            "/workspace/t/b/c",
+            "/workspace/t/b/z",
+            "/workspace/t/d"
+        ]
+    );
+    let (l, _) = fs.list("t", 1, 100).unwrap();
+    assert_eq!(l.len(), 3);
+    assert_eq!(fs.list("t", 0, 100).unwrap(), (vec![], false));
+    let (s, _) = fs.search("/workspace", "[a-z]", 100, 10_000).unwrap();
+    let s: Vec<_> = s.iter().map(|m| m.path.as_str()).collect();
+    assert_eq!(s, ["/workspace/t/a", "/workspace/t/b/z", "/workspace/t/d"]);
+    assert!(matches!(
+        fs.search("/workspace", "[a-", 100, 100),
+        Err(FsError::InvalidPattern { .. })
+    ));
+    // mkdir_all, chmod, replace, remove.
+    assert!(fs.mkdir_all("m/n/o", 0o750).unwrap());
+    assert!(!fs.mkdir_all("m/n/o", 0o700).unwrap());
+    assert_eq!(fs.stat("m/n/o").unwrap().mode, 0o750);
+    assert_eq!(fs.stat("m/n").unwrap().mode, 0o750);
+    assert!(matches!(
+        fs.mkdir_all("src/hello.txt/x", 0o755),
+        Err(FsError::NotADirectory { .. })
+    ));
+    fs.chmod("src/hello.txt", 0o6755).unwrap();
+    assert_eq!(fs.stat("src/hello.txt").unwrap().mode, 0o755);
+    assert!(matches!(
+        fs.chmod("src/hello.txt", 0o17777),
+        Err(FsError::InvalidArgument { .. })
+    ));
+    put(&fs, "conf", b"host=localhost:8080 localhost").unwrap();
+    assert_eq!(fs.replace("conf", "localhost", "0.0.0.0", 1000).unwrap(), 2);
+    assert_eq!(read_all(&fs, "conf").unwrap(), b"host=0.0.0.0:8080 0.0.0.0");
+    assert_eq!(fs.replace("conf", "nothing", "x", 1000).unwrap(), 0);
+    assert!(matches!(
+        fs.replace("conf", "", "x", 1000),
+        Err(FsError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        fs.replace("conf", "host", "x", 5),
+        Err(FsError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        fs.remove_file("m"),
+        Err(FsError::IsADirectory { .. })
+    ));
+    fs.remove_file("conf").unwrap();
+    assert!(matches!(
+        fs.remove_file("conf"),
+        Err(FsError::NotFound { .. })
+    ));
+    fs.remove_all("m").unwrap();
+    fs.remove_all("t").unwrap();
+    assert!(matches!(fs.stat("m"), Err(FsError::NotFound { .. })));
+    assert!(matches!(fs.remove_all("m"), Err(FsError::NotFound { .. })));
+    assert_eq!(in_jail(&jail, "ls /workspace"), "src\n");
+    drop(fs);
+    jail.destroy().unwrap();
+    trace.assert_gone(&mounts);
+    assert!(jail_filesystem_after_destroy_fails());
+}
+
+fn jail_filesystem_after_destroy_fails() -> bool {
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    put(&fs, "x", b"x").unwrap();
+    jail.shutdown().unwrap();
+    assert!(jail.filesystem().is_err());
+    // A handle kept past the jail's end sees nothing of it any more.
+    fs.stat("/workspace/x").is_err() && put(&fs, "y", b"y").is_err()
+}
+
+#[test]
+fn traversal_stays_inside_the_view() {
+    let canary = HostCanary::new();
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    // `..` stops at the sandbox's root: this is the jail's generated passwd.
+    let passwd = text(&read_all(&fs, "../../../../etc/passwd").unwrap());
+    assert!(passwd.contains("runcell sandbox"), "{passwd}");
+    assert_eq!(
+        text(&read_all(&fs, "/workspace/../../../etc/passwd").unwrap()),
+        passwd
+    );
+    for p in [
+        "/workspace/../../../etc/shadow",
+        "../../etc/shadow",
+        "..%2f..%2fetc%2fpasswd",
+        "..\\..\\etc\\passwd",
+        "%2e%2e/%2e%2e/etc/passwd",
+    ] {
+        assert!(
+            matches!(fs.open_read(p), Err(FsError::NotFound { .. })),
+            "{p}"
+        );
+    }
+    // Encoded and backslashed names are ordinary names in the workspace.
+    put(&fs, "..%2fx", b"1").unwrap();
+    put(&fs, "a\\..\\b", b"2").unwrap();
+    assert_eq!(in_jail(&jail, "ls -A /workspace"), "..%2fx\na\\..\\b\n");
+    // NUL bytes, empty and overlong paths, overlong names.
+    let long = "a/".repeat(2100);
+    let long_name = "n".repeat(300);
+    for p in [
+        "",
+        "a\0b",
+        "/etc/passwd\0",
+        long.as_str(),
+        long_name.as_str(),
+    ] {
+        let bad = |r: Result<(), FsError>| {
+            assert!(
+                matches!(r, Err(FsError::InvalidPath { .. })),
+                "{p:?}: {r:?}"
+            )
+        };
+        bad(fs.stat(p).map(drop));
+        bad(fs.open_read(p).map(drop));
+        bad(fs.upload(p, 10).map(drop));
+        bad(fs.list(p, 1, 10).map(drop));
+        bad(fs.search(p, "*", 10, 10).map(drop));
+        bad(fs.chmod(p, 0o644));
+        bad(fs.mkdir_all(p, 0o755).map(drop));
+        bad(fs.remove_file(p));
+        bad(fs.remove_all(p));
+        bad(fs.rename(p, "x"));
+        bad(fs.rename("x", p));
+        bad(fs.replace(p, "a", "b", 10).map(drop));
+    }
+    assert!(matches!(fs.remove_all("/"), Err(FsError::Forbidden { .. })));
+    assert!(matches!(
+        fs.remove_all("../.."),
+        Err(FsError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        fs.remove_all("/workspace"),
+        Err(FsError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        fs.rename("/", "/workspace/root"),
+        Err(FsError::Forbidden { .. })
+    ));
+    // Everything is still there.
+    assert_eq!(in_jail(&jail, "ls -A /workspace | wc -l"), "2\n");
+    drop(fs);
+    jail.destroy().unwrap();
+    canary.assert_untouched();
+}
+
+#[test]
+fn planted_symlinks_never_lead_outside_the_view() {
+    let canary = HostCanary::new();
+    let host = canary.path();
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    // The program plants links to the host canary's path (which in the jail is a copy of
+    // its own under /tmp), through /proc magic links, and to the root.
+    in_jail(
+        &jail,
+        &format!(
+            "set -e; cd /workspace; mkdir -p d {host}/sub; echo jail copy > {host}/canary; \
+             echo inside > d/f; \
+             ln -s {host}/canary canary; ln -s {host} hostdir; ln -s /proc/1/root proot; \
+             ln -s /proc/1/root{host}/canary pcanary; ln -s /proc/self/cwd cwd; \
+             ln -s /proc/self/root sroot; ln -s / root; ln -s /etc/passwd passwd; \
+             ln -s ../../../../..{host} relhost"
+        ),
+    );
+    // Final components: followed within the view only.
+    assert_eq!(read_all(&fs, "canary").unwrap(), b"jail copy\n");
+    assert_eq!(read_all(&fs, "relhost/canary").unwrap(), b"jail copy\n");
+    assert!(
+        text(&read_all(&fs, "passwd").unwrap()).contains("runcell sandbox"),
+        "the jail's passwd"
+    );
+    assert_eq!(read_all(&fs, "root/workspace/d/f").unwrap(), b"inside\n");
+    for p in ["pcanary", "proot/etc/passwd", "cwd/d/f", "sroot/etc/passwd"] {
+        not_found_or_forbidden(fs.open_read(p), p);
+        not_found_or_forbidden(fs.stat(&format!("{p}/x")), p);
+        not_found_or_forbidden(fs.list(&format!("{p}/etc"), 1, 10), p);
+        not_found_or_forbidden(fs.search(&format!("{p}/etc"), "*", 10, 10), p);
+        not_found_or_forbidden(fs.upload(&format!("{p}/x"), 10).map(drop), p);
+        not_found_or_forbidden(fs.mkdir_all(&format!("{p}/x"), 0o755), p);
+        not_found_or_forbidden(fs.chmod(&format!("{p}/x"), 0o777), p);
+        not_found_or_forbidden(fs.remove_file(&format!("{p}/x")), p);
+        not_found_or_forbidden(fs.remove_all(&format!("{p}/x")), p);
+        not_found_or_forbidden(fs.rename(&format!("{p}/x"), "y"), p);
+        not_found_or_forbidden(fs.rename("d/f", &format!("{p}/x")), p);
+        not_found_or_forbidden(fs.replace(p, "a", "b", 100), p);
+    }
+    // Intermediate components through a link to the host path: the jail's copy.
+    put(&fs, "hostdir/new", b"x").unwrap();
+    assert_eq!(in_jail(&jail, &format!("cat {host}/new")), "x");
+    fs.chmod("hostdir/canary", 0o600).unwrap();
+    assert_eq!(fs.stat("hostdir/canary").unwrap().mode, 0o600);
+    assert_eq!(
+        fs.replace("hostdir/canary", "jail", "JAIL", 100).unwrap(),
+        1
+    );
+    assert!(matches!(
+        fs.rename("hostdir/canary", "/workspace/moved"),
+        Err(FsError::CrossDevice { .. })
+    ));
+    fs.rename("hostdir/canary", "hostdir/sub/moved").unwrap();
+    fs.remove_file("hostdir/sub/moved").unwrap();
+    fs.remove_all("hostdir/sub").unwrap();
+    let (found, _) = fs.search("hostdir/..", "*", 100, 1000).unwrap_or_default();
+    assert!(found.iter().all(|m| !m.path.starts_with("/proc")));
+    // Operations on the links themselves act on the links, never on their targets.
+    for link in ["canary", "hostdir", "proot", "cwd", "root"] {
+        assert!(
+            matches!(fs.chmod(link, 0o777), Err(FsError::IsSymlink { .. })),
+            "{link}"
+        );
+        assert!(
+            matches!(fs.list(link, 1, 10), Err(FsError::IsSymlink { .. })),
+            "{link}"
+        );
+        assert!(
+            matches!(fs.search(link, "*", 10, 10), Err(FsError::IsSymlink { .. })),
+            "{link}"
+        );
+        assert_eq!(fs.stat(link).unwrap().kind, FsKind::Symlink);
+    }
+    let (l, truncated) = fs.list("/workspace", 5, 1000).unwrap();
+    assert!(!truncated);
+    let links = l.iter().filter(|m| m.kind == FsKind::Symlink).count();
+    assert_eq!(links, 9, "{l:?}");
+    assert!(l.iter().all(|m| m.path.starts_with("/workspace/")));
+    let (s, _) = fs.search("/workspace", "*", 1000, 1000).unwrap();
+    assert_eq!(s.len(), 10, "{s:?}");
+    fs.remove_all("proot").unwrap();
+    fs.remove_all("root").unwrap();
+    fs.remove_file("cwd").unwrap();
+    fs.rename("hostdir", "hostdir2").unwrap();
+    fs.remove_all("hostdir2").unwrap();
+    put(&fs, "canary", b"replaced the link").unwrap();
+    assert_eq!(fs.stat("canary").unwrap().kind, FsKind::File);
+    put(&fs, "pcanary", b"replaced the link").unwrap();
+    assert_eq!(
+        in_jail(&jail, &format!("ls {host}; ls /workspace")),
+        "new\ncanary\nd\npasswd\npcanary\nrelhost\nsroot\n"
+    );
+    drop(fs);
+    jail.destroy().unwrap();
+    canary.assert_untouched();
+}
+
+#[test]
+fn symlink_swaps_during_requests_stay_inside_the_view() {
+    let canary = HostCanary::new();
+    let host = canary.path();
+    let jail = sandbox_jail();
+    in_jail(
+        &jail,
+        "mkdir -p /workspace/d/sub && echo inside > /workspace/d/canary && \
+         echo f > /workspace/d/f",
+    );
+    // The program swaps `x` between a directory of its own and places outside, as fast as
+    // it can, by atomic renames.
+    let swapper = jail
+        .start(
+            &shared(&[
+                "/usr/bin/python3",
+                "-c",
+                &format!(
+                    "import os\n\
+                     targets = ['/etc', '{host}', '/proc/1/root{host}', '/proc/self/cwd', \
+                     '/proc/1/root/etc', '/', '/workspace/d']\n\
+                     while True:\n\
+                     \x20   for t in targets:\n\
+                     \x20       try: os.unlink('/workspace/x.tmp')\n\
+                     \x20       except OSError: pass\n\
+                     \x20       os.symlink(t, '/workspace/x.tmp')\n\
+                     \x20       os.rename('/workspace/x.tmp', '/workspace/x')\n\
+                     \x20       os.makedirs('/workspace/d/sub', exist_ok=True)\n"
+                ),
+            ]),
+            StdinSource::Null,
+            OutputTarget::Null,
+            OutputTarget::Null,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let ops = std::sync::atomic::AtomicU64::new(0);
+    let inside = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let (jail, ops, inside, canary) = (&jail, &ops, &inside, &canary);
+            s.spawn(move || {
+                let fs = jail.filesystem().unwrap();
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    i += 1;
+                    let n = format!("{t}-{i}");
+                    let r = match i % 10 {
+                        0 => read_all(&fs, "x/canary").map(drop),
+                        1 => read_all(&fs, "x/hostname").map(drop),
+                        2 => put(&fs, &format!("x/pwned-{n}"), b"pwned").map(drop),
+                        3 => fs.chmod("x/canary", 0o777),
+                        4 => fs.remove_file("x/canary"),
+                        5 => fs.remove_all("x/sub"),
+                        6 => fs.rename("x/f", &format!("x/g-{n}")),
+                        7 => fs.list("x", 3, 100).map(drop),
+                        8 => fs.search("x/", "*", 100, 1000).map(drop),
+                        _ => fs.replace("x/canary", "host", "HOST", 100).map(drop),
+                    };
+                    ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if r.is_ok() {
+                        inside.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    canary.assert_untouched();
+                }
+            });
+        }
+    });
+    swapper.kill().unwrap();
+    let _ = jail.supervise(swapper, &run_limits(), &mut |_, _| {});
+    let ops = ops.into_inner();
+    assert!(ops > 300, "only {ops} operations");
+    assert!(inside.into_inner() > 0, "some operations hit /workspace/d");
+    // Whatever succeeded did so inside the view: the jail's /etc is as generated, and the
+    // host's canary is untouched.
+    let fs = jail.filesystem().unwrap();
+    assert_eq!(read_all(&fs, "/etc/hostname").unwrap(), b"runcell\n");
+    assert!(
+        !in_jail(&jail, "ls /workspace/d").contains("proc"),
+        "nothing of /proc was created"
+    );
+    drop(fs);
+    jail.destroy().unwrap();
+    canary.assert_untouched();
+}
+
+#[test]
+fn fifos_sockets_devices_and_kernel_files_are_refused_without_blocking() {
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    in_jail(
+        &jail,
+        "mkfifo /workspace/fifo /tmp/fifo && \
+         python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('/workspace/sock')\"",
+    );
+    for p in [
+        "fifo",
+        "/tmp/fifo",
+        "sock",
+        "/dev/null",
+        "/dev/zero",
+        "/dev/urandom",
+        "/dev/tty",
+    ] {
+        let started = Instant::now();
+        assert!(
+            matches!(fs.open_read(p), Err(FsError::NotRegular { .. })),
+            "{p}"
+        );
+        assert!(
+            matches!(fs.replace(p, "a", "b", 10), Err(FsError::NotRegular { .. })),
+            "{p}"
+        );
+        assert!(
+            matches!(fs.chmod(p, 0o777), Err(FsError::NotRegular { .. })),
+            "{p}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "{p} blocked");
+        assert_eq!(fs.stat(p).unwrap().kind, FsKind::Other, "{p}");
+    }
+    // A FIFO can still be removed or replaced, as the program could.
+    put(&fs, "fifo", b"now a file").unwrap();
+    assert_eq!(read_all(&fs, "fifo").unwrap(), b"now a file");
+    fs.remove_file("sock").unwrap();
+    assert!(matches!(
+        fs.upload("/dev/null", 10),
+        Err(FsError::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        fs.remove_file("/dev/null"),
+        Err(FsError::ReadOnly { .. })
+    ));
+    // /proc (the jail's) and other kernel file systems are off limits entirely.
+    for p in [
+        "/proc",
+        "/proc/1/status",
+        "/proc/1/environ",
+        "/proc/1/mem",
+        "/proc/meminfo",
+        "/proc/sys/kernel/hostname",
+        "/dev/pts/ptmx",
+        "/proc/1/root/etc/passwd",
+        "/proc/1/cwd",
+        "/proc/1/fd/0",
+    ] {
+        let forbidden = |r: Result<(), FsError>| {
+            assert!(matches!(r, Err(FsError::Forbidden { .. })), "{p}: {r:?}")
+        };
+        forbidden(fs.open_read(p).map(drop));
+        forbidden(fs.replace(p, "a", "b", 100).map(drop));
+        forbidden(fs.chmod(p, 0o777));
+        forbidden(fs.upload(p, 10).map(drop));
+        forbidden(fs.remove_file(p));
+        forbidden(fs.remove_all(p));
+        forbidden(fs.rename(p, "/workspace/p"));
+        forbidden(fs.stat(p).map(drop));
+    }
+    // /dev/ptmx is a symlink to pts/ptmx: followed for reading, into devpts.
+    assert!(matches!(
+        fs.open_read("/dev/ptmx"),
+        Err(FsError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        fs.chmod("/dev/ptmx", 0o777),
+        Err(FsError::IsSymlink { .. })
+    ));
+    for p in ["/proc", "/proc/1", "/proc/self", "/dev/pts"] {
+        assert!(
+            matches!(fs.list(p, 1, 10), Err(FsError::Forbidden { .. })),
+            "{p}"
+        );
+        assert!(
+            matches!(fs.search(p, "*", 10, 10), Err(FsError::Forbidden { .. })),
+            "{p}"
+        );
+    }
+    assert!(matches!(
+        fs.mkdir_all("/proc/x/y", 0o755),
+        Err(FsError::Forbidden { .. })
+    ));
+    // `/proc/self` names no process for the host's thread (it is not in the jail's pid
+    // namespace).
+    for p in [
+        "/proc/self/status",
+        "/proc/self/root/etc/passwd",
+        "/proc/thread-self/fd",
+    ] {
+        not_found_or_forbidden(fs.open_read(p), p);
+        not_found_or_forbidden(fs.upload(p, 10).map(drop), p);
+        not_found_or_forbidden(fs.chmod(p, 0o777), p);
+        not_found_or_forbidden(fs.remove_all(p), p);
+    }
+    // There is no /sys in a jail; it stays that way.
+    not_found_or_forbidden(fs.open_read("/sys/kernel/uevent_helper"), "/sys");
+    // Walks list /proc but never enter it.
+    let (l, _) = fs.list("/", 3, 100_000).unwrap();
+    assert!(l.iter().any(|m| m.path == "/proc"));
+    assert!(l.iter().all(|m| !m.path.starts_with("/proc/")));
+    assert!(l.iter().all(|m| !m.path.starts_with("/dev/pts/")));
+    drop(fs);
+    jail.destroy().unwrap();
+}
+
+#[test]
+fn hard_links_inside_the_sandbox_work_normally() {
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    // Host files are on other (read-only) file systems: they cannot be hard-linked.
+    let out = in_jail(
+        &jail,
+        "echo data > a; ln a b; ln /usr/bin/env env 2>/dev/null; echo hard=$?; \
+         ln /etc/hostname h 2>/dev/null; echo hard=$?",
+    );
+    assert_eq!(out, "hard=1\nhard=1\n");
+    assert_eq!(read_all(&fs, "b").unwrap(), b"data\n");
+    assert_eq!(fs.replace("b", "data", "changed", 100).unwrap(), 1);
+    assert_eq!(read_all(&fs, "a").unwrap(), b"changed\n");
+    put(&fs, "b", b"replaced").unwrap();
+    assert_eq!(read_all(&fs, "a").unwrap(), b"changed\n");
+    drop(fs);
+    jail.destroy().unwrap();
+}
+
+#[test]
+fn huge_directories_are_listed_and_searched_within_caps() {
+    let cfg = JailConfig {
+        workspace: TmpfsSize {
+            bytes: 1 << 30,
+            inodes: 400_000,
+        },
+        ..shared_config()
+    };
+    let cg = CgroupLimits {
+        memory_bytes: 1 << 30,
+        ..cgroup_limits()
+    };
+    let jail = spawner().prepare(&cfg, &cg).unwrap();
+    let fs = jail.filesystem().unwrap();
+    in_jail(
+        &jail,
+        "python3 -c \"import os\nos.mkdir('big')\nfor i in range(200000): \
+         os.close(os.open('big/f%06d' % i, os.O_CREAT | os.O_WRONLY, 0o644))\"",
+    );
+    let started = Instant::now();
+    let (l, truncated) = fs.list("big", 1, 10_000).unwrap();
+    let took = started.elapsed();
+    assert_eq!(l.len(), 10_000);
+    assert!(truncated);
+    assert!(took < Duration::from_secs(2), "list took {took:?}");
+    assert_eq!(l[0].path, "/workspace/big/f000000");
+    assert_eq!(l[9_999].path, "/workspace/big/f009999");
+    let started = Instant::now();
+    let (s, truncated) = fs.search("/workspace", "f1*", 10_000, 1_000_000).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(s.len(), 10_000);
+    assert!(truncated);
+    assert!(s.iter().all(|m| m.path.starts_with("/workspace/big/f1")));
+    let (s, truncated) = fs.search("/workspace", "f19999?", 100, 1_000_000).unwrap();
+    assert_eq!((s.len(), truncated), (10, false));
+    let (s, truncated) = fs.search("/workspace", "*", 1_000_000, 50_000).unwrap();
+    assert!(truncated);
+    assert!(s.len() <= 50_000);
+    let (l, truncated) = fs.list("/workspace", 2, 1_000_000).unwrap();
+    assert_eq!((l.len(), truncated), (200_001, false));
+    // Too deep to walk: listed and searched up to the cap, and reported as truncated.
+    in_jail(
+        &jail,
+        "python3 -c \"import os\nos.makedirs('/'.join(['deep'] + ['n'] * 300))\"",
+    );
+    let (l, truncated) = fs.list("deep", u32::MAX, 1_000_000).unwrap();
+    assert!(truncated);
+    assert_eq!(l.len(), MAX_WALK_DEPTH);
+    let started = Instant::now();
+    fs.remove_all("big").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(matches!(fs.stat("big"), Err(FsError::NotFound { .. })));
+    // Removed however deep (deeper than a descriptor per level allows).
+    let started = Instant::now();
+    fs.remove_all("deep").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(fs.stat("deep"), Err(FsError::NotFound { .. })));
+    in_jail(
+        &jail,
+        "python3 -c \"import os\nos.mkdir('deep')\nos.chdir('deep')\n\
+         for i in range(3000): os.mkdir('n'); os.chdir('n')\nopen('f', 'w').close()\"",
+    );
+    fs.remove_all("deep").unwrap();
+    assert_eq!(in_jail(&jail, "ls -A /workspace"), "");
+    drop(fs);
+    jail.destroy().unwrap();
+}
+
+#[test]
+fn symlink_loops_are_harmless() {
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    in_jail(
+        &jail,
+        "ln -s a b; ln -s b a; mkdir -p p/q; ln -s .. p/q/up; ln -s . self; ln -s /workspace ws; \
+         echo x > p/q/file",
+    );
+    let (l, truncated) = fs.list("/workspace", 100, 1000).unwrap();
+    assert!(!truncated);
+    let paths: Vec<_> = l.iter().map(|m| (m.path.as_str(), m.kind)).collect();
+    assert_eq!(
+        paths,
+        [
+            ("/workspace/a", FsKind::Symlink),
+            ("/workspace/b", FsKind::Symlink),
+            ("/workspace/p", FsKind::Dir),
+            ("/workspace/p/q", FsKind::Dir),
+            ("/workspace/p/q/file", FsKind::File),
+            ("/workspace/p/q/up", FsKind::Symlink),
+            ("/workspace/self", FsKind::Symlink),
+            ("/workspace/ws", FsKind::Symlink),
+        ]
+    );
+    let (s, truncated) = fs.search("/workspace", "*", 1000, 1000).unwrap();
+    assert_eq!((s.len(), truncated), (6, false));
+    for p in ["a", "b", "self/a", "ws/self/ws/b"] {
+        assert!(
+            matches!(fs.open_read(p), Err(FsError::Forbidden { .. })),
+            "{p}"
+        );
+    }
+    assert_eq!(read_all(&fs, "p/q/up/q/up/q/file").unwrap(), b"x\n");
+    assert_eq!(read_all(&fs, "ws/ws/ws/self/p/q/file").unwrap(), b"x\n");
+    fs.remove_all("p").unwrap();
+    assert_eq!(in_jail(&jail, "ls /workspace"), "a\nb\nself\nws\n");
+    drop(fs);
+    jail.destroy().unwrap();
+}
+
+#[test]
+fn read_only_areas_stay_read_only() {
+    use std::os::unix::fs::MetadataExt;
+    let env_mode = std::fs::metadata("/usr/bin/env").unwrap().mode();
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    let ro = |r: Result<(), FsError>, what: &str| {
+        assert!(
+            matches!(
+                r,
+                Err(FsError::ReadOnly { .. }) | Err(FsError::Forbidden { .. })
+            ),
+            "{what}: {r:?}"
+        )
+    };
+    ro(fs.upload("/usr/x", 10).map(drop), "upload /usr/x");
+    ro(
+        fs.upload("/usr/bin/env", 10).map(drop),
+        "upload /usr/bin/env",
+    );
+    ro(
+        fs.upload("/etc/hostname", 10).map(drop),
+        "upload /etc/hostname",
+    );
+    ro(fs.upload("/newdir/x", 10).map(drop), "upload /newdir/x");
+    ro(fs.chmod("/usr/bin/env", 0o777), "chmod /usr/bin/env");
+    ro(fs.chmod("/etc/hostname", 0o777), "chmod /etc/hostname");
+    ro(fs.remove_file("/usr/bin/env"), "rm /usr/bin/env");
+    ro(fs.remove_all("/usr/lib"), "rm -r /usr/lib");
+    ro(fs.remove_all("/etc"), "rm -r /etc");
+    ro(fs.mkdir_all("/usr/x", 0o755).map(drop), "mkdir /usr/x");
+    ro(fs.rename("/etc/hostname", "/etc/h2"), "mv /etc/hostname");
+    ro(
+        fs.replace("/etc/hostname", "runcell", "pwned", 100)
+            .map(drop),
+        "replace /etc/hostname",
+    );
+    ro(
+        fs.replace("/usr/bin/env", "a", "b", 1 << 30).map(drop),
+        "replace /usr/bin/env",
+    );
+    assert!(matches!(
+        fs.chmod("/usr/bin/python3", 0o777),
+        Err(FsError::IsSymlink { .. })
+    ));
+    assert_eq!(std::fs::metadata("/usr/bin/env").unwrap().mode(), env_mode);
+    assert_eq!(read_all(&fs, "/etc/hostname").unwrap(), b"runcell\n");
+    drop(fs);
+    jail.destroy().unwrap();
+}
+
+#[test]
+fn permissions_are_the_sandbox_users() {
+    let mut cfg = shared_config();
+    cfg.files.push(JailFile {
+        path: "/etc/secret".into(),
+        contents: "root only\n".into(),
+        mode: 0o640,
+    });
+    let jail = spawner().prepare(&cfg, &cgroup_limits()).unwrap();
+    let fs = jail.filesystem().unwrap();
+    in_jail(
+        &jail,
+        "echo secret > s && chmod 000 s && mkdir locked && chmod 000 locked",
+    );
+    assert!(matches!(fs.open_read("s"), Err(FsError::Forbidden { .. })));
+    assert!(matches!(
+        fs.replace("s", "secret", "x", 100),
+        Err(FsError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        fs.list("locked", 1, 10),
+        Err(FsError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        fs.upload("locked/x", 10),
+        Err(FsError::Forbidden { .. })
+    ));
+    // The owner may change the mode, as the program could.
+    fs.chmod("s", 0o600).unwrap();
+    assert_eq!(read_all(&fs, "s").unwrap(), b"secret\n");
+    fs.chmod("locked", 0o700).unwrap();
+    put(&fs, "locked/x", b"x").unwrap();
+    // Not the owner: the jail's root owns /tmp (sticky, writable by all) and /etc/secret.
+    assert!(matches!(
+        fs.chmod("/tmp", 0o777),
+        Err(FsError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        fs.remove_all("/tmp"),
+        Err(FsError::Forbidden { .. })
+    ));
+    put(&fs, "/tmp/mine", b"x").unwrap();
+    assert!(matches!(
+        fs.open_read("/etc/secret"),
+        Err(FsError::Forbidden { .. })
+    ));
+    // Even when the calling thread has the file's group as a supplementary group: the
+    // groups are dropped for the operation, and restored afterwards.
+    let agent_gid = jail.program_host_id() - 1;
+    let mut saved = vec![0 as libc::gid_t; 256];
+    // SAFETY: getgroups into a buffer of the size we pass (raw syscall: this thread only).
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, saved.len(), saved.as_mut_ptr()) };
+    assert!(n >= 0);
+    saved.truncate(n as usize);
+    // SAFETY: setgroups of this thread only (raw syscall), restored below.
+    assert_eq!(
+        unsafe { libc::syscall(libc::SYS_setgroups, 1, [agent_gid].as_ptr()) },
+        0
+    );
+    let r = fs.open_read("/etc/secret").map(drop);
+    let mut now = [0 as libc::gid_t; 8];
+    // SAFETY: getgroups into a buffer of the size we pass.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, now.len(), now.as_mut_ptr()) };
+    // SAFETY: restores this thread's groups.
+    unsafe { libc::syscall(libc::SYS_setgroups, saved.len(), saved.as_ptr()) };
+    assert!(matches!(r, Err(FsError::Forbidden { .. })), "{r:?}");
+    assert_eq!(&now[..n as usize], &[agent_gid]);
+    assert_eq!(read_all(&fs, "/etc/hostname").unwrap(), b"runcell\n");
+    // The thread's own ids are back to root's.
+    assert!(std::fs::read("/etc/hostname").is_ok());
+    drop(fs);
+    jail.destroy().unwrap();
+}
+
+#[test]
+fn uploads_are_limited_and_leave_nothing_behind() {
+    let cfg = JailConfig {
+        workspace: TmpfsSize::mib(2),
+        ..shared_config()
+    };
+    let jail = spawner().prepare(&cfg, &cgroup_limits()).unwrap();
+    let fs = jail.filesystem().unwrap();
+    put(&fs, "keep", b"old").unwrap();
+    // Past the file system's size.
+    let mut u = fs.upload("keep", 100 << 20).unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let mut r = Ok(());
+    for _ in 0..100 {
+        r = u.write(&chunk);
+        if r.is_err() {
+            break;
+        }
+    }
+    assert!(matches!(r, Err(FsError::NoSpace { .. })), "{r:?}");
+    assert!(!upload_names(&fs, "/workspace").is_empty());
+    drop(u);
+    assert_eq!(upload_names(&fs, "/workspace"), Vec::<String>::new());
+    assert_eq!(read_all(&fs, "keep").unwrap(), b"old");
+    // Past the caller's limit.
+    let mut u = fs.upload("new/dir/file", 10).unwrap();
+    u.write(b"0123456789").unwrap();
+    assert!(matches!(u.write(b"x"), Err(FsError::TooLarge { .. })));
+    drop(u);
+    assert_eq!(upload_names(&fs, "new/dir"), Vec::<String>::new());
+    assert!(matches!(
+        fs.stat("new/dir/file"),
+        Err(FsError::NotFound { .. })
+    ));
+    // A directory of the target's name is refused, before or at commit.
+    fs.mkdir_all("adir", 0o755).unwrap();
+    assert!(matches!(
+        fs.upload("adir", 10),
+        Err(FsError::IsADirectory { .. })
+    ));
+    let u = fs.upload("later", 10).unwrap();
+    fs.mkdir_all("later", 0o755).unwrap();
+    assert!(matches!(u.commit(None), Err(FsError::IsADirectory { .. })));
+    assert_eq!(upload_names(&fs, "/workspace"), Vec::<String>::new());
+    // Growing a file in place on a full file system fails before the file changes.
+    let big = vec![b'a'; 1 << 20];
+    let mut u = fs.upload("big", 2 << 20).unwrap();
+    u.write(&big).unwrap();
+    u.commit(None).unwrap();
+    assert!(matches!(
+        fs.replace("big", "a", "bb", 4 << 20),
+        Err(FsError::NoSpace { .. })
+    ));
+    assert_eq!(read_all(&fs, "big").unwrap(), big);
+    drop(fs);
+    jail.destroy().unwrap();
+}
+
+#[test]
+fn renames_never_replace_and_stay_on_their_mount() {
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    put(&fs, "a", b"a").unwrap();
+    put(&fs, "b", b"b").unwrap();
+    put(&fs, "/tmp/t", b"t").unwrap();
+    fs.mkdir_all("d/e", 0o755).unwrap();
+    assert!(matches!(
+        fs.rename("/tmp/t", "/workspace/t"),
+        Err(FsError::CrossDevice { .. })
+    ));
+    assert!(matches!(
+        fs.rename("a", "/tmp/a"),
+        Err(FsError::CrossDevice { .. })
+    ));
+    assert!(matches!(
+        fs.rename("a", "b"),
+        Err(FsError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        fs.rename("a", "d"),
+        Err(FsError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        fs.rename("d", "d/e/f"),
+        Err(FsError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        fs.rename("missing", "c"),
+        Err(FsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        fs.rename("a", "no/such/dir/c"),
+        Err(FsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        fs.rename("/workspace", "/workspace2"),
+        Err(FsError::ReadOnly { .. }) | Err(FsError::Forbidden { .. })
+    ));
+    fs.rename("a", "d/e/a").unwrap();
+    assert_eq!(read_all(&fs, "d/e/a").unwrap(), b"a");
+    assert_eq!(read_all(&fs, "b").unwrap(), b"b");
+    drop(fs);
+    jail.destroy().unwrap();
+}

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod files_routes;
 pub mod jobs;
 pub mod openapi;
 pub mod routes;
@@ -161,6 +162,46 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/sandboxes/{id}/session/{session_id}",
             axum::routing::delete(sb::delete_session),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files/info",
+            get(files_routes::files_info),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files",
+            axum::routing::delete(files_routes::delete_files),
+        )
+        .route(
+            "/v1/sandboxes/{id}/directories",
+            post(files_routes::make_directories).delete(files_routes::delete_directories),
+        )
+        .route(
+            "/v1/sandboxes/{id}/directories/list",
+            get(files_routes::list_directory),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files/search",
+            get(files_routes::search_files),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files/permissions",
+            post(files_routes::set_permissions),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files/mv",
+            post(files_routes::move_files),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files/replace",
+            post(files_routes::replace_in_files),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files/upload",
+            post(files_routes::upload_files).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files/download",
+            get(files_routes::download_file),
         )
         .route("/v1/sandboxes/{id}/metrics", get(sb::sandbox_metrics))
         .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))

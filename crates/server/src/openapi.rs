@@ -3,7 +3,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{api, error, routes, sandbox_routes, sandboxes};
+use crate::{api, error, files_routes, routes, sandbox_routes, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,6 +56,17 @@ use crate::{api, error, routes, sandbox_routes, sandboxes};
         sandbox_routes::delete_session,
         sandbox_routes::sandbox_metrics,
         sandbox_routes::watch_metrics,
+        files_routes::files_info,
+        files_routes::delete_files,
+        files_routes::make_directories,
+        files_routes::delete_directories,
+        files_routes::list_directory,
+        files_routes::search_files,
+        files_routes::set_permissions,
+        files_routes::move_files,
+        files_routes::replace_in_files,
+        files_routes::upload_files,
+        files_routes::download_file,
     ),
     components(schemas(
         runcell_engine::ExecuteRequest,
@@ -86,6 +97,7 @@ use crate::{api, error, routes, sandbox_routes, sandboxes};
         sandbox_routes::CommandStatusObject,
         sandbox_routes::SessionObject,
         runcell_sandbox::Metrics,
+        files_routes::FileInfo,
         runcell_sandbox::model::CodeRun,
         runcell_sandbox::model::RunStatus,
         runcell_sandbox::model::Execution,
@@ -103,6 +115,7 @@ use crate::{api, error, routes, sandbox_routes, sandboxes};
         (name = "sandboxes", description = "Long-lived sandboxes"),
         (name = "code runs", description = "Code runs in a sandbox's contexts, and their artifacts"),
         (name = "execd", description = "OpenSandbox execd routes under /v1/sandboxes/{id}"),
+        (name = "files", description = "A sandbox's filesystem, as its own user sees it (execd routes)"),
     )
 )]
 pub struct ApiDoc;

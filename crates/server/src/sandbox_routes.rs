@@ -66,7 +66,11 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The sandbox a per-sandbox route is about, with the rate limit charged to its owner.
-async fn sandbox(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<Live>, ApiError> {
+pub(crate) async fn sandbox(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Arc<Live>, ApiError> {
     let live = match state.sandboxes.resolve(&caller.0, id).await {
         Ok(l) => l,
         Err(e) if matches!(caller.0, Cred::Token(_)) && e.code == "SANDBOX_NOT_FOUND" => {
@@ -902,6 +906,7 @@ fn run_stream(state: AppState, run: Arc<Run>, mode: Mode, base: String) -> Respo
 // --- execd routes ----------------------------------------------------------------------------
 
 /// An error in execd's shape: `{"code", "message"}`.
+#[derive(Debug)]
 pub struct ExecdError(pub ApiError);
 
 impl From<ApiError> for ExecdError {
