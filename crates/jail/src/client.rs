@@ -279,6 +279,11 @@ impl Killer {
         }
     }
 
+    /// Whether the program is a shared step (a sandbox's long-lived process).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     /// Sends `sig` to the program's process group (through its step init).
     pub fn signal(&self, sig: libc::c_int) -> io::Result<()> {
         match crate::sys::write_all(self.ctl.as_raw_fd(), &sig.to_ne_bytes()) {

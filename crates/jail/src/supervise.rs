@@ -96,6 +96,10 @@ pub struct Outcome {
 /// How long to wait for the output pipes to close once the step has died (they close at once
 /// unless something outside the jail holds a write end).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// The same for a shared step (a sandbox's command): what still holds its output once it has
+/// died is something it left running in the background (a daemon), which must not delay the
+/// result; output already in the pipes is read at once.
+const SHARED_DRAIN_GRACE: Duration = Duration::from_millis(100);
 const READ_CHUNK: usize = 64 * 1024;
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -205,6 +209,11 @@ impl Jail {
             .unwrap_or(1);
         let mut next_cpu_check = sent_ns;
         let mut buf = vec![0u8; READ_CHUNK];
+        let drain = if killer.is_shared() {
+            SHARED_DRAIN_GRACE
+        } else {
+            DRAIN_GRACE
+        };
 
         let kill = |reason: Limit, kill_reason: &mut Option<Limit>, killed_ns: &mut Option<u64>| {
             if kill_reason.is_none() {
@@ -220,8 +229,7 @@ impl Jail {
                 break;
             }
             let now = monotonic_ns();
-            if !step_alive && step_dead_ns.is_some_and(|t| now - t > DRAIN_GRACE.as_nanos() as u64)
-            {
+            if !step_alive && step_dead_ns.is_some_and(|t| now - t > drain.as_nanos() as u64) {
                 break;
             }
             // Limits, while the step lives and nothing has killed it yet.
@@ -252,7 +260,7 @@ impl Jail {
                 }
             }
             if !step_alive {
-                timeout_ns = Some(DRAIN_GRACE.as_nanos() as u64 / 4);
+                timeout_ns = Some(drain.as_nanos() as u64 / 4);
             }
 
             let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(4);

@@ -704,3 +704,39 @@ pub fn sse_text(events: &[SseEvent], kind: &str) -> String {
         .map(|e| e.v["text"].as_str().expect("text").to_string())
         .collect()
 }
+
+/// The live (non-zombie) jail processes the server `pid` started.
+pub fn jail_procs(pid: u32) -> Vec<Proc> {
+    descendants(pid)
+        .into_iter()
+        .filter(|p| p.uid >= JAIL_UID_BASE && p.state != 'Z')
+        .collect()
+}
+
+/// True while the process of `p` (same pid, same start) exists and is not a zombie.
+pub fn alive(p: &Proc) -> bool {
+    proc_info(p.pid).is_some_and(|now| now.start == p.start && now.state != 'Z')
+}
+
+/// Asserts an execd-style error: this status and `{"code": <UPPER_SNAKE>, "message":
+/// "<sentence>"}` (with this code, if given). Returns the body.
+#[track_caller]
+pub fn execd_error(r: &Resp, status: u16, code: Option<&str>) -> Value {
+    assert_eq!(r.status, status, "unexpected status; body: {}", r.text);
+    let v = r.json();
+    let c = v["code"].as_str().unwrap_or_default();
+    assert!(
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+        "execd errors are {{\"code\", \"message\"}} with an UPPER_SNAKE code: {v}"
+    );
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.trim().is_empty()),
+        "execd errors have a message: {v}"
+    );
+    if let Some(code) = code {
+        assert_eq!(v["code"], code, "{v}");
+    }
+    v
+}

@@ -6,14 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::server::{JAIL_UID_BASE, KEY_A, Opts, Proc, Server, descendants, eventually, proc_info};
+use crate::server::{JAIL_UID_BASE, KEY_A, Opts, Proc, Server, alive, descendants, eventually};
 
 const JOBS: usize = 50;
-
-/// True while the process of `p` (same pid, same start) exists and is not a zombie.
-fn alive(p: &Proc) -> bool {
-    proc_info(p.pid).is_some_and(|now| now.start == p.start && now.state != 'Z')
-}
 
 #[test]
 fn accepted_work_survives_kill_9() {

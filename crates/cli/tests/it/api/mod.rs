@@ -4,8 +4,10 @@
 //! Needs root and the toolchains, like the CLI tests.
 
 mod auth;
+mod commands;
 mod durability;
 mod executions;
+mod files;
 mod input;
 mod operations;
 mod sandboxes;

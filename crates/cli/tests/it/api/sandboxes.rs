@@ -13,8 +13,8 @@ use reqwest::blocking::RequestBuilder;
 use serde_json::{Value, json};
 
 use crate::server::{
-    JAIL_UID_BASE, KEY_A, KEY_B, Proc, Resp, Server, SseEvent, assert_error_body, client,
-    descendants, eventually, is_timestamp, proc_info, read_sse, sse_text,
+    JAIL_UID_BASE, KEY_A, KEY_B, Proc, Resp, Server, SseEvent, alive, assert_error_body, client,
+    eventually, execd_error, is_timestamp, jail_procs, read_sse, sse_text,
 };
 
 /// The header of a sandbox's own access token.
@@ -135,29 +135,6 @@ fn quick(srv: &Server, method: &str, path: &str, body: Option<&Value>) -> (Resp,
 /// `/v1/sandboxes/{id}{rest}`.
 fn sb_path(id: &str, rest: &str) -> String {
     format!("/v1/sandboxes/{id}{rest}")
-}
-
-/// Asserts an execd-style error: this status and `{"code": code, "message": "<sentence>"}`.
-/// Returns the body.
-#[track_caller]
-fn execd_error(r: &Resp, status: u16, code: Option<&str>) -> Value {
-    assert_eq!(r.status, status, "unexpected status; body: {}", r.text);
-    let v = r.json();
-    let c = v["code"].as_str().unwrap_or_default();
-    assert!(
-        !c.is_empty()
-            && c.bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
-        "execd errors are {{\"code\", \"message\"}} with an UPPER_SNAKE code: {v}"
-    );
-    assert!(
-        v["message"].as_str().is_some_and(|m| !m.trim().is_empty()),
-        "execd errors have a message: {v}"
-    );
-    if let Some(code) = code {
-        assert_eq!(v["code"], code, "{v}");
-    }
-    v
 }
 
 /// Asserts a 4xx that is not a success, in either error shape: the status is one of `allowed`.
@@ -411,14 +388,6 @@ fn stdout_arrival<'a>(events: &'a [Event], needle: &str) -> Option<&'a Event> {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// The live (non-zombie) jail processes the server `pid` started.
-fn jail_procs(pid: u32) -> Vec<Proc> {
-    descendants(pid)
-        .into_iter()
-        .filter(|p| p.uid >= JAIL_UID_BASE && p.state != 'Z')
-        .collect()
-}
-
 /// The number of jail processes of the server once it has not changed for a second (its pool
 /// of pre-started sandboxes is then ready).
 fn settled_jail_count(pid: u32) -> usize {
@@ -437,11 +406,6 @@ fn settled_jail_count(pid: u32) -> usize {
             (last.1 >= 20).then_some(n)
         },
     )
-}
-
-/// True while the process of `p` (same pid, same start) exists and is not a zombie.
-fn alive(p: &Proc) -> bool {
-    proc_info(p.pid).is_some_and(|now| now.start == p.start && now.state != 'Z')
 }
 
 // ---------------------------------------------------------------------------------------------
