@@ -258,9 +258,25 @@ impl Drop for Kernel {
     }
 }
 
-/// A host directory for the client's local sockets: created 0700, owned by root.
+/// A host directory for the client's local sockets: created 0700, owned by root. Directories
+/// that earlier server processes left behind (their pid is gone) are removed.
 pub fn socket_dir(base: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Ok(entries) = std::fs::read_dir(base) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("kernels-"))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let dir = base.join(format!("kernels-{}", std::process::id()));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;

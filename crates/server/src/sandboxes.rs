@@ -679,6 +679,7 @@ impl Sandboxes {
         for l in all {
             l.sandbox.destroy("terminated: the server stopped");
         }
+        let _ = std::fs::remove_dir_all(&self.scfg.sock_dir);
     }
 
     // --- runs ------------------------------------------------------------------------------
