@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use artifacts::CaptureLimits;
 pub use command::{Command, CommandEvent, CommandSpec, CommandStatus, Session};
 pub use pool::WarmPool;
-pub use run::{OutputLimits, Run, RunObserver, new_doc};
+pub use run::{Finished, OutputLimits, Run, RunObserver, new_doc};
 pub use runcell_engine::SandboxBudget;
 pub use runcell_kernel::GuardLimits;
 pub use sandbox::{Context, Metrics, Sandbox};

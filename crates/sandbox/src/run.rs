@@ -1,6 +1,8 @@
 //! A code run as it happens: its document (the `CodeRun`), the events it streams, its
 //! cancellation, and a hook that sees every state change (for persistence).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -12,10 +14,17 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::model::strip_ansi;
 use crate::model::{Artifact, CodeRun, Execution, ResultItem, RunError, RunEvent, RunStatus};
 
-/// Sees a run's document whenever its status changes (queued, running, final) and when its
-/// outputs grow; used to store runs durably. Must not block.
+/// The future of [`RunObserver::finished`].
+pub type Finished = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Sees a run's document whenever it changes; used to store runs durably.
 pub trait RunObserver: Send + Sync {
+    /// A change before the end (running, outputs, a cancel request). Must not block.
     fn changed(&self, run: &CodeRun);
+    /// The final document, before anyone else sees it: the run becomes final for readers
+    /// ([`Run::snapshot`]), waiters ([`Run::wait`]) and subscribers only once the returned
+    /// future resolves, so an answer that reports the end comes after the end is durable.
+    fn finished(&self, run: &CodeRun) -> Finished;
 }
 
 /// Caps of what one run keeps.
@@ -45,6 +54,8 @@ pub struct Run {
     id: String,
     inner: Mutex<Inner>,
     cancel_requested: AtomicBool,
+    /// Set when [`Run::finish`] starts: later changes are not reported.
+    finishing: AtomicBool,
     cancel_notify: Notify,
     done: watch::Sender<bool>,
     limits: OutputLimits,
@@ -72,6 +83,7 @@ impl Run {
                 started: None,
             }),
             cancel_requested: AtomicBool::new(false),
+            finishing: AtomicBool::new(false),
             cancel_notify: Notify::new(),
             done,
             limits,
@@ -112,6 +124,10 @@ impl Run {
     }
 
     fn notify(&self, doc: &CodeRun) {
+        // Once the final document is on its way to the observer, nothing may overtake it.
+        if self.finishing.load(Ordering::SeqCst) {
+            return;
+        }
         if let Some(o) = &self.observer {
             o.changed(doc);
         }
@@ -122,7 +138,7 @@ impl Run {
     pub fn cancel(&self) -> bool {
         let doc = {
             let mut g = self.lock();
-            if g.doc.status.is_final() {
+            if g.doc.status.is_final() || self.finishing.load(Ordering::SeqCst) {
                 return false;
             }
             if g.doc.cancel_requested_at.is_none() {
@@ -280,20 +296,33 @@ impl Run {
         self.lock().doc.execution.artifacts = artifacts;
     }
 
-    /// Ends the run (once; later calls do nothing).
-    pub(crate) fn finish(&self, status: RunStatus, failure_reason: Option<String>) {
-        let doc = {
-            let mut g = self.lock();
+    /// Ends the run (once; later calls do nothing). The observer sees the final document
+    /// first; only when it is done (the record is durable) does the run become final here.
+    pub(crate) async fn finish(&self, status: RunStatus, failure_reason: Option<String>) {
+        if self.finishing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (doc, ms) = {
+            let g = self.lock();
             if g.doc.status.is_final() {
                 return;
             }
-            g.doc.status = status;
-            g.doc.failure_reason = failure_reason;
-            g.doc.completed_at = Some(rfc3339(SystemTime::now()));
+            let mut doc = g.doc.clone();
+            doc.status = status;
+            doc.failure_reason = failure_reason;
+            doc.completed_at = Some(rfc3339(SystemTime::now()));
             let ms = g
                 .started
                 .map(|s| s.elapsed().as_millis() as u64)
                 .unwrap_or(0);
+            (doc, ms)
+        };
+        if let Some(o) = &self.observer {
+            o.finished(&doc).await;
+        }
+        {
+            let mut g = self.lock();
+            g.doc = doc;
             Self::emit(&mut g, RunEvent::Status(status));
             Self::emit(
                 &mut g,
@@ -302,9 +331,7 @@ impl Run {
                 },
             );
             g.subscribers.clear();
-            g.doc.clone()
-        };
-        self.notify(&doc);
+        }
         self.done.send_replace(true);
     }
 }
@@ -369,7 +396,7 @@ mod tests {
         let (past, mut rx) = r.subscribe();
         assert_eq!(past.len(), 2);
         r.on_kernel_event(Event::ExecutionCount(3));
-        r.finish(RunStatus::Succeeded, None);
+        r.finish(RunStatus::Succeeded, None).await;
         let mut live = Vec::new();
         while let Some(e) = rx.recv().await {
             live.push(e);
@@ -382,7 +409,7 @@ mod tests {
         assert_eq!(doc.execution.logs.stdout, vec!["hi\n"]);
         assert_eq!(doc.execution.execution_count, Some(3));
         // A final run is final.
-        r.finish(RunStatus::Failed, Some("late".into()));
+        r.finish(RunStatus::Failed, Some("late".into())).await;
         assert_eq!(r.snapshot().status, RunStatus::Succeeded);
         assert!(!r.cancel());
     }

@@ -440,7 +440,7 @@ impl Context {
         let mut slot = tokio::select! {
             biased;
             _ = run.cancelled() => {
-                run.finish(RunStatus::Cancelled, Some("the run was cancelled before it started".into()));
+                run.finish(RunStatus::Cancelled, Some("the run was cancelled before it started".into())).await;
                 return;
             }
             g = self.slot.lock() => g,
@@ -449,12 +449,13 @@ impl Context {
             run.finish(
                 RunStatus::Cancelled,
                 Some("the run was cancelled before it started".into()),
-            );
+            )
+            .await;
             return;
         }
         let sandbox = self.sandbox.upgrade();
         if let Some(why) = self.gone(sandbox.as_deref()) {
-            run.finish(RunStatus::Failed, Some(why));
+            run.finish(RunStatus::Failed, Some(why)).await;
             return;
         }
         let Some(sandbox) = sandbox else { return };
@@ -468,7 +469,8 @@ impl Context {
                     run.finish(
                         RunStatus::Failed,
                         Some(format!("the context's kernel could not be started: {e}")),
-                    );
+                    )
+                    .await;
                     return;
                 }
             }
@@ -482,14 +484,16 @@ impl Context {
                         "{} contexts cannot set environment variables per run",
                         self.lang.name
                     )),
-                );
+                )
+                .await;
                 return;
             };
             if let Err(e) = kernel.execute_silent(&style.code(&env)).await {
                 run.finish(
                     RunStatus::Failed,
                     Some(format!("setting the run's environment failed: {e}")),
-                );
+                )
+                .await;
                 return;
             }
         }
@@ -645,7 +649,7 @@ impl Context {
                 );
             }
         }
-        run.finish(status, reason);
+        run.finish(status, reason).await;
         // A kernel that died is replaced now, so the next run finds it ready.
         if !kernel.is_alive() && self.gone(Some(&*sandbox)).is_none() {
             *slot = None;

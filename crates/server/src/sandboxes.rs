@@ -14,13 +14,13 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::Sha256;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use runcell_engine::Engine;
 use runcell_engine::model::rfc3339;
 use runcell_sandbox::model::{Artifact, CodeRun, RunStatus};
 use runcell_sandbox::{
-    Run, RunObserver, Sandbox, SandboxBudget, SandboxConfig, SandboxError, WarmPool, ids,
+    Finished, Run, RunObserver, Sandbox, SandboxBudget, SandboxConfig, SandboxError, WarmPool, ids,
 };
 use runcell_store::{ArtifactRow, CodeRunRow, NewSandbox, SandboxRow, SandboxStatus, Store};
 
@@ -169,7 +169,12 @@ pub enum Cred {
 
 /// A record change to write, in order.
 enum Write {
-    Run { tenant: String, doc: Box<CodeRun> },
+    Run {
+        tenant: String,
+        doc: Box<CodeRun>,
+        /// Told once the change is written (for final documents: the answer waits for it).
+        done: Option<oneshot::Sender<()>>,
+    },
 }
 
 /// Writes run records in the order their changes happened.
@@ -183,7 +188,22 @@ impl RunObserver for Observer {
         let _ = self.tx.send(Write::Run {
             tenant: self.tenant.clone(),
             doc: Box::new(run.clone()),
+            done: None,
         });
+    }
+
+    fn finished(&self, run: &CodeRun) -> Finished {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Write::Run {
+            tenant: self.tenant.clone(),
+            doc: Box::new(run.clone()),
+            done: Some(tx),
+        });
+        // Resolves once the writer has recorded the run and its artifacts (or given up on a
+        // broken store, which it logs); an answer that reports the end waits for this.
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 
@@ -741,7 +761,8 @@ impl Sandboxes {
                 .await;
             metrics::counter!("runcell_code_runs_total", "status" => r.status().as_str())
                 .increment(1);
-            // The record is written by now or soon; keep the live run a little for readers.
+            // The record is written by now (finish waits for it); keep the live run a little
+            // for readers of its events.
             tokio::time::sleep(Duration::from_secs(60)).await;
             l.runs
                 .lock()
@@ -874,48 +895,68 @@ impl Sandboxes {
 async fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Write>) {
     while let Some(w) = rx.recv().await {
         match w {
-            Write::Run { tenant, doc } => {
-                if doc.status.is_final() && !doc.execution.artifacts.is_empty() {
-                    let rows: Vec<ArtifactRow> = doc
-                        .execution
-                        .artifacts
-                        .iter()
-                        .map(|a| ArtifactRow {
-                            id: a.id.clone(),
-                            tenant: tenant.clone(),
-                            sandbox_id: doc.sandbox_id.clone(),
-                            run_id: doc.id.clone(),
-                            context_id: a.context_id.clone(),
-                            name: a.name.clone(),
-                            mime_type: a.mime_type.clone(),
-                            size_bytes: a.size_bytes as i64,
-                            sha256: a.sha256.clone(),
-                            execution_count: a.execution_count.map(|c| c as i64),
-                            metadata: Value::Object(a.metadata.clone()).to_string(),
-                            created_at: parse_rfc3339_secs(&a.created_at).unwrap_or(0) * 1000,
-                            expires_at: parse_rfc3339_secs(&a.expires_at).unwrap_or(0) * 1000,
-                        })
-                        .collect();
-                    if let Err(e) = store.insert_artifacts(&rows).await {
-                        tracing::warn!(run = %doc.id, "recording artifacts: {e}");
+            Write::Run { tenant, doc, done } => {
+                // A final record is retried for a while: a client is waiting for it.
+                let attempts = if done.is_some() { 5 } else { 1 };
+                let mut artifacts_written = false;
+                for attempt in 1..=attempts {
+                    match write_run(&*store, &tenant, &doc, &mut artifacts_written).await {
+                        Ok(()) => break,
+                        Err(e) if attempt < attempts => {
+                            tracing::warn!(run = %doc.id, "recording a run (attempt {attempt}): {e}");
+                            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                        }
+                        Err(e) => tracing::error!(run = %doc.id, "recording a run: {e}"),
                     }
                 }
-                let text = match serde_json::to_string(&*doc) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::warn!("serializing a run: {e}");
-                        continue;
-                    }
-                };
-                if let Err(e) = store
-                    .update_code_run(&doc.id, status_of(doc.status), &text)
-                    .await
-                {
-                    tracing::warn!(run = %doc.id, "recording a run: {e}");
+                if let Some(done) = done {
+                    let _ = done.send(());
                 }
             }
         }
     }
+}
+
+/// Records a run's document, and a final run's artifacts before it.
+async fn write_run(
+    store: &dyn Store,
+    tenant: &str,
+    doc: &CodeRun,
+    artifacts_written: &mut bool,
+) -> Result<(), String> {
+    if doc.status.is_final() && !doc.execution.artifacts.is_empty() && !*artifacts_written {
+        let rows: Vec<ArtifactRow> = doc
+            .execution
+            .artifacts
+            .iter()
+            .map(|a| ArtifactRow {
+                id: a.id.clone(),
+                tenant: tenant.to_string(),
+                sandbox_id: doc.sandbox_id.clone(),
+                run_id: doc.id.clone(),
+                context_id: a.context_id.clone(),
+                name: a.name.clone(),
+                mime_type: a.mime_type.clone(),
+                size_bytes: a.size_bytes as i64,
+                sha256: a.sha256.clone(),
+                execution_count: a.execution_count.map(|c| c as i64),
+                metadata: Value::Object(a.metadata.clone()).to_string(),
+                created_at: parse_rfc3339_secs(&a.created_at).unwrap_or(0) * 1000,
+                expires_at: parse_rfc3339_secs(&a.expires_at).unwrap_or(0) * 1000,
+            })
+            .collect();
+        store
+            .insert_artifacts(&rows)
+            .await
+            .map_err(|e| format!("artifacts: {e}"))?;
+        *artifacts_written = true;
+    }
+    let text = serde_json::to_string(doc).map_err(|e| format!("serializing: {e}"))?;
+    store
+        .update_code_run(&doc.id, status_of(doc.status), &text)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC time as written by `rfc3339`.

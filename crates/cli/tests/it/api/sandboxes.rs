@@ -2128,3 +2128,74 @@ fn sandboxes_of_a_restarted_server_are_terminated() {
     let (id2, _) = default_sandbox(&second);
     assert_result(&py(&second, &id2, "1 + 1"), "2");
 }
+
+/// Read-your-writes: a run's answer (`?wait=true`) comes only after its record and its
+/// artifacts are in the store, so every artifact link in the answer works at once — tried
+/// many times in a row while other clients keep the server and its store busy.
+#[test]
+fn artifacts_download_right_after_the_answer_under_load() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let srv = Server::start();
+    let (id, _) = default_sandbox(&srv);
+    let stop = AtomicBool::new(false);
+    let executed = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let r = srv.post(
+                        "/api/v1/execute",
+                        Some(KEY_B),
+                        &json!({"language": "python", "code": "print(sum(range(1000)))"}),
+                    );
+                    assert_eq!(r.status, 200, "{}", r.text);
+                    executed.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        let http = client();
+        for i in 0..40 {
+            let content = format!("run {i}\n");
+            let r = py(
+                &srv,
+                &id,
+                &format!("open('out-{i}.txt', 'w').write({content:?})"),
+            );
+            assert_eq!(r["status"], "succeeded", "{r:#}");
+            let arts = r["execution"]["artifacts"].as_array().unwrap();
+            assert_eq!(arts.len(), 1, "{r:#}");
+            let url = arts[0]["download_url"].as_str().unwrap();
+            for attempt in 0..3 {
+                let resp = http.get(url).send().expect("download");
+                let status = resp.status().as_u16();
+                let body = resp.bytes().expect("body").to_vec();
+                assert_eq!(
+                    status,
+                    200,
+                    "run {i}, download {attempt} right after the answer: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                assert_eq!(body, content.as_bytes(), "run {i}");
+            }
+            // The stored record says what the answer said.
+            let stored = srv
+                .get(
+                    &sb_path(&id, &format!("/artifacts?run_id={}", id_of(&r))),
+                    Some(KEY_A),
+                )
+                .expect(200)
+                .json();
+            let items = stored
+                .as_array()
+                .or_else(|| stored["artifacts"].as_array())
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(items.len(), 1, "run {i}: {stored:#}");
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert!(
+        executed.load(Ordering::SeqCst) > 0,
+        "the concurrent one-shot executions ran"
+    );
+}
