@@ -28,8 +28,16 @@ pub struct Config {
     pub max_queue: usize,
     /// How long finished executions are kept, seconds.
     pub result_retention_secs: u64,
-    /// Largest request body, bytes (413 above it).
+    /// Largest request body, bytes (413 above it; a larger declared `Content-Length` is
+    /// refused before the body is read). Uploads are limited by the sandbox's disk instead.
     pub max_body_bytes: usize,
+    /// A request body that sends nothing for this long is answered 408, seconds.
+    pub body_timeout_secs: u64,
+    /// Once `body_timeout_secs` have passed, a request body must have arrived at this average
+    /// rate at least (bytes a second), else 408: a body that drips cannot hold a connection.
+    pub body_min_bytes_per_sec: u64,
+    /// Fair sharing of execution slots between API keys.
+    pub fairness: FairnessConfig,
     /// Host directory for jail slot locks and the staging mount point.
     pub state_dir: PathBuf,
     /// Extra language definition directories.
@@ -133,6 +141,20 @@ pub struct WebhookConfig {
     pub timeout_secs: f64,
 }
 
+/// How execution slots are shared between tenants (API keys). Waiting work is served
+/// round-robin between tenants; these caps keep one tenant from holding every slot or the
+/// whole queue.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairnessConfig {
+    /// Executions one tenant may run at once. Default: `concurrency` less a quarter of it (at
+    /// least one slot stays for other tenants when `concurrency` is 2 or more).
+    pub tenant_max_running: Option<usize>,
+    /// Executions one tenant may have waiting (async queue plus waiting synchronous
+    /// requests); beyond it that tenant is answered 429. Default: half of `max_queue`.
+    pub tenant_max_queued: Option<usize>,
+}
+
 /// Sessions: runs with the same `session_id` share a workspace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -177,6 +199,9 @@ impl Default for Config {
             max_queue: 1000,
             result_retention_secs: 24 * 3600,
             max_body_bytes: 10 << 20,
+            body_timeout_secs: 10,
+            body_min_bytes_per_sec: 1024,
+            fairness: FairnessConfig::default(),
             state_dir: PathBuf::from("/run/runcell"),
             languages_dirs: Vec::new(),
             webhooks: WebhookConfig::default(),
@@ -204,9 +229,29 @@ fn comma_list(v: &str) -> Vec<String> {
 }
 
 impl Config {
+    /// Executions one tenant may run at once (see [`FairnessConfig::tenant_max_running`]).
+    pub fn tenant_max_running(&self) -> usize {
+        self.fairness
+            .tenant_max_running
+            .unwrap_or_else(|| {
+                self.concurrency
+                    .saturating_sub((self.concurrency / 4).max(1))
+            })
+            .clamp(1, self.concurrency.max(1))
+    }
+
+    /// Executions one tenant may have waiting (see [`FairnessConfig::tenant_max_queued`]).
+    pub fn tenant_max_queued(&self) -> usize {
+        self.fairness
+            .tenant_max_queued
+            .unwrap_or(self.max_queue / 2)
+            .clamp(1, self.max_queue.max(1))
+    }
+
     /// Defaults, overridden by the TOML file (if any), then by environment variables
     /// (`RUNCELL_LISTEN`, `RUNCELL_DATA_DIR`, `RUNCELL_API_KEYS`, `RUNCELL_WEBHOOK_ALLOW`,
     /// `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
+    /// `RUNCELL_TENANT_MAX_RUNNING`, `RUNCELL_TENANT_MAX_QUEUED`, `RUNCELL_BODY_TIMEOUT_SECS`,
     /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`, `RUNCELL_SANDBOX_POOL_SIZE`).
     pub fn load(
         file: Option<&Path>,
@@ -249,6 +294,15 @@ impl Config {
         if let Some(v) = env("RUNCELL_MAX_QUEUE") {
             c.max_queue = parse("RUNCELL_MAX_QUEUE", v)? as usize;
         }
+        if let Some(v) = env("RUNCELL_TENANT_MAX_RUNNING") {
+            c.fairness.tenant_max_running = Some(parse("RUNCELL_TENANT_MAX_RUNNING", v)? as usize);
+        }
+        if let Some(v) = env("RUNCELL_TENANT_MAX_QUEUED") {
+            c.fairness.tenant_max_queued = Some(parse("RUNCELL_TENANT_MAX_QUEUED", v)? as usize);
+        }
+        if let Some(v) = env("RUNCELL_BODY_TIMEOUT_SECS") {
+            c.body_timeout_secs = parse("RUNCELL_BODY_TIMEOUT_SECS", v)?;
+        }
         if let Some(v) = env("RUNCELL_RETENTION_SECS") {
             c.result_retention_secs = parse("RUNCELL_RETENTION_SECS", v)?;
         }
@@ -278,6 +332,13 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024");
+        }
+        if self.body_timeout_secs == 0 || self.body_min_bytes_per_sec == 0 {
+            return bad("body_timeout_secs and body_min_bytes_per_sec must be at least 1");
+        }
+        if self.fairness.tenant_max_running == Some(0) || self.fairness.tenant_max_queued == Some(0)
+        {
+            return bad("fairness.tenant_max_running and tenant_max_queued must be at least 1");
         }
         if self.webhooks.max_attempts == 0 {
             return bad("webhooks.max_attempts must be at least 1");

@@ -543,6 +543,7 @@ pub async fn upload_files(
     State(state): State<AppState>,
     ExecdCaller(caller): ExecdCaller,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<StatusCode, ExecdError> {
     let live = sandbox(&state, &caller, &id).await?;
@@ -554,17 +555,26 @@ pub async fn upload_files(
         )
     })?;
     let limit = live.sandbox.budget().disk_mb << 20;
+    // A declared body that cannot fit in the sandbox's disk (with room for the multipart
+    // framing) is refused before a byte of it is written.
+    let room = limit + UPLOAD_FRAMING;
+    if let Some(n) = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        && n > room
+    {
+        crate::body::drain_multipart_later(multipart);
+        return Err(ExecdError(crate::body::too_large(n, room)));
+    }
     let jail = Arc::clone(live.sandbox.jail());
     let mut pending: Option<(String, Option<u32>)> = None;
     let mut files = 0usize;
     loop {
-        let field = multipart.next_field().await.map_err(|e| {
-            err(
-                StatusCode::BAD_REQUEST,
-                "INVALID_FILE",
-                format!("the multipart body is malformed: {e}"),
-            )
-        })?;
+        let field = multipart
+            .next_field()
+            .await
+            .map_err(|e| unreadable(e, "INVALID_FILE", "the multipart body is malformed"))?;
         let Some(mut field) = field else { break };
         match field.name().unwrap_or("") {
             "metadata" => {
@@ -576,10 +586,10 @@ pub async fn upload_files(
                     ));
                 }
                 let bytes = field.bytes().await.map_err(|e| {
-                    err(
-                        StatusCode::BAD_REQUEST,
+                    unreadable(
+                        e,
                         "INVALID_FILE_METADATA",
-                        e.to_string(),
+                        "reading the metadata part failed",
                     )
                 })?;
                 let meta: Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -632,11 +642,7 @@ pub async fn upload_files(
                 .map_err(|e| ExecdError(ApiError::internal(e)))?
                 .map_err(fs_error)?;
                 while let Some(chunk) = field.chunk().await.map_err(|e| {
-                    err(
-                        StatusCode::BAD_REQUEST,
-                        "INVALID_FILE_CONTENT",
-                        format!("reading the file part failed: {e}"),
-                    )
+                    unreadable(e, "INVALID_FILE_CONTENT", "reading the file part failed")
                 })? {
                     upload.write(&chunk).map_err(fs_error)?;
                 }
@@ -670,6 +676,22 @@ pub async fn upload_files(
         ));
     }
     Ok(StatusCode::OK)
+}
+
+/// Room for multipart boundaries and part headers beyond the files themselves, bytes.
+const UPLOAD_FRAMING: u64 = 1 << 20;
+
+/// A multipart body that could not be read: 408 if it stalled or dripped (the upload's
+/// temporary file is removed as the upload is dropped), else 400 with `code`.
+fn unreadable(
+    e: axum::extract::multipart::MultipartError,
+    code: &'static str,
+    what: &str,
+) -> ExecdError {
+    if let Some(t) = crate::body::BodyTimeout::find(&e) {
+        return ExecdError(t.api_error());
+    }
+    err(StatusCode::BAD_REQUEST, code, format!("{what}: {e}"))
 }
 
 /// A parsed `Range: bytes=…` (the first range only).

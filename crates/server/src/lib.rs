@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod files_routes;
@@ -207,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), body::guard))
         .route_layer(middleware::from_fn(track))
         .with_state(state);
     Router::new()

@@ -805,8 +805,9 @@ fn directories_list_search_permissions_move_replace_delete() {
     assert_eq!(sh(&srv, &sb, "ls -A /workspace"), "");
 }
 
-/// An upload larger than the sandbox's `disk_mb` is refused with `413` (`NO_SPACE` or
-/// `FILE_TOO_LARGE`) and leaves no partial file; the sandbox's disk works afterwards.
+/// An upload larger than the sandbox's `disk_mb` is refused with `413` (`PAYLOAD_TOO_LARGE`
+/// when its declared length already says so, else `NO_SPACE` or `FILE_TOO_LARGE`) and leaves
+/// no partial file; the sandbox's disk works afterwards.
 #[test]
 fn an_upload_over_the_disk_budget_is_refused_and_leaves_nothing() {
     let srv = Server::start();
@@ -826,7 +827,10 @@ fn an_upload_over_the_disk_budget_is_refused_and_leaves_nothing() {
             let r = Resp::of(Ok(r));
             let v = execd_error(&r, 413, None);
             assert!(
-                matches!(v["code"].as_str(), Some("NO_SPACE" | "FILE_TOO_LARGE")),
+                matches!(
+                    v["code"].as_str(),
+                    Some("NO_SPACE" | "FILE_TOO_LARGE" | "PAYLOAD_TOO_LARGE")
+                ),
                 "{v}"
             );
         }

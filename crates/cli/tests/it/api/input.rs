@@ -1,7 +1,12 @@
 //! Bad input is a clear 4xx with `{"detail", "code"}`, never a 5xx, and never runs anything.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 
+use super::commands::{sandbox, sh};
 use crate::server::{KEY_A, Opts, Server};
 
 /// Routes that take an `ExecuteRequest` body.
@@ -457,4 +462,240 @@ fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
         assert_eq!(r.status, 405, "{method} {path}: {}", r.text);
         r.error(405, None);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies that never arrive
+
+/// Opens a connection and sends a request head (`POST path` with `headers`) and `body`.
+fn send_head(srv: &Server, path: &str, headers: &[(&str, String)], body: &[u8]) -> TcpStream {
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    let mut head =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY_A}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("send the head");
+    s.write_all(body).expect("send the body");
+    s
+}
+
+/// The status and JSON body of the answer on `s`, read within `within`; `Err` if none came.
+fn answer(s: &mut TcpStream, within: Duration) -> Result<(u16, Value), String> {
+    let deadline = Instant::now() + within;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("a status line: {head}"))?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = &buf[end + 4..end + 4 + len];
+                let v = serde_json::from_slice(body).unwrap_or(Value::Null);
+                return Ok((status, v));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "no answer within {within:?} (got {:?})",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
+        s.set_read_timeout(Some(left)).expect("read timeout");
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                return Err(format!(
+                    "closed without an answer: {:?}",
+                    String::from_utf8_lossy(&buf)
+                ));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(format!("reading the answer: {e}")),
+        }
+    }
+}
+
+const BOUNDARY: &str = "runcell-input-test-boundary";
+
+/// A multipart upload's start: the metadata part for `path` and the head of its file part.
+fn upload_start(path: &str) -> Vec<u8> {
+    format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n\
+         {{\"path\": \"{path}\"}}\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; \
+         name=\"file\"; filename=\"f\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A body declared far larger than a route accepts is answered 413 at once, before any of it
+/// arrives: every JSON route against `max_body_bytes`, the upload against the sandbox's disk.
+#[test]
+fn declared_bodies_over_the_limit_are_413_before_they_arrive() {
+    let srv = Server::start();
+    let json_ct = ("Content-Type", "application/json".to_string());
+    let huge = ("Content-Length", "1000000000000".to_string());
+    for route in EXECUTE_ROUTES
+        .iter()
+        .chain(&["/api/v1/execute/batch", "/v1/sandboxes"])
+    {
+        let mut s = send_head(&srv, route, &[json_ct.clone(), huge.clone()], b"{");
+        let (status, v) =
+            answer(&mut s, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{route}: {e}"));
+        assert_eq!(status, 413, "{route}: {v}");
+        assert_eq!(v["code"], "PAYLOAD_TOO_LARGE", "{route}: {v}");
+        assert!(
+            v["detail"].as_str().unwrap_or("").contains("at most"),
+            "{v}"
+        );
+    }
+    // An unreadable length is a 400, not a hang.
+    let mut s = send_head(
+        &srv,
+        "/api/v1/execute",
+        &[json_ct.clone(), ("Content-Length", "lots".to_string())],
+        b"",
+    );
+    match answer(&mut s, Duration::from_secs(10)) {
+        Ok((status, _)) => assert_eq!(status, 400),
+        Err(e) => assert!(e.contains("closed"), "{e}"),
+    }
+
+    // The upload's limit is the sandbox's disk budget.
+    let sb = sandbox(&srv, &json!({"limits": {"disk_mb": 8}}));
+    let route = format!("/v1/sandboxes/{sb}/files/upload");
+    let ct = (
+        "Content-Type",
+        format!("multipart/form-data; boundary={BOUNDARY}"),
+    );
+    for len in ["1000000000000", &(20u64 << 20).to_string()] {
+        let mut s = send_head(
+            &srv,
+            &route,
+            &[ct.clone(), ("Content-Length", len.to_string())],
+            &upload_start("/workspace/big.bin"),
+        );
+        let (status, v) =
+            answer(&mut s, Duration::from_secs(10)).unwrap_or_else(|e| panic!("upload {len}: {e}"));
+        assert_eq!(status, 413, "upload of {len}: {v}");
+        assert_eq!(v["code"], "PAYLOAD_TOO_LARGE", "{v}");
+    }
+    assert_eq!(sh(&srv, &sb, "ls -A /workspace"), "", "nothing was written");
+    // A body that fits is still taken, on a fresh connection.
+    let r = srv.execute(&json!({"language": "python", "code": "print(6 * 7)"}));
+    assert_eq!(r["stdout"], "42\n", "{r}");
+}
+
+/// A body that stalls or drips is cut off with 408 after the configured timeout; it holds no
+/// worker (with one execution slot and several stalled bodies, an execution still runs at
+/// once) and an upload cut off this way leaves no temporary file.
+#[test]
+fn stalled_and_dripping_bodies_time_out_and_hold_nothing() {
+    let srv = Server::with(
+        Opts::new()
+            .env("RUNCELL_BODY_TIMEOUT_SECS", "2")
+            .env("RUNCELL_CONCURRENCY", "1"),
+    );
+    let json_ct = ("Content-Type", "application/json".to_string());
+
+    // Stalled: 10 of 100 bytes, then nothing.
+    let mut stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            send_head(
+                &srv,
+                "/api/v1/execute",
+                &[json_ct.clone(), ("Content-Length", "100".to_string())],
+                br#"{"language""#,
+            )
+        })
+        .collect();
+    // They hold nothing: an execution runs while they wait.
+    let r = srv.execute(&json!({"language": "python", "code": "print('free')"}));
+    assert_eq!(r["stdout"], "free\n", "{r}");
+    for s in &mut stalled {
+        let (status, v) = answer(s, Duration::from_secs(20)).expect("408 for a stalled body");
+        assert_eq!(status, 408, "{v}");
+        assert_eq!(v["code"], "BODY_TIMEOUT", "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("nothing for 2 s"),
+            "{v}"
+        );
+    }
+
+    // Dripping: one byte every 300 ms, never stalling for 2 s.
+    let mut s = send_head(
+        &srv,
+        "/api/v1/execute/async",
+        &[json_ct.clone(), ("Content-Length", "5000".to_string())],
+        b"{",
+    );
+    let mut writer = s.try_clone().expect("clone the socket");
+    let dripper = std::thread::spawn(move || {
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(300));
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+        }
+    });
+    let (status, v) = answer(&mut s, Duration::from_secs(20)).expect("408 for a dripping body");
+    assert_eq!(status, 408, "{v}");
+    assert!(
+        v["detail"].as_str().unwrap_or("").contains("too slowly"),
+        "{v}"
+    );
+    drop(s);
+    dripper.join().expect("the dripper");
+    assert!(
+        srv.list_all(KEY_A, "").len() == 1,
+        "only the one execution exists"
+    );
+
+    // A stalled upload: the file part has begun, then nothing. No temporary file remains.
+    let sb = sandbox(&srv, &json!({}));
+    let mut body = upload_start("/workspace/up.bin");
+    body.extend_from_slice(&[b'x'; 5000]);
+    let mut s = send_head(
+        &srv,
+        &format!("/v1/sandboxes/{sb}/files/upload"),
+        &[
+            (
+                "Content-Type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            ),
+            ("Content-Length", "100000".to_string()),
+        ],
+        &body,
+    );
+    let (status, v) = answer(&mut s, Duration::from_secs(20)).expect("408 for a stalled upload");
+    assert_eq!(status, 408, "{v}");
+    assert_eq!(v["code"], "BODY_TIMEOUT", "{v}");
+    assert_eq!(
+        sh(&srv, &sb, "ls -A /workspace"),
+        "",
+        "no partial or temporary file"
+    );
 }
