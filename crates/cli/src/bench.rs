@@ -35,6 +35,14 @@ pub struct BenchArgs {
     /// `1+1`, next to a bare `python3` spawn and a one-shot execution.
     #[arg(long)]
     pub sandboxes: bool,
+    /// Measure fairness instead (a server with two tenants is started for the run): tenant
+    /// B's synchronous print("hello") while tenant A floods the server with sleeping
+    /// executions, next to the idle server and a bare python3 spawn.
+    #[arg(long)]
+    pub fairness: bool,
+    /// With --fairness: tenant A's executions (half async, half synchronous).
+    #[arg(long, default_value_t = 500)]
+    pub flood: usize,
     /// With --http: client concurrencies to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     pub concurrency: Vec<usize>,
@@ -149,6 +157,9 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
     }
     if args.sandboxes {
         return crate::bench_sandbox::bench_sandboxes(&args);
+    }
+    if args.fairness {
+        return crate::bench_fair::bench_fairness(&args);
     }
     if args.iterations < 3 {
         bail!("--iterations must be at least 3");

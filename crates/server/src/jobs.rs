@@ -9,6 +9,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::http::StatusCode;
+
 use tokio::sync::mpsc::UnboundedSender;
 
 use runcell_engine::{Cancel, ExecuteRequest, ExecutionResult, Plan, RunContext};
@@ -17,6 +19,7 @@ use runcell_store::{ExecStatus, ExecutionRow, Finish, NewDelivery, NewExecution}
 
 use crate::api::ExecutionObject;
 use crate::error::ApiError;
+use crate::fair::Refused;
 use crate::state::{AppState, now_ms};
 
 /// What a streaming client is told while its execution runs.
@@ -32,33 +35,39 @@ fn system_time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
-/// Refuses new work when the queue is full.
-pub fn check_capacity(state: &AppState, extra: u64) -> Result<(), ApiError> {
-    let queued = state.jobs.queued();
-    if queued + extra > state.config.max_queue as u64 {
-        return Err(ApiError::unavailable(
-            "QUEUE_FULL",
-            format!(
-                "the execution queue is full ({queued} waiting, at most {}); try again later",
-                state.config.max_queue
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Decrements the count of waiting synchronous requests when the wait ends, whatever ends it.
-struct Waiting<'a>(&'a AppState);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.jobs.waiting.fetch_sub(1, Ordering::SeqCst);
+/// The answer when the scheduler refuses work: 503 when the whole queue is full, 429 when
+/// this tenant's share of it is.
+pub fn refused(r: Refused) -> ApiError {
+    match r {
+        Refused::QueueFull { .. } => {
+            let mut e = ApiError::unavailable("QUEUE_FULL", r.to_string());
+            e.retry_after = Some(1);
+            e
+        }
+        Refused::TenantQueueFull { .. } => {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TENANT_QUEUE_FULL",
+                r.to_string(),
+            );
+            e.retry_after = Some(1);
+            e
+        }
     }
 }
 
-/// Runs a validated request now (waiting for a free worker), recording it in the store.
-/// The work runs in its own task: if the caller goes away, it still finishes and is
-/// recorded.
+/// Refuses new work of `tenant` when the queue, or the tenant's share of it, is full.
+pub fn check_capacity(state: &AppState, tenant: &str, extra: u64) -> Result<(), ApiError> {
+    state
+        .jobs
+        .fair
+        .check(tenant, extra as usize)
+        .map_err(refused)
+}
+
+/// Runs a validated request now (waiting for a free worker, in the tenant's turn), recording
+/// it in the store. The work runs in its own task: if the caller goes away, it still finishes
+/// and is recorded.
 pub async fn run_sync(
     state: &AppState,
     tenant: &str,
@@ -69,20 +78,16 @@ pub async fn run_sync(
     cancel: Cancel,
 ) -> Result<ExecutionResult, ApiError> {
     let request = serde_json::to_string(req).map_err(ApiError::internal)?;
+    let ticket = state.jobs.fair.enter_sync(tenant).map_err(refused)?;
+    metrics::gauge!("runcell_queue_depth").set(state.jobs.queued() as f64);
     let st = state.clone();
     let tenant = tenant.to_string();
     let task = tokio::spawn(async move {
         let created = now_ms();
-        let permit = {
-            st.jobs.waiting.fetch_add(1, Ordering::SeqCst);
-            let _w = Waiting(&st);
-            st.jobs
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(ApiError::internal)?
-        };
+        let slot = ticket
+            .wait()
+            .await
+            .ok_or_else(|| ApiError::internal("the scheduler dropped a waiting request"))?;
         if let Some(p) = &progress {
             let _ = p.send(Progress::Status("running"));
         }
@@ -104,7 +109,7 @@ pub async fn run_sync(
         let result = execute(&st, &tenant, plan, &id, created, progress, cancel).await;
         st.jobs.unregister(&id);
         finish(&st, &tenant, &id, None, &result).await;
-        drop(permit);
+        drop(slot);
         Ok(result)
     });
     task.await.map_err(ApiError::internal)?
@@ -118,7 +123,7 @@ pub async fn submit_async(
     plan: &Plan,
     callback_url: Option<String>,
 ) -> Result<ExecutionObject, ApiError> {
-    check_capacity(state, 1)?;
+    check_capacity(state, tenant, 1)?;
     let id = uuid::Uuid::new_v4().to_string();
     let row = NewExecution {
         id: id.clone(),
@@ -132,7 +137,7 @@ pub async fn submit_async(
         started_at: None,
     };
     state.store.insert_execution(&row).await?;
-    state.jobs.pending.fetch_add(1, Ordering::SeqCst);
+    state.jobs.fair.queued_async(tenant, 1);
     metrics::gauge!("runcell_queue_depth").set(state.jobs.queued() as f64);
     // The answer describes the execution as accepted (API.md: 202 with status `pending`),
     // not as read back: by then the dispatcher may already have claimed it.
@@ -146,40 +151,39 @@ pub async fn submit_async(
         result: None,
         failure_reason: None,
     };
-    state.jobs.wake.notify_one();
     Ok(accepted)
 }
 
-/// Claims queued executions whenever a worker is free, forever.
+/// Runs queued executions as the scheduler grants them slots, forever: each grant names a
+/// tenant, whose oldest pending execution is claimed.
 pub async fn dispatch(state: AppState) {
-    loop {
-        let Ok(permit) = state.jobs.permits.clone().acquire_owned().await else {
-            return;
-        };
-        match state.store.claim_next_pending(now_ms()).await {
+    let Some(mut grants) = state
+        .jobs
+        .grants
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        tracing::error!("the dispatcher was started twice");
+        return;
+    };
+    while let Some((tenant, slot)) = grants.recv().await {
+        match state.store.claim_next_pending_of(&tenant, now_ms()).await {
             Ok(Some(row)) => {
-                let _ = state
-                    .jobs
-                    .pending
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
                 metrics::gauge!("runcell_queue_depth").set(state.jobs.queued() as f64);
                 let st = state.clone();
                 tokio::spawn(async move {
                     run_claimed(&st, row).await;
-                    drop(permit);
+                    drop(slot);
                 });
             }
-            Ok(None) => {
-                drop(permit);
-                tokio::select! {
-                    _ = state.jobs.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+            // Its pending execution was cancelled meanwhile: the slot goes to the next.
+            Ok(None) => drop(slot),
             Err(e) => {
-                drop(permit);
                 tracing::warn!("claiming queued work: {e}");
+                state.jobs.fair.retry_async(slot);
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                state.jobs.fair.kick();
             }
         }
     }

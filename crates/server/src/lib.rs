@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod fair;
 pub mod files_routes;
 pub mod jobs;
 pub mod openapi;
@@ -347,7 +348,7 @@ pub async fn serve(
             now + retention,
         )
         .await?;
-    let pending = store.count_pending().await?;
+    let pending = store.count_pending_by_tenant().await?;
     let webhooks = Arc::new(Webhooks::new(config.webhooks.clone()).map_err(ServerError::Other)?);
     let sandboxes = sandboxes::Sandboxes::start(
         config.sandboxes.clone(),
@@ -362,7 +363,12 @@ pub async fn serve(
     let state = AppState(Arc::new(Inner {
         sandboxes: Arc::clone(&sandboxes),
         rate: RateLimiter::new(config.rate_limit_per_minute),
-        jobs: Jobs::new(config.concurrency, pending),
+        jobs: Jobs::new(fair::FairLimits {
+            slots: config.concurrency,
+            tenant_running: config.tenant_max_running(),
+            max_queued: config.max_queue,
+            tenant_queued: config.tenant_max_queued(),
+        }),
         sessions: Sessions::new(
             config.sessions.max_sessions,
             Duration::from_secs(config.sessions.idle_timeout_secs),
@@ -375,6 +381,10 @@ pub async fn serve(
         keys,
         languages,
     }));
+    // Executions still pending from before take their places in their tenants' lines.
+    for (tenant, n) in &pending {
+        state.jobs.fair.queued_async(tenant, *n as usize);
+    }
     for row in &interrupted {
         if let Some(url) = &row.callback_url {
             jobs::enqueue_webhook(&state, &row.tenant, &row.id, url).await;
@@ -414,10 +424,12 @@ pub async fn serve(
         source: e,
     })?;
     eprintln!(
-        "runcell: listening on http://{addr} ({} key(s), {} languages, concurrency {}, data in {})",
+        "runcell: listening on http://{addr} ({} key(s), {} languages, concurrency {} ({} per \
+         key), data in {})",
         state.keys.len(),
         state.languages.iter().filter(|l| l.available).count(),
         state.config.concurrency,
+        state.config.tenant_max_running(),
         state.config.data_dir.display()
     );
     let served = axum::serve(listener, router(state))

@@ -82,7 +82,7 @@ async fn run_now(
     req: ExecuteRequest,
 ) -> Result<ExecutionResult, ApiError> {
     let plan = state.engine.plan(&req)?;
-    check_capacity(state, 1)?;
+    check_capacity(state, &tenant.0, 1)?;
     let id = uuid::Uuid::new_v4().to_string();
     jobs::run_sync(state, &tenant.0, &req, plan, id, None, Cancel::new()).await
 }
@@ -259,11 +259,7 @@ pub async fn cancel_execution(
                     expires_at: now + state.config.result_retention_secs as i64 * 1000,
                 };
                 if state.store.cancel_pending(&tenant.0, &id, &f).await? {
-                    let _ = state.jobs.pending.fetch_update(
-                        std::sync::atomic::Ordering::SeqCst,
-                        std::sync::atomic::Ordering::SeqCst,
-                        |n| n.checked_sub(1),
-                    );
+                    state.jobs.fair.dequeued_async(&tenant.0);
                     if let Some(url) = &row.callback_url {
                         jobs::enqueue_webhook(&state, &tenant.0, &id, url).await;
                     }
@@ -347,7 +343,7 @@ pub async fn execute_batch(
         })?;
         planned.push((req, plan));
     }
-    check_capacity(&state, 1)?;
+    check_capacity(&state, &tenant.0, 1)?;
     let mut results = Vec::with_capacity(planned.len());
     for (req, plan) in planned {
         let id = uuid::Uuid::new_v4().to_string();

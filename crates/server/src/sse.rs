@@ -150,7 +150,7 @@ pub async fn execute_stream(
     req: ExecuteRequest,
     plan: Plan,
 ) -> Result<Response, ApiError> {
-    check_capacity(&state, 1)?;
+    check_capacity(&state, &tenant.0, 1)?;
     let id = uuid::Uuid::new_v4().to_string();
     let (tx, rx) = unbounded_channel::<Progress>();
     let cancel = Cancel::new();

@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use runcell_engine::{Cancel, Engine};
 use runcell_jail::Jail;
@@ -17,6 +17,7 @@ use crate::api::LanguageInfo;
 use crate::auth::{Keys, RateLimiter};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::fair::{Fair, FairLimits, Slot};
 use crate::webhook::Webhooks;
 
 /// The state every handler sees (cheap to clone).
@@ -46,32 +47,27 @@ pub struct Inner {
 
 /// Coordination of running work.
 pub struct Jobs {
-    /// One permit per concurrently running execution.
-    pub permits: Arc<Semaphore>,
-    /// Synchronous requests waiting for a permit.
-    pub waiting: AtomicUsize,
-    /// Async executions accepted and not yet claimed.
-    pub pending: AtomicU64,
-    /// Wakes the dispatcher when async work arrives.
-    pub wake: Notify,
+    /// Execution slots, shared fairly between tenants.
+    pub fair: Arc<Fair>,
+    /// Slots granted to queued async executions, taken by the dispatcher.
+    pub grants: Mutex<Option<UnboundedReceiver<(String, Slot)>>>,
     /// Cancellation handles of running executions.
     pub running: Mutex<HashMap<String, Cancel>>,
 }
 
 impl Jobs {
-    pub fn new(concurrency: usize, pending: u64) -> Jobs {
+    pub fn new(limits: FairLimits) -> Jobs {
+        let (fair, grants) = Fair::new(limits);
         Jobs {
-            permits: Arc::new(Semaphore::new(concurrency)),
-            waiting: AtomicUsize::new(0),
-            pending: AtomicU64::new(pending),
-            wake: Notify::new(),
+            fair,
+            grants: Mutex::new(Some(grants)),
             running: Mutex::new(HashMap::new()),
         }
     }
 
     /// Work accepted but not running.
     pub fn queued(&self) -> u64 {
-        self.pending.load(Ordering::SeqCst) + self.waiting.load(Ordering::SeqCst) as u64
+        self.fair.queued() as u64
     }
 
     pub fn register(&self, id: &str, cancel: Cancel) {

@@ -370,6 +370,10 @@ pub trait Store: Send + Sync + 'static {
     /// now`, and returns it. `None` when nothing is pending.
     async fn claim_next_pending(&self, now: i64) -> Result<Option<ExecutionRow>>;
 
+    /// [`Store::claim_next_pending`] among `tenant`'s executions only (fair scheduling picks
+    /// the tenant).
+    async fn claim_next_pending_of(&self, tenant: &str, now: i64) -> Result<Option<ExecutionRow>>;
+
     /// Records the end of a `Running` (or `Pending`) execution. Returns false (and changes
     /// nothing) when the execution is already final or does not exist.
     async fn finish_execution(&self, id: &str, f: &Finish) -> Result<bool>;
@@ -401,6 +405,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of `Pending` executions.
     async fn count_pending(&self) -> Result<u64>;
+
+    /// Number of `Pending` executions of each tenant that has any, by tenant.
+    async fn count_pending_by_tenant(&self) -> Result<Vec<(String, u64)>>;
 
     /// Deletes executions (and their deliveries) whose `expires_at` has passed. Returns how
     /// many executions were deleted.

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 // One migration per version step.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -145,6 +145,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX artifacts_tenant_sandbox_run ON artifacts (tenant, sandbox_id, run_id);
     CREATE INDEX artifacts_expires_at ON artifacts (expires_at);
+    "#,
+    // 2 -> 3: the queue is claimed per tenant (fair scheduling).
+    r#"
+    CREATE INDEX executions_status_tenant_seq ON executions (status, tenant, seq);
     "#,
 ];
 
@@ -523,6 +527,22 @@ impl Store for SqliteStore {
         rows.first().map(exec_row).transpose()
     }
 
+    async fn claim_next_pending_of(&self, tenant: &str, now: i64) -> Result<Option<ExecutionRow>> {
+        let rows = sqlx::query(concat!(
+            "UPDATE executions SET status = 'running', started_at = ?1 WHERE seq = \
+             (SELECT seq FROM executions WHERE status = 'pending' AND tenant = ?2 \
+              ORDER BY seq LIMIT 1) \
+             RETURNING ",
+            exec_cols!()
+        ))
+        .bind(now)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.first().map(exec_row).transpose()
+    }
+
     async fn finish_execution(&self, id: &str, f: &Finish) -> Result<bool> {
         if !f.status.is_final() {
             return Err(StoreError::Database(format!(
@@ -657,6 +677,23 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")))
+    }
+
+    async fn count_pending_by_tenant(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT tenant, COUNT(*) FROM executions WHERE status = 'pending' \
+             GROUP BY tenant ORDER BY tenant",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(t, n)| {
+                u64::try_from(n)
+                    .map(|n| (t, n))
+                    .map_err(|_| StoreError::Corrupt(format!("count {n}")))
+            })
+            .collect()
     }
 
     async fn delete_expired(&self, now: i64) -> Result<u64> {

@@ -281,6 +281,44 @@ async fn claim_is_fifo_and_atomic_status_change() {
     assert_eq!(a.started_at, Some(7_000));
 }
 
+#[tokio::test]
+async fn claims_per_tenant_take_that_tenants_oldest_and_counts_are_per_tenant() {
+    let (_dir, s) = open_temp().await;
+    for (id, tenant, status) in [
+        ("a1", "t1", ExecStatus::Pending),
+        ("b1", "t2", ExecStatus::Pending),
+        ("a-run", "t1", ExecStatus::Running),
+        ("a2", "t1", ExecStatus::Pending),
+        ("b2", "t2", ExecStatus::Pending),
+        ("a3", "t1", ExecStatus::Pending),
+    ] {
+        s.insert_execution(&new_exec(id, tenant, status))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.count_pending_by_tenant().await.unwrap(),
+        [("t1".to_string(), 3), ("t2".to_string(), 2)]
+    );
+    let b = s.claim_next_pending_of("t2", 9).await.unwrap().unwrap();
+    assert_eq!(
+        (b.id.as_str(), b.status, b.started_at),
+        ("b1", ExecStatus::Running, Some(9))
+    );
+    let a = s.claim_next_pending_of("t1", 9).await.unwrap().unwrap();
+    assert_eq!(a.id, "a1");
+    assert!(s.claim_next_pending_of("t3", 9).await.unwrap().is_none());
+    assert_eq!(
+        s.claim_next_pending_of("t2", 9).await.unwrap().unwrap().id,
+        "b2"
+    );
+    assert!(s.claim_next_pending_of("t2", 9).await.unwrap().is_none());
+    assert_eq!(
+        s.count_pending_by_tenant().await.unwrap(),
+        [("t1".to_string(), 2)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_take_each_row_exactly_once() {
     let (_dir, s) = open_temp().await;
@@ -1788,7 +1826,7 @@ async fn version_1_database_migrates_to_2() {
         .fetch_one(&s.pool)
         .await
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, SCHEMA_VERSION);
     // The old data is intact.
     let e = s.get_execution("t", "e1", 0).await.unwrap().unwrap();
     assert_eq!((e.status, e.created_at), (ExecStatus::Pending, 5));

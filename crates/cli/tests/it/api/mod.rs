@@ -7,6 +7,7 @@ mod auth;
 mod commands;
 mod durability;
 mod executions;
+mod fairness;
 mod files;
 mod input;
 mod operations;
