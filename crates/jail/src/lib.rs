@@ -36,8 +36,9 @@ pub use config::{
 pub use error::JailError;
 pub use proto::monotonic_ns;
 pub use sandboxfs::{
-    FileMeta, FsError, FsKind, LIST_MAX_SCANNED, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_WALK_DEPTH,
-    OVERFLOW_ID, REMOVE_ALL_MAX_ENTRIES, SandboxFs, Upload,
+    ENCODED_PATH_PREFIX, FileMeta, FsError, FsKind, LIST_MAX_SCANNED, MAX_NAME_BYTES,
+    MAX_PATH_BYTES, MAX_WALK_DEPTH, OVERFLOW_ID, REMOVE_ALL_MAX_ENTRIES, SandboxFs, Upload,
+    decode_path, encode_path, is_encoded_path,
 };
 pub use spawner::{SpawnerOptions, spawner_main};
 pub use supervise::{Exit, Limit, Outcome, RunLimits, Stream};

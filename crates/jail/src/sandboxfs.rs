@@ -30,6 +30,13 @@
 //! clients and `filepath.Clean` do; `..` inside symlink targets is left to the kernel.
 //! Backslashes are ordinary characters in names.
 //!
+//! Names are bytes: a file may have a name that is not UTF-8. Internally paths are bytes; at
+//! the API, paths travel in their text form ([`pathtext`]): as they are when they are UTF-8,
+//! otherwise percent-encoded after the marker `/%/` (`/%/workspace/caf%E9.txt`). Every path
+//! this module returns ([`FileMeta::path`], error messages, [`Upload::path`]) is in that
+//! form, and every path argument is read in it, so each name a listing gives reaches exactly
+//! that file again.
+//!
 //! Hard links: a program can hard-link only files of a file system it can write, and every
 //! writable file system in a jail is a tmpfs of the jail's own; host files are on other file
 //! systems (read-only binds at best), so a hard link never reaches a host file. Hard-linked
@@ -43,6 +50,10 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+mod pathtext;
+
+pub use pathtext::{ENCODED_PATH_PREFIX, decode_path, encode_path, is_encoded_path};
 
 use crate::config::{JAIL_GID, JAIL_UID, WORKSPACE};
 use crate::sys::{self, OpenHow};
@@ -219,8 +230,9 @@ impl FsKind {
 /// Metadata of one file, as the sandbox sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
-    /// Absolute, normalized path in the sandbox's view (no `.`, `..` or `//`). Names that
-    /// are not UTF-8 are shown lossily (with U+FFFD).
+    /// Absolute, normalized path in the sandbox's view (no `.`, `..` or `//`), in its text
+    /// form ([`encode_path`]): percent-encoded after [`ENCODED_PATH_PREFIX`] if it is not
+    /// UTF-8. Every method accepts it back as naming exactly this file.
     pub path: String,
     pub kind: FsKind,
     /// Size in bytes (`st_size`).
@@ -259,42 +271,50 @@ pub struct SandboxFs {
 /// `..`, empty components or trailing slash (except the root, `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct VPath {
+    /// The path's bytes (any bytes but NUL).
+    raw: Vec<u8>,
+    /// Its text form ([`encode_path`]): what answers and error messages show.
     abs: String,
 }
 
 /// Normalizes an API path: relative paths are relative to the workspace; `.`, `..` and
 /// repeated slashes are removed lexically (`..` at the root stays at the root).
-fn normalize(raw: &str) -> Result<String, &'static str> {
+fn normalize(raw: &[u8]) -> Result<Vec<u8>, &'static str> {
     if raw.is_empty() {
         return Err("empty path");
     }
     if raw.len() > MAX_PATH_BYTES {
         return Err("longer than 4096 bytes");
     }
-    if raw.as_bytes().contains(&0) {
+    if raw.contains(&0) {
         return Err("contains a NUL byte");
     }
-    let mut parts: Vec<&str> = Vec::new();
-    if !raw.starts_with('/') {
-        parts.extend(WORKSPACE.split('/').filter(|p| !p.is_empty()));
+    let mut parts: Vec<&[u8]> = Vec::new();
+    if !raw.starts_with(b"/") {
+        parts.extend(
+            WORKSPACE
+                .as_bytes()
+                .split(|b| *b == b'/')
+                .filter(|p| !p.is_empty()),
+        );
     }
-    for part in raw.split('/') {
+    for part in raw.split(|b| *b == b'/') {
         match part {
-            "" | "." => {}
-            ".." => {
+            b"" | b"." => {}
+            b".." => {
                 parts.pop();
             }
             p if p.len() > MAX_NAME_BYTES => return Err("a name is longer than 255 bytes"),
             p => parts.push(p),
         }
     }
-    let mut abs = String::with_capacity(raw.len() + WORKSPACE.len() + 1);
+    let mut abs = Vec::with_capacity(raw.len() + WORKSPACE.len() + 1);
     for p in &parts {
-        abs.push('/');
-        abs.push_str(p);
+        abs.push(b'/');
+        abs.extend_from_slice(p);
     }
     if abs.is_empty() {
-        abs.push('/');
+        abs.push(b'/');
     }
     if abs.len() > MAX_PATH_BYTES {
         return Err("longer than 4096 bytes");
@@ -302,43 +322,63 @@ fn normalize(raw: &str) -> Result<String, &'static str> {
     Ok(abs)
 }
 
+/// The text form of a path's bytes, owned (for messages).
+fn shown(raw: &[u8]) -> String {
+    encode_path(raw).into_owned()
+}
+
 impl VPath {
-    fn parse(raw: &str) -> Result<VPath, FsError> {
-        normalize(raw)
-            .map(|abs| VPath { abs })
-            .map_err(|reason| FsError::invalid(raw, reason))
+    /// Parses a path in text form: decoded if it is [encoded](pathtext), then normalized.
+    fn parse(text: &str) -> Result<VPath, FsError> {
+        // Encoding at most triples the length: no need to decode anything longer.
+        if text.len() > 3 * MAX_PATH_BYTES + ENCODED_PATH_PREFIX.len() {
+            return Err(FsError::invalid(text, "longer than 4096 bytes"));
+        }
+        let bytes = decode_path(text).map_err(|reason| FsError::invalid(text, reason))?;
+        let raw = normalize(&bytes).map_err(|reason| FsError::invalid(text, reason))?;
+        Ok(VPath::of(raw))
+    }
+
+    /// A path from bytes that are already normalized.
+    fn of(raw: Vec<u8>) -> VPath {
+        VPath {
+            abs: shown(&raw),
+            raw,
+        }
     }
 
     fn is_root(&self) -> bool {
-        self.abs == "/"
+        self.raw == b"/"
     }
 
     /// The parent directory and the final name; `None` for the root.
-    fn split(&self) -> Option<(&str, &str)> {
+    fn split(&self) -> Option<(&[u8], &[u8])> {
         if self.is_root() {
             return None;
         }
-        let i = self.abs.rfind('/')?;
-        let parent = if i == 0 { "/" } else { &self.abs[..i] };
-        Some((parent, &self.abs[i + 1..]))
+        let i = self.raw.iter().rposition(|b| *b == b'/')?;
+        let parent = if i == 0 { &b"/"[..] } else { &self.raw[..i] };
+        Some((parent, &self.raw[i + 1..]))
     }
 
-    fn components(&self) -> impl Iterator<Item = &str> {
-        self.abs.split('/').filter(|p| !p.is_empty())
+    fn components(&self) -> impl Iterator<Item = &[u8]> {
+        self.raw.split(|b| *b == b'/').filter(|p| !p.is_empty())
     }
 }
 
-fn cstring(path: &str, s: &str) -> Result<CString, FsError> {
+fn cstring(path: &str, s: &[u8]) -> Result<CString, FsError> {
     CString::new(s).map_err(|_| FsError::invalid(path, "contains a NUL byte"))
 }
 
 /// `dir/name` for walk results.
-fn join(dir: &str, name: &str) -> String {
-    if dir == "/" {
-        format!("/{name}")
-    } else {
-        format!("{dir}/{name}")
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dir.len() + name.len() + 1);
+    out.extend_from_slice(dir);
+    if dir != b"/" {
+        out.push(b'/');
     }
+    out.extend_from_slice(name);
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -630,7 +670,8 @@ fn open_dir_stream(fd: OwnedFd, path: &str) -> Result<nix::dir::Dir, FsError> {
 /// One directory being walked by [`SandboxFs::walk`].
 struct Frame {
     dir: nix::dir::Dir,
-    path: String,
+    /// The directory's path (bytes).
+    path: Vec<u8>,
     /// Names in lexical (byte) order, with their `d_type`.
     names: Vec<(CString, Option<nix::dir::Type>)>,
     next: usize,
@@ -778,9 +819,10 @@ impl SandboxFs {
     }
 
     /// Resolves a whole path inside the view (following symlinks within it).
-    fn resolve(&self, abs: &str, flags: libc::c_int) -> Result<OwnedFd, FsError> {
-        let c = cstring(abs, abs)?;
-        open2(self.root.as_fd(), &c, flags, 0, IN_ROOT).map_err(|e| FsError::from_io(abs, e))
+    fn resolve(&self, raw: &[u8], flags: libc::c_int) -> Result<OwnedFd, FsError> {
+        let c = cstring(&shown(raw), raw)?;
+        open2(self.root.as_fd(), &c, flags, 0, IN_ROOT)
+            .map_err(|e| FsError::from_io(&shown(raw), e))
     }
 
     /// The parent directory (`O_PATH`, checked) and final name of a path other than `/`.
@@ -841,7 +883,7 @@ impl SandboxFs {
 
     /// The file a path names, following symlinks within the view, as `O_PATH`, checked.
     fn target(&self, p: &VPath) -> Result<OwnedFd, FsError> {
-        let fd = self.resolve(&p.abs, libc::O_PATH)?;
+        let fd = self.resolve(&p.raw, libc::O_PATH)?;
         check_fs(fd.as_fd(), &p.abs)?;
         Ok(fd)
     }
@@ -850,7 +892,7 @@ impl SandboxFs {
     fn open_dir(&self, p: &VPath) -> Result<OwnedFd, FsError> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
         let fd = match self.parent(p)? {
-            None => self.resolve("/", flags)?,
+            None => self.resolve(b"/", flags)?,
             Some((dir, name)) => match open2(dir.as_fd(), &name, flags, 0, ONE_NAME) {
                 Ok(fd) => fd,
                 // O_DIRECTORY is checked before O_NOFOLLOW: a symlink gives ENOTDIR.
@@ -901,7 +943,7 @@ impl SandboxFs {
         if depth == 0 {
             return Ok((out, false));
         }
-        let truncated = self.walk(dir, &p.abs, depth, LIST_MAX_SCANNED, &mut |m| {
+        let truncated = self.walk(dir, &p.raw, depth, LIST_MAX_SCANNED, &mut |m, _| {
             if out.len() >= max_entries {
                 return false;
             }
@@ -918,7 +960,8 @@ impl SandboxFs {
     ///
     /// Patterns: `*` any run of characters (`**` is the same), `?` one character, `[abc]`,
     /// `[a-z]`, `[!a]` or `[^a]`, `\x` a literal `x`. An empty pattern matches nothing; a
-    /// malformed one is [`FsError::InvalidPattern`].
+    /// malformed one is [`FsError::InvalidPattern`]. A name that is not UTF-8 is matched with
+    /// each invalid sequence read as U+FFFD (which `?` and `*` match).
     pub fn search(
         &self,
         path: &str,
@@ -934,12 +977,11 @@ impl SandboxFs {
         let _ids = self.become_user(&p.abs)?;
         let dir = self.open_dir(&p)?;
         let mut out = Vec::new();
-        let truncated = self.walk(dir, &p.abs, u32::MAX, max_scanned, &mut |m| {
+        let truncated = self.walk(dir, &p.raw, u32::MAX, max_scanned, &mut |m, name| {
             if m.kind == FsKind::Dir {
                 return true;
             }
-            let name = m.path.rsplit('/').next().unwrap_or("");
-            if !glob.matches(name) {
+            if !glob.matches(&String::from_utf8_lossy(name)) {
                 return true;
             }
             if out.len() >= max_results {
@@ -952,29 +994,29 @@ impl SandboxFs {
     }
 
     /// Depth-first walk below the open directory `start` (named `path`), never following
-    /// symlinks. `visit` gets every entry and returns `false` to stop (the walk is then
-    /// truncated). Returns whether the walk was truncated.
+    /// symlinks. `visit` gets every entry with its name, and returns `false` to stop (the
+    /// walk is then truncated). Returns whether the walk was truncated.
     fn walk(
         &self,
         start: OwnedFd,
-        path: &str,
+        path: &[u8],
         max_depth: u32,
         max_scanned: usize,
-        visit: &mut dyn FnMut(FileMeta) -> bool,
+        visit: &mut dyn FnMut(FileMeta, &[u8]) -> bool,
     ) -> Result<bool, FsError> {
         let mut scanned = 0usize;
         let mut truncated = false;
         let mut stack: Vec<Frame> = Vec::new();
         let mut push = |fd: OwnedFd,
-                        path: String,
+                        path: Vec<u8>,
                         depth: u32,
                         stack: &mut Vec<Frame>,
                         truncated: &mut bool|
          -> Result<(), FsError> {
-            let mut dir = open_dir_stream(fd, &path)?;
+            let mut dir = open_dir_stream(fd, &shown(&path))?;
             let budget = max_scanned.saturating_sub(scanned);
             // One more than the budget, to know whether the directory had more.
-            let mut names = read_names(&mut dir, budget.saturating_add(1), &path)?;
+            let mut names = read_names(&mut dir, budget.saturating_add(1), &shown(&path))?;
             if names.len() > budget {
                 names.truncate(budget);
                 *truncated = true;
@@ -990,7 +1032,7 @@ impl SandboxFs {
             });
             Ok(())
         };
-        push(start, path.to_string(), 1, &mut stack, &mut truncated)?;
+        push(start, path.to_vec(), 1, &mut stack, &mut truncated)?;
         while let Some(frame) = stack.last_mut() {
             let Some((name, _)) = frame.names.get(frame.next) else {
                 stack.pop();
@@ -1002,7 +1044,8 @@ impl SandboxFs {
             let Ok(st) = sys::lstatat(dir_fd, name) else {
                 continue;
             };
-            let child_path = join(&frame.path, &String::from_utf8_lossy(name.as_bytes()));
+            let child_path = join(&frame.path, name.to_bytes());
+            let child_text = shown(&child_path);
             let depth = frame.depth;
             let descend = is_dir(&st) && depth < max_depth;
             let sub = if descend {
@@ -1017,12 +1060,12 @@ impl SandboxFs {
             } else {
                 None
             };
-            if !visit(self.meta(child_path.clone(), &st)) {
+            if !visit(self.meta(child_text.clone(), &st), name.to_bytes()) {
                 return Ok(true);
             }
             let Some(sub) = sub else { continue };
             // Never list a kernel file system's contents.
-            if check_fs(sub.as_fd(), &child_path).is_err() {
+            if check_fs(sub.as_fd(), &child_text).is_err() {
                 continue;
             }
             if stack.len() >= MAX_WALK_DEPTH {
@@ -1066,9 +1109,7 @@ impl SandboxFs {
         })?;
         let name = cstring(&p.abs, name)?;
         let _ids = self.become_user(&p.abs)?;
-        let parent_vp = VPath {
-            abs: parent_path.to_string(),
-        };
+        let parent_vp = VPath::of(parent_path.to_vec());
         let (parent, _) = self.mkdir_p(&parent_vp, 0o755)?;
         check_fs(parent.as_fd(), &p.abs)?;
         Self::check_entry(parent.as_fd(), &name, &p.abs)?;
@@ -1080,7 +1121,7 @@ impl SandboxFs {
         let mut tries = 0;
         let (tmp, fd) = loop {
             let r = sys::random_u64().map_err(|e| FsError::from_io(&p.abs, e))?;
-            let tmp = cstring(&p.abs, &format!(".runcell-upload-{r:016x}"))?;
+            let tmp = cstring(&p.abs, format!(".runcell-upload-{r:016x}").as_bytes())?;
             match open2(
                 parent.as_fd(),
                 &tmp,
@@ -1112,18 +1153,18 @@ impl SandboxFs {
     /// directory (`O_PATH`) and whether this call created it.
     fn mkdir_p(&self, p: &VPath, mode: u32) -> Result<(OwnedFd, bool), FsError> {
         let mut cur = self
-            .resolve("/", libc::O_PATH | libc::O_DIRECTORY)
+            .resolve(b"/", libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| match e {
                 FsError::NotFound { .. } => FsError::NotFound {
                     path: p.abs.clone(),
                 },
                 e => e,
             })?;
-        let mut prefix = String::new();
+        let mut prefix = Vec::new();
         let mut created = false;
         for comp in p.components() {
-            prefix.push('/');
-            prefix.push_str(comp);
+            prefix.push(b'/');
+            prefix.extend_from_slice(comp);
             match self.resolve(&prefix, libc::O_PATH | libc::O_DIRECTORY) {
                 Ok(fd) => {
                     cur = fd;
@@ -1133,13 +1174,14 @@ impl SandboxFs {
                 Err(FsError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
-            check_fs(cur.as_fd(), &prefix)?;
-            let name = cstring(&prefix, comp)?;
+            let prefix_text = shown(&prefix);
+            check_fs(cur.as_fd(), &prefix_text)?;
+            let name = cstring(&prefix_text, comp)?;
             created = match sys::mkdirat(cur.as_fd(), &name, mode & 0o700) {
                 Ok(()) => true,
                 // Made by someone else meanwhile (or a dangling symlink: resolved below).
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
-                Err(e) => return Err(FsError::from_io(&prefix, e)),
+                Err(e) => return Err(FsError::from_io(&prefix_text, e)),
             };
             if created {
                 // The umask may have narrowed the mode: set it on exactly what we made (or,
@@ -1151,8 +1193,8 @@ impl SandboxFs {
                     0,
                     ONE_NAME,
                 )
-                .map_err(|e| FsError::from_io(&prefix, e))?;
-                chmod_fd(made.as_fd(), mode).map_err(|e| FsError::from_io(&prefix, e))?;
+                .map_err(|e| FsError::from_io(&prefix_text, e))?;
+                chmod_fd(made.as_fd(), mode).map_err(|e| FsError::from_io(&prefix_text, e))?;
             }
             cur = self.resolve(&prefix, libc::O_PATH | libc::O_DIRECTORY)?;
         }
@@ -1168,6 +1210,19 @@ impl SandboxFs {
         let mode = checked_mode(&p.abs, mode)?;
         let _ids = self.become_user(&p.abs)?;
         self.mkdir_p(&p, mode).map(|(_, created)| created)
+    }
+
+    /// `mkdir -p` of the directory `path` is in (as [`SandboxFs::mkdir_all`]); nothing for
+    /// the root. Returns whether that directory was created by this call.
+    pub fn mkdir_parent(&self, path: &str, mode: u32) -> Result<bool, FsError> {
+        let p = VPath::parse(path)?;
+        let mode = checked_mode(&p.abs, mode)?;
+        let Some((parent, _)) = p.split() else {
+            return Ok(false);
+        };
+        let parent = VPath::of(parent.to_vec());
+        let _ids = self.become_user(&p.abs)?;
+        self.mkdir_p(&parent, mode).map(|(_, created)| created)
     }
 
     /// Removes a non-directory (a symlink is removed, not followed);
@@ -1207,7 +1262,7 @@ impl SandboxFs {
             return sys::unlinkat(dir.as_fd(), &name, 0).map_err(|e| FsError::from_io(&p.abs, e));
         }
         let mut count = 0u64;
-        self.remove_tree(dir.as_fd(), &name, &p.abs, &mut count)
+        self.remove_tree(dir.as_fd(), &name, &p.raw, &mut count)
     }
 
     /// Opens the directory `name` of `dir` for removal: never a symlink, never across a
@@ -1245,26 +1300,26 @@ impl SandboxFs {
         &self,
         parent: BorrowedFd<'_>,
         name: &CStr,
-        path: &str,
+        path: &[u8],
         count: &mut u64,
     ) -> Result<(), FsError> {
-        let Some(top) = Self::open_for_removal(parent, name, path)? else {
-            return sys::unlinkat(parent, name, 0).map_err(|e| FsError::from_io(path, e));
+        let Some(top) = Self::open_for_removal(parent, name, &shown(path))? else {
+            return sys::unlinkat(parent, name, 0).map_err(|e| FsError::from_io(&shown(path), e));
         };
         // Ancestors (directory, and our name in it), below `parent`.
-        let mut stack: Vec<(nix::dir::Dir, CString, String)> = Vec::new();
-        let mut cur = open_dir_stream(top, path)?;
+        let mut stack: Vec<(nix::dir::Dir, CString, Vec<u8>)> = Vec::new();
+        let mut cur = open_dir_stream(top, &shown(path))?;
         let mut cur_name = name.to_owned();
-        let mut cur_path = path.to_string();
+        let mut cur_path = path.to_vec();
         loop {
-            let batch = read_names(&mut cur, 512, &cur_path)?;
+            let batch = read_names(&mut cur, 512, &shown(&cur_path))?;
             if batch.is_empty() {
                 // `cur` is empty: remove it from its parent and go back up.
                 drop(cur);
                 let up = stack.pop();
                 let up_fd = up.as_ref().map(|(d, _, _)| d.as_fd()).unwrap_or(parent);
                 sys::unlinkat(up_fd, &cur_name, libc::AT_REMOVEDIR)
-                    .map_err(|e| FsError::from_io(&cur_path, e))?;
+                    .map_err(|e| FsError::from_io(&shown(&cur_path), e))?;
                 match up {
                     None => return Ok(()),
                     Some((d, n, pth)) => {
@@ -1275,17 +1330,17 @@ impl SandboxFs {
                 }
                 continue;
             }
-            let mut descend: Option<(OwnedFd, CString, String)> = None;
+            let mut descend: Option<(OwnedFd, CString, Vec<u8>)> = None;
             for (child, kind) in batch {
                 *count += 1;
                 if *count > REMOVE_ALL_MAX_ENTRIES {
                     return Err(FsError::TooMany {
-                        path: path.to_string(),
+                        path: shown(path),
                         what: "entries",
                         limit: REMOVE_ALL_MAX_ENTRIES,
                     });
                 }
-                let child_path = join(&cur_path, &String::from_utf8_lossy(child.as_bytes()));
+                let child_path = join(&cur_path, child.to_bytes());
                 let maybe_dir = matches!(kind, Some(nix::dir::Type::Directory) | None);
                 if !maybe_dir {
                     match sys::unlinkat(cur.as_fd(), &child, 0) {
@@ -1293,10 +1348,10 @@ impl SandboxFs {
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                         // Became a directory meanwhile: handled below.
                         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
-                        Err(e) => return Err(FsError::from_io(&child_path, e)),
+                        Err(e) => return Err(FsError::from_io(&shown(&child_path), e)),
                     }
                 }
-                match Self::open_for_removal(cur.as_fd(), &child, &child_path) {
+                match Self::open_for_removal(cur.as_fd(), &child, &shown(&child_path)) {
                     Ok(Some(fd)) => {
                         descend = Some((fd, child, child_path));
                         break;
@@ -1304,7 +1359,7 @@ impl SandboxFs {
                     Ok(None) => match sys::unlinkat(cur.as_fd(), &child, 0) {
                         Ok(()) => {}
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                        Err(e) => return Err(FsError::from_io(&child_path, e)),
+                        Err(e) => return Err(FsError::from_io(&shown(&child_path), e)),
                     },
                     Err(FsError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -1318,8 +1373,9 @@ impl SandboxFs {
                     // the top directory (same mount, being removed too; never into its own
                     // subtree) and remove it from there later.
                     drop(fd);
-                    let r = sys::random_u64().map_err(|e| FsError::from_io(&child_path, e))?;
-                    let hoisted = cstring(&child_path, &format!(".runcell-rm-{r:016x}"))?;
+                    let child_text = shown(&child_path);
+                    let r = sys::random_u64().map_err(|e| FsError::from_io(&child_text, e))?;
+                    let hoisted = cstring(&child_text, format!(".runcell-rm-{r:016x}").as_bytes())?;
                     sys::renameat2(
                         cur.as_fd(),
                         &child,
@@ -1328,8 +1384,8 @@ impl SandboxFs {
                         sys::RENAME_NOREPLACE,
                     )
                     .map_err(|e| match e.raw_os_error() {
-                        Some(libc::ENOENT) => FsError::NotFound { path: child_path },
-                        _ => FsError::from_io(top_path, e),
+                        Some(libc::ENOENT) => FsError::NotFound { path: child_text },
+                        _ => FsError::from_io(&shown(top_path), e),
                     })
                     .or_else(|e| match e {
                         // Removed meanwhile: nothing to move.
@@ -1338,7 +1394,7 @@ impl SandboxFs {
                     })?;
                     continue;
                 }
-                let sub = open_dir_stream(fd, &child_path)?;
+                let sub = open_dir_stream(fd, &shown(&child_path))?;
                 let prev = std::mem::replace(&mut cur, sub);
                 let prev_name = std::mem::replace(&mut cur_name, child);
                 let prev_path = std::mem::replace(&mut cur_path, child_path);
@@ -1494,7 +1550,8 @@ mod tests {
 
     #[test]
     fn paths_are_normalized_inside_the_view() {
-        let n = |s: &str| normalize(s).unwrap();
+        let n = |s: &str| String::from_utf8(normalize(s.as_bytes()).unwrap()).unwrap();
+        let normalize = |s: &str| normalize(s.as_bytes());
         assert_eq!(n("a.txt"), "/workspace/a.txt");
         assert_eq!(n("./a//b/"), "/workspace/a/b");
         assert_eq!(n("../../etc/passwd"), "/etc/passwd");
@@ -1522,13 +1579,51 @@ mod tests {
     fn paths_split_into_parent_and_name() {
         let v = |s: &str| VPath::parse(s).unwrap();
         assert_eq!(v("/").split(), None);
-        assert_eq!(v("/a").split(), Some(("/", "a")));
-        assert_eq!(v("x/y").split(), Some(("/workspace/x", "y")));
+        assert_eq!(v("/a").split(), Some((&b"/"[..], &b"a"[..])));
+        assert_eq!(v("x/y").split(), Some((&b"/workspace/x"[..], &b"y"[..])));
         assert_eq!(
             v("/a/b/c").components().collect::<Vec<_>>(),
-            ["a", "b", "c"]
+            [b"a", b"b", b"c"]
         );
         assert!(matches!(VPath::parse(""), Err(FsError::InvalidPath { .. })));
+    }
+
+    #[test]
+    fn encoded_paths_are_decoded_then_checked_like_any_other() {
+        let v = |s: &str| VPath::parse(s).unwrap();
+        let p = v("/%/workspace/caf%E9.txt");
+        assert_eq!(p.raw, b"/workspace/caf\xE9.txt");
+        assert_eq!(p.abs, "/%/workspace/caf%E9.txt");
+        assert_eq!(p.split(), Some((&b"/workspace"[..], &b"caf\xE9.txt"[..])));
+        // The text form is canonical: `.`, `..`, `//` and needless escapes are gone.
+        assert_eq!(v("/%/workspace/./d/..//caf%e9.txt").abs, p.abs);
+        assert_eq!(v("/%/workspace/%61").abs, "/workspace/a");
+        // Literal paths are never decoded; one that looks encoded is shown encoded.
+        assert_eq!(v("/workspace/caf%E9.txt").raw, b"/workspace/caf%E9.txt");
+        assert_eq!(v("%/x").abs, "/workspace/%/x");
+        assert_eq!(v("//%/x").raw, b"/%/x");
+        assert_eq!(v("//%/x").abs, "/%/%25/x");
+        // Encoded separators and dots are separators and dots: still inside the view.
+        assert_eq!(
+            v("/%/workspace%2F..%2F..%2F..%2Fetc%2Fshadow").raw,
+            b"/etc/shadow"
+        );
+        assert_eq!(v("/%/%2E%2E/%2e%2e/etc").raw, b"/etc");
+        assert_eq!(v("/%/%2F%2F").raw, b"/");
+        // NUL, bad escapes, and lengths counted on the decoded bytes.
+        for bad in ["/%/a%00b", "/%/%00", "/%/%", "/%/%zz", "/%/a%4"] {
+            assert!(
+                matches!(VPath::parse(bad), Err(FsError::InvalidPath { .. })),
+                "{bad}"
+            );
+        }
+        let name = "%FF".repeat(255);
+        assert_eq!(v(&format!("/%/tmp/{name}")).raw.len(), 4 + 1 + 255);
+        let long = "%FF".repeat(256);
+        assert!(VPath::parse(&format!("/%/tmp/{long}")).is_err());
+        let deep = "/%FF".repeat(2048);
+        assert_eq!(v(&format!("/%/{}", &deep[1..])).raw.len(), 4096);
+        assert!(VPath::parse(&format!("/%/{deep}")).is_err());
     }
 
     #[test]

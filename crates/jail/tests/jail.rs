@@ -1670,6 +1670,196 @@ fn traversal_stays_inside_the_view() {
     canary.assert_untouched();
 }
 
+/// ATTACK: names that are not UTF-8 (written by the program with `printf` escapes) next to
+/// decoys whose UTF-8 names look like encoded ones (`caf%E9.txt`, a directory `%`). Every path
+/// a listing gives is in text form (encoded after `/%/` when needed) and reaches exactly its
+/// own file again for every operation; encoded `/`, `..` and NUL are checked like any path,
+/// and nothing leaves the view.
+#[test]
+fn non_utf8_names_round_trip_and_stay_inside_the_view() {
+    use std::os::unix::ffi::OsStrExt;
+    let canary = HostCanary::new();
+    let jail = sandbox_jail();
+    let fs = jail.filesystem().unwrap();
+    in_jail(
+        &jail,
+        r#"set -e; cd /workspace; d=$(printf 'd\351'); mkdir "$d"
+           printf latin1 > "$d/$(printf 'caf\351.txt')"; printf decoy2 > "$d/caf%E9.txt"
+           printf decoy > 'caf%E9.txt'; printf ff > "$(printf '50%%\377')"
+           mkdir '%'; printf lit > '%/x'; ln -s /etc/passwd "$(printf 'l\376')"
+           printf sur > "$(printf '\355\240\200')""#,
+    );
+    let (l, truncated) = fs.list("/workspace", 3, 100).unwrap();
+    assert!(!truncated);
+    let listed: Vec<&str> = l.iter().map(|m| m.path.as_str()).collect();
+    assert_eq!(
+        listed,
+        [
+            "/workspace/%",
+            "/workspace/%/x",
+            "/%/workspace/50%25%FF",
+            "/workspace/caf%E9.txt",
+            "/%/workspace/d%E9",
+            "/%/workspace/d%E9/caf%25E9.txt",
+            "/%/workspace/d%E9/caf%E9.txt",
+            "/%/workspace/l%FE",
+            "/%/workspace/%ED%A0%80",
+        ]
+    );
+    // Each listed path names exactly its own file again.
+    for m in &l {
+        let again = fs.stat(&m.path).unwrap();
+        assert_eq!(again, *m, "{}", m.path);
+        assert_eq!(is_encoded_path(&m.path), m.path.starts_with("/%/"));
+    }
+    let contents = [
+        ("/%/workspace/d%E9/caf%E9.txt", "latin1"),
+        ("/%/workspace/d%e9/caf%e9.txt", "latin1"),
+        ("/%/workspace/d%E9/caf%25E9.txt", "decoy2"),
+        ("/workspace/caf%E9.txt", "decoy"),
+        ("caf%E9.txt", "decoy"),
+        ("/%/workspace/50%25%FF", "ff"),
+        ("/workspace/%/x", "lit"),
+        ("%/x", "lit"),
+        ("/%/workspace/%25/x", "lit"),
+        ("/%/workspace/%ED%A0%80", "sur"),
+    ];
+    for (p, want) in contents {
+        assert_eq!(text(&read_all(&fs, p).unwrap()), want, "{p}");
+    }
+    let (_, meta) = fs.open_read("/%/workspace/d%e9/./caf%E9.txt").unwrap();
+    assert_eq!(
+        meta.path, "/%/workspace/d%E9/caf%E9.txt",
+        "canonical text form"
+    );
+    assert_eq!(fs.stat("/%/workspace/l%FE").unwrap().kind, FsKind::Symlink);
+    assert!(text(&read_all(&fs, "/%/workspace/l%FE").unwrap()).contains("runcell sandbox"));
+    // Search matches invalid bytes as U+FFFD: `?` is the é of the Latin-1 name only.
+    let (found, _) = fs.search("/workspace", "caf?.txt", 100, 1000).unwrap();
+    let found: Vec<_> = found.iter().map(|m| m.path.as_str()).collect();
+    assert_eq!(found, ["/%/workspace/d%E9/caf%E9.txt"]);
+    let (found, _) = fs.search("/%/workspace/d%E9", "*", 100, 1000).unwrap();
+    assert_eq!(found.len(), 2);
+
+    // Changes by the listed names land on exactly those files.
+    fs.chmod("/%/workspace/d%E9/caf%E9.txt", 0o600).unwrap();
+    assert_eq!(
+        in_jail(
+            &jail,
+            r#"cd /workspace; stat -c %a "$(printf 'd\351/caf\351.txt')" "$(printf 'd\351')/caf%E9.txt" caf%E9.txt"#
+        ),
+        "600\n644\n644\n"
+    );
+    fs.rename("/%/workspace/50%25%FF", "/%/workspace/d%E9/moved%FE%25")
+        .unwrap();
+    assert_eq!(
+        in_jail(&jail, r#"cat "$(printf '/workspace/d\351/moved\376%%')""#),
+        "ff"
+    );
+    assert_eq!(put(&fs, "/%/workspace/new%80", b"up").unwrap(), 2);
+    assert_eq!(
+        in_jail(&jail, r#"cat "$(printf '/workspace/new\200')""#),
+        "up"
+    );
+    assert!(fs.mkdir_all("/%/workspace/m%FF/n", 0o700).unwrap());
+    assert!(fs.mkdir_parent("/%/workspace/p%FF/q/file", 0o755).unwrap());
+    in_jail(
+        &jail,
+        r#"test -d "$(printf '/workspace/m\377/n')"; test -d "$(printf '/workspace/p\377/q')""#,
+    );
+    fs.remove_file("/%/workspace/l%FE").unwrap();
+    fs.remove_file("/%/workspace/%ED%A0%80").unwrap();
+    fs.remove_all("/%/workspace/d%E9").unwrap();
+    fs.remove_all("/%/workspace/m%FF").unwrap();
+    fs.remove_all("/%/workspace/p%FF").unwrap();
+    fs.remove_file("/%/workspace/new%80").unwrap();
+    fs.replace("/%/workspace/%25/x", "lit", "changed", 100)
+        .unwrap();
+    // Only the decoys are left, untouched but for the one edited through its encoded name.
+    assert_eq!(
+        in_jail(&jail, "cd /workspace; ls -A; cat caf%E9.txt; echo; cat %/x"),
+        "%\ncaf%E9.txt\ndecoy\nchanged"
+    );
+    assert!(text(&read_all(&fs, "/etc/passwd").unwrap()).contains("runcell sandbox"));
+
+    // Encoded traversal is ordinary traversal: it stays in the view.
+    let passwd = read_all(&fs, "/etc/passwd").unwrap();
+    assert_eq!(
+        read_all(&fs, "/%/workspace%2F..%2F..%2F..%2Fetc%2Fpasswd").unwrap(),
+        passwd
+    );
+    assert_eq!(
+        read_all(&fs, "/%/%2E%2E/%2e%2e/etc/passwd").unwrap(),
+        passwd
+    );
+    let host = canary.path();
+    let host_enc: String = host.bytes().map(|b| format!("%{b:02X}")).collect();
+    for p in [
+        format!("/%/..%2F..%2F..{host_enc}%2Fcanary"),
+        format!("/%/proc%2F1%2Froot{host_enc}%2Fcanary"),
+        "/%/proc/self/root/etc/passwd".to_string(),
+        "/%/proc%2F1%2Fenviron".to_string(),
+    ] {
+        not_found_or_forbidden(fs.open_read(&p).map(drop), &p);
+        not_found_or_forbidden(fs.stat(&p).map(drop), &p);
+    }
+    // A write "above" the workspace through encoded dots lands in the jail's own /tmp.
+    put(&fs, "/%/workspace/%2E%2E/%2E%2E/tmp/esc%FF", b"inside").unwrap();
+    assert_eq!(
+        in_jail(&jail, r#"cat "$(printf '/tmp/esc\377')""#),
+        "inside"
+    );
+    assert!(!Path::new(std::ffi::OsStr::from_bytes(b"/tmp/esc\xFF")).exists());
+    assert!(
+        fs.rename("/workspace/caf%E9.txt", "/%/..%2Fetc%2Fpasswd")
+            .is_err()
+    );
+    assert_eq!(read_all(&fs, "/etc/passwd").unwrap(), passwd);
+    // Encoded NUL, malformed escapes and overlong decoded names are refused before anything.
+    let long = format!("/%/workspace/{}", "%FF".repeat(256));
+    for p in [
+        "/%/workspace/a%00b",
+        "/%/%00",
+        "/%/etc/passwd%00",
+        "/%/%",
+        "/%/workspace/%zz",
+        "/%/a%4",
+        long.as_str(),
+    ] {
+        let bad = |r: Result<(), FsError>| {
+            assert!(
+                matches!(r, Err(FsError::InvalidPath { .. })),
+                "{p:?}: {r:?}"
+            )
+        };
+        bad(fs.stat(p).map(drop));
+        bad(fs.open_read(p).map(drop));
+        bad(fs.upload(p, 10).map(drop));
+        bad(fs.list(p, 1, 10).map(drop));
+        bad(fs.search(p, "*", 10, 10).map(drop));
+        bad(fs.chmod(p, 0o644));
+        bad(fs.mkdir_all(p, 0o755).map(drop));
+        bad(fs.mkdir_parent(p, 0o755).map(drop));
+        bad(fs.remove_file(p));
+        bad(fs.remove_all(p));
+        bad(fs.rename(p, "x"));
+        bad(fs.rename("caf%E9.txt", p));
+        bad(fs.replace(p, "a", "b", 10).map(drop));
+    }
+    // The marker is unambiguous: nothing named `%` can exist at the read-only root, so no
+    // literal path starts with `/%/` (written literally, such a path names nothing).
+    assert_eq!(
+        in_jail(&jail, "mkdir /% 2>/dev/null && echo made || echo refused"),
+        "refused\n"
+    );
+    assert!(matches!(fs.stat("//%"), Err(FsError::NotFound { .. })));
+    assert!(fs.mkdir_all("//%/x", 0o755).is_err());
+    assert!(matches!(fs.stat("//%/x"), Err(FsError::NotFound { path }) if path == "/%/%25/x"));
+    drop(fs);
+    jail.destroy().unwrap();
+    canary.assert_untouched();
+}
+
 #[test]
 fn planted_symlinks_never_lead_outside_the_view() {
     let canary = HostCanary::new();

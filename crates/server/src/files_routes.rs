@@ -2,6 +2,11 @@
 //! search, permissions, move, replace, upload and download. Every path is resolved by
 //! `runcell_jail::SandboxFs` inside the sandbox's own filesystem view, as the sandbox's user:
 //! this module only parses requests and shapes answers.
+//!
+//! Paths travel in their text form (`runcell_jail::encode_path`): as they are when they are
+//! UTF-8, otherwise percent-encoded after the marker `/%/`, with `"path_encoding": "percent"`
+//! in the `FileInfo`. Every route reads paths the same way (they all go through
+//! `SandboxFs`), so a path an answer gave reaches exactly that file again.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -18,7 +23,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use runcell_engine::model::rfc3339;
-use runcell_jail::{FileMeta, FsError, FsKind, JAIL_GID, JAIL_UID, SandboxFs};
+use runcell_jail::{
+    FileMeta, FsError, FsKind, JAIL_GID, JAIL_UID, SandboxFs, decode_path, is_encoded_path,
+};
 
 use crate::error::ApiError;
 use crate::sandbox_routes::{ExecdCaller, ExecdError, ExecdJson, sandbox};
@@ -82,7 +89,14 @@ fn missing(name: &str) -> ExecdError {
 /// execd's `FileInfo`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FileInfo {
+    /// The absolute path, as it is if it is UTF-8; otherwise percent-encoded after the marker
+    /// `/%/` (see `path_encoding`). Either form can be sent back to name this file.
     pub path: String,
+    /// `"percent"` when `path` is encoded (the file's path is not UTF-8, or starts with
+    /// `/%/`): `/%/` followed by the path without its first `/`, where `%XX` stands for the
+    /// byte `XX`. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_encoding: Option<&'static str>,
     /// `file`, `directory`, `symlink` or `other`.
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -142,6 +156,7 @@ impl FileInfo {
     pub fn of(m: &FileMeta) -> FileInfo {
         FileInfo {
             path: m.path.clone(),
+            path_encoding: is_encoded_path(&m.path).then_some("percent"),
             kind: match m.kind {
                 FsKind::File => "file",
                 FsKind::Dir => "directory",
@@ -158,16 +173,66 @@ impl FileInfo {
     }
 }
 
-/// Every value of `name` in a raw query (`?path=a&path=b`), decoded once.
-fn query_values(raw: Option<&str>, name: &str) -> Vec<String> {
-    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-        .collect()
+/// `application/x-www-form-urlencoded` decoding to bytes: `+` is a space, `%XX` the byte `XX`,
+/// and a `%` without two hex digits stays as it is.
+fn form_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
 }
 
-fn query_value(raw: Option<&str>, name: &str) -> Option<String> {
-    query_values(raw, name).into_iter().next()
+/// Every value of `name` in a raw query (`?path=a&path=b`), decoded once. A value that is not
+/// UTF-8 once decoded is refused (never read lossily, which would name another file).
+fn query_values(raw: Option<&str>, name: &str) -> Result<Vec<String>, ExecdError> {
+    let mut out = Vec::new();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if form_decode(k) != name.as_bytes() {
+            continue;
+        }
+        match String::from_utf8(form_decode(v)) {
+            Ok(v) => out.push(v),
+            Err(_) if name == "path" => {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_PATH",
+                    "the query parameter `path` is not UTF-8 once percent-decoded; a file whose \
+                     name is not UTF-8 is named as listings show it: \"/%/\" followed by its \
+                     path with each such byte written %XX (and '%' written %25)",
+                ));
+            }
+            Err(_) => {
+                return Err(bad(format!(
+                    "the query parameter `{name}` is not UTF-8 once percent-decoded"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn query_value(raw: Option<&str>, name: &str) -> Result<Option<String>, ExecdError> {
+    Ok(query_values(raw, name)?.into_iter().next())
 }
 
 /// Runs a filesystem operation of the sandbox on a blocking thread.
@@ -241,7 +306,7 @@ pub async fn files_info(
     RawQuery(q): RawQuery,
 ) -> Result<Json<BTreeMap<String, FileInfo>>, ExecdError> {
     let live = sandbox(&state, &caller, &id).await?;
-    let paths = query_values(q.as_deref(), "path");
+    let paths = query_values(q.as_deref(), "path")?;
     if paths.is_empty() {
         return Err(missing("path"));
     }
@@ -268,7 +333,7 @@ pub async fn delete_files(
     RawQuery(q): RawQuery,
 ) -> Result<StatusCode, ExecdError> {
     let live = sandbox(&state, &caller, &id).await?;
-    let paths = query_values(q.as_deref(), "path");
+    let paths = query_values(q.as_deref(), "path")?;
     if paths.is_empty() {
         return Err(missing("path"));
     }
@@ -319,7 +384,7 @@ pub async fn delete_directories(
     RawQuery(q): RawQuery,
 ) -> Result<StatusCode, ExecdError> {
     let live = sandbox(&state, &caller, &id).await?;
-    let paths = query_values(q.as_deref(), "path");
+    let paths = query_values(q.as_deref(), "path")?;
     if paths.is_empty() {
         return Err(missing("path"));
     }
@@ -359,8 +424,8 @@ pub async fn list_directory(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ExecdError> {
     let live = sandbox(&state, &caller, &id).await?;
-    let path = query_value(q.as_deref(), "path").ok_or_else(|| missing("path"))?;
-    let depth = match query_value(q.as_deref(), "depth") {
+    let path = query_value(q.as_deref(), "path")?.ok_or_else(|| missing("path"))?;
+    let depth = match query_value(q.as_deref(), "depth")? {
         None => 1,
         Some(d) => d
             .trim()
@@ -396,8 +461,8 @@ pub async fn search_files(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ExecdError> {
     let live = sandbox(&state, &caller, &id).await?;
-    let path = query_value(q.as_deref(), "path").ok_or_else(|| missing("path"))?;
-    let pattern = query_value(q.as_deref(), "pattern")
+    let path = query_value(q.as_deref(), "path")?.ok_or_else(|| missing("path"))?;
+    let pattern = query_value(q.as_deref(), "pattern")?
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "**".into());
     with_fs(&live, move |fs| {
@@ -469,11 +534,7 @@ pub async fn move_files(
     with_fs(&live, move |fs| {
         for (src, dest) in moves {
             fs.stat(&src).map_err(fs_error)?;
-            if let Some((parent, _)) = dest.trim_end_matches('/').rsplit_once('/')
-                && !parent.is_empty()
-            {
-                fs.mkdir_all(parent, 0o755).map_err(fs_error)?;
-            }
+            fs.mkdir_parent(&dest, 0o755).map_err(fs_error)?;
             fs.rename(&src, &dest).map_err(fs_error)?;
         }
         Ok(StatusCode::OK)
@@ -497,7 +558,7 @@ pub async fn replace_in_files(
     ExecdJson(body): ExecdJson,
 ) -> Result<Response, ExecdError> {
     let live = sandbox(&state, &caller, &id).await?;
-    let verbose = query_value(q.as_deref(), "verbose").is_some_and(|v| v == "true" || v == "1");
+    let verbose = query_value(q.as_deref(), "verbose")?.is_some_and(|v| v == "true" || v == "1");
     let Value::Object(map) = body else {
         return Err(bad("the body must be an object of path -> {old, new}"));
     };
@@ -746,8 +807,12 @@ fn parse_range(h: Option<&str>, size: u64) -> Range {
     }
 }
 
+/// `Content-Disposition` for a file at `path` (text form); a name that is not UTF-8 is given
+/// lossily (it is only a suggestion for the client's own file name).
 fn disposition(path: &str) -> String {
-    let name = path.rsplit('/').next().unwrap_or("download");
+    let raw = decode_path(path).unwrap_or(std::borrow::Cow::Borrowed(path.as_bytes()));
+    let base = raw.rsplit(|b| *b == b'/').next().unwrap_or(b"download");
+    let name = String::from_utf8_lossy(base);
     let ascii: String = name
         .chars()
         .map(|c| {
@@ -777,9 +842,9 @@ pub async fn download_file(
     headers: HeaderMap,
 ) -> Result<Response, ExecdError> {
     let live = sandbox(&state, &caller, &id).await?;
-    let path = query_value(q.as_deref(), "path").ok_or_else(|| missing("path"))?;
+    let path = query_value(q.as_deref(), "path")?.ok_or_else(|| missing("path"))?;
     let line = |name: &str| -> Result<Option<u64>, ExecdError> {
-        match query_value(q.as_deref(), name) {
+        match query_value(q.as_deref(), name)? {
             None => Ok(None),
             Some(v) => v
                 .trim()
@@ -938,10 +1003,44 @@ mod tests {
 
     #[test]
     fn queries_repeat_and_decode_once() {
-        let q = Some("path=%2Fworkspace%2Fa&path=b%252e&x=1");
-        assert_eq!(query_values(q, "path"), vec!["/workspace/a", "b%2e"]);
-        assert_eq!(query_value(q, "x").as_deref(), Some("1"));
-        assert!(query_values(None, "path").is_empty());
+        let q = Some("path=%2Fworkspace%2Fa&path=b%252e&x=1&p%61th=a+b%&&=&path");
+        assert_eq!(
+            query_values(q, "path").unwrap(),
+            vec!["/workspace/a", "b%2e", "a b%", ""]
+        );
+        assert_eq!(query_value(q, "x").unwrap().as_deref(), Some("1"));
+        assert!(query_values(None, "path").unwrap().is_empty());
+        // The marker form passes through as text; raw bytes that are not UTF-8 are refused.
+        let q = Some("path=%2F%25%2Fworkspace%2Fcaf%25E9&pattern=%FF");
+        assert_eq!(
+            query_values(q, "path").unwrap(),
+            vec!["/%/workspace/caf%E9"]
+        );
+        assert!(query_values(Some("path=%2Fworkspace%2Fcaf%E9"), "path").is_err());
+        assert!(query_values(q, "pattern").is_err());
+    }
+
+    #[test]
+    fn file_infos_flag_encoded_paths() {
+        let meta = |path: &str| FileMeta {
+            path: path.into(),
+            kind: FsKind::File,
+            size: 1,
+            mode: 0o644,
+            uid: JAIL_UID,
+            gid: JAIL_GID,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        };
+        let plain = serde_json::to_value(FileInfo::of(&meta("/workspace/50%.txt"))).unwrap();
+        assert!(plain.get("path_encoding").is_none(), "{plain}");
+        let enc = serde_json::to_value(FileInfo::of(&meta("/%/workspace/caf%E9"))).unwrap();
+        assert_eq!(enc["path_encoding"], "percent");
+        assert_eq!(enc["path"], "/%/workspace/caf%E9");
+        assert_eq!(
+            disposition("/%/workspace/caf%E9.txt"),
+            "attachment; filename=\"caf_.txt\"; filename*=UTF-8''caf%EF%BF%BD.txt"
+        );
     }
 
     #[test]

@@ -1177,6 +1177,389 @@ fn traversal_strings_stay_inside_the_sandbox() {
     c.check(&srv);
 }
 
+/// The entries of a listing or search answer as `(path, path_encoding)`, checking that the
+/// flag is there exactly for encoded paths.
+#[track_caller]
+fn entries(r: &Resp) -> Vec<(String, bool)> {
+    let v = r.json();
+    v.as_array()
+        .unwrap_or_else(|| panic!("an array: {}", r.text))
+        .iter()
+        .map(|fi| {
+            assert_file_info(fi);
+            let path = fi["path"].as_str().unwrap().to_string();
+            let flagged = match fi.get("path_encoding") {
+                None => false,
+                Some(e) => {
+                    assert_eq!(e, "percent", "{fi}");
+                    true
+                }
+            };
+            assert_eq!(flagged, path.starts_with("/%/"), "{fi}");
+            (path, flagged)
+        })
+        .collect()
+}
+
+/// ATTACK: file names that are not UTF-8, written by code in the sandbox (`printf` octal
+/// escapes), next to a decoy whose UTF-8 name is the encoded form of another (`caf%E9.txt`).
+/// Listings and searches give every entry a path that round-trips (percent-encoded after the
+/// marker `/%/`, flagged `"path_encoding": "percent"`); info, download, permissions, replace,
+/// move, upload, mkdir, delete and delete-directory by that path reach exactly that file and
+/// never the decoy. Raw non-UTF-8 bytes in a query are refused with a 400 that explains the
+/// form. Encoded `/`, `..` and NUL (`%2F`, `%2E%2E`, `%00`), encoded host paths, `/proc` and
+/// the victim's files stay inside the sandbox or are refused: host canaries and another
+/// sandbox's files are checked at the end.
+#[test]
+fn non_utf8_names_round_trip_over_http() {
+    let srv = Server::start();
+    let c = Canaries::plant(&srv);
+    let sb = sandbox(&srv, &json!({}));
+    sh(
+        &srv,
+        &sb,
+        r#"set -e; mkdir -p /workspace/n; cd /workspace/n
+           printf latin1 > "$(printf 'caf\351.txt')"; printf decoy > 'caf%E9.txt'
+           d=$(printf 'd\351'); mkdir "$d"; printf deep > "$d/$(printf 'x\377')"
+           printf pct > "$(printf '50%%\376')"; ln -s /etc/passwd "$(printf 'l\375')""#,
+    );
+    let r = list(&srv, &sb, "/workspace/n", 2).expect(200);
+    let listed = entries(&r);
+    let listed_paths: Vec<&str> = listed.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        listed_paths,
+        [
+            "/%/workspace/n/50%25%FE",
+            "/workspace/n/caf%E9.txt",
+            "/%/workspace/n/caf%E9.txt",
+            "/%/workspace/n/d%E9",
+            "/%/workspace/n/d%E9/x%FF",
+            "/%/workspace/n/l%FD",
+        ],
+        "{}",
+        r.text
+    );
+    // Every listed path is accepted back by info, keyed as given, as the same entry.
+    let listing = r.json();
+    for (i, (p, _)) in listed.iter().enumerate() {
+        let fi = info(&srv, &sb, p);
+        assert_eq!(fi["path"], listing[i]["path"], "{fi}");
+        assert_eq!(fi.get("path_encoding"), listing[i].get("path_encoding"));
+        assert_eq!(fi["type"], listing[i]["type"], "{fi}");
+    }
+    let one = get(
+        &srv,
+        &sb,
+        &format!(
+            "/files/info{}&path={}",
+            qp("/%/workspace/n/caf%E9.txt"),
+            enc("/workspace/n/caf%E9.txt")
+        ),
+    )
+    .expect(200)
+    .json();
+    assert_eq!(one.as_object().map(|o| o.len()), Some(2), "{one}");
+    assert_eq!(one["/%/workspace/n/caf%E9.txt"]["size"], 6, "latin1: {one}");
+    assert_eq!(one["/workspace/n/caf%E9.txt"]["size"], 5, "decoy: {one}");
+    // Downloads by the listed paths get exactly those files.
+    for (p, want) in [
+        ("/%/workspace/n/caf%E9.txt", "latin1"),
+        ("/%/workspace/n/caf%e9.txt", "latin1"),
+        ("/workspace/n/caf%E9.txt", "decoy"),
+        ("/%/workspace/n/d%E9/x%FF", "deep"),
+        ("/%/workspace/n/50%25%FE", "pct"),
+    ] {
+        let r = download(&srv, &sb, p).expect(200);
+        assert_eq!(r.text, want, "{p}");
+    }
+    let r = download(&srv, &sb, "/%/workspace/n/caf%E9.txt").expect(200);
+    let cd = r.header("Content-Disposition").unwrap_or_default();
+    assert!(
+        cd.contains("filename*=UTF-8''caf%EF%BF%BD.txt"),
+        "a lossy name to save as: {cd}"
+    );
+    let r = download_range(&srv, &sb, "/%/workspace/n/caf%E9.txt", "bytes=1-3").expect(206);
+    assert_eq!(r.text, "ati");
+    // The link is reported as a link and downloads what it points to inside the sandbox.
+    let r = download(&srv, &sb, "/%/workspace/n/l%FD").expect(200);
+    assert_eq!(r.text, sandbox_passwd(&srv, &sb));
+    // Searches give the same paths; `?` matches the byte that is not UTF-8, not the decoy.
+    let r = search(&srv, &sb, "/workspace/n", "caf?.txt").expect(200);
+    assert_eq!(
+        entries(&r),
+        [("/%/workspace/n/caf%E9.txt".to_string(), true)],
+        "{}",
+        r.text
+    );
+    let r = search(&srv, &sb, "/%/workspace/n/d%E9", "*").expect(200);
+    assert_eq!(
+        entries(&r),
+        [("/%/workspace/n/d%E9/x%FF".to_string(), true)],
+        "{}",
+        r.text
+    );
+
+    // Changes by the listed paths.
+    post(
+        &srv,
+        &sb,
+        "/files/permissions",
+        &json!({"/%/workspace/n/caf%E9.txt": {"mode": 600}}),
+    )
+    .expect(200);
+    assert_eq!(
+        sh(
+            &srv,
+            &sb,
+            r#"cd /workspace/n; stat -c %a "$(printf 'caf\351.txt')" caf%E9.txt"#
+        ),
+        "600\n644"
+    );
+    let r = post(
+        &srv,
+        &sb,
+        "/files/replace?verbose=true",
+        &json!({"/%/workspace/n/d%E9/x%FF": {"old": "deep", "new": "DEEP"}}),
+    )
+    .expect(200);
+    assert_eq!(
+        r.json(),
+        json!({"/%/workspace/n/d%E9/x%FF": {"replacedCount": 1}})
+    );
+    assert_eq!(
+        sh(&srv, &sb, r#"cat "$(printf '/workspace/n/d\351/x\377')""#),
+        "DEEP"
+    );
+    post(
+        &srv,
+        &sb,
+        "/files/mv",
+        &json!([{"src": "/%/workspace/n/50%25%FE", "dest": "/%/workspace/n/new%F0dir/moved%FF"}]),
+    )
+    .expect(200);
+    assert_eq!(
+        sh(
+            &srv,
+            &sb,
+            r#"cat "$(printf '/workspace/n/new\360dir/moved\377')""#
+        ),
+        "pct"
+    );
+    put(&srv, &sb, "/%/workspace/n/up%80.bin", b"uploaded").expect(200);
+    assert_eq!(
+        sh(&srv, &sb, r#"cat "$(printf '/workspace/n/up\200.bin')""#),
+        "uploaded"
+    );
+    post(
+        &srv,
+        &sb,
+        "/directories",
+        &json!({"/%/workspace/n/mk%FF/sub": {"mode": 700}}),
+    )
+    .expect(200);
+    assert_eq!(
+        sh(
+            &srv,
+            &sb,
+            r#"stat -c %a "$(printf '/workspace/n/mk\377/sub')""#
+        ),
+        "700"
+    );
+    let r = list(&srv, &sb, "/workspace/n", 3).expect(200);
+    let after: Vec<String> = entries(&r).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        after,
+        [
+            "/workspace/n/caf%E9.txt",
+            "/%/workspace/n/caf%E9.txt",
+            "/%/workspace/n/d%E9",
+            "/%/workspace/n/d%E9/x%FF",
+            "/%/workspace/n/l%FD",
+            "/%/workspace/n/mk%FF",
+            "/%/workspace/n/mk%FF/sub",
+            "/%/workspace/n/new%F0dir",
+            "/%/workspace/n/new%F0dir/moved%FF",
+            "/%/workspace/n/up%80.bin",
+        ],
+        "{}",
+        r.text
+    );
+    // Deleting by the listed paths removes those entries, and only them.
+    delete(
+        &srv,
+        &sb,
+        &format!(
+            "/files{}&path={}&path={}",
+            qp("/%/workspace/n/l%FD"),
+            enc("/%/workspace/n/caf%E9.txt"),
+            enc("/%/workspace/n/up%80.bin")
+        ),
+    )
+    .expect(200);
+    for d in [
+        "/%/workspace/n/d%E9",
+        "/%/workspace/n/mk%FF",
+        "/%/workspace/n/new%F0dir",
+    ] {
+        delete(&srv, &sb, &format!("/directories{}", qp(d))).expect(200);
+    }
+    assert_eq!(
+        sh(&srv, &sb, "ls -A /workspace/n; cat /workspace/n/caf%E9.txt"),
+        "caf%E9.txt\ndecoy"
+    );
+    assert!(sandbox_passwd(&srv, &sb).contains("runcell sandbox"));
+
+    // Raw bytes that are not UTF-8 in a query are refused with an explanation, never read
+    // lossily as another name.
+    put(&srv, &sb, "/%/workspace/n/caf%E9.txt", b"latin1").expect(200);
+    for rest in [
+        "/files/info?path=%2Fworkspace%2Fn%2Fcaf%E9.txt",
+        "/files/download?path=%2Fworkspace%2Fn%2Fcaf%E9.txt",
+        "/directories/list?path=%2Fworkspace%2F%FF",
+        "/files/search?path=%2Fworkspace%2F%FF",
+    ] {
+        let v = execd_error(&get(&srv, &sb, rest), 400, Some("INVALID_PATH"));
+        assert!(
+            v["message"].as_str().unwrap_or_default().contains("/%/"),
+            "{v}"
+        );
+    }
+    let r = delete(&srv, &sb, "/files?path=%2Fworkspace%2Fn%2Fcaf%E9.txt");
+    execd_error(&r, 400, Some("INVALID_PATH"));
+    assert_eq!(
+        sh(&srv, &sb, r#"cat "$(printf '/workspace/n/caf\351.txt')""#),
+        "latin1"
+    );
+    let r = get(&srv, &sb, "/files/search?path=%2Fworkspace&pattern=%FF");
+    execd_error(&r, 400, Some("INVALID_REQUEST_BODY"));
+
+    // Encoded traversal, host paths, /proc, the victim, NUL and malformed escapes.
+    let hex = |s: &str| -> String { s.bytes().map(|b| format!("%{b:02X}")).collect() };
+    let canary = c.file.to_string_lossy().into_owned();
+    let own_passwd = sandbox_passwd(&srv, &sb);
+    let ok_paths = [
+        plain("/%/..%2F..%2F..%2Fetc%2Fshadow"),
+        plain("/%/workspace%2F..%2F..%2F..%2Fetc%2Fpasswd"),
+        plain("/%/%2E%2E/%2E%2E/%2e%2e/etc/passwd"),
+        plain(&format!("/%/{}", hex(canary.trim_start_matches('/')))),
+        plain(&format!("/%/..%2F..%2F..{}", hex(&canary))),
+        plain(&format!("/%/proc%2F1%2Froot{}", hex(&canary))),
+        plain(&format!(
+            "/%/{}",
+            hex(c.victim_file().trim_start_matches('/'))
+        )),
+        plain("/%/proc/self/root/etc/passwd"),
+        plain("/%/proc%2F1%2Fenviron"),
+        plain("/%/%2Froot%2F.bashrc"),
+    ];
+    let long_name = format!("/%/workspace/{}", "%FF".repeat(300));
+    let invalid = [
+        plain("/%/workspace/a%00b"),
+        plain("/%/..%2F%00%2Fetc%2Fpasswd"),
+        plain("/%/%"),
+        plain("/%/workspace/%zz"),
+        plain("/%/a%4"),
+        plain(&long_name),
+    ];
+    let all = || ok_paths.iter().chain(invalid.iter());
+    let is_bad = |h: &Hostile| invalid.iter().any(|i| i.json == h.json);
+    let what = |h: &Hostile, op: &str| format!("{op} {:?}", &h.json[..h.json.len().min(80)]);
+    let check = |h: &Hostile, r: &Resp, op: &str| {
+        c.safe(r, &what(h, op));
+        if is_bad(h) {
+            execd_error(r, 400, Some("INVALID_PATH"));
+        }
+    };
+    let mut passwd_reads = 0;
+    for h in all() {
+        check(h, &info_raw(&srv, &sb, &h.raw), "info");
+        let r = download_raw(&srv, &sb, &h.raw);
+        check(h, &r, "download");
+        if r.status == 200 {
+            assert_eq!(r.text, own_passwd, "{}", what(h, "download"));
+            passwd_reads += 1;
+        }
+        let r = get(
+            &srv,
+            &sb,
+            &format!("/directories/list?path={}&depth=2", h.raw),
+        );
+        check(h, &r, "list");
+        let r = get(
+            &srv,
+            &sb,
+            &format!("/files/search?path={}&pattern=*", h.raw),
+        );
+        check(h, &r, "search");
+    }
+    assert!(passwd_reads >= 2, "encoded dots reach the sandbox's passwd");
+    for (i, h) in all().enumerate() {
+        let r = post(
+            &srv,
+            &sb,
+            "/files/permissions",
+            &json!({ &h.json: {"mode": 777} }),
+        );
+        check(h, &r, "permissions");
+        let r = post(
+            &srv,
+            &sb,
+            "/files/replace",
+            &json!({ &h.json: {"old": "root", "new": "pwned"} }),
+        );
+        check(h, &r, "replace");
+        put(&srv, &sb, "/workspace/own.txt", b"own").expect(200);
+        let r = post(
+            &srv,
+            &sb,
+            "/files/mv",
+            &json!([{"src": &h.json, "dest": format!("/workspace/stolen-{i}")}]),
+        );
+        check(h, &r, "mv from");
+        let r = post(
+            &srv,
+            &sb,
+            "/files/mv",
+            &json!([{"src": "/workspace/own.txt", "dest": &h.json}]),
+        );
+        check(h, &r, "mv onto");
+        check(h, &put(&srv, &sb, &h.json, b"attacker-bytes"), "upload");
+        let r = delete(&srv, &sb, &format!("/files?path={}", h.raw));
+        check(h, &r, "delete file");
+        let r = post(
+            &srv,
+            &sb,
+            "/directories",
+            &json!({ &h.json: {"mode": 755} }),
+        );
+        check(h, &r, "mkdir");
+    }
+    for h in all() {
+        let r = delete(&srv, &sb, &format!("/directories?path={}", h.raw));
+        check(h, &r, "delete directory");
+    }
+    let stolen = sh(&srv, &sb, "cat /workspace/stolen-* 2>/dev/null; true");
+    for l in &c.leaks {
+        assert!(!stolen.contains(l.as_str()), "{stolen}");
+    }
+    // A write "above" the workspace through encoded dots lands in the sandbox's own /tmp.
+    put(
+        &srv,
+        &sb,
+        "/%/workspace%2F..%2F..%2Ftmp%2Fesc%FF",
+        b"inside",
+    )
+    .expect(200);
+    assert_eq!(sh(&srv, &sb, r#"cat "$(printf '/tmp/esc\377')""#), "inside");
+    assert!(
+        !std::path::Path::new(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"/tmp/esc\xFF")
+        )
+        .exists()
+    );
+    c.check(&srv);
+}
+
 /// The links a sandbox plants for [`symlinks_planted_in_the_sandbox_never_lead_out`].
 fn plant_links(srv: &Server, sb: &str, c: &Canaries) -> Vec<&'static str> {
     let canary_dir = c.dir.to_string_lossy();
