@@ -275,7 +275,7 @@ mod tests {
     async fn a_stalled_body_times_out() {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let body = PacedBody::new(channel_body(rx), pace(1000, 1));
-        let e = body.collect().await.err().expect("a timeout");
+        let e = body.collect().await.expect_err("a timeout");
         assert!(
             matches!(BodyTimeout::find(&*e), Some(BodyTimeout::Stalled(_))),
             "{e}"
@@ -298,8 +298,7 @@ mod tests {
         let e = PacedBody::new(channel_body(rx), pace(2000, 100))
             .collect()
             .await
-            .err()
-            .expect("cut off");
+            .expect_err("cut off");
         assert!(
             matches!(BodyTimeout::find(&*e), Some(BodyTimeout::TooSlow { .. })),
             "{e}"
