@@ -10,6 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -264,12 +265,15 @@ pub struct Killer {
     /// Write end of the step init's control pipe.
     ctl: Arc<OwnedFd>,
     shared: bool,
+    /// Set once any clone has sent SIGKILL: a SIGKILL death is then ours, not the kernel's.
+    kill_sent: Arc<AtomicBool>,
 }
 
 impl Killer {
     /// A private step: SIGKILL to its init, which takes everything in its pid namespace with
     /// it. A shared step: SIGKILL to the program's process group.
     pub fn kill(&self) -> io::Result<()> {
+        self.kill_sent.store(true, Ordering::SeqCst);
         if self.shared {
             return self.signal(libc::SIGKILL);
         }
@@ -284,8 +288,17 @@ impl Killer {
         self.shared
     }
 
+    /// Whether SIGKILL was sent through this handle or a clone of it (a kill, an interrupt's
+    /// last resort, a deleted context).
+    pub fn kill_sent(&self) -> bool {
+        self.kill_sent.load(Ordering::SeqCst)
+    }
+
     /// Sends `sig` to the program's process group (through its step init).
     pub fn signal(&self, sig: libc::c_int) -> io::Result<()> {
+        if sig == libc::SIGKILL {
+            self.kill_sent.store(true, Ordering::SeqCst);
+        }
         match crate::sys::write_all(self.ctl.as_raw_fd(), &sig.to_ne_bytes()) {
             // The step has ended: nothing left to signal.
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(()),
@@ -471,6 +484,7 @@ impl Jail {
                     pidfd: Arc::new(pidfd.try_clone().ctx(|| "dup pidfd".into())?),
                     ctl: Arc::new(ctl_w),
                     shared: spec.mode == crate::config::StepMode::Shared,
+                    kill_sent: Arc::new(AtomicBool::new(false)),
                 };
                 Ok(Process {
                     pidfd,

@@ -65,6 +65,11 @@ impl Exit {
     }
 }
 
+/// See [`Outcome::oom_killed_after`].
+fn oom_killed(exit: &Exit, killed_by_us: bool, oom_kills_at_exit: u64, since: u64) -> bool {
+    *exit == Exit::Signaled(libc::SIGKILL) && !killed_by_us && oom_kills_at_exit > since
+}
+
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -91,6 +96,30 @@ pub struct Outcome {
     /// Captured output ([`Jail::run`] only; empty with [`Jail::supervise`]).
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Whether the run was ended by us: the supervisor killed it for a limit, SIGKILL was sent
+    /// through its [`crate::Killer`] (or a clone), or the jail was destroyed.
+    pub killed_by_us: bool,
+    /// The jail cgroup's count of out-of-memory kills when the program was started, and when
+    /// its end was first seen (the status record or the step's exit, whichever came first).
+    pub oom_kills_at_start: u64,
+    pub oom_kills_at_exit: u64,
+}
+
+impl Outcome {
+    /// Whether the program itself was killed by the out-of-memory killer, as far as the kernel
+    /// lets us tell, counting only OOM kills after the cgroup's counter read `since`: it died
+    /// of a SIGKILL that nobody of ours sent, and the jail's OOM counter had risen past `since`
+    /// by the time its death was seen. (The kernel does not say which process a memory
+    /// cgroup's OOM kill took; a program that SIGKILLs itself while another process of the
+    /// jail is OOM-killed is counted too.)
+    pub fn oom_killed_after(&self, since: u64) -> bool {
+        oom_killed(&self.exit, self.killed_by_us, self.oom_kills_at_exit, since)
+    }
+
+    /// [`Outcome::oom_killed_after`] over the program's whole life.
+    pub fn oom_killed(&self) -> bool {
+        self.oom_killed_after(self.oom_kills_at_start)
+    }
 }
 
 /// How long to wait for the output pipes to close once the step has died (they close at once
@@ -202,6 +231,10 @@ impl Jail {
         let mut kill_reason: Option<Limit> = None;
         let mut killed_ns: Option<u64> = None;
         let mut step_dead_ns: Option<u64> = None;
+        // The OOM counter as soon as the program's end is seen, so that kills of other
+        // processes of a shared jail after it died are not counted against it.
+        let mut oom_at_exit: Option<u64> = None;
+        let oom_now = || self.cgroup.stats().map(|s| s.oom_kills).ok();
         let wall_ns = limits.wall_time.as_nanos().min(u64::MAX as u128) as u64;
         let cpu_limit_ns = limits.cpu_time.as_nanos().min(u64::MAX as u128) as u64;
         let ncpu = std::thread::available_parallelism()
@@ -306,6 +339,9 @@ impl Jail {
                     0 => {
                         step_alive = false;
                         step_dead_ns = Some(monotonic_ns());
+                        if oom_at_exit.is_none() {
+                            oom_at_exit = oom_now();
+                        }
                     }
                     1 => {
                         let fd = status_fd.as_ref().expect("polled status is open");
@@ -320,7 +356,12 @@ impl Jail {
                                     let r = StepRecord::from_bytes(&raw);
                                     match r.kind {
                                         RECORD_STARTED => started_ns = Some(r.time_ns),
-                                        RECORD_FINISHED => finished = Some(r),
+                                        RECORD_FINISHED => {
+                                            finished = Some(r);
+                                            if oom_at_exit.is_none() {
+                                                oom_at_exit = oom_now();
+                                            }
+                                        }
                                         _ => {}
                                     }
                                 }
@@ -378,26 +419,50 @@ impl Jail {
             .or(killed_ns)
             .or(step_dead_ns)
             .unwrap_or_else(monotonic_ns);
-        let oom = stats.oom_kills > baseline.oom_kills;
         let task_limit = stats.task_limit_hits > baseline.task_limit_hits;
-        // An output kill is immediate and ours; an out-of-memory kill is the root cause of
-        // whatever followed (a parent waiting for a killed child until the wall limit).
-        let limit = match kill_reason {
-            Some(Limit::Output) => Some(Limit::Output),
-            _ if oom => Some(Limit::Memory),
-            r => r,
-        };
-        let limit = limit.or_else(|| {
-            if exit == Exit::Signaled(libc::SIGXFSZ) {
-                Some(Limit::FileSize)
-            } else if exit == Exit::Signaled(libc::SIGXCPU) {
-                Some(Limit::CpuTime)
-            } else if task_limit && !exit.success() && !matches!(exit, Exit::NotStarted { .. }) {
-                Some(Limit::Processes)
-            } else {
-                None
+        let killed_by_us = kill_reason.is_some() || killer.kill_sent() || self.is_destroyed();
+        let oom_kills_at_exit = oom_at_exit.unwrap_or(stats.oom_kills);
+        let limit = if killer.is_shared() {
+            // Other programs share the jail, its cgroup and its counters: a limit is this
+            // program's only if it was itself killed. One that exited did so on its own (even
+            // if our kill raced its exit); its OOM kills and refused forks may be anyone's.
+            match exit {
+                Exit::Signaled(sig) => kill_reason
+                    .or_else(|| {
+                        oom_killed(&exit, killed_by_us, oom_kills_at_exit, baseline.oom_kills)
+                            .then_some(Limit::Memory)
+                    })
+                    .or(match sig {
+                        libc::SIGXFSZ => Some(Limit::FileSize),
+                        libc::SIGXCPU => Some(Limit::CpuTime),
+                        _ => None,
+                    }),
+                Exit::Exited(n) if n != 0 && task_limit => Some(Limit::Processes),
+                _ => None,
             }
-        });
+        } else {
+            // The jail is this run's alone. An output kill is immediate and ours; an
+            // out-of-memory kill is the root cause of whatever followed (a parent waiting for
+            // a killed child until the wall limit).
+            let oom = stats.oom_kills > baseline.oom_kills;
+            let limit = match kill_reason {
+                Some(Limit::Output) => Some(Limit::Output),
+                _ if oom => Some(Limit::Memory),
+                r => r,
+            };
+            limit.or_else(|| {
+                if exit == Exit::Signaled(libc::SIGXFSZ) {
+                    Some(Limit::FileSize)
+                } else if exit == Exit::Signaled(libc::SIGXCPU) {
+                    Some(Limit::CpuTime)
+                } else if task_limit && !exit.success() && !matches!(exit, Exit::NotStarted { .. })
+                {
+                    Some(Limit::Processes)
+                } else {
+                    None
+                }
+            })
+        };
         Ok(Outcome {
             exit,
             limit,
@@ -410,6 +475,9 @@ impl Jail {
             stderr_truncated: outputs[1].truncated,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            killed_by_us,
+            oom_kills_at_start: baseline.oom_kills,
+            oom_kills_at_exit,
         })
     }
 }

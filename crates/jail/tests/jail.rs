@@ -1293,6 +1293,163 @@ fn signals_reach_the_programs_process_group() {
     trace.assert_gone(&mounts);
 }
 
+/// Starts a shared step that prints `ready` once it has set up, supervises it on a thread of
+/// `scope`, and returns once it is ready (or panics after 30 s).
+fn start_ready<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    jail: &'s Jail,
+    spec: &ProcessSpec,
+) -> (Killer, std::thread::ScopedJoinHandle<'s, Outcome>) {
+    let p = jail
+        .start(
+            spec,
+            StdinSource::Null,
+            OutputTarget::Pipe,
+            OutputTarget::Null,
+        )
+        .unwrap();
+    let killer = p.killer().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = scope.spawn(move || {
+        let limits = RunLimits {
+            wall_time: Duration::from_secs(120),
+            ..run_limits()
+        };
+        jail.supervise(p, &limits, &mut |_, c| {
+            let _ = tx.send(c.to_vec());
+        })
+        .unwrap()
+    });
+    let mut seen = Vec::new();
+    while !text(&seen).contains("ready") {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(c) => seen.extend_from_slice(&c),
+            Err(e) => panic!("the step never said ready ({e}): {:?}", text(&seen)),
+        }
+    }
+    (killer, h)
+}
+
+/// Steps of a shared jail (a sandbox's commands and kernels) share its cgroup and its OOM
+/// counter, so the counter rising while a step ran does not make the step a memory kill: a
+/// step is reported killed by the memory limit only if it itself died of a SIGKILL nobody of
+/// ours sent, with an OOM kill in the jail during its life. Attacks: a holder that the OOM
+/// killer takes while another step allocates and exits 0 (that step is a success, the holder
+/// the memory kill); a step that fails on its own (exit 3) while that happens; a step we kill
+/// while another step is OOM-killed; a step that SIGKILLs itself after an earlier OOM kill.
+#[test]
+fn shared_steps_are_blamed_only_for_their_own_oom_kills() {
+    let mounts = host_mounts();
+    let cg = CgroupLimits {
+        memory_bytes: 128 << 20,
+        ..cgroup_limits()
+    };
+    let jail = spawner().prepare(&shared_config(), &cg).unwrap();
+    let trace = Trace::of(&jail);
+    let alloc = |mib: u32, then: &str| ProcessSpec {
+        mode: StepMode::Shared,
+        ..py(&format!(
+            "import sys, time\nb = b'x' * ({mib} << 20)\n{then}"
+        ))
+    };
+    std::thread::scope(|scope| {
+        // A holder of 80 MiB; then a step that allocates 80 MiB more and exits 0, and one that
+        // exits 3 while it runs: the kernel kills the holder (the larger), both others finish.
+        let (_, holder) = start_ready(
+            scope,
+            &jail,
+            &alloc(80, "print('ready', flush=True)\ntime.sleep(100)"),
+        );
+        let (_, failing) = start_ready(
+            scope,
+            &jail,
+            &shared(&[
+                "/bin/sh",
+                "-c",
+                "echo ready; until [ -e /tmp/allocated ]; do sleep 0.05; done; exit 3",
+            ]),
+        );
+        let fg = jail
+            .run(
+                &alloc(80, "open('/tmp/allocated', 'w').close()\nprint('done')"),
+                StdinSource::Null,
+                &run_limits(),
+            )
+            .unwrap();
+        let holder = holder.join().unwrap();
+        let failing = failing.join().unwrap();
+        assert_eq!(fg.exit, Exit::Exited(0), "{fg:?} {}", text(&fg.stderr));
+        assert_eq!(text(&fg.stdout), "done\n");
+        assert!(
+            fg.oom_kills_at_exit > fg.oom_kills_at_start,
+            "an OOM kill happened while it ran: {fg:?}"
+        );
+        assert_eq!(
+            fg.limit, None,
+            "another step's OOM kill is not its own: {fg:?}"
+        );
+        assert!(!fg.oom_killed(), "{fg:?}");
+        assert_eq!(holder.exit, Exit::Signaled(libc::SIGKILL), "{holder:?}");
+        assert_eq!(holder.limit, Some(Limit::Memory), "{holder:?}");
+        assert!(holder.oom_killed() && !holder.killed_by_us, "{holder:?}");
+        assert_eq!(failing.exit, Exit::Exited(3), "{failing:?}");
+        assert!(
+            failing.oom_kills_at_exit > failing.oom_kills_at_start,
+            "{failing:?}"
+        );
+        assert_eq!(failing.limit, None, "{failing:?}");
+
+        // A step we kill while another is OOM-killed: the kill is ours, the OOM kill the
+        // other's.
+        let (killer, sleeper) = start_ready(
+            scope,
+            &jail,
+            &shared(&["/bin/sh", "-c", "echo ready; exec sleep 100"]),
+        );
+        let victim = jail
+            .run(
+                &alloc(200, "print('survived')"),
+                StdinSource::Null,
+                &run_limits(),
+            )
+            .unwrap();
+        assert_eq!(victim.exit, Exit::Signaled(libc::SIGKILL), "{victim:?}");
+        assert_eq!(victim.limit, Some(Limit::Memory), "{victim:?}");
+        assert!(victim.oom_killed(), "{victim:?}");
+        killer.kill().unwrap();
+        let sleeper = sleeper.join().unwrap();
+        assert_eq!(sleeper.exit, Exit::Signaled(libc::SIGKILL), "{sleeper:?}");
+        assert!(
+            sleeper.oom_kills_at_exit > sleeper.oom_kills_at_start,
+            "{sleeper:?}"
+        );
+        assert!(sleeper.killed_by_us, "{sleeper:?}");
+        assert_eq!(
+            sleeper.limit, None,
+            "our kill is no memory kill: {sleeper:?}"
+        );
+        assert!(!sleeper.oom_killed(), "{sleeper:?}");
+    });
+    // A step that SIGKILLs itself after the jail's earlier OOM kills: they were before its
+    // time.
+    let selfkill = jail
+        .run(
+            &shared(&["/bin/sh", "-c", "kill -9 $$"]),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(selfkill.exit, Exit::Signaled(libc::SIGKILL), "{selfkill:?}");
+    assert!(selfkill.oom_kills_at_start >= 2, "{selfkill:?}");
+    assert_eq!(selfkill.limit, None, "{selfkill:?}");
+    assert!(
+        !selfkill.killed_by_us && !selfkill.oom_killed(),
+        "{selfkill:?}"
+    );
+    jail.destroy().unwrap();
+    trace.assert_gone(&mounts);
+}
+
 #[test]
 fn the_runtime_directory_is_the_programs_and_safe_for_the_host() {
     let jail = spawner()

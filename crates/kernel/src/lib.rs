@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runcell_jail::{
-    Jail, Killer, OutputTarget, ProcessSpec, RUNTIME_DIR, Rlimits, RunLimits, StdinSource,
+    Jail, Killer, Outcome, OutputTarget, ProcessSpec, RUNTIME_DIR, Rlimits, RunLimits, StdinSource,
     StepMode, WORKSPACE,
 };
 use tokio::sync::{Mutex, watch};
@@ -78,6 +78,8 @@ pub struct Kernel {
     conn: Mutex<KernelConnection>,
     killer: Killer,
     alive: watch::Receiver<bool>,
+    /// How the kernel's process ended, once its supervisor has seen it end.
+    ended: watch::Receiver<Option<Arc<Outcome>>>,
 }
 
 fn random_key() -> String {
@@ -133,6 +135,7 @@ impl Kernel {
         let killer = process.killer()?;
         let (alive_tx, alive) = watch::channel(true);
         let alive_tx = Arc::new(alive_tx);
+        let (ended_tx, ended) = watch::channel(None);
         {
             // The kernel's process, supervised for its whole life.
             let jail = Arc::clone(&jail);
@@ -146,7 +149,8 @@ impl Kernel {
                         cpu_time: forever,
                         output_bytes: 1,
                     };
-                    let _ = jail.supervise(process, &limits, &mut |_, _| {});
+                    let outcome = jail.supervise(process, &limits, &mut |_, _| {});
+                    ended_tx.send_replace(outcome.ok().map(Arc::new));
                     alive_tx.send_replace(false);
                 })?;
         }
@@ -191,6 +195,7 @@ impl Kernel {
             conn: Mutex::new(conn),
             killer,
             alive,
+            ended,
         })
     }
 
@@ -235,6 +240,16 @@ impl Kernel {
     /// A receiver that turns false when the kernel dies.
     pub fn liveness(&self) -> watch::Receiver<bool> {
         self.alive.clone()
+    }
+
+    /// How the kernel's process ended (its exit, whether we killed it, the jail's OOM counter
+    /// then), waiting up to `within` for its supervisor to see the end; `None` if it has not
+    /// ended by then (say, only its connection broke) or could not be supervised to the end.
+    pub async fn ended(&self, within: Duration) -> Option<Arc<Outcome>> {
+        let mut rx = self.ended.clone();
+        // Timed out, or the supervisor is gone without an outcome (an error): what is there.
+        let _ = tokio::time::timeout(within, rx.wait_for(|o| o.is_some())).await;
+        rx.borrow().clone()
     }
 
     /// Kills the kernel (and every process of its group).

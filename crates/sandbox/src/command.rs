@@ -251,11 +251,20 @@ impl Command {
     }
 }
 
+/// A command's exit code and error from what happened to its own process (the supervisor
+/// names a limit for a shared step only when that process itself was killed by it, or exited
+/// with an error while the sandbox refused forks).
 fn exit_of(outcome: &runcell_jail::Outcome) -> (i32, Option<String>) {
     match (&outcome.exit, outcome.limit) {
+        (Exit::Exited(0), _) => (0, None),
+        (Exit::Exited(n), Some(Limit::Processes)) => (
+            *n,
+            Some(format!(
+                "exit status {n} (the sandbox's process limit refused a fork while it ran)"
+            )),
+        ),
         (_, Some(Limit::WallTime)) => (-1, Some("signal: killed (timeout)".into())),
         (_, Some(l)) => (-1, Some(format!("signal: killed ({} limit)", l.as_str()))),
-        (Exit::Exited(0), None) => (0, None),
         (Exit::Exited(n), None) => (*n, Some(format!("exit status {n}"))),
         (Exit::Signaled(s), None) => (-1, Some(format!("signal: {}", signal_name(*s)))),
         (Exit::NotStarted { stage, errno }, None) => (
@@ -553,5 +562,57 @@ mod tests {
         );
         assert!(s.contains("cd '/tmp' || exit 1\necho hi\n"), "{s}");
         assert!(s.contains("trap __rc_save EXIT"));
+    }
+
+    fn outcome(exit: Exit, limit: Option<Limit>) -> runcell_jail::Outcome {
+        runcell_jail::Outcome {
+            exit,
+            limit,
+            wall_time: Duration::ZERO,
+            cpu_time: Duration::ZERO,
+            memory_peak_bytes: 0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            killed_by_us: false,
+            oom_kills_at_start: 0,
+            oom_kills_at_exit: 0,
+        }
+    }
+
+    #[test]
+    fn a_command_reports_what_happened_to_its_own_process() {
+        let killed = Exit::Signaled(libc::SIGKILL);
+        // Exit 0 is success whatever else the supervisor noticed.
+        for l in [None, Some(Limit::Memory), Some(Limit::Processes)] {
+            assert_eq!(exit_of(&outcome(Exit::Exited(0), l)), (0, None));
+        }
+        assert_eq!(
+            exit_of(&outcome(killed, Some(Limit::Memory))),
+            (-1, Some("signal: killed (memory limit)".into()))
+        );
+        assert_eq!(
+            exit_of(&outcome(killed, Some(Limit::WallTime))),
+            (-1, Some("signal: killed (timeout)".into()))
+        );
+        assert_eq!(
+            exit_of(&outcome(killed, None)),
+            (-1, Some("signal: killed".into()))
+        );
+        // A refused fork does not kill: the exit status stays.
+        let (code, err) = exit_of(&outcome(Exit::Exited(1), Some(Limit::Processes)));
+        assert_eq!(code, 1);
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("exit status 1 (") && e.contains("process limit")),
+            "{err:?}"
+        );
+        assert_eq!(
+            exit_of(&outcome(Exit::Exited(3), None)),
+            (3, Some("exit status 3".into()))
+        );
     }
 }

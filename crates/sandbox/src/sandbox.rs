@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use runcell_engine::model::rfc3339;
 use runcell_engine::{Engine, SandboxBudget, base_env};
-use runcell_jail::{Jail, Killer};
+use runcell_jail::{Exit, Jail, Killer};
 use runcell_kernel::{Event, Kernel, KernelError, KernelSpec, ReplyStatus};
 use runcell_lang::Language;
 
@@ -19,6 +19,9 @@ use crate::{SandboxConfig, SandboxError};
 
 /// How often an interrupt is repeated until the run stops.
 const INTERRUPT_EVERY: Duration = Duration::from_millis(250);
+/// How long a run that lost its kernel waits for the kernel's supervisor to say how it ended
+/// (it sees the end within milliseconds; a kernel whose connection broke may still live).
+const KERNEL_END_WAIT: Duration = Duration::from_secs(5);
 
 /// Ports of the jail's loopback handed to kernels (five each).
 const PORT_FIRST: u32 = 20_000;
@@ -551,8 +554,18 @@ impl Context {
             };
             (result, stop.map(|(s, _)| s), killed)
         };
-        let oom = jail.stats().map(|s| s.oom_kills).unwrap_or(0) > oom_before;
         let alive = kernel.is_alive();
+        // How the kernel ended, if it did during the run. Only its own death of an OOM kill
+        // makes the run a MemoryError: the sandbox's other processes (a background command, a
+        // child of the code) can be the OOM killer's victims while the run goes on.
+        let ended = if stop.is_none() && (!alive || result.is_err()) {
+            kernel.ended(KERNEL_END_WAIT).await
+        } else {
+            None
+        };
+        let oom = ended
+            .as_ref()
+            .is_some_and(|o| o.oom_killed_after(oom_before));
         let lost = "; the context's kernel was restarted and its state is lost";
         let (status, reason) = match (&result, stop) {
             (_, Some(Stop::Cancel)) => (
@@ -579,34 +592,31 @@ impl Context {
                 self.gone(Some(&*sandbox))
                     .or_else(|| Some("the context was deleted".into())),
             ),
-            (Ok(o), None) if o.status == ReplyStatus::Ok && !oom => (RunStatus::Succeeded, None),
-            (Ok(_), None) if oom && !alive => {
+            _ if oom => {
                 let why = memory_error(&sandbox);
                 run.set_error("MemoryError", &why);
                 (RunStatus::Failed, Some(format!("memory limit: {why}")))
             }
-            (Ok(o), None) => match run.error() {
+            // The code ran to its end (a process it started may have been killed for memory,
+            // the kernel was not).
+            (Ok(o), None) if o.status == ReplyStatus::Ok => (RunStatus::Succeeded, None),
+            (Ok(_), None) => match run.error() {
                 Some(e) => (
                     RunStatus::Failed,
                     Some(format!("the code raised {}: {}", e.name, e.value)),
                 ),
-                None if o.status == ReplyStatus::Ok => (
-                    // A process of the run was killed for memory, but the kernel lives.
-                    RunStatus::Succeeded,
-                    None,
-                ),
                 None => (RunStatus::Failed, Some("the kernel aborted the run".into())),
             },
-            (Err(_), None) if oom => {
-                let why = memory_error(&sandbox);
-                run.set_error("MemoryError", &why);
-                (RunStatus::Failed, Some(format!("memory limit: {why}")))
-            }
             (Err(e), None) => {
                 run.set_error("KernelDied", &e.to_string());
+                let how = match ended.as_ref().map(|o| o.exit) {
+                    Some(Exit::Exited(n)) => format!("; it exited with status {n}"),
+                    Some(Exit::Signaled(s)) => format!("; it was killed by signal {s}"),
+                    _ => String::new(),
+                };
                 (
                     RunStatus::Failed,
-                    Some(format!("the context's kernel died ({e}){lost}")),
+                    Some(format!("the context's kernel died ({e}){how}{lost}")),
                 )
             }
         };
@@ -684,6 +694,9 @@ pub struct Metrics {
     pub mem_total_mib: f64,
     /// Memory in use by everything in the sandbox (its files in memory included), MiB.
     pub mem_used_mib: f64,
+    /// Processes of the sandbox the kernel's out-of-memory killer has killed since it started
+    /// (whichever command, kernel or child they were).
+    pub oom_kills: u64,
     /// Unix milliseconds.
     pub timestamp: i64,
 }
@@ -710,6 +723,7 @@ impl Sandbox {
             cpu_used_pct: round(pct),
             mem_total_mib: self.budget.memory_mb as f64,
             mem_used_mib: round(b.memory_current as f64 / (1024.0 * 1024.0)),
+            oom_kills: b.oom_kills,
             timestamp: SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)

@@ -676,6 +676,149 @@ fn interrupting_commands() {
     execd_error(&r, 404, None);
 }
 
+/// The sandbox's count of out-of-memory kills, from `GET /metrics`.
+#[track_caller]
+pub(crate) fn oom_kills(srv: &Server, sb: &str) -> u64 {
+    let v = call(srv, "GET", &sb_path(sb, "/metrics"), Some(KEY_A), None)
+        .expect(200)
+        .json();
+    v["oom_kills"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("metrics without an integer oom_kills: {v}"))
+}
+
+/// Waits until a background command's log contains `text`.
+#[track_caller]
+pub(crate) fn wait_log(srv: &Server, sb: &str, cmd: &str, text: &str) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("command {cmd} to log {text:?}"),
+        || logs(srv, sb, cmd, None).text.contains(text).then_some(()),
+    );
+}
+
+/// Python that allocates (and touches) `mib` MiB, then runs `then`; as a shell command.
+pub(crate) fn py_alloc(mib: u32, then: &str) -> String {
+    format!("python3 -c \"import time; b = b'x' * ({mib} << 20); {then}\"")
+}
+
+/// THE REPORT (issue 8): in a 256 MiB sandbox a background command holds 200 MiB and a
+/// foreground command allocates 200 MiB more and exits 0. The kernel kills the holder (the
+/// larger); the foreground command's result is what happened to it: success, exit 0, no
+/// error, in its stream and its status. The holder's status says the memory limit killed it,
+/// and the sandbox's metrics (and their stream) count the OOM kill.
+#[test]
+fn an_oom_kill_is_reported_for_its_victim_not_for_the_command_running_then() {
+    let srv = Server::start();
+    let sb = sandbox(&srv, &json!({"limits": {"memory_mb": 256}}));
+    assert_eq!(oom_kills(&srv, &sb), 0);
+
+    let holder = background(
+        &srv,
+        &sb,
+        &py_alloc(200, "print('holding', flush=True); time.sleep(600)"),
+    );
+    wait_log(&srv, &sb, &holder, "holding");
+    assert_eq!(status(&srv, &sb, &holder)["running"], true);
+
+    let ran = command(
+        &srv,
+        &sb,
+        &json!({"command": py_alloc(200, "print(len(b) >> 20)")}),
+    );
+    assert_eq!(ran.texts("stdout"), ["200"], "it ran to its end: {ran}");
+    assert_eq!(ran.last()["type"], "execution_complete", "{ran}");
+    assert!(
+        !ran.no_pings().iter().any(|v| v["type"] == "error"),
+        "a command that exited 0 is no error: {ran}"
+    );
+    let v = status(&srv, &sb, &ran.init());
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert!(v.get("error").is_none_or(Value::is_null), "{v}");
+
+    let v = wait_finished(&srv, &sb, &holder, Duration::from_secs(30));
+    assert_eq!(v["exit_code"], -1, "{v}");
+    assert_eq!(v["error"], "signal: killed (memory limit)", "{v}");
+    assert!(oom_kills(&srv, &sb) >= 1, "the metrics count the OOM kill");
+    let mut resp = srv
+        .req("GET", &sb_path(&sb, "/metrics/watch"), Some(KEY_A))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .expect("GET /metrics/watch");
+    let got = read_metrics(&mut resp, 1);
+    assert!(
+        got[0].1["oom_kills"].as_u64().is_some_and(|n| n >= 1),
+        "{:?}",
+        got[0].1
+    );
+}
+
+/// The reverse: the foreground command is the OOM killer's victim, and says so (evalue "-1",
+/// `signal: killed (memory limit)`, in its stream and status) while a small background command
+/// lives on. Kills that are not the OOM killer's are not reported as the memory limit even
+/// with an OOM kill in the sandbox during the command's life: a background command that
+/// ignores SIGTERM and is killed by `DELETE /command` (SIGKILL after the grace period), and a
+/// command that SIGKILLs itself after the OOM kill.
+#[test]
+fn a_command_killed_for_memory_says_so_and_other_kills_do_not() {
+    let srv = Server::start();
+    let sb = sandbox(&srv, &json!({"limits": {"memory_mb": 256}}));
+
+    let stubborn = background(
+        &srv,
+        &sb,
+        "trap '' TERM; echo up; while :; do sleep 0.1; done",
+    );
+    wait_log(&srv, &sb, &stubborn, "up");
+
+    let ran = command(
+        &srv,
+        &sb,
+        &json!({"command": py_alloc(400, "print('survived')")}),
+    );
+    assert_eq!(ran.exit(), "-1", "{ran}");
+    assert_eq!(
+        ran.last()["error"]["traceback"],
+        json!(["signal: killed (memory limit)"]),
+        "{ran}"
+    );
+    assert!(ran.texts("stdout").is_empty(), "{ran}");
+    let v = status(&srv, &sb, &ran.init());
+    assert_eq!(v["exit_code"], -1, "{v}");
+    assert_eq!(v["error"], "signal: killed (memory limit)", "{v}");
+    assert!(oom_kills(&srv, &sb) >= 1);
+    assert_eq!(
+        status(&srv, &sb, &stubborn)["running"],
+        true,
+        "the bystander lives"
+    );
+
+    // Our kill, with the OOM kill above in its life.
+    let r = call(
+        &srv,
+        "DELETE",
+        &sb_path(&sb, &format!("/command?id={stubborn}")),
+        Some(KEY_A),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = wait_finished(&srv, &sb, &stubborn, Duration::from_secs(30));
+    assert_eq!(v["exit_code"], -1, "{v}");
+    assert_eq!(
+        v["error"], "signal: killed",
+        "killed by us, not for memory: {v}"
+    );
+
+    // A self-inflicted SIGKILL after the sandbox's OOM kill.
+    let ran = command(&srv, &sb, &json!({"command": "kill -9 $$"}));
+    assert_eq!(ran.exit(), "-1", "{ran}");
+    assert_eq!(
+        ran.last()["error"]["traceback"],
+        json!(["signal: killed"]),
+        "{ran}"
+    );
+}
+
 /// Bash sessions keep the working directory and exported variables from one run to the next
 /// (also after a failing run); `init` carries the session id; stderr joins stdout; a failure
 /// ends with evalue "2" and `["command exited with code 2"]`; unknown and deleted sessions are
@@ -839,10 +982,12 @@ fn metrics_report_the_sandboxs_own_budget() {
         "mem_total_mib",
         "mem_used_mib",
         "timestamp",
+        "oom_kills",
     ] {
         assert!(obj.contains_key(k), "{k} missing: {v}");
     }
     assert_metrics(&v, cpus, memory_mb);
+    assert_eq!(v["oom_kills"], 0, "nothing was killed yet: {v}");
 
     let busy = background(&srv, &sb, "while true; do :; done");
     eventually(Duration::from_secs(20), "cpu_used_pct above 50", || {

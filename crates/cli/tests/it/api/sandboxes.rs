@@ -1130,6 +1130,78 @@ fn exhausting_the_memory_fails_the_run_and_the_sandbox_lives_on() {
     assert_result(&r, "7");
 }
 
+/// Issue 8: an OOM kill in the sandbox belongs to its victim. In a 256 MiB sandbox a
+/// background command holds 150 MiB while a run allocates 100 MiB more: the holder is killed.
+/// A run that then completes succeeds; a run whose kernel then exits on its own (`os._exit(3)`)
+/// failed because its kernel died, not with a `MemoryError`; a run whose kernel is itself the
+/// victim is still a `MemoryError`. The holders' statuses and the metrics show the OOM kills.
+#[test]
+fn an_oom_kill_of_another_process_is_not_the_runs_memory_error() {
+    use super::commands::{background, oom_kills, py_alloc, wait_log};
+    let srv = Server::start();
+    let sb = create(&srv, KEY_A, &json!({"limits": {"memory_mb": 256}}));
+    let id = id_of(&sb).to_string();
+    assert_result(&py(&srv, &id, "1 + 1"), "2");
+    let holder_killed = |holder: &str| {
+        let path = sb_path(&id, &format!("/command/status/{holder}"));
+        let v = eventually(Duration::from_secs(30), "the holder to end", || {
+            let v = srv.get(&path, Some(KEY_A)).expect(200).json();
+            (v["running"] == false).then_some(v)
+        });
+        assert_eq!(v["error"], "signal: killed (memory limit)", "{v}");
+    };
+    let hold = || {
+        let h = background(
+            &srv,
+            &id,
+            &py_alloc(150, "print('holding', flush=True); time.sleep(600)"),
+        );
+        wait_log(&srv, &id, &h, "holding");
+        h
+    };
+
+    let holder = hold();
+    let r = run(
+        &srv,
+        &id,
+        json!({"code": "x = b'x' * (100 << 20)\nn = len(x) >> 20\ndel x\nn", "timeout_secs": 120}),
+    );
+    assert_result(&r, "100");
+    holder_killed(&holder);
+    assert_eq!(oom_kills(&srv, &id), 1);
+
+    let holder = hold();
+    let r = run(
+        &srv,
+        &id,
+        json!({"code": "import os\nx = b'x' * (100 << 20)\nos._exit(3)", "timeout_secs": 120}),
+    );
+    holder_killed(&holder);
+    assert_eq!(r["status"], "failed", "{r:#}");
+    assert_eq!(r["execution"]["error"]["name"], "KernelDied", "{r:#}");
+    let why = r["failure_reason"].as_str().unwrap_or_default();
+    assert!(!why.starts_with("memory limit"), "{r:#}");
+    assert!(why.contains("exited with status 3"), "{r:#}");
+    assert_eq!(oom_kills(&srv, &id), 2);
+
+    // The kernel is the victim.
+    let r = run(
+        &srv,
+        &id,
+        json!({"code": "x = bytearray(400 << 20)", "timeout_secs": 120}),
+    );
+    assert_eq!(r["status"], "failed", "{r:#}");
+    assert_eq!(r["execution"]["error"]["name"], "MemoryError", "{r:#}");
+    assert!(
+        r["failure_reason"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("memory limit:")),
+        "{r:#}"
+    );
+    assert_eq!(oom_kills(&srv, &id), 3);
+    assert_result(&py(&srv, &id, "2 + 2"), "4");
+}
+
 /// A fork bomb (bash, in a sandbox of 64 processes): `DELETE` still answers 204 within 5 s,
 /// the sandbox is gone at once, and none of its processes is left (the server's jail processes
 /// come back to what they were before the sandbox).
