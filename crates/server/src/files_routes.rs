@@ -598,6 +598,7 @@ pub async fn replace_in_files(
     params(("id" = String, Path)),
     request_body(content_type = "multipart/form-data", description = "pairs of `metadata` (JSON) and `file` parts"),
     responses((status = 200), (status = 400, body = crate::sandbox_routes::ExecdErrorBody),
+        (status = 408, description = "The body stalled or dripped", body = crate::sandbox_routes::ExecdErrorBody),
         (status = 413, body = crate::sandbox_routes::ExecdErrorBody)),
     security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
 pub async fn upload_files(

@@ -352,8 +352,17 @@ async fn finish(
         completed_at: now,
         expires_at: now + state.config.result_retention_secs as i64 * 1000,
     };
-    if let Err(e) = state.store.finish_execution(id, &f).await {
-        tracing::error!("recording the result of {id}: {e}");
+    // The answer waits for this record (read-your-writes): a store that fails for a moment is
+    // tried again before the result is given without it.
+    for attempt in 1..=5u32 {
+        match state.store.finish_execution(id, &f).await {
+            Ok(_) => break,
+            Err(e) if attempt < 5 => {
+                tracing::warn!("recording the result of {id} (attempt {attempt}): {e}");
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            Err(e) => tracing::error!("recording the result of {id}: {e}"),
+        }
     }
     metrics::counter!(
         "runcell_executions_total",

@@ -93,8 +93,8 @@ async fn run_now(
     responses(
         (status = 200, description = "The result (or, with `stream=true`, server-sent events ending with it)", body = ExecutionResult),
         (status = 400, description = "Invalid request, unsupported language or invalid limit", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 429, body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 408, description = "The body stalled or dripped", body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, description = "Rate limit, or this key's share of the queue (TENANT_QUEUE_FULL)", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn execute(
     State(state): State<AppState>,
