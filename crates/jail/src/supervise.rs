@@ -209,7 +209,8 @@ impl Jail {
             .unwrap_or(1);
         let mut next_cpu_check = sent_ns;
         let mut buf = vec![0u8; READ_CHUNK];
-        let drain = if killer.is_shared() {
+        let shared = killer.is_shared();
+        let drain = if shared {
             SHARED_DRAIN_GRACE
         } else {
             DRAIN_GRACE
@@ -381,10 +382,17 @@ impl Jail {
         let oom = stats.oom_kills > baseline.oom_kills;
         let task_limit = stats.task_limit_hits > baseline.task_limit_hits;
         // An output kill is immediate and ours; an out-of-memory kill is the root cause of
-        // whatever followed (a parent waiting for a killed child until the wall limit).
+        // whatever followed (a parent waiting for a killed child until the wall limit). So is a
+        // failed fork or thread creation in a private step (whose cgroup only it uses):
+        // programs often wait (or spin) for the worker that never started (a barrier, a pool,
+        // a joined thread) until a time limit kills them. A shared step's group is the
+        // sandbox's, where another process may have hit the task limit.
         let limit = match kill_reason {
             Some(Limit::Output) => Some(Limit::Output),
             _ if oom => Some(Limit::Memory),
+            Some(Limit::WallTime | Limit::CpuTime) if task_limit && !shared => {
+                Some(Limit::Processes)
+            }
             r => r,
         };
         let limit = limit.or_else(|| {
