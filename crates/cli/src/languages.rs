@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
+use runcell_engine::LimitPolicy;
 use runcell_lang::Language;
 
 use crate::Global;
@@ -26,10 +27,13 @@ pub struct LanguageInfo {
     pub available: bool,
     pub compiled: bool,
     pub contexts: bool,
+    /// The process/thread limit a run of this language gets when it asks for none.
+    pub default_max_processes: u64,
 }
 
 /// Probes every language (in parallel: some toolchains take a while to print a version).
-pub fn describe(langs: &[Language]) -> Vec<LanguageInfo> {
+/// Default limits are those of `policy`.
+pub fn describe(langs: &[Language], policy: &LimitPolicy) -> Vec<LanguageInfo> {
     std::thread::scope(|s| {
         let handles: Vec<_> = langs
             .iter()
@@ -45,6 +49,7 @@ pub fn describe(langs: &[Language]) -> Vec<LanguageInfo> {
                         available,
                         compiled: l.is_compiled(),
                         contexts: false,
+                        default_max_processes: policy.default_processes(l.run.max_processes),
                     }
                 })
             })
@@ -58,26 +63,34 @@ pub fn describe(langs: &[Language]) -> Vec<LanguageInfo> {
 
 pub fn list(global: &Global, args: LanguagesArgs) -> Result<i32> {
     let registry = global.registry()?;
-    let infos = describe(registry.all());
+    // `runcell run` uses the built-in limits; so does this list.
+    let policy = LimitPolicy::default();
+    let infos = describe(registry.all(), &policy);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&infos)?);
         return Ok(0);
     }
     println!(
-        "{:<12} {:<12} {:<14} {:<10} {:<9} ALIASES",
-        "ID", "NAME", "VERSION", "INSTALLED", "COMPILED"
+        "{:<12} {:<12} {:<14} {:<10} {:<9} {:<10} ALIASES",
+        "ID", "NAME", "VERSION", "INSTALLED", "COMPILED", "PROCESSES"
     );
     for i in &infos {
         println!(
-            "{:<12} {:<12} {:<14} {:<10} {:<9} {}",
+            "{:<12} {:<12} {:<14} {:<10} {:<9} {:<10} {}",
             i.id,
             i.name,
             i.version.as_deref().unwrap_or("-"),
             if i.available { "yes" } else { "no" },
             if i.compiled { "yes" } else { "no" },
+            i.default_max_processes,
             i.aliases.join(", ")
         );
     }
+    println!(
+        "\nPROCESSES: the default limit on processes and threads of a run (languages whose \
+         runtime starts threads of its own get more); --max-processes overrides it, up to {}.",
+        policy.maxima.max_processes
+    );
     Ok(0)
 }
 

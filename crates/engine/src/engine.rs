@@ -362,7 +362,12 @@ impl Engine {
                 lang.name
             )));
         }
-        let limits = self.config.limits.resolve(req)?;
+        // Runtimes that start threads of their own (Go, Java) have a higher default process
+        // limit; a limit the request gives explicitly wins, within the server's maximum.
+        let limits = self
+            .config
+            .limits
+            .resolve_for(req, lang.run.max_processes)?;
         match &req.network {
             None | Some(serde_json::Value::Bool(false)) | Some(serde_json::Value::Null) => {}
             Some(serde_json::Value::Bool(true)) => {
@@ -618,10 +623,7 @@ impl Engine {
         ctx: RunContext<'_>,
     ) -> Result<(), JailError> {
         let lang = self.lang(&plan.language)?;
-        let mut run = plan.limits;
-        if let Some(min) = lang.run.min_processes {
-            run.max_processes = run.max_processes.max(min);
-        }
+        let run = plan.limits;
         let compile = self.compile_limits(lang);
         let vars = |memory_mb| Vars {
             source: plan.source_name.clone(),
@@ -702,7 +704,7 @@ impl Engine {
             ctx.on_output,
             ctx.cancel,
         )?;
-        fill_result(r, &out);
+        fill_result(r, &out, &run, &self.config.limits.maxima);
         Ok(())
     }
 }
@@ -792,7 +794,26 @@ fn compile_result(out: &Outcome) -> CompileResult {
     }
 }
 
-fn fill_result(r: &mut ExecutionResult, out: &Outcome) {
+/// Why a run failed at a limit, with what to do about it where the caller can do something.
+fn limit_reason(l: Limit, limits: &Limits, maxima: &Limits) -> String {
+    match l {
+        Limit::Processes => {
+            let (n, max) = (limits.max_processes, maxima.max_processes);
+            let hint = if n < max {
+                format!("raise max_processes (up to {max} on this server)")
+            } else {
+                format!("{n} is this server's maximum")
+            };
+            format!(
+                "the program hit its limit of {n} processes and threads (creating another \
+                 process or thread failed); {hint}"
+            )
+        }
+        l => format!("the program exceeded its {} limit", limit_words(l)),
+    }
+}
+
+fn fill_result(r: &mut ExecutionResult, out: &Outcome, limits: &Limits, maxima: &Limits) {
     r.stdout = decode_output(&out.stdout, out.stdout_truncated);
     r.stderr = decode_output(&out.stderr, out.stderr_truncated);
     r.stdout_truncated = out.stdout_truncated;
@@ -815,7 +836,7 @@ fn fill_result(r: &mut ExecutionResult, out: &Outcome) {
     }
     if let Some(l) = out.limit {
         r.status = "failed".into();
-        r.failure_reason = Some(format!("the program exceeded its {} limit", limit_words(l)));
+        r.failure_reason = Some(limit_reason(l, limits, maxima));
     }
 }
 
@@ -851,6 +872,21 @@ mod tests {
         for bad in ["", "/etc/x", "../x", "a/../b", "a//b", "a\0", "a\\b", "."] {
             assert!(valid_file_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_process_limit_reason_says_what_to_raise() {
+        let p = LimitPolicy::default();
+        let mut l = p.defaults;
+        let r = limit_reason(Limit::Processes, &l, &p.maxima);
+        assert!(r.contains("limit of 64 processes and threads"), "{r}");
+        assert!(r.contains("raise max_processes (up to 1024"), "{r}");
+        l.max_processes = 1024;
+        let r = limit_reason(Limit::Processes, &l, &p.maxima);
+        assert!(r.contains("1024 is this server's maximum"), "{r}");
+        assert!(!r.contains("raise"), "{r}");
+        let r = limit_reason(Limit::Memory, &l, &p.maxima);
+        assert_eq!(r, "the program exceeded its memory limit");
     }
 
     #[test]

@@ -163,8 +163,30 @@ impl LimitPolicy {
         }
     }
 
+    /// The default `max_processes` of runs of a language whose definition asks for
+    /// `language` (its `[run] max_processes`, for runtimes that start threads of their own): the
+    /// larger of that and the server's default, never above the server's maximum.
+    pub fn default_processes(&self, language: Option<u64>) -> u64 {
+        language
+            .unwrap_or(0)
+            .max(self.defaults.max_processes)
+            .min(self.maxima.max_processes)
+    }
+
     /// The limits of a request: defaults, overridden by `timeout` and `limits`.
     pub fn resolve(&self, req: &ExecuteRequest) -> Result<Limits, EngineError> {
+        self.resolve_for(req, None)
+    }
+
+    /// The limits of a request in a language whose definition asks for a default
+    /// `max_processes` of `language_processes` (see [`LimitPolicy::default_processes`]). A
+    /// `max_processes` the request gives explicitly wins over both defaults, lower or higher,
+    /// and is still checked against the maximum.
+    pub fn resolve_for(
+        &self,
+        req: &ExecuteRequest,
+        language_processes: Option<u64>,
+    ) -> Result<Limits, EngineError> {
         let empty = LimitsRequest::default();
         let l = req.limits.as_ref().unwrap_or(&empty);
         let d = &self.defaults;
@@ -203,7 +225,7 @@ impl LimitPolicy {
                 "limits.max_processes",
                 "processes",
                 l.max_processes.as_ref(),
-                d.max_processes,
+                self.default_processes(language_processes),
                 1,
                 m.max_processes,
             )?,
@@ -314,6 +336,56 @@ mod tests {
         let p = LimitPolicy::default();
         let l = p.resolve(&req(None, json!({"memory_mb": null}))).unwrap();
         assert_eq!(l.memory_mb, p.defaults.memory_mb);
+    }
+
+    #[test]
+    fn a_language_default_raises_the_process_default_only() {
+        let p = LimitPolicy::default();
+        let none = ExecuteRequest::default();
+        // A thread-hungry runtime gets its own default...
+        assert_eq!(p.resolve_for(&none, Some(256)).unwrap().max_processes, 256);
+        // ...never below the server's default...
+        assert_eq!(p.resolve_for(&none, Some(16)).unwrap().max_processes, 64);
+        assert_eq!(p.resolve_for(&none, None).unwrap().max_processes, 64);
+        // ...and never above the server's maximum.
+        assert_eq!(
+            p.resolve_for(&none, Some(100_000)).unwrap().max_processes,
+            1024
+        );
+        let mut small = p;
+        small.maxima.max_processes = 100;
+        small.defaults.max_processes = 50;
+        assert_eq!(small.default_processes(Some(256)), 100);
+        assert_eq!(
+            small.resolve_for(&none, Some(256)).unwrap().max_processes,
+            100
+        );
+        // null is no value: the language's default.
+        let null = req(None, json!({"max_processes": null}));
+        assert_eq!(p.resolve_for(&null, Some(256)).unwrap().max_processes, 256);
+        // Other limits keep the server's defaults.
+        let l = p.resolve_for(&none, Some(256)).unwrap();
+        assert_eq!(l.memory_mb, p.defaults.memory_mb);
+        assert_eq!(l.wall_time, p.defaults.wall_time);
+    }
+
+    #[test]
+    fn an_explicit_process_limit_wins_over_the_language_default() {
+        let p = LimitPolicy::default();
+        for asked in [1u64, 8, 200, 300, 1024] {
+            let r = req(None, json!({ "max_processes": asked }));
+            assert_eq!(
+                p.resolve_for(&r, Some(256)).unwrap().max_processes,
+                asked,
+                "asked {asked}"
+            );
+        }
+        // The maximum still applies: a language default does not lift it.
+        let r = req(None, json!({"max_processes": 1025}));
+        let e = p.resolve_for(&r, Some(4096)).unwrap_err();
+        assert!(e.to_string().contains("maximum of 1024"), "{e}");
+        let r = req(None, json!({"max_processes": 0}));
+        assert!(p.resolve_for(&r, Some(256)).is_err());
     }
 
     #[test]

@@ -242,7 +242,8 @@ impl Jail {
             .unwrap_or(1);
         let mut next_cpu_check = sent_ns;
         let mut buf = vec![0u8; READ_CHUNK];
-        let drain = if killer.is_shared() {
+        let shared = killer.is_shared();
+        let drain = if shared {
             SHARED_DRAIN_GRACE
         } else {
             DRAIN_GRACE
@@ -443,11 +444,14 @@ impl Jail {
         } else {
             // The jail is this run's alone. An output kill is immediate and ours; an
             // out-of-memory kill is the root cause of whatever followed (a parent waiting for
-            // a killed child until the wall limit).
+            // a killed child until the wall limit). So is a failed fork or thread creation:
+            // programs often wait (or spin) for the worker that never started (a barrier, a
+            // pool, a joined thread) until a time limit kills them.
             let oom = stats.oom_kills > baseline.oom_kills;
             let limit = match kill_reason {
                 Some(Limit::Output) => Some(Limit::Output),
                 _ if oom => Some(Limit::Memory),
+                Some(Limit::WallTime | Limit::CpuTime) if task_limit => Some(Limit::Processes),
                 r => r,
             };
             limit.or_else(|| {

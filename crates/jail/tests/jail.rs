@@ -380,6 +380,53 @@ fn thread_bomb_hits_the_task_limit() {
 }
 
 #[test]
+fn a_program_stuck_after_a_failed_thread_creation_is_reported_as_the_task_limit() {
+    // The thread that could not start is what the program waits for: the time limit that ends
+    // it must not hide the cause. The first program's threads wait on a barrier that never
+    // fills, and the interpreter waits for them after the RuntimeError (wall-clock time); the
+    // second program spins (CPU time). With room for every thread, the same programs are
+    // reported at their time limits.
+    let hang = py("import threading\n\
+                   b = threading.Barrier(42)\n\
+                   for _ in range(40):\n\
+                   \x20   threading.Thread(target=b.wait).start()\n\
+                   b.wait()\n");
+    let spin = py("import threading, time\n\
+                   try:\n\
+                   \x20   for _ in range(40):\n\
+                   \x20       threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n\
+                   except RuntimeError:\n\
+                   \x20   pass\n\
+                   while True: pass\n");
+    let hang_limits = RunLimits {
+        wall_time: Duration::from_secs(2),
+        ..run_limits()
+    };
+    let spin_limits = RunLimits {
+        cpu_time: Duration::from_millis(500),
+        ..run_limits()
+    };
+    for (what, spec, limits, time_limit) in [
+        ("hang", &hang, &hang_limits, Limit::WallTime),
+        ("spin", &spin, &spin_limits, Limit::CpuTime),
+    ] {
+        for (max_tasks, expected) in [(16, Limit::Processes), (64, time_limit)] {
+            let cg = CgroupLimits {
+                max_tasks,
+                ..cgroup_limits()
+            };
+            let out = run_once(spec, StdinSource::Null, &cg, limits);
+            assert_eq!(out.exit, Exit::Signaled(libc::SIGKILL), "{what}: {out:?}");
+            assert_eq!(
+                out.limit,
+                Some(expected),
+                "{what}, {max_tasks} tasks: {out:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn daemons_die_when_the_program_exits() {
     let started = Instant::now();
     let out = run(&sh(

@@ -81,8 +81,11 @@ pub struct CompileSpec {
 pub struct RunSpec {
     /// Command template (`{source}`, `{stem}`, `{memory_mb}`, `{prefix}`).
     pub argv: Vec<String>,
-    /// The run's process/thread limit is raised to at least this (runtimes that start threads).
-    pub min_processes: Option<u64>,
+    /// The default process/thread limit of this language's runs, for runtimes that start
+    /// threads of their own: a run that does not ask for a `max_processes` gets the larger of
+    /// this and the server's default, capped at the server's maximum. A value the run asks for
+    /// explicitly always wins (within the maximum).
+    pub max_processes: Option<u64>,
 }
 
 /// A Jupyter kernel for stateful code contexts (sandboxes).
@@ -353,7 +356,9 @@ struct RawCompile {
 #[serde(deny_unknown_fields)]
 struct RawRun {
     command: Vec<String>,
-    min_processes: Option<u64>,
+    /// `min_processes` is its old name (it was a floor even over explicit limits).
+    #[serde(alias = "min_processes")]
+    max_processes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -555,10 +560,10 @@ impl RawLanguage {
         };
 
         check_command("run.command", &self.run.command, ALL_VARS)?;
-        check_positive("run.min_processes", self.run.min_processes)?;
+        check_positive("run.max_processes", self.run.max_processes)?;
         let run = RunSpec {
             argv: self.run.command,
-            min_processes: self.run.min_processes,
+            max_processes: self.run.max_processes,
         };
 
         let mut env = Vec::with_capacity(self.env.len());
@@ -819,8 +824,19 @@ regex = 'toy (\S+)'
             assert!(e.contains(needle), "{extra}: {e}");
             assert!(e.starts_with("test.toml: "), "{e}");
         }
-        let e = err(&MINIMAL.replace("[run]\n", "[run]\nmin_processes = 0\n"));
-        assert!(e.contains("run.min_processes"), "{e}");
+        let e = err(&MINIMAL.replace("[run]\n", "[run]\nmax_processes = 0\n"));
+        assert!(e.contains("run.max_processes"), "{e}");
+    }
+
+    #[test]
+    fn run_max_processes_is_read_under_its_old_name_too() {
+        assert_eq!(parse(MINIMAL).unwrap().run.max_processes, None);
+        for key in ["max_processes", "min_processes"] {
+            let l = parse(&MINIMAL.replace("[run]\n", &format!("[run]\n{key} = 200\n"))).unwrap();
+            assert_eq!(l.run.max_processes, Some(200), "{key}");
+        }
+        let both = "[run]\nmax_processes = 1\nmin_processes = 2\n";
+        assert!(err(&MINIMAL.replace("[run]\n", both)).contains("max_processes"));
     }
 
     #[test]

@@ -40,7 +40,9 @@
 //!
 //! [run]                             # required
 //! command = ["/usr/bin/java", "-XX:MaxRAM={memory_mb}m", "-cp", ".", "{stem}"]
-//! min_processes = 32                # optional: raise the run's process limit to at least this
+//! max_processes = 128               # optional: this language's default process/thread limit
+//!                                   # (runs that ask for none get max(this, server default),
+//!                                   # capped at the server maximum; an explicit value wins)
 //!
 //! [env]                             # optional; added to BASE_ENV for compile and run
 //! NAME = "value with {placeholders}"

@@ -73,6 +73,10 @@ pub struct LanguageInfo {
     pub compiled: bool,
     /// Whether stateful code contexts (sandboxes) support the language.
     pub contexts: bool,
+    /// The `max_processes` (processes and threads) a run of this language gets when it asks
+    /// for none: higher for runtimes that start threads of their own (Go, Java), never above
+    /// the server's maximum.
+    pub default_max_processes: u64,
 }
 
 /// The tenant's webhook signing secret.

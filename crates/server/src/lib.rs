@@ -304,6 +304,10 @@ fn describe_languages(engine: &Engine) -> Vec<LanguageInfo> {
                 available,
                 compiled: l.is_compiled(),
                 contexts: l.contexts_available(),
+                default_max_processes: engine
+                    .config()
+                    .limits
+                    .default_processes(l.run.max_processes),
             }
         })
         .collect()

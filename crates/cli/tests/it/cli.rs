@@ -447,3 +447,229 @@ fn languages_are_listed_with_versions() {
     let table = runcell(&["languages"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("python"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Threads and the process limit
+
+/// GOMAXPROCS(64), 64 busy goroutines and 128 goroutines blocked in a `read(2)` of a pipe at the
+/// same time: each blocked goroutine holds an OS thread, so the program cannot get past its
+/// barrier with fewer than ~130 threads. It prints how many threads it had at the barrier.
+pub(crate) const GO_THREADS: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() {
+	runtime.GOMAXPROCS(64)
+	var p [2]int
+	if err := syscall.Pipe(p[:]); err != nil {
+		panic(err)
+	}
+	const blocked = 128
+	var entered int32
+	var wg sync.WaitGroup
+	for i := 0; i < blocked; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := make([]byte, 1)
+			atomic.AddInt32(&entered, 1)
+			syscall.Read(p[0], b) // a blocking pipe: the goroutine keeps its thread
+		}()
+	}
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x := 0
+			for j := 0; j < 1000000; j++ {
+				x += j
+			}
+			_ = x
+		}()
+	}
+	for atomic.LoadInt32(&entered) < blocked {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	tasks, _ := os.ReadDir("/proc/self/task")
+	syscall.Write(p[1], make([]byte, blocked))
+	wg.Wait()
+	fmt.Println("threads", len(tasks))
+}
+"#;
+
+#[test]
+fn go_with_gomaxprocs_64_and_blocked_goroutines_runs_under_default_limits() {
+    let (v, exit) = run_json("threads.go", GO_THREADS, &[]);
+    assert_eq!(v["exit_code"], 0, "{v:#}");
+    assert_eq!(v["limit_exceeded"], Value::Null, "{v:#}");
+    assert_eq!(exit, 0);
+    let threads: u64 = v["stdout"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("threads "))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{v:#}"));
+    // More than the server's general default: Go's own default is what let it run.
+    assert!(threads > 64, "{threads} threads: {v:#}");
+}
+
+#[test]
+fn an_explicit_process_limit_wins_over_the_language_default_and_is_reported_with_a_hint() {
+    // Go's default is higher, but a limit the run asks for wins, lower too.
+    let (v, exit) = run_json("threads.go", GO_THREADS, &["--max-processes", "64"]);
+    assert_eq!(v["limit_exceeded"], "processes", "{v:#}");
+    assert_eq!(v["status"], "failed", "{v:#}");
+    assert_ne!(exit, 0);
+    assert!(
+        v["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("failed to create new OS thread"),
+        "{v:#}"
+    );
+    let reason = v["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("limit of 64 processes and threads")
+            && reason.contains("raise max_processes (up to 1024"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_thread_bomb_is_reported_as_the_process_limit_with_a_hint() {
+    let bomb = "import threading, time\n\
+                while True:\n\
+                \x20   threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n";
+    let (v, exit) = run_json("bomb.py", bomb, &[]);
+    assert_eq!(v["limit_exceeded"], "processes", "{v:#}");
+    assert_eq!(v["status"], "failed", "{v:#}");
+    assert_eq!(exit, 1, "{v:#}");
+    assert!(
+        v["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("can't start new thread"),
+        "{v:#}"
+    );
+    let reason = v["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("limit of 64 processes and threads")
+            && reason.contains("raise max_processes (up to 1024"),
+        "{reason}"
+    );
+    // At the server's maximum there is nothing left to raise; the same bomb is contained.
+    let (v, _) = run_json("bomb.py", bomb, &["--max-processes", "1024"]);
+    assert_eq!(v["limit_exceeded"], "processes", "{v:#}");
+    let reason = v["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("limit of 1024 processes and threads")
+            && reason.contains("this server's maximum"),
+        "{reason}"
+    );
+    // Without --json the reason goes to standard error.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "bomb.py", bomb);
+    let out = runcell(&["run", p.to_str().unwrap(), "--max-processes", "16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runcell: the program hit its limit of 16 processes and threads"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_program_waiting_for_a_thread_that_never_started_is_reported_as_the_process_limit() {
+    // The threads that did start wait on a barrier that can never fill: after the
+    // RuntimeError the interpreter waits for them until the wall-clock limit. The cause is
+    // the process limit, and that is what is reported.
+    let code = "import threading
+b = threading.Barrier(41)
+for _ in range(40):
+                    threading.Thread(target=b.wait).start()
+b.wait()
+print('all started')
+";
+    let (v, _) = run_json("wait.py", code, &["--max-processes", "16", "--time", "2"]);
+    assert_eq!(v["limit_exceeded"], "processes", "{v:#}");
+    assert_eq!(v["signal"], "SIGKILL", "{v:#}");
+    let reason = v["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("limit of 16 processes and threads")
+            && reason.contains("raise max_processes"),
+        "{reason}"
+    );
+    // With room for its threads the same program finishes.
+    let (v, exit) = run_json("wait.py", code, &[]);
+    assert_eq!(
+        v["stdout"],
+        "all started
+",
+        "{v:#}"
+    );
+    assert_eq!(exit, 0);
+}
+
+#[test]
+fn java_with_a_few_threads_runs_under_default_limits() {
+    let code = "import java.util.*;\nimport java.util.concurrent.*;\n\
+        public class Main {\n  public static void main(String[] a) throws Exception {\n\
+            List<Thread> ts = new ArrayList<>();\n\
+            int[] sums = new int[8];\n\
+            for (int i = 0; i < 8; i++) {\n      final int k = i;\n\
+              Thread t = new Thread(() -> { for (int j = 0; j <= 1000; j++) sums[k] += j; });\n\
+              t.start(); ts.add(t);\n    }\n\
+            for (Thread t : ts) t.join();\n\
+            ExecutorService pool = Executors.newFixedThreadPool(4);\n\
+            Future<Integer> f = pool.submit(() -> Arrays.stream(sums).sum());\n\
+            System.out.println(\"hello \" + f.get());\n\
+            pool.shutdown();\n\
+            System.out.println(java.util.stream.IntStream.range(0, 1000).parallel().sum());\n  }\n}\n";
+    let (v, exit) = run_json("Main.java", code, &[]);
+    assert_eq!(v["stdout"], "hello 4004000\n499500\n", "{v:#}");
+    assert_eq!(v["limit_exceeded"], Value::Null, "{v:#}");
+    assert_eq!(exit, 0);
+}
+
+#[test]
+fn languages_list_their_default_process_limits() {
+    let out = runcell(&["languages", "--json"]);
+    let langs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let registry = runcell_lang::Registry::builtin(Path::new("/opt/runcell")).unwrap();
+    let policy = runcell_engine::LimitPolicy::default();
+    let listed = |id: &str| {
+        langs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == id)
+            .and_then(|l| l["default_max_processes"].as_u64())
+            .unwrap_or_else(|| panic!("{id}: {langs:#}"))
+    };
+    for l in registry.all() {
+        let n = listed(&l.id);
+        assert_eq!(n, policy.default_processes(l.run.max_processes), "{}", l.id);
+        assert!(
+            (policy.defaults.max_processes..=policy.maxima.max_processes).contains(&n),
+            "{}: {n}",
+            l.id
+        );
+    }
+    // The thread-hungry runtimes get more than the general default.
+    assert!(listed("go") > policy.defaults.max_processes);
+    assert!(listed("java") > policy.defaults.max_processes);
+    let table = String::from_utf8_lossy(&runcell(&["languages"]).stdout).into_owned();
+    assert!(table.contains("PROCESSES"), "{table}");
+    let go = table.lines().find(|l| l.starts_with("go ")).unwrap();
+    assert!(
+        go.split_whitespace().any(|w| w == listed("go").to_string()),
+        "{table}"
+    );
+}

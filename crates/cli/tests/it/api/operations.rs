@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::server::{KEY_A, Server};
+use crate::server::{KEY_A, Opts, Server};
 
 #[test]
 fn health_metrics_openapi_and_docs() {
@@ -138,10 +138,86 @@ fn languages_lists_the_eleven_with_versions() {
     assert!(python["aliases"].as_array().unwrap().contains(&json!("py")));
     let c = list.iter().find(|l| l["id"] == "c").unwrap();
     assert_eq!(c["compiled"], true);
+    // Default process limits: the server's own, higher for runtimes that start threads.
+    let procs = |id: &str| {
+        let l = list.iter().find(|l| l["id"] == id).unwrap();
+        l["default_max_processes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{l}"))
+    };
+    assert_eq!(procs("python"), 64);
+    assert!(procs("go") > 64 && procs("go") <= 1024, "{v:#}");
+    assert!(procs("java") > 64 && procs("java") <= 1024, "{v:#}");
     // The version listed is the one runs report; an alias runs the language.
     let r = srv.execute(&json!({"language": "py", "code": "print(1)"}));
     assert_eq!(r["language"], "python");
     assert_eq!(r["version"], python["version"]);
+}
+
+/// A server whose configured process limits are lower than Go's and Java's own defaults.
+const TIGHT_PROCESSES: &str = "
+[engine.limits.defaults]
+wall_time = 10.0
+cpu_time = 5.0
+memory_mb = 256
+max_processes = 32
+max_output_bytes = 1048576
+max_file_size_mb = 16
+
+[engine.limits.maxima]
+wall_time = 60.0
+cpu_time = 30.0
+memory_mb = 1024
+max_processes = 100
+max_output_bytes = 1048576
+max_file_size_mb = 64
+";
+
+#[test]
+fn a_languages_process_default_never_passes_the_servers_maximum() {
+    let srv = Server::with(Opts::new().config(TIGHT_PROCESSES));
+    let v = srv.get("/api/v1/languages", Some(KEY_A)).expect(200).json();
+    let procs = |id: &str| {
+        let l = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap();
+        l["default_max_processes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{l}"))
+    };
+    assert_eq!(procs("python"), 32, "{v:#}");
+    assert_eq!(procs("go"), 100, "{v:#}");
+    assert_eq!(procs("java"), 100, "{v:#}");
+    // Go's default is capped at the maximum: the program that needs ~135 threads hits it,
+    // and the reason says there is nothing left to raise.
+    let r = srv.execute(&json!({"language": "go", "code": crate::cli::GO_THREADS}));
+    assert_eq!(r["limit_exceeded"], "processes", "{r:#}");
+    let reason = r["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("limit of 100 processes and threads")
+            && reason.contains("100 is this server's maximum"),
+        "{reason}"
+    );
+    // An explicit value above the maximum is refused, whatever the language's default.
+    let body = json!({"language": "go", "code": "package main\nfunc main() {}\n",
+                      "limits": {"max_processes": 101}});
+    srv.post("/api/v1/execute", Some(KEY_A), &body)
+        .error(400, Some("INVALID_LIMIT"));
+    // A lower explicit value wins, and the hint names this server's maximum.
+    let bomb = "import threading, time\nwhile True:\n    \
+                threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n";
+    let r = srv.execute(&json!({"language": "python", "code": bomb,
+                                "limits": {"max_processes": 8}}));
+    assert_eq!(r["limit_exceeded"], "processes", "{r:#}");
+    let reason = r["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("limit of 8 processes and threads")
+            && reason.contains("raise max_processes (up to 100 on this server)"),
+        "{reason}"
+    );
 }
 
 #[test]
