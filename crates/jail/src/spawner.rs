@@ -36,7 +36,8 @@ const AGENT_READY_TIMEOUT_MS: i32 = 30_000;
 /// Spawner options.
 #[derive(Debug, Clone)]
 pub struct SpawnerOptions {
-    /// Host directory for the slot lock file and the empty staging directory.
+    /// Host directory for the slot lock file, the empty staging directory and the directory
+    /// over which the spawner mounts (in its own mount namespace) the jails' device nodes.
     pub state_dir: PathBuf,
     /// Number of jail slots (concurrent jails on this host).
     pub slots: u32,
