@@ -34,6 +34,7 @@ use crate::config::{
 use crate::error::{JailError, WireError};
 use crate::proto::{self, AgentReply, AgentRequest, RECORD_FINISHED, RECORD_STARTED, StepRecord};
 use crate::sys;
+use crate::view;
 
 /// Stages of starting a program, reported in [`StepRecord::stage`] when one fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,11 @@ pub(crate) struct AgentPlan {
     pub config: JailConfig,
     /// Empty host directory over which the new root is built.
     pub staging: PathBuf,
+    /// The jail's own device nodes ([`DEVICES`]), made by the spawner, and an empty `layers`
+    /// directory.
+    pub devices: PathBuf,
+    /// Mount points of the mount namespace the agent starts from (the spawner's).
+    pub mount_points: Vec<PathBuf>,
     /// Compiled seccomp filters for every program of this jail.
     pub filters: Vec<seccompiler::BpfProgram>,
     /// cgroup `tasks` files (v1) the agent writes `0` to, to move itself into its cgroup.
@@ -190,8 +196,19 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
     }
     unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| setup_err("namespaces", "unshare cgroup namespace", e))?;
+    // A time namespace of the jail's own (its clocks keep the host's time: the offsets stay
+    // zero). Otherwise every jail's /proc/self/ns/time would be the host's one inode, which a
+    // program can open and lock: a channel between jails. Steps are born in it.
+    // SAFETY: unshare(2) with one namespace flag; the agent is single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWTIME) } < 0 {
+        return Err(setup_err(
+            "namespaces",
+            "unshare time namespace",
+            io::Error::last_os_error(),
+        ));
+    }
 
-    build_root(&plan.config, &plan.staging)?;
+    build_root(plan)?;
     sethostname(&plan.config.hostname).map_err(|e| setup_err("uts", "sethostname", e))?;
     if plan.loopback {
         loopback_up().map_err(|e| setup_err("network", "bring up loopback", e))?;
@@ -345,8 +362,67 @@ fn inside(root: &Path, p: &Path) -> PathBuf {
     root.join(p.strip_prefix("/").unwrap_or(p))
 }
 
+/// Mounts a read-only overlay of the host directory `lower` on `target`: the jail's own
+/// inodes over the host's data (see `view`).
+fn overlay(lower: &Path, target: &Path, empty: &Path) -> nix::Result<()> {
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(view::overlay_options(lower, empty).as_os_str()),
+    )
+}
+
+/// Copies a host file (a regular one of at most [`view::FILE_COPY_MAX`] bytes) to `dst`, with
+/// its permission bits.
+fn copy_file(src: &Path, dst: &Path) -> io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let too_big = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "files are copied into each jail and this one is larger than {} bytes: \
+                 bind its directory instead",
+                view::FILE_COPY_MAX
+            ),
+        )
+    };
+    // Non-blocking: a FIFO must not hang the agent.
+    let f = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(src)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a bind source must be a directory or a regular file",
+        ));
+    }
+    if meta.len() > view::FILE_COPY_MAX {
+        return Err(too_big());
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(view::FILE_COPY_MAX + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > view::FILE_COPY_MAX {
+        return Err(too_big());
+    }
+    let mode = meta.mode() & 0o777;
+    let mut out = fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(dst)?;
+    out.write_all(&data)?;
+    out.set_permissions(fs::Permissions::from_mode(mode))
+}
+
 /// Builds the jail's root over `staging` and pivots into it.
-fn build_root(cfg: &JailConfig, staging: &Path) -> Result<(), JailError> {
+fn build_root(plan: &AgentPlan) -> Result<(), JailError> {
+    let (cfg, staging, devices) = (&plan.config, plan.staging.as_path(), plan.devices.as_path());
     // Nothing mounted from here on may propagate back to the host.
     mount_at(
         None,
@@ -363,6 +439,22 @@ fn build_root(cfg: &JailConfig, staging: &Path) -> Result<(), JailError> {
         Some("size=8m,nr_inodes=8192,mode=755"),
     )?;
     let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    // Overlays (see `view`) are mounted out of sight, on a scratch tmpfs over the jail's
+    // `layers` directory in the old root, which is detached with it at the pivot (a detach of
+    // their own would wait for an RCU grace period each); the jail's paths are bound from them.
+    // The scratch tmpfs also holds the empty second layer every overlay needs.
+    let layers = devices.join("layers");
+    mount_at(
+        Some(Path::new("tmpfs")),
+        &layers,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k,nr_inodes=256,mode=700"),
+    )?;
+    let empty = layers.join("empty");
+    mkdir_p(&empty, 0o755)?;
+    // Host directories overlaid so far, and where.
+    let mut overlays: Vec<(PathBuf, PathBuf)> = Vec::new();
     for b in &cfg.binds {
         let meta = match fs::metadata(&b.source) {
             Ok(m) => m,
@@ -385,25 +477,54 @@ fn build_root(cfg: &JailConfig, staging: &Path) -> Result<(), JailError> {
             fs::File::create(&dst)
                 .map_err(|e| setup_err("rootfs", format!("create {}", dst.display()), e))?;
         }
-        match mount(
-            Some(&b.source),
-            &dst,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ) {
-            Ok(()) => {}
+        // Shows the source at `dst`; returns whether it was mounted (a copy is not).
+        let mut show = || -> io::Result<bool> {
+            let real = fs::canonicalize(&b.source)?;
+            let dir = if meta.is_dir() {
+                real.as_path()
+            } else {
+                real.parent().unwrap_or(Path::new("/"))
+            };
+            let Some(root) = view::overlay_root(dir, &plan.mount_points) else {
+                // From a user namespace the kernel takes no directory with host mounts beneath
+                // it as an overlay layer (they are locked to it): such a directory is bound as
+                // it is, with the host's inodes (see docs/security.md); a file is copied.
+                if !meta.is_dir() {
+                    copy_file(&b.source, &dst)?;
+                    return Ok(false);
+                }
+                let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+                mount(Some(&b.source), &dst, None::<&str>, flags, None::<&str>)?;
+                return Ok(true);
+            };
+            let at = match overlays.iter().find(|(r, _)| *r == root) {
+                Some((_, at)) => at.clone(),
+                None => {
+                    let at = layers.join(overlays.len().to_string());
+                    fs::DirBuilder::new().mode(0o755).create(&at)?;
+                    overlay(&root, &at, &empty)?;
+                    overlays.push((root.clone(), at.clone()));
+                    at
+                }
+            };
+            let inner = at.join(real.strip_prefix(&root).unwrap_or(Path::new("")));
+            let flags = MsFlags::MS_BIND;
+            mount(Some(&inner), &dst, None::<&str>, flags, None::<&str>)?;
+            Ok(true)
+        };
+        match show() {
+            Ok(true) => restrict(&dst, ro, true)?,
+            Ok(false) => {}
             // A source the jail's unprivileged agent cannot reach is skipped if optional.
-            Err(nix::errno::Errno::EACCES) if b.optional => continue,
+            Err(e) if b.optional && e.kind() == io::ErrorKind::PermissionDenied => continue,
             Err(e) => {
                 return Err(setup_err(
                     "rootfs",
-                    format!("bind {} on {}", b.source.display(), b.target.display()),
+                    format!("show {} at {}", b.source.display(), b.target.display()),
                     e,
                 ));
             }
         }
-        restrict(&dst, ro, true)?;
     }
     for s in &cfg.symlinks {
         let link = inside(staging, &s.link);
@@ -422,7 +543,7 @@ fn build_root(cfg: &JailConfig, staging: &Path) -> Result<(), JailError> {
             .and_then(|()| fs::set_permissions(&dst, fs::Permissions::from_mode(mode)))
             .map_err(|e| setup_err("rootfs", format!("write {}", path.display()), e))?;
     }
-    build_dev(staging)?;
+    build_dev(staging, devices)?;
     let proc_dir = staging.join("proc");
     mkdir_p(&proc_dir, 0o555)?;
     mount_at(
@@ -518,9 +639,13 @@ fn generated_files(cfg: &JailConfig) -> Vec<(PathBuf, String, u32)> {
     files
 }
 
-/// A minimal `/dev`: null, zero, full, random, urandom and tty bound from the host, a private
+/// The character devices of a jail's `/dev`.
+pub(crate) const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// A minimal `/dev`: the [`DEVICES`] bound from the jail's own nodes (made by the spawner in
+/// `devices`, so that locks, watches and timestamps on them are the jail's alone), a private
 /// devpts instance, and the usual links.
-fn build_dev(root: &Path) -> Result<(), JailError> {
+fn build_dev(root: &Path, devices: &Path) -> Result<(), JailError> {
     let dev = root.join("dev");
     mkdir_p(&dev, 0o755)?;
     mount_at(
@@ -530,8 +655,8 @@ fn build_dev(root: &Path) -> Result<(), JailError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("size=64k,nr_inodes=64,mode=755"),
     )?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let host = Path::new("/dev").join(name);
+    for name in DEVICES {
+        let host = devices.join(name);
         let dst = dev.join(name);
         fs::File::create(&dst)
             .map_err(|e| setup_err("rootfs", format!("create {}", dst.display()), e))?;
@@ -968,8 +1093,13 @@ fn program(
         fail(Stage::Session, last_errno());
     }
     for (i, fd) in stdio.iter().enumerate() {
-        // SAFETY: dup2 onto 0, 1, 2; the sources are valid descriptors received for this step.
-        if unsafe { libc::dup2(*fd, i as RawFd) } < 0 {
+        let fd = match own_null(*fd) {
+            Ok(fd) => fd,
+            Err(e) => fail(Stage::Stdio, errno_of(e)),
+        };
+        // SAFETY: dup2 onto 0, 1, 2; the sources are valid descriptors received for this step
+        // (or just opened); 0, 1 and 2 are taken, so nothing opened here can be one of them.
+        if unsafe { libc::dup2(fd, i as RawFd) } < 0 {
             fail(Stage::Stdio, last_errno());
         }
     }
@@ -1038,6 +1168,34 @@ fn program(
         }
     }
     fail(Stage::Exec, errno)
+}
+
+/// The host's null device (what a client passes for no input or discarded output) is one inode
+/// for every jail and the host: a lock on it would be a channel. For it, returns the jail's own
+/// `/dev/null` opened with the same access mode (close-on-exec: it is only dup2'd from);
+/// returns any other descriptor as it is.
+fn own_null(fd: RawFd) -> io::Result<RawFd> {
+    // SAFETY: `fd` is a valid descriptor of this process.
+    let st = sys::fstat(unsafe { BorrowedFd::borrow_raw(fd) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != libc::makedev(1, 3) {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl(F_GETFL) on a valid descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a NUL-terminated path and plain flags.
+    let own = unsafe {
+        libc::open(
+            c"/dev/null".as_ptr(),
+            (flags & libc::O_ACCMODE) | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if own < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(own)
 }
 
 fn default_signal_dispositions() {

@@ -25,6 +25,7 @@ pub mod slots;
 mod spawner;
 mod supervise;
 mod sys;
+mod view;
 mod workspace;
 
 pub use agent::Stage;

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::agent::{AgentPlan, agent_entry};
+use crate::agent::{AgentPlan, DEVICES, agent_entry};
 use crate::cgroup::{Cgroup, CgroupRoot};
 use crate::config::{CgroupLimits, JailConfig};
 use crate::error::{JailError, WireError};
@@ -20,6 +20,7 @@ use crate::netns::NetnsPool;
 use crate::proto::{self, AgentReply, PreparedInfo, SpawnerReply, SpawnerRequest};
 use crate::slots::{self, SlotIds, Slots};
 use crate::sys;
+use crate::view::MountTable;
 
 /// Descriptor on which a spawner receives its socket.
 pub const SPAWNER_FD: RawFd = 3;
@@ -35,7 +36,8 @@ const AGENT_READY_TIMEOUT_MS: i32 = 30_000;
 /// Spawner options.
 #[derive(Debug, Clone)]
 pub struct SpawnerOptions {
-    /// Host directory for the slot lock file and the empty staging directory.
+    /// Host directory for the slot lock file, the empty staging directory and the directory
+    /// over which the spawner mounts (in its own mount namespace) the jails' device nodes.
     pub state_dir: PathBuf,
     /// Number of jail slots (concurrent jails on this host).
     pub slots: u32,
@@ -124,6 +126,10 @@ struct Server {
     cgroups: CgroupRoot,
     slots: Slots,
     staging: PathBuf,
+    /// A tmpfs of the spawner's own mount namespace holding each jail's device nodes.
+    devices: PathBuf,
+    /// The spawner's mount table, which each jail's agent starts from.
+    mounts: MountTable,
     jails: HashMap<u64, JailRecord>,
     next_id: u64,
     netns: Option<NetnsPool>,
@@ -155,6 +161,9 @@ impl Server {
             std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .map_err(|e| JailError::io(format!("chmod {}", d.display()), e))?;
         }
+        let devices = opts.state_dir.join("dev");
+        device_mount(&devices)?;
+        let mounts = MountTable::open().map_err(|e| JailError::io("read the mount table", e))?;
         let cgroups = CgroupRoot::detect().map_err(|e| JailError::io("find cgroups", e))?;
         let slots = Slots::open(&opts.state_dir.join("slots.lock"), opts.slots, opts.id_base)
             .map_err(|e| JailError::io("open slot lock file", e))?;
@@ -174,6 +183,8 @@ impl Server {
             cgroups,
             slots,
             staging,
+            devices,
+            mounts,
             jails: HashMap::new(),
             next_id: 1,
             netns,
@@ -257,7 +268,12 @@ impl Server {
                 return Err(JailError::io(format!("create cgroup {name}"), e));
             }
         };
-        match self.clone_agent(config, slot, cgroup.as_ref()) {
+        let made = self.make_devices(slot.index).map_err(|e| {
+            let _ = cgroup.remove();
+            self.slots.release(slot.index);
+            JailError::io("make the jail's device nodes", e)
+        })?;
+        match self.clone_agent(config, slot, made, cgroup.as_ref()) {
             Ok((pid, fds)) => {
                 let id = self.next_id;
                 self.next_id += 1;
@@ -272,6 +288,7 @@ impl Server {
             }
             Err(e) => {
                 let _ = cgroup.remove();
+                self.remove_devices(slot.index);
                 self.slots.release(slot.index);
                 Err(e)
             }
@@ -282,6 +299,7 @@ impl Server {
         &mut self,
         config: JailConfig,
         slot: SlotIds,
+        devices: PathBuf,
         cgroup: &dyn Cgroup,
     ) -> Result<(libc::pid_t, Vec<OwnedFd>), JailError> {
         let (ctrl, ctrl_child) =
@@ -292,9 +310,16 @@ impl Server {
         let attach = cgroup
             .self_attach_files()
             .map_err(|e| JailError::io("open the cgroup's tasks files", e))?;
+        let mount_points = self
+            .mounts
+            .current()
+            .map_err(|e| JailError::io("read the mount table", e))?
+            .to_vec();
         let plan = AgentPlan {
             config,
             staging: self.staging.clone(),
+            devices,
+            mount_points,
             filters: FILTERS.get().cloned().unwrap_or_default(),
             cgroup_tasks: attach.iter().flatten().map(|f| f.as_raw_fd()).collect(),
             loopback: netns.is_none(),
@@ -383,8 +408,45 @@ impl Server {
             nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(rec.pid), None)
         {}
         let r = rec.cgroup.remove();
+        self.remove_devices(rec.slot.index);
         self.slots.release(rec.slot.index);
         r
+    }
+
+    /// Makes fresh device nodes for the jail in `slot` (numbered like the host's), replacing
+    /// any left by the slot's previous jail. Every jail has its own inodes, so a lock, watch or
+    /// timestamp on its `/dev/null` is invisible to other jails and to the host.
+    fn make_devices(&self, slot: u32) -> io::Result<PathBuf> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        let dir = self.devices.join(slot.to_string());
+        self.remove_devices(slot);
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        for name in DEVICES {
+            let host = std::fs::metadata(Path::new("/dev").join(name))?;
+            if !host.file_type().is_char_device() {
+                return Err(io::Error::other(format!(
+                    "/dev/{name} is not a character device"
+                )));
+            }
+            let node = dir.join(name);
+            let perm = host.mode() & 0o777;
+            nix::sys::stat::mknod(
+                &node,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(perm),
+                host.rdev(),
+            )?;
+            std::fs::set_permissions(&node, std::fs::Permissions::from_mode(perm))?;
+        }
+        // Where the agent mounts the overlays it builds its root from (see `agent::build_root`).
+        std::fs::create_dir(dir.join("layers"))?;
+        std::fs::set_permissions(dir.join("layers"), std::fs::Permissions::from_mode(0o755))?;
+        Ok(dir)
+    }
+
+    fn remove_devices(&self, slot: u32) {
+        let _ = std::fs::remove_dir_all(self.devices.join(slot.to_string()));
     }
 
     fn shutdown(&mut self) {
@@ -395,6 +457,34 @@ impl Server {
             }
         }
     }
+}
+
+/// Moves the spawner into a mount namespace of its own, a slave of the host's (host mounts still
+/// reach it; its own never reach the host), and mounts a tmpfs at `dir` for jails' device
+/// nodes. Made in the host's user namespace, the nodes work (a jail's own mounts are `nodev`);
+/// the tmpfs vanishes with the spawner.
+fn device_mount(dir: &Path) -> Result<(), JailError> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| JailError::io("unshare the spawner's mount namespace", e.into()))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| JailError::io("make the spawner's mounts slaves", e.into()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| JailError::io(format!("create {}", dir.display()), e))?;
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("size=64k,nr_inodes=65536,mode=755"),
+    )
+    .map_err(|e| JailError::io(format!("mount a tmpfs on {}", dir.display()), e.into()))
 }
 
 fn write_proc(pid: libc::pid_t, file: &str, contents: &str) -> Result<(), JailError> {

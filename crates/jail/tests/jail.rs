@@ -2726,3 +2726,601 @@ fn renames_never_replace_and_stay_on_their_mount() {
     drop(fs);
     jail.destroy().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Locks and watches on the shared read-only root (issue 8, item 3)
+
+/// The runtime prefix (installed by `runcell runtimes install`).
+const PREFIX: &str = "/opt/runcell";
+
+/// Files every jail shows from the host, one of each kind: a file of a bound directory, a file
+/// of the runtime prefix, a bound `/etc` file, a device, standard input when there is none
+/// (the client passes the host's `/dev/null`; reopened through `/proc`, as a lock on it needs
+/// an open file of its own), and the time namespace's inode (which was the host's in every
+/// jail). Each line is `path open-mode`.
+const SHARED_FILES: &str = "/usr/bin/env r\n\
+    /opt/runcell/venv/pyvenv.cfg r\n\
+    /etc/ld.so.cache r\n\
+    /dev/zero rw\n\
+    /proc/self/fd/0 rw\n\
+    /proc/self/ns/time r";
+
+/// Python shared by the lock holder and the probes: `lock(type, start)` is a `struct flock` of
+/// 10 bytes at `start`; `targets()` the files above with their open flags and the strongest
+/// lock type their open mode allows.
+const LOCK_COMMON: &str = r#"
+import errno, fcntl, os, struct, sys, time
+F_OFD_GETLK, F_OFD_SETLK = 36, 37
+def lock(kind, start):
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, start, 10, 0)
+def targets():
+    for line in os.environ["FILES"].splitlines():
+        path, mode = line.split()
+        rw = mode == "rw"
+        yield path, os.O_RDWR if rw else os.O_RDONLY, fcntl.F_WRLCK if rw else fcntl.F_RDLCK
+def err(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+"#;
+
+/// Takes every kind of lock on every shared file and holds them: `flock(LOCK_EX)` on a
+/// read-only descriptor, a POSIX lock on bytes 0-9, an OFD lock on bytes 10-19, and a read
+/// lease. Reports what it got in /workspace/held, then sleeps until killed.
+const LOCK_HOLDER: &str = r#"
+def hold(keep):
+    report = []
+    for path, flags, kind in targets():
+        got = []
+        for name, take in (
+            ("flock", lambda fd: fcntl.flock(fd, fcntl.LOCK_EX)),
+            ("posix", lambda fd: fcntl.fcntl(fd, fcntl.F_SETLK, lock(kind, 0))),
+            ("ofd", lambda fd: fcntl.fcntl(fd, F_OFD_SETLK, lock(kind, 10))),
+            ("lease", lambda fd: fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)),
+        ):
+            fd = os.open(path, flags)
+            keep.append(fd)  # closing any descriptor of the file would drop the POSIX lock
+            try:
+                take(fd)
+                got.append(name + "=held")
+            except OSError as e:
+                got.append(name + "=refused:" + err(e))
+        report.append(path + " " + " ".join(got))
+    return "\n".join(report) + "\n"
+keep = []
+try:
+    report = hold(keep)
+except Exception as e:
+    report = "ERROR " + repr(e) + "\n"
+with open("/workspace/held.tmp", "w") as f:
+    f.write(report)
+os.rename("/workspace/held.tmp", "/workspace/held")
+time.sleep(600)
+"#;
+
+/// Tries, without waiting, what would conflict with the holder: `flock(LOCK_EX | LOCK_NB)` and
+/// the POSIX and OFD "would a write lock be granted" queries. Prints `path flock=… posix=…
+/// ofd=…`, each `free`, `busy` or `refused:ERRNO`.
+const LOCK_PROBE: &str = r#"
+for path, flags, kind in targets():
+    got = []
+    fd = os.open(path, flags)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        got.append("flock=free")
+    except OSError as e:
+        got.append("flock=" + ("busy" if e.errno == errno.EWOULDBLOCK else "refused:" + err(e)))
+    for name, cmd, start in (("posix", fcntl.F_GETLK, 0), ("ofd", F_OFD_GETLK, 10)):
+        try:
+            r = fcntl.fcntl(fd, cmd, lock(fcntl.F_WRLCK, start))
+            free = struct.unpack("hhqqi4x", r)[0] == fcntl.F_UNLCK
+            got.append(name + "=" + ("free" if free else "busy"))
+        except OSError as e:
+            got.append(name + "=refused:" + err(e))
+    os.close(fd)
+    print(path, " ".join(got))
+"#;
+
+fn lock_program(body: &str, mode: StepMode) -> ProcessSpec {
+    lock_program_on(body, mode, SHARED_FILES)
+}
+
+fn lock_program_on(body: &str, mode: StepMode, files: &str) -> ProcessSpec {
+    let mut p = py(&format!("{LOCK_COMMON}{body}"));
+    p.env.push(("FILES".into(), files.into()));
+    p.mode = mode;
+    p
+}
+
+/// A jail's view with the runtime prefix, as the engine builds it.
+fn prefix_config(base: JailConfig) -> JailConfig {
+    assert!(
+        Path::new(PREFIX).join("venv/pyvenv.cfg").exists(),
+        "{PREFIX} must hold the runtimes (cargo run -p runcell -- runtimes install)"
+    );
+    assert!(Path::new("/etc/ld.so.cache").is_file());
+    let mut c = base;
+    c.binds.push(Bind::same(PREFIX));
+    c
+}
+
+/// Waits (generously: a loaded machine is slow, not wrong) for a file the program writes when
+/// it is ready.
+fn wait_for_file(jail: &Jail, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(b) = jail.workspace().read_file(name, 1 << 16) {
+            return text(&b);
+        }
+        assert!(Instant::now() < deadline, "{name} never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn probe_lines(out: &Outcome) -> Vec<String> {
+    assert_eq!(out.exit, Exit::Exited(0), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), SHARED_FILES.lines().count(), "{lines:?}");
+    lines
+}
+
+/// Issue 8: a program in one tenant's jail took `flock(LOCK_EX)` on `/usr/bin/env` and another
+/// tenant's program locking the same file blocked. Now every jail shows the host's files
+/// through inodes of its own (overlays, copies, its own device nodes and time namespace), so
+/// no lock of one jail is visible in another, while the same probe in the holder's own jail
+/// sees every lock (the locks are real, and the probe detects them).
+#[test]
+fn locks_on_shared_files_do_not_reach_another_jail() {
+    let mounts = host_mounts();
+    // Tenant A: a sandbox; tenant B: a one-shot run. Both use the same root builder.
+    let a = spawner()
+        .prepare(&prefix_config(shared_config()), &cgroup_limits())
+        .unwrap();
+    let b = spawner()
+        .prepare(&prefix_config(config()), &cgroup_limits())
+        .unwrap();
+    let (ta, tb) = (Trace::of(&a), Trace::of(&b));
+    let holder = a
+        .start(
+            &lock_program(LOCK_HOLDER, StepMode::Shared),
+            StdinSource::Null,
+            OutputTarget::Null,
+            OutputTarget::Pipe,
+        )
+        .unwrap();
+    let held = wait_for_file(&a, "held");
+    let held: Vec<&str> = held.lines().collect();
+    assert_eq!(held.len(), SHARED_FILES.lines().count(), "{held:?}");
+    for line in &held {
+        // Every lock but the lease is granted; leases need the file's owner (the host's root,
+        // or the jail's agent for a copy) or are for regular files only.
+        assert!(
+            line.contains("flock=held")
+                && line.contains("posix=held")
+                && line.contains("ofd=held")
+                && line.contains("lease=refused:"),
+            "{line}"
+        );
+    }
+
+    let other = b
+        .run(
+            &lock_program(
+                LOCK_PROBE,
+                StepMode::Private {
+                    tmp: TmpfsSize::mib(4),
+                    shm: TmpfsSize::mib(4),
+                },
+            ),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    let lines = probe_lines(&other);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.ends_with(" flock=free posix=free ofd=free")),
+        "another jail sees the locks: {lines:#?}"
+    );
+    // The same probe beside the holder, in its own jail: every lock is seen.
+    let same = a
+        .run(
+            &lock_program(LOCK_PROBE, StepMode::Shared),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    let lines = probe_lines(&same);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.ends_with(" flock=busy posix=busy ofd=busy")),
+        "the holder's own jail must see every lock: {lines:#?}"
+    );
+    holder.kill().unwrap();
+    let o = a.supervise(holder, &run_limits(), &mut |_, _| {}).unwrap();
+    assert_eq!(o.exit, Exit::Signaled(libc::SIGKILL), "{}", text(&o.stderr));
+    a.destroy().unwrap();
+    b.destroy().unwrap();
+    ta.assert_gone(&mounts);
+    tb.assert_gone(&mounts);
+}
+
+/// Files and a directory every jail shows from the host, watched with inotify.
+const WATCHED: &str =
+    "/usr/bin\n/usr/bin/env\n/opt/runcell/venv/pyvenv.cfg\n/etc/ld.so.cache\n/dev/zero";
+
+/// Watches `WATCHED` for opens and reads. Events that arrive until /workspace/drain appears
+/// are written to /workspace/before; then it collects events until every path has had one
+/// (or 60 s pass) and writes them to /workspace/after.
+const WATCHER: &str = r#"
+import ctypes, os, select, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+assert fd >= 0, ctypes.get_errno()
+paths = os.environ["WATCHED"].splitlines()
+wds = {}
+for p in paths:
+    wd = libc.inotify_add_watch(fd, p.encode(), 0x1 | 0x20)  # IN_ACCESS | IN_OPEN
+    assert wd >= 0, (p, ctypes.get_errno())
+    wds[wd] = p
+def events():
+    seen = set()
+    while True:
+        try:
+            buf = os.read(fd, 65536)
+        except BlockingIOError:
+            return seen
+        i = 0
+        while i < len(buf):
+            wd, mask, cookie, n = struct.unpack_from("iIII", buf, i)
+            seen.add(wds.get(wd, "?"))
+            i += 16 + n
+def write(name, seen):
+    with open("/workspace/" + name + ".tmp", "w") as f:
+        f.write("".join(p + "\n" for p in sorted(seen)))
+    os.rename("/workspace/" + name + ".tmp", "/workspace/" + name)
+write("watching", set())
+before = set()
+while not os.path.exists("/workspace/drain"):
+    before |= events()
+    time.sleep(0.01)
+write("before", before | events())
+after, deadline = set(), time.monotonic() + 60
+while after != set(paths) and time.monotonic() < deadline:
+    select.select([fd], [], [], 0.1)
+    after |= events()
+write("after", after)
+"#;
+
+/// Opens and reads every path of `WATCHED` (lists the directory).
+const TOUCHER: &str = r#"
+import os
+for p in os.environ["WATCHED"].splitlines():
+    if os.path.isdir(p):
+        os.listdir(p)
+    else:
+        fd = os.open(p, os.O_RDONLY)
+        os.read(fd, 1)
+        os.close(fd)
+os.system("/usr/bin/env true")
+print("touched")
+"#;
+
+fn watch_program(body: &str, mode: StepMode) -> ProcessSpec {
+    let mut p = py(body);
+    p.env.push(("WATCHED".into(), WATCHED.into()));
+    p.mode = mode;
+    p
+}
+
+/// A writable device node's timestamps can be set by anyone who may write to it
+/// (`utimensat` with the current time): on the host's nodes that was a channel between jails and
+/// a way to touch the host. Each jail's nodes are its own.
+#[test]
+fn device_timestamps_are_the_jails_own() {
+    use std::os::unix::fs::MetadataExt;
+    let devices = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+    ];
+    let mtimes = || -> Vec<(i64, i64)> {
+        devices
+            .iter()
+            .map(|d| {
+                let m = std::fs::metadata(d).unwrap();
+                (m.mtime(), m.mtime_nsec())
+            })
+            .collect()
+    };
+    let before = mtimes();
+    let out = run(&sh(&format!(
+        "touch -c {} && echo touched",
+        devices.join(" ")
+    )));
+    assert_eq!(text(&out.stdout), "touched\n", "{}", text(&out.stderr));
+    assert_eq!(mtimes(), before, "a jail changed the host's device nodes");
+}
+
+/// A watch is per inode too: inotify on a shared file would tell one tenant what another runs
+/// and reads (and carry messages). A watch in one jail sees nothing of another jail opening,
+/// reading and executing the same host files, and sees its own jail doing it.
+#[test]
+fn watches_on_shared_files_see_only_their_own_jail() {
+    let mounts = host_mounts();
+    let a = spawner()
+        .prepare(&prefix_config(shared_config()), &cgroup_limits())
+        .unwrap();
+    let b = spawner()
+        .prepare(&prefix_config(config()), &cgroup_limits())
+        .unwrap();
+    let (ta, tb) = (Trace::of(&a), Trace::of(&b));
+    let watcher = a
+        .start(
+            &watch_program(WATCHER, StepMode::Shared),
+            StdinSource::Null,
+            OutputTarget::Null,
+            OutputTarget::Null,
+        )
+        .unwrap();
+    wait_for_file(&a, "watching");
+    let other = b
+        .run(
+            &watch_program(
+                TOUCHER,
+                StepMode::Private {
+                    tmp: TmpfsSize::mib(4),
+                    shm: TmpfsSize::mib(4),
+                },
+            ),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(text(&other.stdout), "touched\n", "{}", text(&other.stderr));
+    // Everything B did is queued by now (events are queued during the system call).
+    a.workspace().write_file("drain", b"", 0o644).unwrap();
+    let before = wait_for_file(&a, "before");
+    assert_eq!(before, "", "a watch in A saw B's accesses");
+    let own = a
+        .run(
+            &watch_program(TOUCHER, StepMode::Shared),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(text(&own.stdout), "touched\n", "{}", text(&own.stderr));
+    let after = wait_for_file(&a, "after");
+    let mut want: Vec<&str> = WATCHED.lines().collect();
+    want.sort();
+    assert_eq!(
+        after.lines().collect::<Vec<_>>(),
+        want,
+        "the watch saw its own jail"
+    );
+    let o = a.supervise(watcher, &run_limits(), &mut |_, _| {}).unwrap();
+    assert_eq!(o.exit, Exit::Exited(0), "{}", text(&o.stderr));
+    a.destroy().unwrap();
+    b.destroy().unwrap();
+    ta.assert_gone(&mounts);
+    tb.assert_gone(&mounts);
+}
+
+/// Programs still lock their own files: `flock`, OFD locks and SQLite's POSIX locks conflict
+/// and release as usual in the workspace and in `/tmp`.
+#[test]
+fn locks_in_the_workspace_and_tmp_work() {
+    let out = run(&py(&format!(
+        "{LOCK_COMMON}{}",
+        r#"
+import sqlite3
+res = []
+for d in ("/workspace", "/tmp"):
+    path = d + "/lockfile"
+    a = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    b = os.open(path, os.O_RDWR)
+    fcntl.flock(a, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res.append("flock:shared")
+    except BlockingIOError:
+        res.append("flock:exclusive")
+    fcntl.flock(a, fcntl.LOCK_UN)
+    fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    res.append("flock:released")
+    fcntl.fcntl(a, F_OFD_SETLK, lock(fcntl.F_WRLCK, 0))
+    try:
+        fcntl.fcntl(b, F_OFD_SETLK, lock(fcntl.F_WRLCK, 0))
+        res.append("ofd:shared")
+    except BlockingIOError:
+        res.append("ofd:exclusive")
+    db = d + "/db.sqlite"
+    c1 = sqlite3.connect(db, timeout=0, isolation_level=None)
+    c1.execute("create table t(x)")
+    c1.execute("begin exclusive")
+    c1.execute("insert into t values (1)")
+    c2 = sqlite3.connect(db, timeout=0, isolation_level=None)
+    try:
+        c2.execute("insert into t values (2)")
+        res.append("sqlite:unlocked")
+    except sqlite3.OperationalError as e:
+        res.append("sqlite:" + ("locked" if "locked" in str(e) else str(e)))
+    c1.execute("commit")
+    c2.execute("insert into t values (2)")
+    res.append("sqlite:rows=%d" % c1.execute("select count(*) from t").fetchone()[0])
+print(" ".join(res))
+"#
+    )));
+    let one = "flock:exclusive flock:released ofd:exclusive sqlite:locked sqlite:rows=2";
+    assert_eq!(
+        text(&out.stdout),
+        format!("{one} {one}\n"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Bound directories and files are shown read-only as the host has them, through overlays,
+/// whatever their names (overlayfs options use `,` and `:` as separators).
+#[test]
+fn bound_directories_and_files_are_shown_as_the_host_has_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = tempfile::Builder::new()
+        .prefix("runcell-binds-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let odd = host.path().join("odd,upperdir=x:y\\z");
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("inside.txt"), "from the directory\n").unwrap();
+    let file = host.path().join("one:file,txt");
+    std::fs::write(&file, "from the file\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cfg = config();
+    cfg.binds.push(Bind {
+        source: odd.clone(),
+        target: "/srv/dir".into(),
+        optional: false,
+    });
+    cfg.binds.push(Bind {
+        source: file.clone(),
+        target: "/srv/file".into(),
+        optional: false,
+    });
+    let jail = spawner().prepare(&cfg, &cgroup_limits()).unwrap();
+    let out = jail
+        .run(
+            &sh(
+                "cat /srv/dir/inside.txt /srv/file; ls /srv/dir; stat -c %a /srv/file; \
+                 ls /srv/dir/../.. >/dev/null; echo x > /srv/file 2>&1 || echo refused",
+            ),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "from the directory\nfrom the file\ninside.txt\n644\nrefused\n",
+        "{}",
+        text(&out.stderr)
+    );
+    jail.destroy().unwrap();
+}
+
+/// From the jail's user namespace the kernel takes no directory with a host mount beneath it
+/// as an overlay layer; such a directory is bound as it is, whole and read-only, and a file in
+/// it is copied: its locks stay in each jail. A file too big to copy is refused with a reason.
+/// The mount is made after the spawner started (which notices it), in the spawner's own mount
+/// namespace: the host never sees it.
+#[test]
+fn a_bound_directory_with_a_mount_beneath_is_shown_whole() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let host = tempfile::Builder::new()
+        .prefix("runcell-submount-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tree = host.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    for (name, len) in [("top.txt", 0), ("big", 2 << 20)] {
+        let data = if len == 0 {
+            b"top\n".to_vec()
+        } else {
+            vec![b'x'; len]
+        };
+        std::fs::write(tree.join(name), data).unwrap();
+        std::fs::set_permissions(tree.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut cfg = config();
+    cfg.binds.push(Bind {
+        source: tree.clone(),
+        target: "/srv/tree".into(),
+        optional: false,
+    });
+    cfg.binds.push(Bind {
+        source: tree.join("top.txt"),
+        target: "/srv/copied".into(),
+        optional: false,
+    });
+    let show = "cat /srv/tree/top.txt /srv/tree/sub/* /srv/copied; \
+                touch /srv/tree/sub/x 2>/dev/null || echo read-only";
+    // A spawner of the test's own: its mount namespace is its own (a slave of the host's).
+    let own = Spawner::launch(&spawner_command(), &SpawnerOptions::default()).unwrap();
+    let before = own.prepare(&cfg, &cgroup_limits()).unwrap();
+    let out = before
+        .run(&sh(show), StdinSource::Null, &run_limits())
+        .unwrap();
+    assert_eq!(text(&out.stdout), "top\ntop\nread-only\n");
+    before.destroy().unwrap();
+    // A mount beneath the directory, in the spawner's namespace only; the next jail sees it.
+    let sub = tree.join("sub");
+    let mounted = std::process::Command::new("/usr/bin/nsenter")
+        .arg(format!("--mount=/proc/{}/ns/mnt", own.pid().unwrap()))
+        .args(["/bin/sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=64k,mode=755 runcell-test '{0}' && \
+             echo beneath > '{0}/inner.txt'",
+            sub.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let jail = own.prepare(&cfg, &cgroup_limits()).unwrap();
+    let out = jail
+        .run(&sh(show), StdinSource::Null, &run_limits())
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "top\nbeneath\ntop\nread-only\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // The copy's locks are the jail's own.
+    let private = StepMode::Private {
+        tmp: TmpfsSize::mib(4),
+        shm: TmpfsSize::mib(4),
+    };
+    let holder = jail
+        .start(
+            &lock_program_on(LOCK_HOLDER, private, "/srv/copied r"),
+            StdinSource::Null,
+            OutputTarget::Null,
+            OutputTarget::Null,
+        )
+        .unwrap();
+    let held = wait_for_file(&jail, "held");
+    assert!(held.contains("flock=held posix=held ofd=held"), "{held}");
+    let other = own.prepare(&cfg, &cgroup_limits()).unwrap();
+    let probe = other
+        .run(
+            &lock_program_on(LOCK_PROBE, private, "/srv/copied r"),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(
+        text(&probe.stdout),
+        "/srv/copied flock=free posix=free ofd=free\n",
+        "{}",
+        text(&probe.stderr)
+    );
+    holder.kill().unwrap();
+    other.destroy().unwrap();
+    jail.destroy().unwrap();
+    cfg.binds.push(Bind {
+        source: tree.join("big"),
+        target: "/srv/big".into(),
+        optional: false,
+    });
+    let e = own.prepare(&cfg, &cgroup_limits()).unwrap_err();
+    assert!(e.to_string().contains("bind its directory instead"), "{e}");
+    assert!(
+        !host_mounts()
+            .iter()
+            .any(|m| m.contains("runcell-submount-")),
+        "the test's mount must not reach the host"
+    );
+}

@@ -154,7 +154,7 @@ impl CgroupRoot {
 }
 
 /// (fstype, mount point, super options) of every mount in a mountinfo text.
-fn parse_mountinfo(info: &str) -> Vec<(String, PathBuf, String)> {
+pub(crate) fn parse_mountinfo(info: &str) -> Vec<(String, PathBuf, String)> {
     let mut out = Vec::new();
     for line in info.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
