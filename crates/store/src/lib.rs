@@ -12,6 +12,8 @@
 //! Times are Unix milliseconds (`i64`). JSON documents (requests, results, webhook payloads,
 //! sandbox specs, code run documents, artifact metadata) are stored as text and are opaque here.
 
+#[cfg(test)]
+mod conformance;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
