@@ -178,16 +178,25 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
     let url = format!("{}/api/v1/execute", server.base);
     let scratch = tempfile::tempdir()?;
     let mut rows = Vec::new();
-    for (language, code) in [("python", PY), ("c", C)] {
+    // "c" sends the same source every time (compiled once, then from the compile cache);
+    // "c-cold" makes every source unique, so every request compiles.
+    for (language, code) in [("python", PY), ("c", C), ("c-cold", C)] {
         let call = {
             let (client, url, key) = (client.clone(), url.clone(), server.key.clone());
-            let body = json!({"language": language, "code": code}).to_string();
+            let unique = Arc::new(AtomicUsize::new(0));
             move || {
+                let body = if language == "c-cold" {
+                    let n = unique.fetch_add(1, Ordering::SeqCst);
+                    let code = format!("// request {n} of {}\n{code}", std::process::id());
+                    json!({"language": "c", "code": code}).to_string()
+                } else {
+                    json!({"language": language, "code": code}).to_string()
+                };
                 let req = client
                     .post(&url)
                     .header("x-api-key", &key)
                     .header("content-type", "application/json")
-                    .body(body.clone());
+                    .body(body);
                 async move {
                     match req.send().await {
                         Ok(r) if r.status().is_success() => r
@@ -274,8 +283,10 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
         );
     }
     println!(
-        "runcell = POST /api/v1/execute end to end (HTTP, auth, store, jail, compile for C); \
-         bare = the same program spawned directly (C: gcc, then the binary)."
+        "runcell = POST /api/v1/execute end to end (HTTP, auth, store, jail, compile for C: \
+         `c` sends one source, compiled once and then taken from the compile cache; `c-cold` \
+         makes every source unique, so every request compiles); bare = the same program \
+         spawned directly (C: gcc, then the binary)."
     );
     Ok(if rows.iter().any(|r| r.errors > 0) {
         1

@@ -14,6 +14,7 @@ use runcell_jail::{
 };
 use runcell_lang::{Language, Registry, Vars};
 
+use crate::cache::{CachedFile, CompileCache, Key, KeyInputs};
 use crate::limits::{LimitPolicy, Limits};
 use crate::model::{
     CompileResult, ExecuteRequest, ExecutionResult, decode_output, rfc3339, signal_name,
@@ -46,6 +47,11 @@ pub struct EngineConfig {
     pub max_files_bytes: u64,
     /// Jails kept prepared ahead of requests (0: prepare each on demand).
     pub pool_size: usize,
+    /// Directory of the compile cache (root only; none: no cache). The server puts it in its
+    /// data directory.
+    pub compile_cache_dir: Option<PathBuf>,
+    /// Size of the compile cache, MiB (0: no cache).
+    pub compile_cache_mb: u64,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +73,8 @@ impl Default for EngineConfig {
             stack_mb: 64,
             max_files_bytes: 16 << 20,
             pool_size: 0,
+            compile_cache_dir: None,
+            compile_cache_mb: 512,
         }
     }
 }
@@ -108,6 +116,7 @@ pub struct Engine {
     registry: Arc<Registry>,
     config: EngineConfig,
     versions: Mutex<HashMap<String, Option<String>>>,
+    cache: Option<CompileCache>,
 }
 
 /// Cancels an execution from another thread: before it starts (it will not), or while it
@@ -167,6 +176,9 @@ pub struct RunContext<'a> {
     pub cancel: Option<&'a Cancel>,
     /// A session's jail to run in (its workspace persists); otherwise a fresh jail.
     pub jail: Option<&'a Jail>,
+    /// Who may share compiled programs with this run through the compile cache (the server
+    /// passes the tenant); none: the cache is not used.
+    pub cache_scope: Option<&'a str>,
 }
 
 const MAX_ARGS: usize = 256;
@@ -247,12 +259,28 @@ impl Engine {
             Self::cgroup(&config.limits.defaults),
             config.pool_size,
         );
+        let cache = match &config.compile_cache_dir {
+            Some(dir) if config.compile_cache_mb > 0 => {
+                match CompileCache::open(dir, config.compile_cache_mb << 20) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(
+                            "compile cache in {}: {e}; compiling every time",
+                            dir.display()
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Engine {
             pool,
             jail_config: jail,
             registry,
             config,
             versions: Mutex::new(HashMap::new()),
+            cache,
         }
     }
 
@@ -663,6 +691,46 @@ impl Engine {
         if let Some(argv) = compile_argv {
             let mut env = base_env();
             merge_env(&mut env, lang.env(&vars(compile.memory_mb)));
+            // The compile cache serves fresh workspaces only: a session's earlier files could
+            // change what the compiler does.
+            let key = match (&self.cache, ctx.cache_scope, ctx.jail) {
+                (Some(_), Some(scope), None) => {
+                    let mut files: Vec<(&str, &[u8])> =
+                        vec![(plan.source_name.as_str(), plan.code.as_slice())];
+                    files.extend(plan.files.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
+                    Key::of(&KeyInputs {
+                        scope,
+                        language: &plan.language,
+                        version: &plan.version,
+                        argv: &argv,
+                        env: &env,
+                        files: &files,
+                    })
+                }
+                _ => None,
+            };
+            let hit = key
+                .as_ref()
+                .and_then(|k| self.cache.as_ref().and_then(|c| c.get(k)));
+            if let Some(entry) = hit {
+                for f in &entry.files {
+                    ws.write_file(&f.path, &f.data, f.mode).map_err(|e| {
+                        JailError::InvalidConfig(format!("write the cached {}: {e}", f.path))
+                    })?;
+                }
+                r.compile = Some(CompileResult {
+                    execution_time: 0.0,
+                    cpu_time: 0.0,
+                    memory_peak_kb: 0,
+                    cached: true,
+                    ..entry.compile
+                });
+                jail.set_limits(&Self::cgroup(&run))?;
+                return self.run_step(plan, r, ctx, lang, jail, &vars(run.memory_mb));
+            }
+            let before = key
+                .as_ref()
+                .map(|_| ws.walk(CACHE_WALK_ENTRIES, CACHE_WALK_DEPTH));
             let out = run_program(
                 jail,
                 &self.spec(argv, env, &compile),
@@ -673,6 +741,18 @@ impl Engine {
             )?;
             let ok = out.exit.success() && out.limit.is_none();
             r.compile = Some(compile_result(&out));
+            if ok
+                && let (Some(key), Some(Ok(before)), Some(cache)) = (&key, before, &self.cache)
+                && let Some(files) = compiled_files(ws, &before)
+            {
+                let entry = crate::cache::Entry {
+                    files,
+                    compile: compile_result(&out),
+                };
+                if let Err(e) = cache.put(key, &entry) {
+                    tracing::warn!("compile cache: {e}");
+                }
+            }
             if !ok {
                 r.stderr = decode_output(&out.stderr, out.stderr_truncated);
                 r.stdout = decode_output(&out.stdout, out.stdout_truncated);
@@ -691,10 +771,24 @@ impl Engine {
             }
             jail.set_limits(&Self::cgroup(&run))?;
         }
+        self.run_step(plan, r, ctx, lang, jail, &vars(run.memory_mb))
+    }
+
+    /// The run step of a plan, in a jail whose workspace is ready.
+    fn run_step(
+        &self,
+        plan: &Plan,
+        r: &mut ExecutionResult,
+        ctx: RunContext<'_>,
+        lang: &Language,
+        jail: &Jail,
+        vars: &Vars,
+    ) -> Result<(), JailError> {
+        let run = plan.limits;
         let mut env = base_env();
-        merge_env(&mut env, lang.env(&vars(run.memory_mb)));
+        merge_env(&mut env, lang.env(vars));
         merge_env(&mut env, plan.env.iter().cloned());
-        let argv = lang.run_argv(&vars(run.memory_mb), &plan.args);
+        let argv = lang.run_argv(vars, &plan.args);
         let spec = self.spec(argv, env, &run);
         let out = run_program(
             jail,
@@ -707,6 +801,52 @@ impl Engine {
         fill_result(r, &out, &run, &self.config.limits.maxima);
         Ok(())
     }
+}
+
+/// How far the compile cache looks for a compiler's output files.
+const CACHE_WALK_ENTRIES: usize = 10_000;
+const CACHE_WALK_DEPTH: usize = 16;
+
+/// The regular files a compile step created or changed in the workspace, read out by
+/// descriptor as the program's user; `None` (do not cache) when the workspace cannot be read
+/// whole, something other than a regular file appeared, or the files are too large.
+fn compiled_files(
+    ws: &runcell_jail::Workspace,
+    before: &runcell_jail::Walk,
+) -> Option<Vec<CachedFile>> {
+    use runcell_jail::EntryKind;
+    let after = ws.walk(CACHE_WALK_ENTRIES, CACHE_WALK_DEPTH).ok()?;
+    if before.truncated || after.truncated {
+        return None;
+    }
+    let old: HashMap<&str, (u64, u64, i128)> = before
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), (e.inode, e.size, e.mtime_ns)))
+        .collect();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for e in &after.entries {
+        if old.get(e.path.as_str()) == Some(&(e.inode, e.size, e.mtime_ns)) {
+            continue;
+        }
+        match e.kind {
+            EntryKind::Dir => continue,
+            EntryKind::File if e.links == 1 => {}
+            _ => return None,
+        }
+        total += e.size;
+        if total > crate::cache::MAX_ENTRY_BYTES || files.len() >= crate::cache::MAX_ENTRY_FILES {
+            return None;
+        }
+        let data = ws.read_file(&e.path, crate::cache::MAX_ENTRY_BYTES).ok()?;
+        files.push(CachedFile {
+            path: e.path.clone(),
+            mode: e.mode & 0o777,
+            data,
+        });
+    }
+    Some(files)
 }
 
 /// A jail taken from the pool for one execution, destroyed in the background afterwards.
@@ -791,6 +931,7 @@ fn compile_result(out: &Outcome) -> CompileResult {
         cpu_time: secs(out.cpu_time),
         memory_peak_kb: out.memory_peak_bytes / 1024,
         limit_exceeded: out.limit.map(|l| l.as_str().to_string()),
+        cached: false,
     }
 }
 

@@ -2,6 +2,7 @@
 //! and an `ExecutionResult`. Knows languages (through `runcell-lang`) and the jail's interface
 //! (through `runcell-jail`); knows nothing of HTTP or storage.
 
+pub mod cache;
 mod engine;
 pub mod limits;
 pub mod model;

@@ -122,6 +122,10 @@ pub struct CompileResult {
     pub cpu_time: f64,
     pub memory_peak_kb: u64,
     pub limit_exceeded: Option<String>,
+    /// True when the compiler did not run because the same program was compiled before
+    /// (the compile cache): the output is that compilation's, and the times are zero.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// RFC 3339 UTC timestamp with milliseconds (`2026-11-23T10:00:00.123Z`).

@@ -275,6 +275,7 @@ async fn execute(
     let language = plan.language.clone();
     // Kept to describe a failure of the blocking task itself.
     let plan_copy = plan.clone();
+    let scope = tenant.to_string();
     let joined = tokio::task::spawn_blocking(move || {
         let id = id_owned;
         let mut forward = |s: Stream, chunk: &[u8]| {
@@ -302,6 +303,7 @@ async fn execute(
                     on_output: Some(&mut forward),
                     cancel: Some(&cancel),
                     jail: guard.as_ref(),
+                    cache_scope: None,
                 };
                 let r = engine.run(&plan, &id, created, ctx);
                 s.last_used.store(now_ms(), Ordering::SeqCst);
@@ -312,6 +314,8 @@ async fn execute(
                     on_output: Some(&mut forward),
                     cancel: Some(&cancel),
                     jail: None,
+                    // Compiled programs are shared within a tenant only.
+                    cache_scope: Some(&scope),
                 };
                 engine.run(&plan, &id, created, ctx)
             }

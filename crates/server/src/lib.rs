@@ -333,7 +333,11 @@ pub async fn serve(
     let store = Arc::new(SqliteStore::open(&config.data_dir.join("runcell.db")).await?);
     let store: Arc<dyn Store> = store;
     let keys = load_keys(&config, &*store).await?;
-    let engine = Arc::new(Engine::new(spawner, registry, config.engine.clone()));
+    let mut engine_config = config.engine.clone();
+    if engine_config.compile_cache_dir.is_none() {
+        engine_config.compile_cache_dir = Some(config.data_dir.join("compile-cache"));
+    }
+    let engine = Arc::new(Engine::new(spawner, registry, engine_config));
     let languages = {
         let e = Arc::clone(&engine);
         tokio::task::spawn_blocking(move || describe_languages(&e))

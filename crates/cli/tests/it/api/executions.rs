@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::server::{KEY_A, Opts, Server, SseEvent, eventually, is_uuid_v4, read_sse, sse_text};
+use crate::server::{
+    KEY_A, KEY_B, Opts, Server, SseEvent, eventually, is_uuid_v4, read_sse, sse_text,
+};
 
 type Event = SseEvent;
 
@@ -425,4 +427,75 @@ fn output_is_utf8_and_truncation_never_splits_a_character() {
     }));
     assert_eq!(v["stdout_truncated"], true, "{v:#}");
     assert_eq!(v["stdout"], "aéééé", "{v:#}");
+}
+
+/// The compile cache: the same C program compiles once per tenant (the second run says
+/// `compile.cached` and gives the same output); another tenant compiles its own; a run that
+/// replaces its own binary cannot change what the next run gets; failed compilations and
+/// sources that use `__TIME__` are never cached; Java's class files come back whole.
+#[test]
+fn compiled_programs_are_cached_per_tenant_and_runs_cannot_poison_the_cache() {
+    let srv = Server::start();
+    let run = |key: &str, language: &str, code: &str| -> Value {
+        srv.post(
+            "/api/v1/execute",
+            Some(key),
+            &json!({"language": language, "code": code}),
+        )
+        .expect(200)
+        .json()
+    };
+    let cached = |r: &Value| r["compile"]["cached"] == true;
+    // The program prints, then replaces its own binary with a script that would print "pwned".
+    let c = r##"#include <stdio.h>
+int main(void) {
+    printf("cached %d\n", 6 * 7);
+    fflush(stdout);
+    FILE *f = fopen("evil", "w");
+    fputs("#!/bin/sh\necho pwned\n", f);
+    fclose(f);
+    rename("evil", "main");
+    return 0;
+}
+"##;
+    let first = run(KEY_A, "c", c);
+    assert_eq!(first["stdout"], "cached 42\n", "{first:#}");
+    assert!(!cached(&first), "the first run compiles: {first:#}");
+    for _ in 0..2 {
+        let again = run(KEY_A, "c", c);
+        assert_eq!(again["stdout"], "cached 42\n", "{again:#}");
+        assert!(
+            cached(&again),
+            "the same program is not compiled again: {again:#}"
+        );
+        assert_eq!(again["compile"]["exit_code"], 0, "{again:#}");
+        assert_eq!(again["compile"]["execution_time"], 0.0, "{again:#}");
+    }
+    // Another tenant does not share A's compiled programs.
+    let other = run(KEY_B, "c", c);
+    assert_eq!(other["stdout"], "cached 42\n", "{other:#}");
+    assert!(!cached(&other), "{other:#}");
+
+    // A compile error is compiled (and reported) every time.
+    for _ in 0..2 {
+        let bad = run(KEY_A, "c", "int main(void) { return x; }\n");
+        assert_ne!(bad["compile"]["exit_code"], 0, "{bad:#}");
+        assert!(!cached(&bad), "{bad:#}");
+    }
+    // __TIME__ makes the output depend on when it was compiled: never cached.
+    let timed = "#include <stdio.h>\nint main(void) { puts(__TIME__); return 0; }\n";
+    run(KEY_A, "c", timed);
+    assert!(!cached(&run(KEY_A, "c", timed)));
+
+    // Java: the compiler's class files (an inner class too) come back whole.
+    let java = r#"public class Main {
+    static class Inner { int v() { return 7; } }
+    public static void main(String[] a) { System.out.println("java " + new Inner().v()); }
+}
+"#;
+    let j1 = run(KEY_A, "java", java);
+    assert_eq!(j1["stdout"], "java 7\n", "{j1:#}");
+    let j2 = run(KEY_A, "java", java);
+    assert_eq!(j2["stdout"], "java 7\n", "{j2:#}");
+    assert!(cached(&j2), "{j2:#}");
 }
