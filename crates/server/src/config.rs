@@ -148,7 +148,8 @@ pub struct WebhookConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct FairnessConfig {
     /// Executions one tenant may run at once. Default: `concurrency` less a quarter of it (at
-    /// least one slot stays for other tenants when `concurrency` is 2 or more).
+    /// least one slot stays for other tenants when `concurrency` is 2 or more); all of it on a
+    /// server with a single API key.
     pub tenant_max_running: Option<usize>,
     /// Executions one tenant may have waiting (async queue plus waiting synchronous
     /// requests); beyond it that tenant is answered 429. Default: half of `max_queue`.
@@ -229,14 +230,18 @@ fn comma_list(v: &str) -> Vec<String> {
 }
 
 impl Config {
-    /// Executions one tenant may run at once (see [`FairnessConfig::tenant_max_running`]).
-    pub fn tenant_max_running(&self) -> usize {
+    /// Executions one tenant may run at once, on a server with `tenants` API keys (see
+    /// [`FairnessConfig::tenant_max_running`]; with one key there is nobody to keep slots for).
+    pub fn tenant_max_running(&self, tenants: usize) -> usize {
+        let default = if tenants <= 1 {
+            self.concurrency
+        } else {
+            self.concurrency
+                .saturating_sub((self.concurrency / 4).max(1))
+        };
         self.fairness
             .tenant_max_running
-            .unwrap_or_else(|| {
-                self.concurrency
-                    .saturating_sub((self.concurrency / 4).max(1))
-            })
+            .unwrap_or(default)
             .clamp(1, self.concurrency.max(1))
     }
 
@@ -464,6 +469,18 @@ mod tests {
         let c = Config::load(Some(&f), no_env).unwrap();
         assert_eq!(c.engine.limits, runcell_engine::LimitPolicy::default());
         assert_eq!(c.webhooks, WebhookConfig::default());
+    }
+
+    #[test]
+    fn a_tenant_leaves_slots_for_others_unless_it_is_alone() {
+        let mut c = Config::load(None, no_env).unwrap();
+        for (slots, alone, shared) in [(1, 1, 1), (2, 2, 1), (4, 4, 3), (8, 8, 6), (16, 16, 12)] {
+            c.concurrency = slots;
+            assert_eq!(c.tenant_max_running(1), alone, "{slots} slots, one key");
+            assert_eq!(c.tenant_max_running(2), shared, "{slots} slots, two keys");
+        }
+        c.fairness.tenant_max_running = Some(100);
+        assert_eq!(c.tenant_max_running(2), 16, "capped by the slots");
     }
 
     #[test]

@@ -373,7 +373,7 @@ pub async fn serve(
         rate: RateLimiter::new(config.rate_limit_per_minute),
         jobs: Jobs::new(fair::FairLimits {
             slots: config.concurrency,
-            tenant_running: config.tenant_max_running(),
+            tenant_running: config.tenant_max_running(keys.len()),
             max_queued: config.max_queue,
             tenant_queued: config.tenant_max_queued(),
         }),
@@ -437,7 +437,7 @@ pub async fn serve(
         state.keys.len(),
         state.languages.iter().filter(|l| l.available).count(),
         state.config.concurrency,
-        state.config.tenant_max_running(),
+        state.config.tenant_max_running(state.keys.len()),
         state.config.data_dir.display()
     );
     let served = axum::serve(listener, router(state))
