@@ -995,6 +995,79 @@ fn files_routes_refuse_strangers_and_bad_input() {
 // ---------------------------------------------------------------------------------------------
 // Attack suite
 
+/// Every files route with each hostile path, reads first (so nothing a write plants is read
+/// back by a later read), then writes; `check` judges each answer. Returns how many downloads
+/// gave the sandbox's own `/etc/passwd` (which traversal strings may reach inside the view).
+fn attack_every_route(
+    srv: &Server,
+    sb: &str,
+    paths: &[&Hostile],
+    own_passwd: &str,
+    check: &dyn Fn(&Hostile, &Resp, &str),
+) -> usize {
+    let mut passwd_reads = 0;
+    for h in paths.iter().copied() {
+        check(h, &info_raw(srv, sb, &h.raw), "info");
+        let r = download_raw(srv, sb, &h.raw);
+        check(h, &r, "download");
+        if r.status == 200 {
+            // Only the passwd variants exist in the sandbox's view.
+            assert_eq!(
+                r.text, own_passwd,
+                "download {:?}: the sandbox's passwd",
+                h.json
+            );
+            passwd_reads += 1;
+        }
+        let r = get(
+            srv,
+            sb,
+            &format!("/directories/list?path={}&depth=2", h.raw),
+        );
+        check(h, &r, "list");
+        let r = get(srv, sb, &format!("/files/search?path={}&pattern=*", h.raw));
+        check(h, &r, "search");
+    }
+    // Then writes.
+    for (i, h) in paths.iter().copied().enumerate() {
+        let r = post(
+            srv,
+            sb,
+            "/files/permissions",
+            &json!({ &h.json: {"mode": 777} }),
+        );
+        check(h, &r, "permissions");
+        let r = post(
+            srv,
+            sb,
+            "/files/replace",
+            &json!({ &h.json: {"old": "root", "new": "pwned"} }),
+        );
+        check(h, &r, "replace");
+        put(srv, sb, "/workspace/own.txt", b"own").expect(200);
+        let r = post(
+            srv,
+            sb,
+            "/files/mv",
+            &json!([{"src": &h.json, "dest": format!("/workspace/stolen-{i}")}]),
+        );
+        check(h, &r, "mv from");
+        let r = post(
+            srv,
+            sb,
+            "/files/mv",
+            &json!([{"src": "/workspace/own.txt", "dest": &h.json}]),
+        );
+        check(h, &r, "mv onto");
+        check(h, &put(srv, sb, &h.json, b"attacker-bytes"), "upload");
+        let r = delete(srv, sb, &format!("/files?path={}", h.raw));
+        check(h, &r, "delete file");
+        let r = post(srv, sb, "/directories", &json!({ &h.json: {"mode": 755} }));
+        check(h, &r, "mkdir");
+    }
+    passwd_reads
+}
+
 /// One hostile path: the query value as it goes on the wire, and what it decodes to (the same
 /// string in a JSON body or upload metadata).
 struct Hostile {
@@ -1074,76 +1147,8 @@ fn traversal_strings_stay_inside_the_sandbox() {
     };
 
     // Reads first: nothing the attacks write can be read back by a later one.
-    let mut passwd_reads = 0;
-    for h in all() {
-        check(h, &info_raw(&srv, &sb, &h.raw), "info");
-        let r = download_raw(&srv, &sb, &h.raw);
-        check(h, &r, "download");
-        if r.status == 200 {
-            // Only the passwd variants exist in the sandbox's view.
-            assert_eq!(
-                r.text,
-                own_passwd,
-                "{}: the sandbox's passwd",
-                what(h, "download")
-            );
-            passwd_reads += 1;
-        }
-        let r = get(
-            &srv,
-            &sb,
-            &format!("/directories/list?path={}&depth=2", h.raw),
-        );
-        check(h, &r, "list");
-        let r = get(
-            &srv,
-            &sb,
-            &format!("/files/search?path={}&pattern=*", h.raw),
-        );
-        check(h, &r, "search");
-    }
-    // Then writes.
-    for (i, h) in all().enumerate() {
-        let r = post(
-            &srv,
-            &sb,
-            "/files/permissions",
-            &json!({ &h.json: {"mode": 777} }),
-        );
-        check(h, &r, "permissions");
-        let r = post(
-            &srv,
-            &sb,
-            "/files/replace",
-            &json!({ &h.json: {"old": "root", "new": "pwned"} }),
-        );
-        check(h, &r, "replace");
-        put(&srv, &sb, "/workspace/own.txt", b"own").expect(200);
-        let r = post(
-            &srv,
-            &sb,
-            "/files/mv",
-            &json!([{"src": &h.json, "dest": format!("/workspace/stolen-{i}")}]),
-        );
-        check(h, &r, "mv from");
-        let r = post(
-            &srv,
-            &sb,
-            "/files/mv",
-            &json!([{"src": "/workspace/own.txt", "dest": &h.json}]),
-        );
-        check(h, &r, "mv onto");
-        check(h, &put(&srv, &sb, &h.json, b"attacker-bytes"), "upload");
-        let r = delete(&srv, &sb, &format!("/files?path={}", h.raw));
-        check(h, &r, "delete file");
-        let r = post(
-            &srv,
-            &sb,
-            "/directories",
-            &json!({ &h.json: {"mode": 755} }),
-        );
-        check(h, &r, "mkdir");
-    }
+    let paths: Vec<&Hostile> = all().collect();
+    let passwd_reads = attack_every_route(&srv, &sb, &paths, &own_passwd, &check);
     assert!(passwd_reads >= 4, "the passwd variants are readable");
     // The host's passwd never came back, and nothing was stolen into the workspace.
     let listing = sh(&srv, &sb, "cat /workspace/stolen-* 2>/dev/null; true");
@@ -1470,70 +1475,9 @@ fn non_utf8_names_round_trip_over_http() {
             execd_error(r, 400, Some("INVALID_PATH"));
         }
     };
-    let mut passwd_reads = 0;
-    for h in all() {
-        check(h, &info_raw(&srv, &sb, &h.raw), "info");
-        let r = download_raw(&srv, &sb, &h.raw);
-        check(h, &r, "download");
-        if r.status == 200 {
-            assert_eq!(r.text, own_passwd, "{}", what(h, "download"));
-            passwd_reads += 1;
-        }
-        let r = get(
-            &srv,
-            &sb,
-            &format!("/directories/list?path={}&depth=2", h.raw),
-        );
-        check(h, &r, "list");
-        let r = get(
-            &srv,
-            &sb,
-            &format!("/files/search?path={}&pattern=*", h.raw),
-        );
-        check(h, &r, "search");
-    }
+    let paths: Vec<&Hostile> = all().collect();
+    let passwd_reads = attack_every_route(&srv, &sb, &paths, &own_passwd, &check);
     assert!(passwd_reads >= 2, "encoded dots reach the sandbox's passwd");
-    for (i, h) in all().enumerate() {
-        let r = post(
-            &srv,
-            &sb,
-            "/files/permissions",
-            &json!({ &h.json: {"mode": 777} }),
-        );
-        check(h, &r, "permissions");
-        let r = post(
-            &srv,
-            &sb,
-            "/files/replace",
-            &json!({ &h.json: {"old": "root", "new": "pwned"} }),
-        );
-        check(h, &r, "replace");
-        put(&srv, &sb, "/workspace/own.txt", b"own").expect(200);
-        let r = post(
-            &srv,
-            &sb,
-            "/files/mv",
-            &json!([{"src": &h.json, "dest": format!("/workspace/stolen-{i}")}]),
-        );
-        check(h, &r, "mv from");
-        let r = post(
-            &srv,
-            &sb,
-            "/files/mv",
-            &json!([{"src": "/workspace/own.txt", "dest": &h.json}]),
-        );
-        check(h, &r, "mv onto");
-        check(h, &put(&srv, &sb, &h.json, b"attacker-bytes"), "upload");
-        let r = delete(&srv, &sb, &format!("/files?path={}", h.raw));
-        check(h, &r, "delete file");
-        let r = post(
-            &srv,
-            &sb,
-            "/directories",
-            &json!({ &h.json: {"mode": 755} }),
-        );
-        check(h, &r, "mkdir");
-    }
     for h in all() {
         let r = delete(&srv, &sb, &format!("/directories?path={}", h.raw));
         check(h, &r, "delete directory");
