@@ -298,7 +298,7 @@ impl Workspace {
 
     /// Every entry below the root, breadth first, without following any link or crossing a
     /// mount: at most `max_entries` entries and `max_depth` directory levels (`truncated`
-    /// says whether anything was left out).
+    /// says whether anything was left out: entries beyond those, or names that are not UTF-8).
     pub fn walk(&self, max_entries: usize, max_depth: usize) -> Result<Walk, WorkspaceError> {
         let _ids = FsIds::become_(self.uid, self.gid);
         let how = OpenHow {
@@ -330,7 +330,10 @@ impl Workspace {
                     out.truncated = true;
                     return Ok(out);
                 }
+                // A name that is not UTF-8 cannot be given as a path here: it is left out,
+                // and the walk says something was.
                 let Ok(name_str) = std::str::from_utf8(name_bytes) else {
+                    out.truncated = true;
                     continue;
                 };
                 let path = if prefix.is_empty() {
@@ -498,6 +501,16 @@ mod tests {
         assert!(w.truncated);
         let w = ws.walk(100, 2).unwrap();
         assert!(w.entries.iter().all(|e| e.path.matches('/').count() < 2));
+        assert!(w.truncated);
+        // A name that is not UTF-8 is left out, and the walk says so.
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::write(
+            dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+            b"x",
+        )
+        .unwrap();
+        let w = ws.walk(100, 10).unwrap();
+        assert_eq!(w.entries.len(), 6);
         assert!(w.truncated);
     }
 
