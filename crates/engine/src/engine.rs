@@ -17,7 +17,8 @@ use runcell_lang::{Language, Registry, Vars};
 use crate::cache::{CachedFile, CompileCache, Key, KeyInputs};
 use crate::limits::{LimitPolicy, Limits};
 use crate::model::{
-    CompileResult, ExecuteRequest, ExecutionResult, decode_output, rfc3339, signal_name,
+    CompileResult, ExecuteRequest, ExecutionResult, ResultStatus, decode_output, rfc3339,
+    signal_name,
 };
 use crate::pool::JailPool;
 use crate::{EngineError, rootfs};
@@ -510,7 +511,7 @@ impl Engine {
         let now = rfc3339(SystemTime::now());
         ExecutionResult {
             execution_id: execution_id.to_string(),
-            status: "failed".into(),
+            status: ResultStatus::Failed,
             language: plan.language.clone(),
             version: plan.version.clone(),
             stdout: String::new(),
@@ -544,7 +545,7 @@ impl Engine {
         let started_at = SystemTime::now();
         let mut r = ExecutionResult {
             execution_id: execution_id.to_string(),
-            status: "completed".into(),
+            status: ResultStatus::Completed,
             language: plan.language.clone(),
             version: plan.version.clone(),
             stdout: String::new(),
@@ -566,12 +567,12 @@ impl Engine {
         };
         let cancel = ctx.cancel;
         if let Err(e) = self.run_steps(plan, &mut r, ctx) {
-            r.status = "failed".into();
+            r.status = ResultStatus::Failed;
             r.exit_code = -1;
             r.failure_reason = Some(format!("runcell could not run the program: {e}"));
         }
         if cancel.is_some_and(Cancel::is_cancelled) {
-            r.status = "failed".into();
+            r.status = ResultStatus::Failed;
             r.limit_exceeded = None;
             r.failure_reason = Some("the execution was cancelled".into());
         }
@@ -757,11 +758,11 @@ impl Engine {
                 r.stderr = decode_output(&out.stderr, out.stderr_truncated);
                 r.stdout = decode_output(&out.stdout, out.stdout_truncated);
                 if let Some(l) = out.limit {
-                    r.status = "failed".into();
+                    r.status = ResultStatus::Failed;
                     r.failure_reason =
                         Some(format!("compilation exceeded its {} limit", limit_words(l)));
                 } else if let Exit::NotStarted { stage, errno } = out.exit {
-                    r.status = "failed".into();
+                    r.status = ResultStatus::Failed;
                     r.failure_reason = Some(not_started(stage, errno, "the compiler"));
                 }
                 return Ok(());
@@ -971,12 +972,12 @@ fn fill_result(r: &mut ExecutionResult, out: &Outcome, limits: &Limits, maxima: 
         }
         Exit::NotStarted { stage, errno } => {
             r.exit_code = -1;
-            r.status = "failed".into();
+            r.status = ResultStatus::Failed;
             r.failure_reason = Some(not_started(stage, errno, "the program"));
         }
     }
     if let Some(l) = out.limit {
-        r.status = "failed".into();
+        r.status = ResultStatus::Failed;
         r.failure_reason = Some(limit_reason(l, limits, maxima));
     }
 }

@@ -13,7 +13,9 @@ pub use engine::{
     Cancel, Engine, EngineConfig, OutputSink, Plan, RunContext, SandboxBudget, base_env,
 };
 pub use limits::{LimitPolicy, Limits};
-pub use model::{CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest};
+pub use model::{
+    CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest, ResultStatus,
+};
 
 /// Why a request cannot be run. Every variant is the caller's mistake (a 4xx), except
 /// `System`.

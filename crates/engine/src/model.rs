@@ -75,6 +75,27 @@ pub struct FileSpec {
     pub encoding: Option<String>,
 }
 
+/// How an execution ended, on the wire `completed` or `failed`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultStatus {
+    /// The program ran, whatever its exit code.
+    Completed,
+    /// A limit killed it, it was cancelled, it did not compile within its limits, or the
+    /// system could not run it.
+    Failed,
+}
+
+impl ResultStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultStatus::Completed => "completed",
+            ResultStatus::Failed => "failed",
+        }
+    }
+}
+
 /// The result of one execution.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,7 +103,7 @@ pub struct ExecutionResult {
     pub execution_id: String,
     /// `completed` (the program ran, whatever its exit code) or `failed` (a limit killed it,
     /// or the system could not run it).
-    pub status: String,
+    pub status: ResultStatus,
     pub language: String,
     pub version: String,
     pub stdout: String,

@@ -343,7 +343,7 @@ async fn finish(
     callback_url: Option<&str>,
     result: &ExecutionResult,
 ) {
-    let status = if result.status == "completed" {
+    let status = if result.status == runcell_engine::ResultStatus::Completed {
         ExecStatus::Completed
     } else {
         ExecStatus::Failed
