@@ -149,6 +149,18 @@ pub struct CompileResult {
     pub cached: bool,
 }
 
+/// Unix milliseconds of `t` (0 before the epoch).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds now: the one clock of records, expiries and webhooks.
+pub fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
 /// RFC 3339 UTC timestamp with milliseconds (`2026-11-23T10:00:00.123Z`).
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -17,7 +17,7 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 
 use runcell_engine::Engine;
-use runcell_engine::model::rfc3339;
+use runcell_engine::model::{rfc3339, unix_ms};
 use runcell_sandbox::model::{Artifact, CodeRun, RunStatus};
 use runcell_sandbox::{
     Finished, Run, RunObserver, Sandbox, SandboxBudget, SandboxConfig, SandboxError, WarmPool, ids,
@@ -150,12 +150,6 @@ impl Live {
 
 pub fn ms_rfc3339(ms: i64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-}
-
-fn system_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Who is asking.
@@ -742,7 +736,7 @@ impl Sandboxes {
                 context_id: ctx.id.clone(),
                 status: runcell_store::RunStatus::Queued,
                 doc: serde_json::to_string(&doc).map_err(ApiError::internal)?,
-                created_at: system_ms(now),
+                created_at: unix_ms(now),
                 seq: 0,
             })
             .await?;

@@ -115,12 +115,7 @@ pub struct Sessions {
     idle: Duration,
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use runcell_engine::model::now_ms;
 
 impl Sessions {
     pub fn new(max: usize, idle: Duration) -> Sessions {
