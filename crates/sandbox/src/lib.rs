@@ -14,6 +14,10 @@ mod sandbox;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The language of a code context when a request names none (and of the pre-started
+/// sandboxes' warm context).
+pub const DEFAULT_CONTEXT_LANGUAGE: &str = "python";
+
 pub use artifacts::CaptureLimits;
 pub use command::{Command, CommandEvent, CommandSpec, CommandStatus, Session};
 pub use pool::WarmPool;

@@ -396,7 +396,7 @@ pub async fn create_run(
         &live,
         req.context_id.as_deref(),
         req.language.as_deref(),
-        "python",
+        runcell_sandbox::DEFAULT_CONTEXT_LANGUAGE,
     )
     .await?;
     let stream = wants_stream(q.stream, &headers);
@@ -1022,9 +1022,9 @@ pub async fn create_context(
         ExecdError(e)
     })?;
     let language = match body {
-        None => "python".to_string(),
+        None => runcell_sandbox::DEFAULT_CONTEXT_LANGUAGE.to_string(),
         Some(Value::Object(o)) => match o.get("language") {
-            None | Some(Value::Null) => "python".to_string(),
+            None | Some(Value::Null) => runcell_sandbox::DEFAULT_CONTEXT_LANGUAGE.to_string(),
             Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
             Some(_) => return Err(invalid_body("language must be a non-empty string")),
         },

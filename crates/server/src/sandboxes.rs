@@ -279,7 +279,7 @@ impl Sandboxes {
             Arc::clone(&engine),
             Arc::clone(&scfg),
             budget(&cfg.default_limits),
-            "python",
+            runcell_sandbox::DEFAULT_CONTEXT_LANGUAGE,
             cfg.pool_size,
         );
 
