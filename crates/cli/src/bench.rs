@@ -27,7 +27,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Load the HTTP API instead (a server is started for the run): synchronous print(42) in
-    /// Python and C, next to a bare spawn of the same work.
+    /// Python, JavaScript and C (one source, and unique sources that always compile), next to
+    /// a bare spawn of the same work.
     #[arg(long)]
     pub http: bool,
     /// Measure sandboxes instead (a server is started for the run): creating a sandbox until

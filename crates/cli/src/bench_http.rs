@@ -1,4 +1,5 @@
-//! `runcell bench --http`: load on the HTTP API (synchronous `print(42)` in Python and C) at
+//! `runcell bench --http`: load on the HTTP API (synchronous `print(42)` in Python, JavaScript
+//! and C, the latter with one source and with unique sources) at
 //! several concurrencies, next to a bare-spawn baseline doing the same work, in one run.
 
 use std::io::{BufRead, BufReader};
@@ -15,6 +16,7 @@ use crate::Global;
 use crate::bench::BenchArgs;
 
 const PY: &str = "print(42)";
+const JS: &str = "console.log(42)";
 const C: &str = "#include <stdio.h>\nint main(void) { printf(\"42\\n\"); return 0; }\n";
 
 #[derive(Debug, Serialize)]
@@ -139,6 +141,13 @@ where
     (all, started.elapsed(), errors)
 }
 
+fn bare_node() -> bool {
+    Command::new("/usr/bin/node")
+        .args(["-e", JS])
+        .output()
+        .is_ok_and(|o| o.stdout == b"42\n")
+}
+
 fn bare_python() -> bool {
     Command::new("/usr/bin/python3")
         .args(["-c", PY])
@@ -180,7 +189,7 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
     let mut rows = Vec::new();
     // "c" sends the same source every time (compiled once, then from the compile cache);
     // "c-cold" makes every source unique, so every request compiles.
-    for (language, code) in [("python", PY), ("c", C), ("c-cold", C)] {
+    for (language, code) in [("python", PY), ("javascript", JS), ("c", C), ("c-cold", C)] {
         let call = {
             let (client, url, key) = (client.clone(), url.clone(), server.key.clone());
             let unique = Arc::new(AtomicUsize::new(0));
@@ -221,6 +230,7 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     tokio::task::spawn_blocking(move || match language {
                         "python" => bare_python(),
+                        "javascript" => bare_node(),
                         _ => bare_c(&dir, n),
                     })
                     .await
