@@ -163,6 +163,21 @@ fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
         dirs.push(e.path().join("runcell").join(name));
     }
     dirs.push(Path::new("/sys/fs/cgroup/runcell").join(name));
+    // cgroup v2 in a delegated group (a systemd service with Delegate=yes): the spawner moved
+    // this process into the group's runcell-supervisor leaf and creates jails beside it.
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if let Some(own) = own.lines().find_map(|l| l.strip_prefix("0::")) {
+        let own = own.trim().trim_start_matches('/');
+        let base = own.strip_suffix("/runcell-supervisor").unwrap_or(own);
+        if !base.is_empty() {
+            dirs.push(
+                Path::new("/sys/fs/cgroup")
+                    .join(base)
+                    .join("runcell")
+                    .join(name),
+            );
+        }
+    }
     dirs
 }
 
