@@ -447,6 +447,20 @@ impl Jail {
             .map_err(|_| io::Error::other("the connecting thread panicked"))?
     }
 
+    /// Freezes every process of the jail (they keep their memory and use no CPU until
+    /// thawed) or thaws them; returns once the kernel reports it done. Destroying a frozen
+    /// jail works as usual.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), JailError> {
+        self.cgroup.set_frozen(frozen).ctx(|| {
+            if frozen {
+                "freeze the jail"
+            } else {
+                "thaw the jail"
+            }
+            .into()
+        })
+    }
+
     /// Current cgroup measurements of the whole jail.
     pub fn stats(&self) -> Result<crate::cgroup::CgroupStats, JailError> {
         self.cgroup.stats().ctx(|| "read cgroup stats".into())

@@ -408,6 +408,9 @@ impl Server {
     fn finish(&mut self, rec: JailRecord) -> io::Result<()> {
         // SAFETY: our child, not yet reaped.
         unsafe { libc::kill(rec.pid, libc::SIGKILL) };
+        // A frozen jail (`Jail::set_frozen`) must be thawed for SIGKILL to take it on cgroup
+        // v1; on v2 it is a no-op. Fails harmlessly where there is no freezer.
+        let _ = rec.cgroup.set_frozen(false);
         while let Err(nix::errno::Errno::EINTR) =
             nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(rec.pid), None)
         {}

@@ -52,8 +52,30 @@ pub trait Cgroup: Send + Sync + Debug {
     fn stats(&self) -> io::Result<CgroupStats>;
     /// Pids of the processes in the group (as seen from the caller's pid namespace).
     fn procs(&self) -> io::Result<Vec<libc::pid_t>>;
-    /// Kills every process in the group and removes it. Missing groups are fine.
+    /// Freezes every process in the group (they stop where they are, uninterruptibly, and
+    /// use no CPU) and returns once the kernel reports the group frozen; `false` thaws it.
+    /// cgroup v2 uses `cgroup.freeze`; v1 the freezer hierarchy, when it is mounted.
+    fn set_frozen(&self, frozen: bool) -> io::Result<()>;
+    /// Kills every process in the group and removes it, frozen or not. Missing groups are
+    /// fine.
     fn remove(&self) -> io::Result<()>;
+}
+
+/// Polls `file` until `done` accepts its content (the kernel freezes tasks asynchronously).
+pub(crate) fn wait_for(file: &Path, what: &str, done: impl Fn(&str) -> bool) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if done(&std::fs::read_to_string(file)?) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{} did not become {what} within 10 s", file.display()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Where the cgroup hierarchies are, and which version to use.

@@ -371,6 +371,17 @@ impl Cgroup for Group {
         read_procs(&self.dir.join("cgroup.procs"))
     }
 
+    fn set_frozen(&self, frozen: bool) -> io::Result<()> {
+        write_file(
+            &self.dir.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        super::wait_for(&self.dir.join("cgroup.events"), want, |events| {
+            events.lines().any(|l| l.trim() == want)
+        })
+    }
+
     fn remove(&self) -> io::Result<()> {
         *self.peak_state() = Peak::SinceCreation;
         if !self.dir.exists() {
