@@ -62,6 +62,7 @@ pub fn serve(global: &Global, args: ServeArgs) -> Result<i32> {
         },
     )
     .context("starting the jail spawner")?;
+    eprintln!("runcell: jails use {}", spawner.cgroup_place());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUNCELL_LOG")

@@ -41,6 +41,7 @@ struct Inner {
     child: Mutex<Option<Child>>,
     cgroups: CgroupRoot,
     cgroup_version: String,
+    cgroup_place: String,
 }
 
 impl Drop for Inner {
@@ -91,8 +92,14 @@ impl Spawner {
             .ctx(|| format!("start spawner {}", cmd.program.display()))?;
         drop(theirs);
         let hello = proto::recv::<SpawnerReply>(ours.as_fd()).ctx(|| "spawner hello".into())?;
-        let cgroup_version = match hello {
-            Some((SpawnerReply::Hello { cgroup }, _)) => cgroup,
+        let (cgroup_version, cgroup_place) = match hello {
+            Some((
+                SpawnerReply::Hello {
+                    cgroup,
+                    cgroup_place,
+                },
+                _,
+            )) => (cgroup, cgroup_place),
             Some((SpawnerReply::Error(e), _)) => return Err(e.into()),
             Some(_) => return Err(JailError::Spawner("unexpected greeting".into())),
             None => {
@@ -109,6 +116,7 @@ impl Spawner {
                 child: Mutex::new(Some(child)),
                 cgroups,
                 cgroup_version,
+                cgroup_place,
             }),
         })
     }
@@ -126,6 +134,12 @@ impl Spawner {
     /// "v1" or "v2".
     pub fn cgroup_version(&self) -> &str {
         &self.inner.cgroup_version
+    }
+
+    /// Which hierarchy jails use and where their groups live, for the operator:
+    /// `cgroup v2 at /sys/fs/cgroup/runcell`.
+    pub fn cgroup_place(&self) -> &str {
+        &self.inner.cgroup_place
     }
 
     fn call(&self, req: &SpawnerRequest) -> Result<(SpawnerReply, Vec<OwnedFd>), JailError> {
@@ -431,6 +445,20 @@ impl Jail {
             })?
             .join()
             .map_err(|_| io::Error::other("the connecting thread panicked"))?
+    }
+
+    /// Freezes every process of the jail (they keep their memory and use no CPU until
+    /// thawed) or thaws them; returns once the kernel reports it done. Destroying a frozen
+    /// jail works as usual.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), JailError> {
+        self.cgroup.set_frozen(frozen).ctx(|| {
+            if frozen {
+                "freeze the jail"
+            } else {
+                "thaw the jail"
+            }
+            .into()
+        })
     }
 
     /// Current cgroup measurements of the whole jail.

@@ -37,7 +37,10 @@ pub(crate) enum SpawnerRequest {
 pub(crate) enum SpawnerReply {
     /// Sent once when the spawner is ready; names the cgroup version in use.
     Hello {
+        /// "v1" or "v2".
         cgroup: String,
+        /// Where jails' groups live, for the operator (`CgroupRoot::describe`).
+        cgroup_place: String,
     },
     /// Descriptors: agent control socket, agent pidfd, workspace directory (`O_PATH`), and
     /// the runtime directory (`O_PATH`) of jails with shared mounts.

@@ -101,6 +101,7 @@ pub fn spawner_main() -> i32 {
         Ok(mut server) => {
             let hello = SpawnerReply::Hello {
                 cgroup: server.cgroups.version().to_string(),
+                cgroup_place: server.cgroups.describe(),
             };
             if proto::send(sock.as_fd(), &hello, &[]).is_err() {
                 return 1;
@@ -165,6 +166,9 @@ impl Server {
         device_mount(&devices)?;
         let mounts = MountTable::open().map_err(|e| JailError::io("read the mount table", e))?;
         let cgroups = CgroupRoot::detect().map_err(|e| JailError::io("find cgroups", e))?;
+        cgroups
+            .prepare()
+            .map_err(|e| JailError::io("prepare cgroups", e))?;
         let slots = Slots::open(&opts.state_dir.join("slots.lock"), opts.slots, opts.id_base)
             .map_err(|e| JailError::io("open slot lock file", e))?;
         if FILTERS.get().is_none() {
@@ -404,6 +408,9 @@ impl Server {
     fn finish(&mut self, rec: JailRecord) -> io::Result<()> {
         // SAFETY: our child, not yet reaped.
         unsafe { libc::kill(rec.pid, libc::SIGKILL) };
+        // A frozen jail (`Jail::set_frozen`) must be thawed for SIGKILL to take it on cgroup
+        // v1; on v2 it is a no-op. Fails harmlessly where there is no freezer.
+        let _ = rec.cgroup.set_frozen(false);
         while let Err(nix::errno::Errno::EINTR) =
             nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(rec.pid), None)
         {}

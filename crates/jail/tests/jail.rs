@@ -163,6 +163,21 @@ fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
         dirs.push(e.path().join("runcell").join(name));
     }
     dirs.push(Path::new("/sys/fs/cgroup/runcell").join(name));
+    // cgroup v2 in a delegated group (a systemd service with Delegate=yes): the spawner moved
+    // this process into the group's runcell-supervisor leaf and creates jails beside it.
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if let Some(own) = own.lines().find_map(|l| l.strip_prefix("0::")) {
+        let own = own.trim().trim_start_matches('/');
+        let base = own.strip_suffix("/runcell-supervisor").unwrap_or(own);
+        if !base.is_empty() {
+            dirs.push(
+                Path::new("/sys/fs/cgroup")
+                    .join(base)
+                    .join("runcell")
+                    .join(name),
+            );
+        }
+    }
     dirs
 }
 
@@ -1292,13 +1307,21 @@ fn signals_reach_the_programs_process_group() {
         )
         .unwrap();
     let signaller = p.killer().unwrap();
+    // Signalled once the handler is installed (it says ready), however slow the start.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        signaller.signal(libc::SIGINT).unwrap();
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_ok() {
+            signaller.signal(libc::SIGINT).unwrap();
+        }
     });
     let mut out = Vec::new();
     let o = jail
-        .supervise(p, &run_limits(), &mut |_, c| out.extend_from_slice(c))
+        .supervise(p, &run_limits(), &mut |_, c| {
+            out.extend_from_slice(c);
+            if text(&out).contains("ready") {
+                let _ = ready_tx.send(());
+            }
+        })
         .unwrap();
     assert_eq!(text(&out), "ready\ninterrupted\n");
     assert_eq!(o.exit, Exit::Exited(3));
@@ -1375,6 +1398,42 @@ fn start_ready<'s>(
         }
     }
     (killer, h)
+}
+
+/// A frozen jail (the pause of a sandbox) keeps its processes but uses no CPU until it is
+/// thawed, and a jail destroyed while frozen leaves nothing behind.
+#[test]
+fn a_frozen_jail_uses_no_cpu_until_thawed_and_dies_frozen() {
+    let mounts = host_mounts();
+    let jail = spawner()
+        .prepare(&shared_config(), &cgroup_limits())
+        .unwrap();
+    let trace = Trace::of(&jail);
+    std::thread::scope(|scope| {
+        let spin = shared(&[
+            "/usr/bin/python3",
+            "-c",
+            "print('ready', flush=True)\nwhile True: pass",
+        ]);
+        let (_killer, h) = start_ready(scope, &jail, &spin);
+        jail.set_frozen(true).unwrap();
+        let frozen_at = jail.stats().unwrap().cpu_ns;
+        std::thread::sleep(Duration::from_millis(300));
+        let later = jail.stats().unwrap().cpu_ns;
+        assert_eq!(frozen_at, later, "a frozen jail used CPU");
+        jail.set_frozen(false).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let thawed = jail.stats().unwrap().cpu_ns;
+        assert!(
+            thawed > later + 50_000_000,
+            "a thawed jail did not run: {later} -> {thawed} ns"
+        );
+        jail.set_frozen(true).unwrap();
+        jail.shutdown().unwrap();
+        // The supervisor sees its program die with the jail (or the jail gone).
+        let _ = h.join();
+    });
+    trace.assert_gone(&mounts);
 }
 
 /// Steps of a shared jail (a sandbox's commands and kernels) share its cgroup and its OOM

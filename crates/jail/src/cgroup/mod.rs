@@ -52,8 +52,30 @@ pub trait Cgroup: Send + Sync + Debug {
     fn stats(&self) -> io::Result<CgroupStats>;
     /// Pids of the processes in the group (as seen from the caller's pid namespace).
     fn procs(&self) -> io::Result<Vec<libc::pid_t>>;
-    /// Kills every process in the group and removes it. Missing groups are fine.
+    /// Freezes every process in the group (they stop where they are, uninterruptibly, and
+    /// use no CPU) and returns once the kernel reports the group frozen; `false` thaws it.
+    /// cgroup v2 uses `cgroup.freeze`; v1 the freezer hierarchy, when it is mounted.
+    fn set_frozen(&self, frozen: bool) -> io::Result<()>;
+    /// Kills every process in the group and removes it, frozen or not. Missing groups are
+    /// fine.
     fn remove(&self) -> io::Result<()>;
+}
+
+/// Polls `file` until `done` accepts its content (the kernel freezes tasks asynchronously).
+pub(crate) fn wait_for(file: &Path, what: &str, done: impl Fn(&str) -> bool) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if done(&std::fs::read_to_string(file)?) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{} did not become {what} within 10 s", file.display()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Where the cgroup hierarchies are, and which version to use.
@@ -61,40 +83,77 @@ pub trait Cgroup: Send + Sync + Debug {
 pub enum CgroupRoot {
     /// cgroup v1: one mount point per controller we use.
     V1(v1::Mounts),
-    /// cgroup v2: the unified hierarchy's mount point.
-    V2(PathBuf),
+    /// cgroup v2: where runcell's groups live in the unified hierarchy (see [`v2::Base`]).
+    V2(v2::Base),
 }
 
+/// The v1 controllers runcell needs, with the limit each one enforces.
+const V1_NEEDED: [(&str, &str); 3] = [
+    ("memory", "memory"),
+    ("pids", "process"),
+    ("cpuacct", "CPU time"),
+];
+
 impl CgroupRoot {
-    /// Finds the hierarchies from `/proc/self/mountinfo`. cgroup v1 is used when memory,
-    /// pids and cpuacct are all mounted as v1 controllers; otherwise the v2 hierarchy must
-    /// offer memory, pids and cpu.
+    /// Finds the hierarchies from `/proc/self/mountinfo` and `/proc/self/cgroup`. cgroup v1
+    /// is used when memory, pids and cpuacct are all mounted as v1 controllers; otherwise the
+    /// v2 hierarchy must offer memory, pids and cpu where runcell's groups will live. The
+    /// error names the missing controller: runcell never runs with a limit it cannot enforce.
     pub fn detect() -> io::Result<CgroupRoot> {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-        Self::from_mountinfo(&info, |p| std::fs::read_to_string(p))
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Self::from_mountinfo(&info, &own, &v2::RealFs)
     }
 
-    fn from_mountinfo(
-        info: &str,
-        read: impl Fn(&Path) -> io::Result<String>,
-    ) -> io::Result<CgroupRoot> {
+    fn from_mountinfo(info: &str, own: &str, fs: &dyn v2::Fs) -> io::Result<CgroupRoot> {
         let mounts = parse_mountinfo(info);
         if let Some(m) = v1::Mounts::from_mounts(&mounts) {
             return Ok(CgroupRoot::V1(m));
         }
-        for (fstype, path, _) in &mounts {
-            if fstype == "cgroup2" {
-                let controllers = read(&path.join("cgroup.controllers")).unwrap_or_default();
-                let have: Vec<&str> = controllers.split_whitespace().collect();
-                if ["memory", "pids", "cpu"].iter().all(|c| have.contains(c)) {
-                    return Ok(CgroupRoot::V2(path.clone()));
-                }
-            }
+        if let Some((_, mount, _)) = mounts.iter().find(|(t, _, _)| t == "cgroup2") {
+            let base = v2::Base::locate(mount, own, fs);
+            base.check_controllers(fs)?;
+            return Ok(CgroupRoot::V2(base));
         }
-        Err(io::Error::other(
-            "no usable cgroup hierarchy: need cgroup v1 memory, pids and cpuacct controllers, \
-             or cgroup v2 with memory, pids and cpu",
-        ))
+        let v1_missing: Vec<String> = V1_NEEDED
+            .iter()
+            .filter(|(c, _)| {
+                !mounts
+                    .iter()
+                    .any(|(t, _, opts)| t == "cgroup" && opts.split(',').any(|o| o == *c))
+            })
+            .map(|(c, what)| format!("{c} (the {what} limit)"))
+            .collect();
+        Err(io::Error::other(format!(
+            "no usable cgroup hierarchy: no cgroup v2 is mounted, and cgroup v1 lacks the {} \
+             controller{}; runcell refuses to run jails whose limits it cannot enforce",
+            v1_missing.join(" and "),
+            if v1_missing.len() > 1 { "s" } else { "" }
+        )))
+    }
+
+    /// Makes the hierarchy ready for [`CgroupRoot::create`], once, in the process that creates
+    /// groups (the spawner). On cgroup v2 below the root this moves every process of the base
+    /// group into a leaf (`runcell-supervisor`: "no internal processes") and enables the
+    /// controllers for its children; nothing to do on v1.
+    pub fn prepare(&self) -> io::Result<()> {
+        match self {
+            CgroupRoot::V1(_) => Ok(()),
+            CgroupRoot::V2(b) => b.prepare(),
+        }
+    }
+
+    /// Where runcell's groups live, for diagnostics: `cgroup v2 at /sys/fs/cgroup/…/runcell`.
+    pub fn describe(&self) -> String {
+        match self {
+            CgroupRoot::V1(m) => format!(
+                "cgroup v1 (memory at {}, pids at {}, cpuacct at {})",
+                m.memory.display(),
+                m.pids.display(),
+                m.cpuacct.display()
+            ),
+            CgroupRoot::V2(b) => format!("cgroup v2 at {}", b.dir.join(PARENT).display()),
+        }
     }
 
     /// Human-readable version, for diagnostics.
@@ -111,7 +170,7 @@ impl CgroupRoot {
         group.remove()?;
         match self {
             CgroupRoot::V1(m) => m.create_dirs(name)?,
-            CgroupRoot::V2(p) => v2::create_dirs(p, name)?,
+            CgroupRoot::V2(b) => b.create_dirs(name)?,
         }
         let group = self.open(name)?;
         if let Err(e) = group.set_limits(limits) {
@@ -125,7 +184,7 @@ impl CgroupRoot {
     pub fn open(&self, name: &str) -> io::Result<Box<dyn Cgroup>> {
         Ok(match self {
             CgroupRoot::V1(m) => Box::new(v1::Group::new(m, name)),
-            CgroupRoot::V2(p) => Box::new(v2::Group::new(p, name)),
+            CgroupRoot::V2(b) => Box::new(v2::Group::new(&b.dir, name)),
         })
     }
 
@@ -133,7 +192,7 @@ impl CgroupRoot {
     pub fn list(&self) -> io::Result<Vec<String>> {
         let dir = match self {
             CgroupRoot::V1(m) => m.pids.join(PARENT),
-            CgroupRoot::V2(p) => p.join(PARENT),
+            CgroupRoot::V2(b) => b.dir.join(PARENT),
         };
         let mut names = Vec::new();
         match std::fs::read_dir(&dir) {
@@ -296,9 +355,56 @@ mod tests {
 30 1 0:28 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
 ";
 
+    /// A cgroup tree for detection tests: file contents, and the groups systemd delegated.
+    #[derive(Default)]
+    struct FakeFs {
+        files: std::collections::HashMap<PathBuf, String>,
+        delegated: Vec<PathBuf>,
+    }
+
+    impl FakeFs {
+        /// A v2 tree where `groups` (below /sys/fs/cgroup) offer `controllers`.
+        fn v2(controllers: &str, groups: &[&str]) -> FakeFs {
+            let mut fs = FakeFs::default();
+            let root = Path::new("/sys/fs/cgroup");
+            fs.files
+                .insert(root.join("cgroup.controllers"), controllers.into());
+            for g in groups {
+                fs.files
+                    .insert(root.join(g).join("cgroup.controllers"), controllers.into());
+                fs.files
+                    .insert(root.join(g).join("cgroup.type"), "domain\n".into());
+            }
+            fs
+        }
+    }
+
+    impl v2::Fs for FakeFs {
+        fn read(&self, path: &Path) -> io::Result<String> {
+            self.files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::ErrorKind::NotFound.into())
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.files.contains_key(path)
+        }
+        fn xattr(&self, path: &Path, name: &str) -> Option<Vec<u8>> {
+            (name == "trusted.delegate" && self.delegated.iter().any(|d| d == path))
+                .then(|| b"1".to_vec())
+        }
+    }
+
+    fn v2_base(root: &CgroupRoot) -> &v2::Base {
+        match root {
+            CgroupRoot::V2(b) => b,
+            CgroupRoot::V1(_) => panic!("expected v2"),
+        }
+    }
+
     #[test]
     fn detects_v1_with_separate_cpu_and_cpuacct() {
-        let root = CgroupRoot::from_mountinfo(V1_INFO, |_| Ok(String::new())).unwrap();
+        let root = CgroupRoot::from_mountinfo(V1_INFO, "", &FakeFs::default()).unwrap();
         let CgroupRoot::V1(m) = root else {
             panic!("expected v1")
         };
@@ -310,7 +416,7 @@ mod tests {
 
     #[test]
     fn detects_v1_with_comounted_cpu_cpuacct() {
-        let root = CgroupRoot::from_mountinfo(V1_COMOUNT_INFO, |_| Ok(String::new())).unwrap();
+        let root = CgroupRoot::from_mountinfo(V1_COMOUNT_INFO, "", &FakeFs::default()).unwrap();
         let CgroupRoot::V1(m) = root else {
             panic!("expected v1")
         };
@@ -323,12 +429,106 @@ mod tests {
     }
 
     #[test]
-    fn detects_v2_only_with_needed_controllers() {
-        let root =
-            CgroupRoot::from_mountinfo(V2_INFO, |_| Ok("cpuset cpu io memory pids\n".into()))
-                .unwrap();
-        assert!(matches!(root, CgroupRoot::V2(p) if p == Path::new("/sys/fs/cgroup")));
-        assert!(CgroupRoot::from_mountinfo(V2_INFO, |_| Ok("cpu io\n".into())).is_err());
+    fn v1_without_a_controller_is_refused_naming_it() {
+        let info = V1_COMOUNT_INFO
+            .lines()
+            .filter(|l| !l.contains("pids"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let err = CgroupRoot::from_mountinfo(&info, "", &FakeFs::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("pids (the process limit)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn detects_v2_at_the_root_without_systemd() {
+        let fs = FakeFs::v2("cpuset cpu io memory pids\n", &[]);
+        let root = CgroupRoot::from_mountinfo(V2_INFO, "0::/\n", &fs).unwrap();
+        let base = v2_base(&root);
+        assert_eq!(base.dir, Path::new("/sys/fs/cgroup"));
+        assert!(base.is_root);
+        assert_eq!(root.describe(), "cgroup v2 at /sys/fs/cgroup/runcell");
+    }
+
+    #[test]
+    fn v2_without_a_controller_is_refused_naming_it() {
+        for (controllers, missing, limit) in [
+            ("cpu io pids\n", "memory", "memory limit"),
+            ("cpu io memory\n", "pids", "process limit"),
+            ("io memory pids\n", "cpu", "CPU bandwidth limit"),
+        ] {
+            let fs = FakeFs::v2(controllers, &[]);
+            let err = CgroupRoot::from_mountinfo(V2_INFO, "0::/\n", &fs).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("does not offer the {missing} controller"))
+                    && msg.contains(limit),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delegated_systemd_service_gets_its_own_subtree() {
+        let unit = "system.slice/runcell.service";
+        let mut fs = FakeFs::v2("cpu memory pids\n", &["system.slice", unit]);
+        fs.delegated.push(Path::new("/sys/fs/cgroup").join(unit));
+        let own = format!("0::/{unit}\n");
+        let root = CgroupRoot::from_mountinfo(V2_INFO, &own, &fs).unwrap();
+        let base = v2_base(&root);
+        assert_eq!(base.dir, Path::new("/sys/fs/cgroup").join(unit));
+        assert!(!base.is_root);
+        // A second spawner of the same server, already moved into the leaf.
+        let own = format!("0::/{unit}/{}\n", v2::SUPERVISOR);
+        let again = CgroupRoot::from_mountinfo(V2_INFO, &own, &fs).unwrap();
+        assert_eq!(v2_base(&again), base);
+        // The delegated group must itself offer the controllers.
+        let mut fs = FakeFs::v2("cpu memory pids\n", &["system.slice"]);
+        fs.files.insert(
+            Path::new("/sys/fs/cgroup")
+                .join(unit)
+                .join("cgroup.controllers"),
+            "pids\n".into(),
+        );
+        fs.delegated.push(Path::new("/sys/fs/cgroup").join(unit));
+        let err = CgroupRoot::from_mountinfo(V2_INFO, "0::/system.slice/runcell.service", &fs)
+            .unwrap_err();
+        assert!(err.to_string().contains("memory controller"), "{err}");
+    }
+
+    #[test]
+    fn an_undelegated_group_uses_the_root() {
+        let scope = "user.slice/user-0.slice/session-1.scope";
+        let fs = FakeFs::v2("cpu memory pids\n", &[scope]);
+        let root = CgroupRoot::from_mountinfo(V2_INFO, &format!("0::/{scope}\n"), &fs).unwrap();
+        let base = v2_base(&root);
+        assert_eq!(base.dir, Path::new("/sys/fs/cgroup"));
+        assert!(base.is_root);
+    }
+
+    #[test]
+    fn a_container_namespace_root_is_not_the_real_root() {
+        // In a cgroup namespace the mount's root is a group of the host: it has cgroup.type.
+        let mut fs = FakeFs::v2("cpu memory pids\n", &[]);
+        fs.files.insert(
+            PathBuf::from("/sys/fs/cgroup/cgroup.type"),
+            "domain\n".into(),
+        );
+        let root = CgroupRoot::from_mountinfo(V2_INFO, "0::/\n", &fs).unwrap();
+        let base = v2_base(&root);
+        assert_eq!(base.dir, Path::new("/sys/fs/cgroup"));
+        assert!(!base.is_root, "its processes must move into a leaf");
+    }
+
+    #[test]
+    fn no_hierarchy_is_refused() {
+        let err = CgroupRoot::from_mountinfo("", "", &FakeFs::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("memory (the memory limit)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Mounts {
     pub cpuacct: PathBuf,
     /// The cpu controller (bandwidth); optional, only needed for a `cpus` limit.
     pub cpu: Option<PathBuf>,
+    /// The freezer; optional, only needed to freeze a jail.
+    pub freezer: Option<PathBuf>,
 }
 
 impl Mounts {
@@ -35,6 +37,7 @@ impl Mounts {
             pids: find("pids")?,
             cpuacct: find("cpuacct")?,
             cpu: find("cpu"),
+            freezer: find("freezer"),
         })
     }
 
@@ -43,6 +46,9 @@ impl Mounts {
         let mut roots = vec![&self.memory, &self.pids, &self.cpuacct];
         if let Some(cpu) = &self.cpu {
             roots.push(cpu);
+        }
+        if let Some(freezer) = &self.freezer {
+            roots.push(freezer);
         }
         let mut out: Vec<PathBuf> = Vec::new();
         for r in roots {
@@ -71,6 +77,7 @@ pub struct Group {
     pids: PathBuf,
     cpuacct: PathBuf,
     cpu: Option<PathBuf>,
+    freezer: Option<PathBuf>,
     dirs: Vec<PathBuf>,
     /// `cpuacct.usage`, kept open: it is read every few milliseconds while a program runs.
     cpu_usage: std::sync::OnceLock<File>,
@@ -85,6 +92,7 @@ impl Group {
             pids: at(&m.pids),
             cpuacct: at(&m.cpuacct),
             cpu: m.cpu.as_deref().map(at),
+            freezer: m.freezer.as_deref().map(at),
             dirs: m.dirs(name),
             cpu_usage: std::sync::OnceLock::new(),
         }
@@ -209,7 +217,26 @@ impl Cgroup for Group {
         Ok(all)
     }
 
+    fn set_frozen(&self, frozen: bool) -> io::Result<()> {
+        let Some(freezer) = &self.freezer else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "freezing a jail needs the cgroup v1 freezer controller, which is not mounted",
+            ));
+        };
+        let state = freezer.join("freezer.state");
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        write_file(&state, want)?;
+        super::wait_for(&state, want, |s| s.trim() == want)
+    }
+
     fn remove(&self) -> io::Result<()> {
+        // A frozen v1 task does not die of SIGKILL until it is thawed.
+        if let Some(freezer) = &self.freezer
+            && freezer.exists()
+        {
+            let _ = write_file(&freezer.join("freezer.state"), "THAWED");
+        }
         for d in &self.dirs {
             kill_and_rmdir(&d.join("cgroup.procs"), d)?;
         }
