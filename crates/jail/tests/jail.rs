@@ -1291,15 +1291,19 @@ fn signals_reach_the_programs_process_group() {
         .prepare(&shared_config(), &cgroup_limits())
         .unwrap();
     let trace = Trace::of(&jail);
-    // SIGINT interrupts (the program handles it and carries on to a clean exit).
+    // SIGINT interrupts (the program handles it and carries on to a clean exit). The signal
+    // can come while `print('ready')` is still flushing (the line is already out) or just
+    // before the program enters its sleep, where Python would only run the handler once the
+    // sleep ends: so the handler writes with os.write, not print (whose buffer is busy), and
+    // the program sleeps in short slices.
     let p = jail
         .start(
             &ProcessSpec {
                 mode: StepMode::Shared,
-                ..py("import signal, sys, time\n\
-                      signal.signal(signal.SIGINT, lambda *a: (print('interrupted', flush=True), sys.exit(3)))\n\
+                ..py("import os, signal, sys, time\n\
+                      signal.signal(signal.SIGINT, lambda *a: (os.write(1, b'interrupted\\n'), sys.exit(3)))\n\
                       print('ready', flush=True)\n\
-                      time.sleep(60)")
+                      for _ in range(1200): time.sleep(0.05)")
             },
             StdinSource::Null,
             OutputTarget::Pipe,
@@ -1323,8 +1327,8 @@ fn signals_reach_the_programs_process_group() {
             }
         })
         .unwrap();
-    assert_eq!(text(&out), "ready\ninterrupted\n");
-    assert_eq!(o.exit, Exit::Exited(3));
+    assert_eq!(text(&out), "ready\ninterrupted\n", "{o:?}");
+    assert_eq!(o.exit, Exit::Exited(3), "{o:?}");
     // Kill takes the whole group of a shared step, children included.
     let p = jail
         .start(
