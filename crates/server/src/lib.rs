@@ -8,6 +8,10 @@
 //! code, execd's error dialect), `commands` (commands and bash sessions), `files`,
 //! `operations` (health, metrics, languages); `request` (queries, optional bodies, `Host`), `auth` (credentials as extractors), `sse` (every
 //! event stream), `body` (size and pace of request bodies), `openapi`.
+//!
+//! Tests: unit tests here (`cargo test -p runcell-server`); every route is driven over HTTP
+//! against the real binary in the CLI's integration tests (`crates/cli/tests/it/api/`, one
+//! file per API family; `cargo test -p runcell --test it`).
 
 pub mod auth;
 pub mod body;

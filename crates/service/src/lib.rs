@@ -10,6 +10,10 @@
 //! The documents it returns (`ExecutionObject`, `SandboxObject`, `CodeRun`, `Artifact`, …) are
 //! the product's canonical serializations, stored and sent in webhooks as they are; the native
 //! API shows them unchanged and other dialects translate them.
+//!
+//! Tests: unit tests here (`cargo test -p runcell-service`); the behaviour of every use case
+//! over HTTP is tested by starting the real binary, in the CLI's integration tests
+//! (`crates/cli/tests/it/api/`, `cargo test -p runcell --test it`).
 
 pub mod config;
 pub mod error;
