@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use runcell_service::PageRequest;
 use runcell_service::executions::{ExecutionList, ExecutionObject, Progress};
 use runcell_service::model::{
-    DeliveryRow, ExecStatus, ExecuteRequest, ExecutionResult, Stream, rfc3339,
+    DeliveryRow, DeliveryState, ExecStatus, ExecuteRequest, ExecutionResult, Stream, rfc3339,
 };
 
 use crate::AppState;
@@ -321,7 +321,8 @@ pub struct DeliveryInfo {
     pub webhook_id: String,
     pub url: String,
     /// `pending`, `delivered` or `failed`.
-    pub state: String,
+    #[schema(value_type = String)]
+    pub state: DeliveryState,
     pub created_at: String,
     pub next_attempt_at: Option<String>,
     pub attempts: Vec<AttemptInfo>,
@@ -332,7 +333,7 @@ impl DeliveryInfo {
         DeliveryInfo {
             webhook_id: d.id.clone(),
             url: d.url.clone(),
-            state: d.state.as_str().to_string(),
+            state: d.state,
             created_at: ts(d.created_at),
             next_attempt_at: d.next_attempt_at.map(ts),
             attempts: d

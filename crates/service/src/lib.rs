@@ -58,7 +58,7 @@ pub mod model {
     pub use runcell_sandbox::{
         Command, CommandEvent, CommandStatus, Context, DEFAULT_CONTEXT_LANGUAGE, Metrics, Run,
     };
-    pub use runcell_store::{DeliveryRow, ExecStatus, SandboxStatus};
+    pub use runcell_store::{DeliveryRow, DeliveryState, ExecStatus, SandboxStatus};
 }
 
 /// Why the service could not start.

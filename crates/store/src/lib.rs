@@ -146,7 +146,8 @@ pub struct NewDelivery {
 }
 
 /// State of a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// More attempts will be made (at `next_attempt_at`).
     Pending,
