@@ -2,10 +2,9 @@
 
 use anyhow::{Result, bail};
 use clap::Args;
-use serde::Serialize;
-
 use runcell_engine::LimitPolicy;
 use runcell_lang::Language;
+use runcell_service::languages::describe;
 
 use crate::Global;
 
@@ -16,56 +15,11 @@ pub struct LanguagesArgs {
     pub json: bool,
 }
 
-/// One language as `GET /api/v1/languages` lists it.
-#[derive(Debug, Serialize)]
-pub struct LanguageInfo {
-    pub id: String,
-    pub name: String,
-    pub version: Option<String>,
-    pub aliases: Vec<String>,
-    pub extensions: Vec<String>,
-    pub available: bool,
-    pub compiled: bool,
-    pub contexts: bool,
-    /// The process/thread limit a run of this language gets when it asks for none.
-    pub default_max_processes: u64,
-}
-
-/// Probes every language (in parallel: some toolchains take a while to print a version).
-/// Default limits are those of `policy`.
-pub fn describe(langs: &[Language], policy: &LimitPolicy) -> Vec<LanguageInfo> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = langs
-            .iter()
-            .map(|l| {
-                s.spawn(move || {
-                    let available = l.available();
-                    LanguageInfo {
-                        id: l.id.clone(),
-                        name: l.name.clone(),
-                        version: if available { l.probe_version() } else { None },
-                        aliases: l.aliases.clone(),
-                        extensions: l.extensions.clone(),
-                        available,
-                        compiled: l.is_compiled(),
-                        contexts: false,
-                        default_max_processes: policy.default_processes(l.run.max_processes),
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("version probe thread"))
-            .collect()
-    })
-}
-
 pub fn list(global: &Global, args: LanguagesArgs) -> Result<i32> {
     let registry = global.registry()?;
     // `runcell run` uses the built-in limits; so does this list.
     let policy = LimitPolicy::default();
-    let infos = describe(registry.all(), &policy);
+    let infos = describe(registry.all(), &policy, |l| l.probe_version(), false);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&infos)?);
         return Ok(0);

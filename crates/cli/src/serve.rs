@@ -9,7 +9,7 @@ use clap::Args;
 
 use runcell_jail::{Spawner, SpawnerCommand, SpawnerOptions};
 use runcell_lang::Registry;
-use runcell_server::config::Config;
+use runcell_service::{Config, Service};
 
 use crate::Global;
 
@@ -75,6 +75,11 @@ pub fn serve(global: &Global, args: ServeArgs) -> Result<i32> {
         .thread_name("runcell")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(runcell_server::serve(config, spawner, registry))?;
+    rt.block_on(async move {
+        runcell_server::install_crypto_provider();
+        let svc = Service::start(config, spawner, registry).await?;
+        runcell_server::serve(svc).await?;
+        anyhow::Ok(())
+    })?;
     Ok(0)
 }

@@ -214,6 +214,19 @@ pub fn decode_output(bytes: &[u8], truncated: bool) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// How Go's `os/exec` (and so execd) describes a signal that ended a process: `killed`,
+/// `terminated`, `interrupt`, `segmentation fault`, `aborted`, else `signal <n>`.
+pub fn signal_description(sig: i32) -> String {
+    match sig {
+        libc::SIGKILL => "killed".into(),
+        libc::SIGTERM => "terminated".into(),
+        libc::SIGINT => "interrupt".into(),
+        libc::SIGSEGV => "segmentation fault".into(),
+        libc::SIGABRT => "aborted".into(),
+        n => format!("signal {n}"),
+    }
+}
+
 /// Name of a signal number (`SIGKILL`), or `SIG<n>` for unusual ones.
 pub fn signal_name(sig: i32) -> String {
     let name = match sig {

@@ -266,7 +266,13 @@ fn exit_of(outcome: &runcell_jail::Outcome) -> (i32, Option<String>) {
         (_, Some(Limit::WallTime)) => (-1, Some("signal: killed (timeout)".into())),
         (_, Some(l)) => (-1, Some(format!("signal: killed ({} limit)", l.as_str()))),
         (Exit::Exited(n), None) => (*n, Some(format!("exit status {n}"))),
-        (Exit::Signaled(s), None) => (-1, Some(format!("signal: {}", signal_name(*s)))),
+        (Exit::Signaled(s), None) => (
+            -1,
+            Some(format!(
+                "signal: {}",
+                runcell_engine::model::signal_description(*s)
+            )),
+        ),
         (Exit::NotStarted { stage, errno }, None) => (
             255,
             Some(format!(
@@ -274,17 +280,6 @@ fn exit_of(outcome: &runcell_jail::Outcome) -> (i32, Option<String>) {
                 std::io::Error::from_raw_os_error(*errno)
             )),
         ),
-    }
-}
-
-fn signal_name(s: i32) -> String {
-    match s {
-        libc::SIGKILL => "killed".into(),
-        libc::SIGTERM => "terminated".into(),
-        libc::SIGINT => "interrupt".into(),
-        libc::SIGSEGV => "segmentation fault".into(),
-        libc::SIGABRT => "aborted".into(),
-        n => format!("signal {n}"),
     }
 }
 

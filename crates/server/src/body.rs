@@ -16,8 +16,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::{Instant, Sleep};
 
+use crate::AppState;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// The route whose limit is the sandbox's disk budget, checked by its handler.
 pub const UPLOAD_ROUTE: &str = "/v1/sandboxes/{id}/files/upload";
@@ -170,10 +170,10 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         Ok(d) => d,
         Err(e) => return e.into_response(),
     };
-    let limit = state.config.max_body_bytes as u64;
+    let limit = state.svc.config.max_body_bytes as u64;
     let pace = Pace {
-        idle: Duration::from_secs(state.config.body_timeout_secs),
-        min_rate: state.config.body_min_bytes_per_sec,
+        idle: Duration::from_secs(state.svc.config.body_timeout_secs),
+        min_rate: state.svc.config.body_min_bytes_per_sec,
     };
     let (parts, body) = req.into_parts();
     let body = Body::new(PacedBody::new(body, pace));

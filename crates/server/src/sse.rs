@@ -1,25 +1,113 @@
-//! Streaming a synchronous execution as server-sent events: `init`, `status`, `stdout` and
-//! `stderr` chunks as they are produced, `ping` every few seconds, and `execution_complete`
-//! carrying the `ExecutionResult`. A client that disconnects cancels the run.
+//! Server-sent events, one helper for every stream: events are JSON objects stamped with a
+//! `timestamp`, a ping goes out when nothing else did for a while, and the stream holds a
+//! guard that stops the work when the client goes away (dropping the stream drops it).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream};
+use futures_util::stream;
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::UnboundedReceiver;
 
-use runcell_engine::{Cancel, ExecuteRequest, Plan};
-use runcell_jail::Stream as Output;
+use runcell_service::model::now_ms;
 
-use crate::auth::Tenant;
-use crate::error::ApiError;
-use crate::jobs::{self, Progress, check_capacity};
-use crate::state::{AppState, now_ms};
+/// Events waiting to be sent, and whether the stream ends after them.
+#[derive(Default)]
+pub struct Events {
+    queued: VecDeque<Event>,
+    pub done: bool,
+}
 
-const PING: Duration = Duration::from_secs(5);
+impl Events {
+    /// Queues a JSON event (stamped with the time).
+    pub fn push(&mut self, mut v: Value) {
+        v["timestamp"] = json!(now_ms());
+        self.queued.push_back(Event::default().data(v.to_string()));
+    }
+}
+
+/// A stream of `T`s turned into events: `backlog` first (what happened before the client
+/// came), then what `rx` brings, each translated by `translate`, until it sets `done` or `rx`
+/// closes; `ping` every `ping_every` in between. `guard` lives as long as the stream.
+pub struct Feed<T, F, G> {
+    pub events: Events,
+    pub backlog: Vec<T>,
+    pub rx: UnboundedReceiver<T>,
+    pub ping_every: Duration,
+    pub ping: Value,
+    pub translate: F,
+    pub guard: G,
+}
+
+struct State<T, F, G> {
+    feed: Feed<T, F, G>,
+    backlog: VecDeque<T>,
+    ping: tokio::time::Interval,
+}
+
+impl<T, F, G> State<T, F, G>
+where
+    F: FnMut(T, &mut Events),
+{
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            let events = &mut self.feed.events;
+            if let Some(e) = events.queued.pop_front() {
+                return Some(e);
+            }
+            if events.done {
+                return None;
+            }
+            if let Some(item) = self.backlog.pop_front() {
+                (self.feed.translate)(item, events);
+                continue;
+            }
+            tokio::select! {
+                item = self.feed.rx.recv() => match item {
+                    Some(item) => (self.feed.translate)(item, &mut self.feed.events),
+                    None => self.feed.events.done = true,
+                },
+                _ = self.ping.tick() => self.feed.events.push(self.feed.ping.clone()),
+            }
+        }
+    }
+}
+
+/// The event-stream answer of a feed.
+pub fn respond<T, F, G>(mut feed: Feed<T, F, G>) -> Response
+where
+    T: Send + 'static,
+    F: FnMut(T, &mut Events) + Send + 'static,
+    G: Send + 'static,
+{
+    let mut ping = tokio::time::interval(feed.ping_every);
+    ping.reset();
+    let backlog = std::mem::take(&mut feed.backlog).into();
+    let st = State {
+        feed,
+        backlog,
+        ping,
+    };
+    response(stream::unfold(st, |mut st| async move {
+        st.next().await.map(|e| (Ok::<_, Infallible>(e), st))
+    }))
+}
+
+/// An event-stream answer of any stream of events (not buffered by proxies, not cached).
+pub fn response(
+    s: impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    let mut r = Sse::new(s).into_response();
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
 
 /// Decodes a byte stream into text without splitting characters across events.
 #[derive(Default)]
@@ -65,135 +153,6 @@ impl Utf8Chunks {
     }
 }
 
-fn event(mut v: Value) -> Event {
-    v["timestamp"] = json!(now_ms());
-    Event::default().data(v.to_string())
-}
-
-/// Cancels the execution when the client goes away (and harmlessly after it ended).
-struct CancelOnDrop(Cancel);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
-struct Streamer {
-    rx: UnboundedReceiver<Progress>,
-    ping: tokio::time::Interval,
-    out: Utf8Chunks,
-    err: Utf8Chunks,
-    queued: Vec<Event>,
-    done: bool,
-    _cancel: CancelOnDrop,
-}
-
-impl Streamer {
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            if !self.queued.is_empty() {
-                return Some(self.queued.remove(0));
-            }
-            if self.done {
-                return None;
-            }
-            tokio::select! {
-                msg = self.rx.recv() => match msg {
-                    Some(Progress::Status(s)) => {
-                        self.queued.push(event(json!({"type": "status", "text": s})));
-                    }
-                    Some(Progress::Output(which, bytes)) => {
-                        let (name, dec) = match which {
-                            Output::Stdout => ("stdout", &mut self.out),
-                            Output::Stderr => ("stderr", &mut self.err),
-                        };
-                        let text = dec.push(&bytes);
-                        if !text.is_empty() {
-                            self.queued.push(event(json!({"type": name, "text": text})));
-                        }
-                    }
-                    Some(Progress::Done(r)) => {
-                        for (name, dec) in [("stdout", &mut self.out), ("stderr", &mut self.err)] {
-                            let text = dec.finish();
-                            if !text.is_empty() {
-                                self.queued.push(event(json!({"type": name, "text": text})));
-                            }
-                        }
-                        match *r {
-                            Ok(result) => self.queued.push(event(json!({
-                                "type": "execution_complete",
-                                "execution_time": result.execution_time * 1000.0,
-                                "result": result,
-                            }))),
-                            Err(e) => self.queued.push(event(json!({
-                                "type": "error",
-                                "error": {"ename": e.code, "evalue": e.detail, "traceback": []},
-                            }))),
-                        }
-                        self.done = true;
-                    }
-                    None => self.done = true,
-                },
-                _ = self.ping.tick() => {
-                    self.queued.push(event(json!({"type": "ping"})));
-                }
-            }
-        }
-    }
-}
-
-/// Starts a validated request and streams it.
-pub async fn execute_stream(
-    state: AppState,
-    tenant: Tenant,
-    req: ExecuteRequest,
-    plan: Plan,
-) -> Result<Response, ApiError> {
-    check_capacity(&state, &tenant.0, 1)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let (tx, rx) = unbounded_channel::<Progress>();
-    let cancel = Cancel::new();
-    let task_cancel = cancel.clone();
-    let task_id = id.clone();
-    let task_tx = tx.clone();
-    tokio::spawn(async move {
-        let r = jobs::run_sync(
-            &state,
-            &tenant.0,
-            &req,
-            plan,
-            task_id,
-            Some(task_tx),
-            task_cancel,
-        )
-        .await;
-        let _ = tx.send(Progress::Done(Box::new(r)));
-    });
-    let mut ping = tokio::time::interval(PING);
-    ping.reset();
-    let streamer = Streamer {
-        rx,
-        ping,
-        out: Utf8Chunks::default(),
-        err: Utf8Chunks::default(),
-        queued: vec![
-            event(json!({"type": "init", "text": id})),
-            event(json!({"type": "status", "text": "queued"})),
-        ],
-        done: false,
-        _cancel: CancelOnDrop(cancel),
-    };
-    let s = stream::unfold(streamer, |mut st| async move {
-        st.next().await.map(|e| (Ok::<_, Infallible>(e), st))
-    });
-    Ok(sse_response(s))
-}
-
-fn sse_response(s: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
-    Sse::new(s).into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +171,38 @@ mod tests {
         let mut d = Utf8Chunks::default();
         assert_eq!(d.push(b"a\xffb\xe2\x82"), "a\u{fffd}b");
         assert_eq!(d.push(b"\xac"), "€");
+    }
+
+    #[tokio::test]
+    async fn backlog_then_live_items_then_the_end() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let mut events = Events::default();
+        events.push(json!({"type": "init"}));
+        let feed = Feed {
+            events,
+            backlog: vec![1, 2],
+            rx,
+            ping_every: Duration::from_secs(60),
+            ping: json!({"type": "ping"}),
+            translate: |n: u32, out: &mut Events| {
+                out.push(json!({"type": "n", "n": n}));
+                out.done = n == 3;
+            },
+            guard: (),
+        };
+        let mut st = State {
+            backlog: feed.backlog.clone().into(),
+            ping: tokio::time::interval(Duration::from_secs(60)),
+            feed,
+        };
+        st.ping.reset();
+        tx.send(3).unwrap();
+        tx.send(4).unwrap();
+        let mut n = 0;
+        while st.next().await.is_some() {
+            n += 1;
+        }
+        // init, 1, 2, 3; 4 comes after the end.
+        assert_eq!(n, 4);
     }
 }

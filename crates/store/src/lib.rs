@@ -30,7 +30,8 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Lifecycle of an execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExecStatus {
     /// Accepted, waiting for a worker.
     Pending,
@@ -145,7 +146,8 @@ pub struct NewDelivery {
 }
 
 /// State of a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// More attempts will be made (at `next_attempt_at`).
     Pending,
@@ -203,7 +205,8 @@ pub struct DeliveryRow {
 }
 
 /// Lifecycle of a sandbox record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SandboxStatus {
     /// Its processes are (or should be) alive; it can be renewed and run code.
     Running,

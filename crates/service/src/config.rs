@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use runcell_engine::EngineConfig;
 
+pub use crate::webhooks::WebhookConfig;
+
 /// Everything `runcell serve` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,7 +52,8 @@ pub struct Config {
 }
 
 /// A sandbox's resource budget (defaults and maxima).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SandboxLimits {
     /// Memory of everything in the sandbox together, including its files, MiB.
@@ -126,21 +129,6 @@ impl Default for SandboxesConfig {
     }
 }
 
-/// Webhook delivery settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhookConfig {
-    /// Hosts, IP addresses or CIDR ranges allowed as targets although they are loopback,
-    /// private, link-local or metadata addresses.
-    pub allow: Vec<String>,
-    /// Attempts before a delivery is given up (the first one included).
-    pub max_attempts: u32,
-    /// Waits between attempts, seconds; the last one repeats.
-    pub backoff_secs: Vec<f64>,
-    /// Timeout of one attempt, seconds.
-    pub timeout_secs: f64,
-}
-
 /// How execution slots are shared between tenants (API keys). Waiting work is served
 /// round-robin between tenants; these caps keep one tenant from holding every slot or the
 /// whole queue.
@@ -164,17 +152,6 @@ pub struct SessionConfig {
     pub idle_timeout_secs: u64,
     /// Sessions alive at once (all tenants together).
     pub max_sessions: usize,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            allow: Vec::new(),
-            max_attempts: 8,
-            backoff_secs: vec![5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0],
-            timeout_secs: 10.0,
-        }
-    }
 }
 
 impl Default for SessionConfig {
@@ -361,7 +338,7 @@ impl Config {
             return bad("webhooks.timeout_secs must be positive");
         }
         for entry in &self.webhooks.allow {
-            crate::webhook::AllowEntry::parse(entry)
+            crate::webhooks::AllowEntry::parse(entry)
                 .map_err(|e| ConfigError(format!("webhooks.allow: {e}")))?;
         }
         if self.sessions.max_sessions == 0 || self.sessions.idle_timeout_secs == 0 {

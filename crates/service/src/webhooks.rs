@@ -19,7 +19,33 @@ use tokio::sync::Notify;
 
 use runcell_store::{Attempt, DeliveryRow, DeliveryState, Store};
 
-use crate::config::WebhookConfig;
+use serde::{Deserialize, Serialize};
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Hosts, IP addresses or CIDR ranges allowed as targets although they are loopback,
+    /// private, link-local or metadata addresses.
+    pub allow: Vec<String>,
+    /// Attempts before a delivery is given up (the first one included).
+    pub max_attempts: u32,
+    /// Waits between attempts, seconds; the last one repeats.
+    pub backoff_secs: Vec<f64>,
+    /// Timeout of one attempt, seconds.
+    pub timeout_secs: f64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            allow: Vec::new(),
+            max_attempts: 8,
+            backoff_secs: vec![5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0],
+            timeout_secs: 10.0,
+        }
+    }
+}
 
 /// An entry of the allow list: a host name, an address or a range.
 #[derive(Debug, Clone, PartialEq, Eq)]

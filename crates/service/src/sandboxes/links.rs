@@ -1,0 +1,119 @@
+//! Signed artifact links: an HMAC of the artifact id and the link's expiry with a key kept in
+//! the data directory, so a link can be handed to anyone (a browser, a chat) without other
+//! credentials, and stops working when it expires.
+
+use std::path::PathBuf;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use runcell_engine::model::now_ms;
+use runcell_sandbox::model::{Artifact, CodeRun};
+
+use super::Sandboxes;
+use crate::{Error, Kind, Result};
+
+/// Reads the artifact signing key from `path`, creating it (0600) on first start.
+pub(super) fn signing_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(k) if k.len() >= 32 => return Ok(k),
+        Ok(_) | Err(_) => {}
+    }
+    let mut k = vec![0u8; 32];
+    getrandom::fill(&mut k).map_err(|e| std::io::Error::other(e.to_string()))?;
+    crate::write_private(path, &k)?;
+    Ok(k)
+}
+
+impl Sandboxes {
+    /// The base of links: the configured public URL, or the request's host.
+    pub fn base_url(&self, host: Option<&str>) -> String {
+        if !self.cfg.public_url.is_empty() {
+            return self.cfg.public_url.trim_end_matches('/').to_string();
+        }
+        format!("http://{}", host.unwrap_or("localhost"))
+    }
+
+    fn signature(&self, id: &str, expires: i64) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.signing_key)
+            .expect("HMAC takes keys of any length");
+        mac.update(format!("{id}.{expires}").as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Checks a link's signature and expiry.
+    pub fn verify(&self, id: &str, expires: i64, signature: &str) -> Result<(), Error> {
+        let want = self.signature(id, expires);
+        if !constant_time_eq(want.as_bytes(), signature.as_bytes()) {
+            return Err(Error::new(
+                Kind::Forbidden,
+                "INVALID_SIGNATURE",
+                "this artifact link is not valid (its signature does not match)",
+            ));
+        }
+        if now_ms() / 1000 >= expires {
+            return Err(Error::new(
+                Kind::Forbidden,
+                "LINK_EXPIRED",
+                "this artifact link has expired",
+            ));
+        }
+        Ok(())
+    }
+
+    fn link(&self, base: &str, id: &str, kind: &str, expires_at: &str) -> String {
+        let expires = parse_rfc3339_secs(expires_at).unwrap_or(0);
+        format!(
+            "{base}/v1/artifacts/{id}/{kind}?expires={expires}&signature={}",
+            self.signature(id, expires)
+        )
+    }
+
+    /// Fills in the signed links of an artifact.
+    pub fn artifact_links(&self, mut a: Artifact, base: &str) -> Artifact {
+        a.download_url = self.link(base, &a.id, "download", &a.expires_at);
+        a.preview_url = self.link(base, &a.id, "preview", &a.expires_at);
+        a
+    }
+
+    pub fn with_links(&self, mut doc: CodeRun, base: &str) -> CodeRun {
+        doc.execution.artifacts = std::mem::take(&mut doc.execution.artifacts)
+            .into_iter()
+            .map(|a| self.artifact_links(a, base))
+            .collect();
+        doc
+    }
+
+    /// The path of an artifact's content.
+    pub fn blob(&self, id: &str) -> PathBuf {
+        runcell_sandbox::artifacts::blob_path(&self.scfg.artifact_dir, id)
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time as written by `rfc3339`.
+pub fn parse_rfc3339_secs(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

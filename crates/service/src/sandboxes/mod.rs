@@ -1,0 +1,863 @@
+//! The sandboxes of this server: live ones (their jails, contexts and runs) and the records of
+//! all of them in the store; creation with limits checked against the configuration, expiry,
+//! deletion, recovery after a restart, access by tenant or by a sandbox's own token, and signed
+//! artifact links.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use runcell_engine::Engine;
+use runcell_engine::model::rfc3339;
+use runcell_sandbox::model::{CodeRun, RunStatus};
+use runcell_sandbox::{Metrics, Run, Sandbox, SandboxBudget, SandboxConfig, WarmPool, ids};
+use runcell_store::{NewSandbox, SandboxRow, SandboxStatus, Store};
+
+use runcell_engine::model::now_ms;
+
+use crate::config::{SandboxLimits, SandboxesConfig};
+use crate::page::PageRequest;
+use crate::tenants::{Tenant, hash_key};
+use crate::{Error, Kind, Result, Service};
+
+/// Why sandboxes end (stored as the record's `end_reason`).
+pub const DELETED: &str = "deleted";
+pub const EXPIRED: &str = "expired";
+pub const RESTARTED: &str =
+    "terminated: the server restarted, and processes in a sandbox do not survive a restart";
+
+/// `POST /v1/sandboxes`.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateSandbox {
+    /// Lifetime in seconds.
+    pub timeout_secs: Option<Value>,
+    pub limits: Option<LimitsRequest>,
+    /// Environment variables of every process in the sandbox.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub env: Option<Value>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub metadata: Option<Value>,
+    /// Must be false (or absent): sandboxes have no network.
+    pub network: Option<Value>,
+}
+
+/// Requested limits; absent ones take the server's defaults.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LimitsRequest {
+    pub memory_mb: Option<Value>,
+    pub cpus: Option<Value>,
+    pub max_processes: Option<Value>,
+    pub disk_mb: Option<Value>,
+}
+
+/// What is stored as a sandbox record's `spec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    pub limits: SandboxLimits,
+    pub metadata: Map<String, Value>,
+    pub timeout_secs: u64,
+    /// Names only: values may be secrets.
+    pub env_keys: Vec<String>,
+}
+
+/// A sandbox as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SandboxObject {
+    pub id: String,
+    /// `running` or `terminated`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub status: SandboxStatus,
+    /// Only in the answer to the creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub timeout_secs: u64,
+    pub limits: SandboxLimits,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub metadata: Map<String, Value>,
+    pub network: bool,
+    pub ended_at: Option<String>,
+    pub end_reason: Option<String>,
+}
+
+/// `GET /v1/sandboxes`.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SandboxList {
+    pub sandboxes: Vec<SandboxObject>,
+    pub next_cursor: Option<String>,
+}
+
+/// A live sandbox.
+pub struct Live {
+    pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) tenant: String,
+    token_hash: String,
+    created_at: i64,
+    expires_at: AtomicI64,
+    spec: Spec,
+    /// Runs not finished, and finished ones for a minute (until their record is written).
+    runs: Mutex<HashMap<String, Arc<Run>>>,
+}
+
+impl Live {
+    pub fn id(&self) -> &str {
+        self.sandbox.id()
+    }
+
+    pub fn object(&self) -> SandboxObject {
+        SandboxObject {
+            id: self.id().to_string(),
+            status: SandboxStatus::Running,
+            access_token: None,
+            created_at: ms_rfc3339(self.created_at),
+            expires_at: ms_rfc3339(self.expires_at.load(Ordering::SeqCst)),
+            timeout_secs: self.spec.timeout_secs,
+            limits: self.spec.limits,
+            metadata: self.spec.metadata.clone(),
+            network: false,
+            ended_at: None,
+            end_reason: None,
+        }
+    }
+
+    pub fn run(&self, id: &str) -> Option<Arc<Run>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Live runs (unfinished first is not guaranteed).
+    pub fn live_runs(&self) -> Vec<Arc<Run>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+pub fn ms_rfc3339(ms: i64) -> String {
+    rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Cred {
+    /// A tenant's API key.
+    Tenant(String),
+    /// A sandbox's own access token (hashed).
+    Token(String),
+}
+
+/// The sandboxes of the server.
+pub struct Sandboxes {
+    pub cfg: SandboxesConfig,
+    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
+    scfg: Arc<SandboxConfig>,
+    pool: Arc<WarmPool>,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    signing_key: Vec<u8>,
+    retention_ms: i64,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+fn private_dir(p: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+}
+
+mod commands;
+mod files;
+mod links;
+mod records;
+mod runs;
+
+pub use commands::CommandRequest;
+pub use files::{FileUpload, MAX_LISTED, read_lines};
+pub use runs::{ArtifactContent, CodeRunRequest, RunList};
+
+pub use links::parse_rfc3339_secs;
+use links::{constant_time_eq, signing_key};
+use records::{Observer, Write, writer};
+
+impl Sandboxes {
+    /// Sets up the directories and the pool, marks the sandboxes of an earlier process as
+    /// terminated and their unfinished runs as failed, and starts the background tasks.
+    pub async fn start(
+        cfg: SandboxesConfig,
+        engine: Arc<Engine>,
+        store: Arc<dyn Store>,
+        data_dir: &std::path::Path,
+        state_dir: &std::path::Path,
+        retention_secs: u64,
+    ) -> Result<Arc<Sandboxes>, String> {
+        let artifact_dir = data_dir.join("artifacts");
+        private_dir(&artifact_dir).map_err(|e| format!("{}: {e}", artifact_dir.display()))?;
+        let sock_dir = runcell_kernel::socket_dir(state_dir)
+            .map_err(|e| format!("kernel socket directory in {}: {e}", state_dir.display()))?;
+        let key = signing_key(&data_dir.join("artifact-signing.key"))
+            .map_err(|e| format!("artifact signing key: {e}"))?;
+        let mut scfg = SandboxConfig::with_dirs(artifact_dir, sock_dir);
+        scfg.max_contexts = cfg.max_contexts;
+        scfg.artifact_ttl = Duration::from_secs(cfg.artifact_ttl_secs);
+        scfg.cpu_secs = cfg.max_timeout_secs.max(3600);
+        let scfg = Arc::new(scfg);
+        let pool = WarmPool::new(
+            Arc::clone(&engine),
+            Arc::clone(&scfg),
+            budget(&cfg.default_limits),
+            runcell_sandbox::DEFAULT_CONTEXT_LANGUAGE,
+            cfg.pool_size,
+        );
+
+        // What an earlier process left: its sandboxes' processes are gone with it.
+        let now = now_ms();
+        let ended = store
+            .end_all_sandboxes(now, RESTARTED)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !ended.is_empty() {
+            tracing::info!(
+                "{} sandbox(es) of the previous server process marked terminated",
+                ended.len()
+            );
+        }
+        for row in store
+            .unfinished_code_runs(None)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if let Ok(mut doc) = serde_json::from_str::<CodeRun>(&row.doc) {
+                doc.status = RunStatus::Failed;
+                doc.completed_at = Some(ms_rfc3339(now));
+                doc.failure_reason = Some(
+                    "the server restarted while this run was queued or running; it was not \
+                     re-run"
+                        .into(),
+                );
+                if let Ok(text) = serde_json::to_string(&doc) {
+                    let _ = store
+                        .update_code_run(&row.id, runcell_store::RunStatus::Failed, &text)
+                        .await;
+                }
+            }
+        }
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = Arc::new(Sandboxes {
+            cfg,
+            engine,
+            store: Arc::clone(&store),
+            scfg,
+            pool,
+            live: Mutex::new(HashMap::new()),
+            signing_key: key,
+            retention_ms: retention_secs as i64 * 1000,
+            writes: tx,
+        });
+        tokio::spawn(writer(Arc::clone(&store), rx));
+        tokio::spawn(Arc::clone(&me).reaper());
+        tokio::spawn(Arc::clone(&me).janitor());
+        me.pool.fill();
+        Ok(me)
+    }
+
+    /// Live sandboxes.
+    pub fn count(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn pool_ready(&self) -> usize {
+        self.pool.ready()
+    }
+
+    fn live(&self, id: &str) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The sandbox `id` as `cred` may see it: live, or an error that says why not (an
+    /// ended sandbox's 404 names how it ended; another tenant's is "not found").
+    pub async fn resolve(&self, cred: &Cred, id: &str) -> Result<Arc<Live>, Error> {
+        let allowed = |tenant: &str, token_hash: &str| match cred {
+            Cred::Tenant(t) => t == tenant,
+            Cred::Token(h) => constant_time_eq(h.as_bytes(), token_hash.as_bytes()),
+        };
+        if !ids::is_base32_id(id, "sb_") {
+            return Err(not_found(id));
+        }
+        if let Some(l) = self.live(id)
+            && allowed(&l.tenant, &l.token_hash)
+        {
+            return Ok(l);
+        }
+        match self.store.get_sandbox_by_id(id).await? {
+            Some(row) if allowed(&row.tenant, &row.access_token_hash) => Err(gone(&row)),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// Creates a sandbox for `tenant`.
+    pub async fn create(&self, tenant: &str, req: CreateSandbox) -> Result<SandboxObject, Error> {
+        let (spec, env) = self.validate(req)?;
+        {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            if live.len() >= self.cfg.max_sandboxes {
+                return Err(too_many(format!(
+                    "this server runs {} sandboxes, its maximum; delete one or retry later",
+                    self.cfg.max_sandboxes
+                )));
+            }
+            if live.values().filter(|l| l.tenant == tenant).count() >= self.cfg.max_per_tenant {
+                return Err(too_many(format!(
+                    "this API key already has {} running sandboxes, its maximum; delete one first",
+                    self.cfg.max_per_tenant
+                )));
+            }
+        }
+        let b = budget(&spec.limits);
+        let sandbox = match self.pool.take(&b, env.is_empty()) {
+            Some(s) => s,
+            None => {
+                let engine = Arc::clone(&self.engine);
+                let scfg = Arc::clone(&self.scfg);
+                tokio::task::spawn_blocking(move || {
+                    Sandbox::create(engine, ids::sandbox_id(), b, env, scfg)
+                })
+                .await
+                .map_err(Error::internal)?
+                .map_err(Error::from)?
+            }
+        };
+        let token = ids::token();
+        let now = now_ms();
+        let expires = now + spec.timeout_secs as i64 * 1000;
+        let live = Arc::new(Live {
+            sandbox,
+            tenant: tenant.to_string(),
+            token_hash: hash_key(&token),
+            created_at: now,
+            expires_at: AtomicI64::new(expires),
+            spec,
+            runs: Mutex::new(HashMap::new()),
+        });
+        let inserted = self
+            .store
+            .insert_sandbox(&NewSandbox {
+                id: live.id().to_string(),
+                tenant: tenant.to_string(),
+                access_token_hash: live.token_hash.clone(),
+                spec: serde_json::to_string(&live.spec).map_err(Error::internal)?,
+                created_at: now,
+                expires_at: expires,
+            })
+            .await;
+        if let Err(e) = inserted {
+            let s = Arc::clone(&live.sandbox);
+            tokio::task::spawn_blocking(move || s.destroy(DELETED));
+            return Err(e.into());
+        }
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(live.id().to_string(), Arc::clone(&live));
+        metrics::counter!("runcell_sandboxes_created_total").increment(1);
+        let mut o = live.object();
+        o.access_token = Some(token);
+        Ok(o)
+    }
+
+    fn validate(&self, req: CreateSandbox) -> Result<(Spec, Vec<(String, String)>), Error> {
+        match &req.network {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => {
+                return Err(Error::invalid(
+                    "INVALID_REQUEST",
+                    "network access is not available on this server; sandboxes have no network",
+                ));
+            }
+            Some(_) => {
+                return Err(Error::invalid(
+                    "INVALID_REQUEST",
+                    "network must be true or false",
+                ));
+            }
+        }
+        let timeout_secs = match &req.timeout_secs {
+            None | Some(Value::Null) => self.cfg.default_timeout_secs,
+            Some(v) => whole(
+                v,
+                "timeout_secs",
+                1,
+                self.cfg.max_timeout_secs,
+                "INVALID_REQUEST",
+            )?,
+        };
+        let d = self.cfg.default_limits;
+        let m = self.cfg.max_limits;
+        let l = req.limits.unwrap_or_default();
+        let limit = |v: &Option<Value>, name: &str, min: u64, max: u64, def: u64| match v {
+            None | Some(Value::Null) => Ok(def),
+            Some(v) => whole(v, &format!("limits.{name}"), min, max, "INVALID_LIMIT"),
+        };
+        let cpus = match &l.cpus {
+            None | Some(Value::Null) => d.cpus,
+            Some(v) => match v.as_f64() {
+                Some(c) if c.is_finite() && c >= 0.01 && c <= m.cpus => c,
+                _ => {
+                    return Err(Error::invalid(
+                        "INVALID_LIMIT",
+                        format!(
+                            "limits.cpus must be a number from 0.01 to {} (cores), got {v}",
+                            m.cpus
+                        ),
+                    ));
+                }
+            },
+        };
+        let limits = SandboxLimits {
+            memory_mb: limit(&l.memory_mb, "memory_mb", 64, m.memory_mb, d.memory_mb)?,
+            cpus,
+            max_processes: limit(
+                &l.max_processes,
+                "max_processes",
+                16,
+                m.max_processes,
+                d.max_processes,
+            )?,
+            disk_mb: limit(&l.disk_mb, "disk_mb", 1, m.disk_mb, d.disk_mb)?,
+        };
+        let metadata = match req.metadata {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(o)) => {
+                if Value::Object(o.clone()).to_string().len() > 4096 {
+                    return Err(Error::invalid(
+                        "INVALID_REQUEST",
+                        "metadata must be at most 4 KiB of JSON",
+                    ));
+                }
+                o
+            }
+            Some(_) => {
+                return Err(Error::invalid(
+                    "INVALID_REQUEST",
+                    "metadata must be a JSON object",
+                ));
+            }
+        };
+        let env = parse_env(req.env.as_ref(), "env")?;
+        Ok((
+            Spec {
+                limits,
+                metadata,
+                timeout_secs,
+                env_keys: env.iter().map(|(k, _)| k.clone()).collect(),
+            },
+            env,
+        ))
+    }
+
+    /// The caller's sandboxes.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        status: Option<SandboxStatus>,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<SandboxList, Error> {
+        let rows = self
+            .store
+            .list_sandboxes(
+                tenant,
+                &runcell_store::SandboxFilter {
+                    status,
+                    before_seq,
+                    limit: limit + 1,
+                },
+            )
+            .await?;
+        let (rows, next_cursor) = crate::page::split(rows, limit, |r| r.seq);
+        Ok(SandboxList {
+            sandboxes: rows
+                .iter()
+                .map(|r| match self.live(&r.id) {
+                    Some(l) => l.object(),
+                    None => object_of_row(r),
+                })
+                .collect(),
+            next_cursor,
+        })
+    }
+
+    /// Renews a live sandbox's lifetime: it now ends `timeout_secs` from now.
+    pub async fn renew(&self, live: &Live, timeout: &Value) -> Result<SandboxObject, Error> {
+        let secs = whole(
+            timeout,
+            "timeout_secs",
+            1,
+            self.cfg.max_timeout_secs,
+            "INVALID_REQUEST",
+        )?;
+        let expires = now_ms() + secs as i64 * 1000;
+        if !self
+            .store
+            .renew_sandbox(&live.tenant, live.id(), expires)
+            .await?
+        {
+            return Err(not_found(live.id()));
+        }
+        live.expires_at.store(expires, Ordering::SeqCst);
+        Ok(live.object())
+    }
+
+    /// Ends a sandbox: the record says why, and every process in it is dead and its workspace
+    /// removed when this returns.
+    pub async fn end(&self, live: &Arc<Live>, reason: &str) -> Result<(), Error> {
+        let removed = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(live.id())
+            .is_some();
+        if !removed {
+            return Err(not_found(live.id()));
+        }
+        self.store.end_sandbox(live.id(), now_ms(), reason).await?;
+        let s = Arc::clone(&live.sandbox);
+        let r = reason.to_string();
+        tokio::task::spawn_blocking(move || s.destroy(&r))
+            .await
+            .map_err(Error::internal)?;
+        metrics::counter!("runcell_sandboxes_ended_total", "reason" => if reason == DELETED { "deleted" } else { "expired" }).increment(1);
+        Ok(())
+    }
+
+    /// Ends expired sandboxes (checked twice a second).
+    async fn reaper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            let expired: Vec<Arc<Live>> = self
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|l| l.expires_at.load(Ordering::SeqCst) <= now)
+                .cloned()
+                .collect();
+            for l in expired {
+                let me = Arc::clone(&self);
+                tokio::spawn(async move {
+                    if let Err(e) = me.end(&l, EXPIRED).await
+                        && e.kind != Kind::NotFound
+                    {
+                        tracing::warn!(sandbox = %l.id(), "ending an expired sandbox: {}", e.detail);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Deletes old records and expired artifact contents (every minute).
+    async fn janitor(self: Arc<Self>) {
+        loop {
+            let now = now_ms();
+            let mut blobs = Vec::new();
+            match self.store.delete_expired_artifacts(now).await {
+                Ok(ids) => blobs.extend(ids),
+                Err(e) => tracing::warn!("deleting expired artifacts: {e}"),
+            }
+            match self.store.purge_sandboxes(now - self.retention_ms).await {
+                Ok(ids) => blobs.extend(ids),
+                Err(e) => tracing::warn!("purging old sandboxes: {e}"),
+            }
+            for id in blobs {
+                let _ = std::fs::remove_file(runcell_sandbox::artifacts::blob_path(
+                    &self.scfg.artifact_dir,
+                    &id,
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+
+    /// Stops everything (at shutdown): the pool's sandboxes and the live ones are destroyed;
+    /// their records stay running and are marked terminated at the next start.
+    pub fn shutdown(&self) {
+        self.pool.close();
+        let all: Vec<_> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, l)| l)
+            .collect();
+        for l in all {
+            l.sandbox.destroy("terminated: the server stopped");
+        }
+        let _ = std::fs::remove_dir_all(&self.scfg.sock_dir);
+    }
+}
+
+/// The budget of a sandbox's jail.
+pub fn budget(l: &SandboxLimits) -> SandboxBudget {
+    SandboxBudget {
+        memory_mb: l.memory_mb,
+        cpus: Some(l.cpus),
+        max_processes: l.max_processes,
+        disk_mb: l.disk_mb,
+    }
+}
+
+/// A whole number from JSON within `min..=max`.
+fn whole(v: &Value, name: &str, min: u64, max: u64, code: &'static str) -> Result<u64, Error> {
+    match v.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(Error::invalid(
+            code,
+            format!("{name} must be a whole number from {min} to {max}, got {v}"),
+        )),
+    }
+}
+
+/// Environment variables from a JSON object of strings.
+pub fn parse_env(v: Option<&Value>, what: &str) -> Result<Vec<(String, String)>, Error> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(Error::invalid(
+                "INVALID_REQUEST",
+                format!("{what} must be an object of strings"),
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(obj.len());
+    let mut bytes = 0;
+    for (k, v) in obj {
+        let valid = {
+            let mut b = k.bytes();
+            matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+                && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        };
+        if !valid {
+            return Err(Error::invalid(
+                "INVALID_REQUEST",
+                format!(
+                    "{what}: variable name {k:?} must be letters, digits and underscores, not \
+                     starting with a digit"
+                ),
+            ));
+        }
+        let Some(v) = v.as_str() else {
+            return Err(Error::invalid(
+                "INVALID_REQUEST",
+                format!("{what}: the value of {k} must be a string"),
+            ));
+        };
+        if v.contains('\0') {
+            return Err(Error::invalid(
+                "INVALID_REQUEST",
+                format!("{what}: the value of {k} must not contain NUL bytes"),
+            ));
+        }
+        bytes += k.len() + v.len() + 2;
+        out.push((k.clone(), v.to_string()));
+    }
+    if bytes > 64 << 10 {
+        return Err(Error::invalid(
+            "INVALID_REQUEST",
+            format!("{what} is larger than 64 KiB"),
+        ));
+    }
+    Ok(out)
+}
+
+fn too_many(detail: String) -> Error {
+    Error::new(Kind::LimitExceeded, "TOO_MANY_SANDBOXES", detail)
+}
+
+pub fn not_found(id: &str) -> Error {
+    Error::new(
+        Kind::NotFound,
+        "SANDBOX_NOT_FOUND",
+        format!("sandbox {id} not found"),
+    )
+}
+
+/// The 404 of a sandbox that ended.
+pub fn gone(row: &SandboxRow) -> Error {
+    let at = row.ended_at.map(ms_rfc3339).unwrap_or_default();
+    let reason = row.end_reason.as_deref().unwrap_or("");
+    let (code, detail) = match reason {
+        EXPIRED => (
+            "SANDBOX_EXPIRED",
+            format!(
+                "sandbox {} expired at {at}; it and its workspace are gone (renew a sandbox with \
+                 POST /v1/sandboxes/{{id}}/timeout before it expires)",
+                row.id
+            ),
+        ),
+        DELETED => (
+            "SANDBOX_DELETED",
+            format!(
+                "sandbox {} was deleted at {at}; it and its workspace are gone",
+                row.id
+            ),
+        ),
+        r => (
+            "SANDBOX_TERMINATED",
+            format!("sandbox {} ended at {at} ({r})", row.id),
+        ),
+    };
+    Error::new(Kind::NotFound, code, detail)
+}
+
+fn object_of_row(r: &SandboxRow) -> SandboxObject {
+    let spec: Option<Spec> = serde_json::from_str(&r.spec).ok();
+    SandboxObject {
+        id: r.id.clone(),
+        status: r.status,
+        access_token: None,
+        created_at: ms_rfc3339(r.created_at),
+        expires_at: ms_rfc3339(r.expires_at),
+        timeout_secs: spec.as_ref().map(|s| s.timeout_secs).unwrap_or(0),
+        limits: spec.as_ref().map(|s| s.limits).unwrap_or(SandboxLimits {
+            memory_mb: 0,
+            cpus: 0.0,
+            max_processes: 0,
+            disk_mb: 0,
+        }),
+        metadata: spec.map(|s| s.metadata).unwrap_or_default(),
+        network: false,
+        ended_at: r.ended_at.map(ms_rfc3339),
+        end_reason: r.end_reason.clone(),
+    }
+}
+
+impl Service {
+    /// Creates a sandbox for `tenant`; the answer carries its access token (the only time).
+    pub async fn create_sandbox(
+        &self,
+        tenant: &Tenant,
+        req: CreateSandbox,
+    ) -> Result<SandboxObject> {
+        self.sandboxes.create(&tenant.0, req).await
+    }
+
+    /// The tenant's sandboxes (running by default), newest first.
+    pub async fn list_sandboxes(
+        &self,
+        tenant: &Tenant,
+        status: Option<SandboxStatus>,
+        page: &PageRequest,
+    ) -> Result<SandboxList> {
+        let (limit, before) = page.check()?;
+        self.sandboxes.list(&tenant.0, status, before, limit).await
+    }
+
+    /// The sandbox `id` as `cred` may see it, live; a request with a sandbox's own token is
+    /// charged to the rate limit of the tenant that owns it. Another tenant's sandbox is not
+    /// found; an ended one is not found with how it ended; a token that opens nothing is
+    /// `Unauthorized`.
+    pub async fn sandbox(&self, cred: &Cred, id: &str) -> Result<Arc<Live>> {
+        let live = match self.sandboxes.resolve(cred, id).await {
+            Ok(l) => l,
+            Err(e) if matches!(cred, Cred::Token(_)) && e.code == "SANDBOX_NOT_FOUND" => {
+                return Err(Error::new(
+                    Kind::Unauthorized,
+                    "UNAUTHORIZED",
+                    "invalid access token: X-EXECD-ACCESS-TOKEN does not grant this sandbox",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if matches!(cred, Cred::Token(_)) {
+            self.spend(&Tenant(live.tenant.clone()), 1)?;
+        }
+        Ok(live)
+    }
+
+    /// Deletes a sandbox: every process in it dies and its workspace is removed.
+    pub async fn delete_sandbox(&self, live: &Arc<Live>) -> Result<()> {
+        self.sandboxes.end(live, DELETED).await
+    }
+
+    /// Renews a sandbox's lifetime: it now ends `timeout_secs` from now.
+    pub async fn renew_sandbox(&self, live: &Live, timeout_secs: &Value) -> Result<SandboxObject> {
+        self.sandboxes.renew(live, timeout_secs).await
+    }
+
+    /// The sandbox's CPU (sampled over `sample`) and memory use against its own budget.
+    pub async fn sandbox_metrics(&self, live: &Live, sample: Duration) -> Result<Metrics> {
+        Ok(live.sandbox.metrics(sample).await?)
+    }
+
+    /// The base of links in answers: the configured public URL, or `http://<host>` of the
+    /// request.
+    pub fn base_url(&self, host: Option<&str>) -> String {
+        self.sandboxes.base_url(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(parse_rfc3339_secs(&rfc3339(t)), Some(1_795_000_000));
+        assert_eq!(
+            parse_rfc3339_secs("2000-02-29T12:00:00.000Z"),
+            Some(951_825_600)
+        );
+        assert_eq!(parse_rfc3339_secs("garbage"), None);
+    }
+
+    #[test]
+    fn env_objects_are_checked() {
+        let v = serde_json::json!({"A_1": "x", "_b": ""});
+        assert_eq!(parse_env(Some(&v), "env").unwrap().len(), 2);
+        for bad in [
+            serde_json::json!({"1A": "x"}),
+            serde_json::json!({"A": 1}),
+            serde_json::json!({"A=B": "x"}),
+            serde_json::json!(["A"]),
+        ] {
+            assert_eq!(
+                parse_env(Some(&bad), "env").unwrap_err().code,
+                "INVALID_REQUEST"
+            );
+        }
+    }
+
+    #[test]
+    fn equal_compares_everything() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
