@@ -250,6 +250,7 @@ impl KernelConnection {
         &mut self,
         code: &str,
         silent: bool,
+        settle: Duration,
         on: &mut (dyn FnMut(Event) + Send),
     ) -> Result<ExecuteOutcome, KernelError> {
         let req = JupyterMessage::new(
@@ -301,48 +302,11 @@ impl KernelConnection {
                     if m.parent_header.as_ref().is_none_or(|p| p.msg_id != id) {
                         continue;
                     }
-                    match m.content {
-                        JupyterMessageContent::StreamContent(s) => on(Event::Stream {
-                            stdout: matches!(s.name, jupyter_protocol::Stdio::Stdout),
-                            text: s.text,
-                        }),
-                        JupyterMessageContent::DisplayData(d) => on(Event::Display {
-                            data: bundle(&d.data),
-                            main: false,
-                        }),
-                        JupyterMessageContent::UpdateDisplayData(d) => on(Event::Display {
-                            data: bundle(&d.data),
-                            main: false,
-                        }),
-                        JupyterMessageContent::ExecuteResult(r) => {
-                            let n = r.execution_count.value() as u64;
-                            if count != Some(n) {
-                                count = Some(n);
-                                on(Event::ExecutionCount(n));
-                            }
-                            on(Event::Display { data: bundle(&r.data), main: true });
+                    if output(m.content, &mut count, on) {
+                        idle = true;
+                        if reply.is_none() {
+                            idle_since = Some(tokio::time::Instant::now());
                         }
-                        JupyterMessageContent::ExecuteInput(i) => {
-                            let n = i.execution_count.value() as u64;
-                            if count != Some(n) {
-                                count = Some(n);
-                                on(Event::ExecutionCount(n));
-                            }
-                        }
-                        JupyterMessageContent::ErrorOutput(e) => on(Event::Error {
-                            ename: e.ename,
-                            evalue: e.evalue,
-                            traceback: e.traceback,
-                        }),
-                        JupyterMessageContent::Status(s) => {
-                            if matches!(s.execution_state, jupyter_protocol::ExecutionState::Idle) {
-                                idle = true;
-                                if reply.is_none() {
-                                    idle_since = Some(tokio::time::Instant::now());
-                                }
-                            }
-                        }
-                        _ => {}
                     }
                 }
                 m = self.shell.read(), if reply.is_none() => {
@@ -384,11 +348,74 @@ impl KernelConnection {
                 }
             }
         }
+        // Some kernels (Deno's) publish a result through an internal queue that the idle
+        // status can overtake: what still arrives for this request within `settle` of the
+        // last message belongs to it.
+        while !settle.is_zero() {
+            match tokio::time::timeout(settle, self.iopub.read()).await {
+                Ok(Ok(m)) => {
+                    if m.parent_header.as_ref().is_some_and(|p| p.msg_id == id) {
+                        output(m.content, &mut count, on);
+                    }
+                }
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
         Ok(reply.unwrap_or(ExecuteOutcome {
             status: ReplyStatus::Aborted,
             execution_count: count,
         }))
     }
+}
+
+/// Passes one IOPub message of a request on to `on`; true when it is the kernel's idle status.
+fn output(
+    content: JupyterMessageContent,
+    count: &mut Option<u64>,
+    on: &mut (dyn FnMut(Event) + Send),
+) -> bool {
+    match content {
+        JupyterMessageContent::StreamContent(s) => on(Event::Stream {
+            stdout: matches!(s.name, jupyter_protocol::Stdio::Stdout),
+            text: s.text,
+        }),
+        JupyterMessageContent::DisplayData(d) => on(Event::Display {
+            data: bundle(&d.data),
+            main: false,
+        }),
+        JupyterMessageContent::UpdateDisplayData(d) => on(Event::Display {
+            data: bundle(&d.data),
+            main: false,
+        }),
+        JupyterMessageContent::ExecuteResult(r) => {
+            let n = r.execution_count.value() as u64;
+            if *count != Some(n) {
+                *count = Some(n);
+                on(Event::ExecutionCount(n));
+            }
+            on(Event::Display {
+                data: bundle(&r.data),
+                main: true,
+            });
+        }
+        JupyterMessageContent::ExecuteInput(i) => {
+            let n = i.execution_count.value() as u64;
+            if *count != Some(n) {
+                *count = Some(n);
+                on(Event::ExecutionCount(n));
+            }
+        }
+        JupyterMessageContent::ErrorOutput(e) => on(Event::Error {
+            ename: e.ename,
+            evalue: e.evalue,
+            traceback: e.traceback,
+        }),
+        JupyterMessageContent::Status(s) => {
+            return matches!(s.execution_state, jupyter_protocol::ExecutionState::Idle);
+        }
+        _ => {}
+    }
+    false
 }
 
 impl Drop for KernelConnection {

@@ -58,6 +58,9 @@ pub struct KernelSpec {
     /// How long the kernel may take to start listening.
     pub start_timeout: Duration,
     pub limits: GuardLimits,
+    /// How long to keep reading a run's outputs after the kernel is idle again, for kernels
+    /// that publish late (zero: none).
+    pub settle: Duration,
 }
 
 impl KernelSpec {
@@ -76,6 +79,7 @@ pub struct Kernel {
     jail: Arc<Jail>,
     name: String,
     conn: Mutex<KernelConnection>,
+    settle: Duration,
     killer: Killer,
     alive: watch::Receiver<bool>,
     /// How the kernel's process ended, once its supervisor has seen it end.
@@ -193,6 +197,7 @@ impl Kernel {
             jail,
             name: spec.name,
             conn: Mutex::new(conn),
+            settle: spec.settle,
             killer,
             alive,
             ended,
@@ -210,7 +215,7 @@ impl Kernel {
         if !*self.alive.borrow() {
             return Err(KernelError::Dead(String::new()));
         }
-        conn.execute(code, false, on).await
+        conn.execute(code, false, self.settle, on).await
     }
 
     /// Runs code without a trace: no outputs, no history, the execution count unchanged
@@ -220,7 +225,7 @@ impl Kernel {
         if !*self.alive.borrow() {
             return Err(KernelError::Dead(String::new()));
         }
-        conn.execute(code, true, &mut |_| {}).await
+        conn.execute(code, true, Duration::ZERO, &mut |_| {}).await
     }
 
     /// Interrupts what the kernel is running (SIGINT to its process group).

@@ -58,6 +58,10 @@ pub struct Language {
     pub example: Option<Example>,
     /// The Jupyter kernel of stateful code contexts, if the language has them.
     pub context: Option<ContextSpec>,
+    /// A warm interpreter: a command started ahead of a run, in the run's own jail, that
+    /// waits for the run's command line and then runs the program as the cold command would
+    /// (see [`WarmSpec`]).
+    pub warm: Option<WarmSpec>,
     /// Where the definition came from: `builtin:python.toml` or the file's path.
     pub origin: String,
 }
@@ -88,6 +92,17 @@ pub struct RunSpec {
     pub max_processes: Option<u64>,
 }
 
+/// A warm interpreter. Its command starts the runtime and waits on standard input for a
+/// header: a 4-byte big-endian length, then NUL-separated fields: the path of a file to take
+/// as standard input and remove (empty: `/dev/null`), then the run command's arguments (the
+/// cold `run.command` with the user's arguments). It then runs the program as that command
+/// would.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmSpec {
+    /// Command template (`{prefix}`).
+    pub argv: Vec<String>,
+}
+
 /// A Jupyter kernel for stateful code contexts (sandboxes).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContextSpec {
@@ -102,6 +117,9 @@ pub struct ContextSpec {
     /// Code run silently in pre-started kernels so that the first user code is fast (for
     /// example importing heavy packages); it must leave no names behind.
     pub warmup: Option<String>,
+    /// For kernels that publish a run's result after saying they are idle (Deno's): how long
+    /// to keep listening for it, milliseconds.
+    pub settle_ms: Option<u64>,
 }
 
 /// The language a context's kernel speaks, for setting environment variables in it.
@@ -328,6 +346,14 @@ struct RawLanguage {
     example: Option<RawExample>,
     #[serde(default)]
     context: Option<RawContext>,
+    #[serde(default)]
+    warm: Option<RawWarm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarm {
+    command: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +366,7 @@ struct RawContext {
     requires: Vec<String>,
     env_style: Option<EnvStyle>,
     warmup: Option<String>,
+    settle_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -656,6 +683,21 @@ impl RawLanguage {
                     requires,
                     env_style: c.env_style,
                     warmup: c.warmup,
+                    settle_ms: c.settle_ms,
+                })
+            }
+        };
+
+        let warm = match self.warm {
+            None => None,
+            Some(w) => {
+                check_command("warm.command", &w.command, PREFIX_ONLY)?;
+                Some(WarmSpec {
+                    argv: w
+                        .command
+                        .iter()
+                        .map(|t| template::expand_prefix(t, prefix))
+                        .collect(),
                 })
             }
         };
@@ -676,6 +718,7 @@ impl RawLanguage {
             requires,
             example,
             context,
+            warm,
             origin: origin.to_owned(),
         })
     }

@@ -74,7 +74,7 @@ mod template;
 pub use error::LangError;
 pub use language::{
     BASE_ENV, CompileSpec, ContextSpec, EnvStyle, Example, InstallSpec, Language, PROBE_TIMEOUT,
-    RunSpec, VersionProbe,
+    RunSpec, VersionProbe, WarmSpec,
 };
 pub use registry::{Registry, builtin_files};
 pub use template::Vars;

@@ -185,6 +185,11 @@ impl Sandbox {
             ports: self.ports(),
             start_timeout: self.cfg.kernel_start_timeout,
             limits: self.cfg.guard,
+            settle: lang
+                .context
+                .as_ref()
+                .and_then(|c| c.settle_ms)
+                .map_or(Duration::ZERO, Duration::from_millis),
         };
         let started = Instant::now();
         let kernel = Kernel::start(Arc::clone(&self.jail), spec, &self.cfg.sock_dir)
