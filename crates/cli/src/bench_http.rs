@@ -177,6 +177,8 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
         bail!("--concurrency takes positive numbers, e.g. 1,8,64");
     }
     let server = start_server(args.server_concurrency)?;
+    // The same server without warm interpreters, for Python's cold start next to its warm one.
+    let cold = start_server_with(args.server_concurrency, &[("RUNCELL_WARM_POOL_SIZE", "0")])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -184,14 +186,27 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let url = format!("{}/api/v1/execute", server.base);
     let scratch = tempfile::tempdir()?;
     let mut rows = Vec::new();
     // "c" sends the same source every time (compiled once, then from the compile cache);
     // "c-cold" makes every source unique, so every request compiles.
-    for (language, code) in [("python", PY), ("javascript", JS), ("c", C), ("c-cold", C)] {
+    // "python" runs in warm interpreters (the default), "python-cold" starts one per run.
+    let scenarios = [
+        ("python", PY),
+        ("python-cold", PY),
+        ("javascript", JS),
+        ("c", C),
+        ("c-cold", C),
+    ];
+    for (language, code) in scenarios {
+        let target = if language == "python-cold" {
+            &cold
+        } else {
+            &server
+        };
+        let url = format!("{}/api/v1/execute", target.base);
         let call = {
-            let (client, url, key) = (client.clone(), url.clone(), server.key.clone());
+            let (client, url, key) = (client.clone(), url.clone(), target.key.clone());
             let unique = Arc::new(AtomicUsize::new(0));
             move || {
                 let body = if language == "c-cold" {
@@ -199,6 +214,7 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
                     let code = format!("// request {n} of {}\n{code}", std::process::id());
                     json!({"language": "c", "code": code}).to_string()
                 } else {
+                    let language = language.trim_end_matches("-cold");
                     json!({"language": language, "code": code}).to_string()
                 };
                 let req = client
@@ -229,7 +245,7 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
                 async move {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     tokio::task::spawn_blocking(move || match language {
-                        "python" => bare_python(),
+                        "python" | "python-cold" => bare_python(),
                         "javascript" => bare_node(),
                         _ => bare_c(&dir, n),
                     })
@@ -295,7 +311,8 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
     println!(
         "runcell = POST /api/v1/execute end to end (HTTP, auth, store, jail, compile for C: \
          `c` sends one source, compiled once and then taken from the compile cache; `c-cold` \
-         makes every source unique, so every request compiles); bare = the same program \
+         makes every source unique, so every request compiles; `python` runs in warm \
+         interpreters, `python-cold` on a server without them); bare = the same program \
          spawned directly (C: gcc, then the binary)."
     );
     Ok(if rows.iter().any(|r| r.errors > 0) {

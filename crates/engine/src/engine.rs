@@ -21,6 +21,7 @@ use crate::model::{
     signal_name,
 };
 use crate::pool::JailPool;
+use crate::warm::{Warm, WarmPool};
 use crate::{EngineError, rootfs};
 
 /// Receives output chunks of a run as they arrive (for streaming).
@@ -48,6 +49,9 @@ pub struct EngineConfig {
     pub max_files_bytes: u64,
     /// Jails kept prepared ahead of requests (0: prepare each on demand).
     pub pool_size: usize,
+    /// Jails kept prepared with a warm interpreter waiting in them, per language that has one
+    /// (`[warm]` in its definition; 0: every run starts its interpreter).
+    pub warm_pool_size: usize,
     /// Directory of the compile cache (root only; none: no cache). The server puts it in its
     /// data directory.
     pub compile_cache_dir: Option<PathBuf>,
@@ -74,6 +78,7 @@ impl Default for EngineConfig {
             stack_mb: 64,
             max_files_bytes: 16 << 20,
             pool_size: 0,
+            warm_pool_size: 0,
             compile_cache_dir: None,
             compile_cache_mb: 512,
         }
@@ -113,6 +118,9 @@ pub struct SandboxBudget {
 /// Runs execution requests in jails.
 pub struct Engine {
     pool: JailPool,
+    warm: Option<WarmPool>,
+    /// Runs served by a warm interpreter since start.
+    warm_runs: std::sync::atomic::AtomicU64,
     jail_config: JailConfig,
     registry: Arc<Registry>,
     config: EngineConfig,
@@ -260,6 +268,7 @@ impl Engine {
             Self::cgroup(&config.limits.defaults),
             config.pool_size,
         );
+        let warm = Self::warm_pool(&pool, &jail, &registry, &config);
         let cache = match &config.compile_cache_dir {
             Some(dir) if config.compile_cache_mb > 0 => {
                 match CompileCache::open(dir, config.compile_cache_mb << 20) {
@@ -277,12 +286,68 @@ impl Engine {
         };
         Engine {
             pool,
+            warm,
+            warm_runs: std::sync::atomic::AtomicU64::new(0),
             jail_config: jail,
             registry,
             config,
             versions: Mutex::new(HashMap::new()),
             cache,
         }
+    }
+
+    /// The warm interpreters of languages that have one: each started in the step a run with
+    /// the default limits and no environment of its own gets.
+    fn warm_pool(
+        pool: &JailPool,
+        jail: &JailConfig,
+        registry: &Registry,
+        config: &EngineConfig,
+    ) -> Option<WarmPool> {
+        if config.warm_pool_size == 0 {
+            return None;
+        }
+        let mut specs = Vec::new();
+        for lang in registry.all() {
+            let (Some(w), None, true) = (&lang.warm, &lang.compile, lang.available()) else {
+                continue;
+            };
+            let req = ExecuteRequest {
+                language: lang.id.clone(),
+                ..ExecuteRequest::default()
+            };
+            let Ok(limits) = config.limits.resolve_for(&req, lang.run.max_processes) else {
+                continue;
+            };
+            let vars = Vars {
+                source: lang.source_file.clone(),
+                memory_mb: limits.memory_mb,
+                prefix: config.prefix.clone(),
+            };
+            let mut env = base_env();
+            merge_env(&mut env, lang.env(&vars));
+            specs.push((
+                lang.id.clone(),
+                step_spec(config, w.argv.clone(), env, &limits),
+            ));
+        }
+        WarmPool::new(
+            pool.spawner().clone(),
+            jail.clone(),
+            Self::cgroup(&config.limits.defaults),
+            config.warm_pool_size,
+            specs,
+        )
+    }
+
+    /// Warm interpreters ready right now.
+    pub fn warm_ready(&self) -> usize {
+        self.warm.as_ref().map_or(0, WarmPool::ready)
+    }
+
+    /// Runs served by a warm interpreter since this engine started.
+    pub fn warm_runs(&self) -> u64 {
+        self.warm_runs.load(Ordering::Relaxed)
     }
 
     /// A fresh jail for a session (runs of one session share its workspace); give it back
@@ -587,25 +652,7 @@ impl Engine {
     }
 
     fn spec(&self, argv: Vec<String>, env: Vec<(String, String)>, l: &Limits) -> ProcessSpec {
-        ProcessSpec {
-            argv,
-            env,
-            cwd: WORKSPACE.into(),
-            rlimits: Rlimits {
-                cpu_secs: l.cpu_time.ceil() as u64 + 1,
-                file_size_bytes: l.max_file_size_mb << 20,
-                open_files: self.config.open_files,
-                stack_bytes: self.config.stack_mb << 20,
-                // A backstop only: the cgroup's task limit (which counts the jail's two helper
-                // processes too) must be the one that trips, so that it is reported.
-                processes: l.max_processes + 2,
-                locked_memory_bytes: 64 << 10,
-            },
-            mode: StepMode::Private {
-                tmp: TmpfsSize::mib(self.config.tmp_mb),
-                shm: TmpfsSize::mib(self.config.tmp_mb.min(64)),
-            },
-        }
+        step_spec(&self.config, argv, env, l)
     }
 
     fn run_limits(l: &Limits) -> RunLimits {
@@ -667,6 +714,12 @@ impl Engine {
         };
         if ctx.cancel.is_some_and(Cancel::is_cancelled) {
             return Ok(());
+        }
+        if ctx.jail.is_none()
+            && compile_argv.is_none()
+            && let Some((warm, argv)) = self.take_warm(plan, lang, &vars(run.memory_mb))
+        {
+            return self.run_warm(plan, r, ctx, warm, &argv);
         }
         let owned;
         let jail = match ctx.jail {
@@ -775,6 +828,98 @@ impl Engine {
         self.run_step(plan, r, ctx, lang, jail, &vars(run.memory_mb))
     }
 
+    /// A warm interpreter for this run, if one is ready and its step is exactly the one the
+    /// cold run would get (limits, environment, mounts; only the command differs); with the
+    /// cold command line it is to run.
+    fn take_warm(&self, plan: &Plan, lang: &Language, vars: &Vars) -> Option<(Warm, Vec<String>)> {
+        let pool = self.warm.as_ref()?;
+        let warm_spec = pool.spec(&lang.id)?;
+        let mut env = base_env();
+        merge_env(&mut env, lang.env(vars));
+        merge_env(&mut env, plan.env.iter().cloned());
+        // The run's input becomes a workspace file for a moment (charged to the run's memory):
+        // a large one takes the cold path, as does a run with a file of the same name.
+        if plan.stdin.len() > WARM_STDIN_MAX
+            || plan.source_name == WARM_STDIN_FILE
+            || plan.files.iter().any(|(n, _)| n == WARM_STDIN_FILE)
+        {
+            return None;
+        }
+        let argv = lang.run_argv(vars, &plan.args);
+        let mut cold = self.spec(warm_spec.argv.clone(), env, &plan.limits);
+        cold.argv = warm_spec.argv.clone();
+        if cold != *warm_spec {
+            return None;
+        }
+        pool.take(&lang.id).map(|w| (w, argv))
+    }
+
+    /// Runs a plan in a warm interpreter's jail: the files are written, the waiting process is
+    /// handed off to the run (its measurements start now) and receives the command line and
+    /// the run's standard input.
+    fn run_warm(
+        &self,
+        plan: &Plan,
+        r: &mut ExecutionResult,
+        ctx: RunContext<'_>,
+        warm: Warm,
+        argv: &[String],
+    ) -> Result<(), JailError> {
+        let run = plan.limits;
+        self.warm_runs.fetch_add(1, Ordering::Relaxed);
+        let Warm {
+            jail,
+            mut process,
+            mut input,
+        } = warm;
+        let owned = Owned {
+            jail: Some(jail),
+            pool: &self.pool,
+        };
+        let jail = owned.jail.as_ref().expect("just set");
+        jail.set_limits(&Self::cgroup(&run))?;
+        let ws = jail.workspace();
+        ws.write_file(&plan.source_name, &plan.code, 0o644)
+            .map_err(|e| JailError::InvalidConfig(format!("write {}: {e}", plan.source_name)))?;
+        for (name, data) in &plan.files {
+            ws.write_file(name, data, 0o644)
+                .map_err(|e| JailError::InvalidConfig(format!("write {name}: {e}")))?;
+        }
+        let stdin = if plan.stdin.is_empty() {
+            String::new()
+        } else {
+            ws.write_file(WARM_STDIN_FILE, &plan.stdin, 0o400)
+                .map_err(|e| JailError::InvalidConfig(format!("write the input: {e}")))?;
+            format!("{WORKSPACE}/{WARM_STDIN_FILE}")
+        };
+        let mut fields = Vec::with_capacity(argv.len() + 1);
+        fields.push(stdin);
+        fields.extend(argv.iter().cloned());
+        let bytes = crate::warm::header(&fields);
+        jail.hand_off(&mut process)?;
+        // The header is written by a thread of its own, so that nothing here can block on the
+        // program (it ends when the header is written or the program is gone).
+        std::thread::Builder::new()
+            .name("runcell-warm-input".into())
+            .spawn(move || {
+                use std::io::Write;
+                let _ = input.write_all(&bytes);
+            })
+            .map_err(|e| JailError::Io {
+                what: "start the input writer".into(),
+                source: e,
+            })?;
+        let out = supervise_program(
+            jail,
+            process,
+            &Self::run_limits(&run),
+            ctx.on_output,
+            ctx.cancel,
+        )?;
+        fill_result(r, &out, &run, &self.config.limits.maxima);
+        Ok(())
+    }
+
     /// The run step of a plan, in a jail whose workspace is ready.
     fn run_step(
         &self,
@@ -801,6 +946,39 @@ impl Engine {
         )?;
         fill_result(r, &out, &run, &self.config.limits.maxima);
         Ok(())
+    }
+}
+
+/// The workspace file a warm run's input is passed in (removed before the program runs).
+const WARM_STDIN_FILE: &str = ".runcell-stdin";
+/// The largest input a warm run takes (larger ones take the cold path).
+const WARM_STDIN_MAX: usize = 1 << 20;
+
+/// The step of a program with limits `l`.
+fn step_spec(
+    config: &EngineConfig,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    l: &Limits,
+) -> ProcessSpec {
+    ProcessSpec {
+        argv,
+        env,
+        cwd: WORKSPACE.into(),
+        rlimits: Rlimits {
+            cpu_secs: l.cpu_time.ceil() as u64 + 1,
+            file_size_bytes: l.max_file_size_mb << 20,
+            open_files: config.open_files,
+            stack_bytes: config.stack_mb << 20,
+            // A backstop only: the cgroup's task limit (which counts the jail's two helper
+            // processes too) must be the one that trips, so that it is reported.
+            processes: l.max_processes + 2,
+            locked_memory_bytes: 64 << 10,
+        },
+        mode: StepMode::Private {
+            tmp: TmpfsSize::mib(config.tmp_mb),
+            shm: TmpfsSize::mib(config.tmp_mb.min(64)),
+        },
     }
 }
 
@@ -869,7 +1047,7 @@ fn run_program(
     spec: &ProcessSpec,
     stdin: &[u8],
     limits: &RunLimits,
-    mut on_output: Option<OutputSink<'_>>,
+    on_output: Option<OutputSink<'_>>,
     cancel: Option<&Cancel>,
 ) -> Result<Outcome, JailError> {
     let stdin = if stdin.is_empty() {
@@ -878,6 +1056,17 @@ fn run_program(
         StdinSource::Bytes(stdin.to_vec())
     };
     let p = jail.start(spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
+    supervise_program(jail, p, limits, on_output, cancel)
+}
+
+/// Supervises a started program to its end, collecting its output.
+fn supervise_program(
+    jail: &Jail,
+    p: runcell_jail::Process,
+    limits: &RunLimits,
+    mut on_output: Option<OutputSink<'_>>,
+    cancel: Option<&Cancel>,
+) -> Result<Outcome, JailError> {
     if let Some(c) = cancel {
         c.running(p.killer().ok());
     }

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod model;
 mod pool;
 pub mod rootfs;
+mod warm;
 
 pub use engine::{
     Cancel, Engine, EngineConfig, OutputSink, Plan, RunContext, SandboxBudget, base_env,

@@ -250,9 +250,23 @@ pub struct Process {
     pub(crate) baseline: crate::cgroup::CgroupStats,
     pub(crate) sent_ns: u64,
     pub(crate) killer: Killer,
+    /// Set by [`Jail::hand_off`]: the run began at `sent_ns`, not when the step started.
+    pub(crate) handed_off: bool,
 }
 
 impl Process {
+    /// Whether the step has already ended (its init's pidfd is readable).
+    pub fn has_exited(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own, without waiting.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n != 0
+    }
+
     /// Kills the program (for a private step, everything it started too).
     pub fn kill(&self) -> io::Result<()> {
         self.killer.kill()
@@ -522,12 +536,26 @@ impl Jail {
                     baseline,
                     sent_ns,
                     killer,
+                    handed_off: false,
                 })
             }
             Some((AgentReply::Error(e), _)) => Err(e.into()),
             Some(_) => Err(JailError::Spawner("unexpected reply from the jail".into())),
             None => Err(JailError::Spawner("the jail's agent is gone".into())),
         }
+    }
+
+    /// Hands a program started ahead of its run (a warm interpreter waiting for its code) to
+    /// that run: its measurements (CPU time, memory peak, wall time) and its wall-time limit
+    /// start now, as if it had been started now.
+    pub fn hand_off(&self, process: &mut Process) -> Result<(), JailError> {
+        self.cgroup
+            .reset_peak()
+            .ctx(|| "reset memory peak".into())?;
+        process.baseline = self.cgroup.stats().ctx(|| "read cgroup stats".into())?;
+        process.sent_ns = proto::monotonic_ns();
+        process.handed_off = true;
+        Ok(())
     }
 
     /// Destroys the jail now and waits until nothing of it is left (processes, cgroup).

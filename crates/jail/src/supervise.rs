@@ -204,6 +204,7 @@ impl Jail {
             baseline,
             sent_ns,
             killer,
+            handed_off,
         } = process;
         let mut outputs = [
             OutputState {
@@ -225,7 +226,8 @@ impl Jail {
         set_nonblocking(status.as_fd()).ctx(|| "set status non-blocking".into())?;
         let mut status_fd = Some(status);
         let mut step_alive = true;
-        let mut started_ns: Option<u64> = None;
+        // A program handed off to its run started (for its measurements) at the hand-off.
+        let mut started_ns: Option<u64> = handed_off.then_some(sent_ns);
         let mut finished: Option<StepRecord> = None;
         let mut record_buf: Vec<u8> = Vec::with_capacity(StepRecord::SIZE * 2);
         let mut kill_reason: Option<Limit> = None;
@@ -356,7 +358,9 @@ impl Jail {
                                     record_buf.drain(..StepRecord::SIZE);
                                     let r = StepRecord::from_bytes(&raw);
                                     match r.kind {
-                                        RECORD_STARTED => started_ns = Some(r.time_ns),
+                                        RECORD_STARTED if !handed_off => {
+                                            started_ns = Some(r.time_ns)
+                                        }
                                         RECORD_FINISHED => {
                                             finished = Some(r);
                                             if oom_at_exit.is_none() {

@@ -33,6 +33,8 @@ pub async fn metrics(State(state): State<AppState>, _auth: Auth) -> Response {
     let load = state.svc.load();
     metrics::gauge!("runcell_queue_depth").set(load.queued as f64);
     metrics::gauge!("runcell_jail_pool_ready").set(load.jail_pool_ready as f64);
+    metrics::gauge!("runcell_warm_ready").set(load.warm_ready as f64);
+    metrics::counter!("runcell_warm_runs_total").absolute(load.warm_runs);
     metrics::gauge!("runcell_sessions").set(load.sessions as f64);
     metrics::gauge!("runcell_sandboxes").set(load.sandboxes as f64);
     metrics::gauge!("runcell_sandbox_pool_ready").set(load.sandbox_pool_ready as f64);

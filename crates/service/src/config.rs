@@ -187,6 +187,7 @@ impl Default for Config {
             sandboxes: SandboxesConfig::default(),
             engine: EngineConfig {
                 pool_size: 4,
+                warm_pool_size: 2,
                 ..EngineConfig::default()
             },
         }
@@ -234,7 +235,8 @@ impl Config {
     /// (`RUNCELL_LISTEN`, `RUNCELL_DATA_DIR`, `RUNCELL_API_KEYS`, `RUNCELL_WEBHOOK_ALLOW`,
     /// `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
     /// `RUNCELL_TENANT_MAX_RUNNING`, `RUNCELL_TENANT_MAX_QUEUED`, `RUNCELL_BODY_TIMEOUT_SECS`,
-    /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`, `RUNCELL_SANDBOX_POOL_SIZE`).
+    /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`, `RUNCELL_WARM_POOL_SIZE`,
+    /// `RUNCELL_SANDBOX_POOL_SIZE`).
     pub fn load(
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
@@ -290,6 +292,9 @@ impl Config {
         }
         if let Some(v) = env("RUNCELL_POOL_SIZE") {
             c.engine.pool_size = parse("RUNCELL_POOL_SIZE", v)? as usize;
+        }
+        if let Some(v) = env("RUNCELL_WARM_POOL_SIZE") {
+            c.engine.warm_pool_size = parse("RUNCELL_WARM_POOL_SIZE", v)? as usize;
         }
         if let Some(v) = env("RUNCELL_SANDBOX_POOL_SIZE") {
             c.sandboxes.pool_size = parse("RUNCELL_SANDBOX_POOL_SIZE", v)? as usize;

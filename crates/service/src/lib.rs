@@ -178,6 +178,8 @@ impl Service {
         Load {
             queued: self.jobs.queued(),
             jail_pool_ready: self.engine.pool_ready(),
+            warm_ready: self.engine.warm_ready(),
+            warm_runs: self.engine.warm_runs(),
             sessions: self.workspaces.len(),
             sandboxes: self.sandboxes.count(),
             sandbox_pool_ready: self.sandboxes.pool_ready(),
@@ -203,6 +205,10 @@ pub(crate) fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io:
 pub struct Load {
     pub queued: u64,
     pub jail_pool_ready: usize,
+    /// Jails with a warm interpreter waiting in them.
+    pub warm_ready: usize,
+    /// Runs served by a warm interpreter since start.
+    pub warm_runs: u64,
     pub sessions: usize,
     pub sandboxes: usize,
     pub sandbox_pool_ready: usize,

@@ -13,4 +13,5 @@ mod input;
 mod operations;
 mod sandboxes;
 mod seeds;
+mod warm;
 mod webhooks;

@@ -1,0 +1,206 @@
+//! Warm interpreters (issue 11): a Python run served by an interpreter started ahead of it in
+//! its own jail must be indistinguishable from a cold start for the program, measured as the
+//! run alone, as freshly random as a new process, contained by the same limits, and unable to
+//! leave anything for the next run. Every test checks (through `runcell_warm_runs_total`) that
+//! its runs really took the warm path.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::server::{KEY_A, Opts, Server, descendants, eventually};
+
+fn metric(srv: &Server, name: &str) -> u64 {
+    let text = srv.get("/metrics", Some(KEY_A)).expect(200).text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Runs `body` through a warm interpreter (waiting for one to be ready) and checks it was one.
+fn warm_run(srv: &Server, body: &Value) -> Value {
+    eventually(Duration::from_secs(30), "a warm interpreter", || {
+        (metric(srv, "runcell_warm_ready") > 0).then_some(())
+    });
+    let before = metric(srv, "runcell_warm_runs_total");
+    let r = srv.execute(body);
+    assert_eq!(
+        metric(srv, "runcell_warm_runs_total"),
+        before + 1,
+        "the run did not take the warm path: {r}"
+    );
+    r
+}
+
+fn py(code: &str) -> Value {
+    json!({"language": "python", "code": code})
+}
+
+fn servers() -> (Server, Server) {
+    let warm = Server::with(Opts::new().env("RUNCELL_WARM_POOL_SIZE", "2"));
+    let cold = Server::with(Opts::new().env("RUNCELL_WARM_POOL_SIZE", "0"));
+    (warm, cold)
+}
+
+/// The program sees what a cold `python3 main.py args` shows it: argv, `__file__`, the
+/// `__main__` namespace, `sys.path[0]`, its environment, its input (a regular file or
+/// /dev/null, as cold), exit codes and messages, tracebacks (without the loader's frames),
+/// `atexit`, signals, syntax errors, source encodings, a module beside it.
+#[test]
+fn warm_runs_are_indistinguishable_from_cold_starts() {
+    let (warm, cold) = servers();
+    let mut cases = vec![
+        json!({"code": "import sys\nprint(sys.argv, sys.orig_argv, __file__, __name__, sys.path[0])", "args": ["a", "b c", "ü"]}),
+        py(
+            "print(sorted(globals()))\nprint(type(__loader__).__name__, __spec__, __package__, __cached__, __doc__)",
+        ),
+        py("\"\"\"the doc\"\"\"\nprint(__doc__)"),
+        json!({"code": "print(input()); print(input())", "stdin": "one\ntwo\n"}),
+        json!({"code": "import os, stat, sys\nm = os.fstat(0).st_mode\nprint(stat.S_ISREG(m), stat.S_ISCHR(m), sys.stdin.read())", "stdin": "data"}),
+        py("import os, stat\nprint(stat.S_ISCHR(os.fstat(0).st_mode))\ninput()"),
+        py("import sys\nsys.exit(3)"),
+        py("import sys\nsys.exit('bye')"),
+        py("def f():\n    raise ValueError('boom')\nf()"),
+        py("try:\n    1/0\nexcept ZeroDivisionError as e:\n    raise KeyError('k') from e"),
+        py("import atexit\natexit.register(lambda: print(' bye'))\nprint('hi', end='')"),
+        py("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)"),
+        py("raise KeyboardInterrupt"),
+        py("import os\nprint(sorted(os.environ.items()))"),
+        py("def (:"),
+        py("# -*- coding: latin-1 -*-\nprint('caf\u{e9}')"),
+        json!({"code": "import helper\nprint(helper.X, helper.__file__)", "files": [{"name": "helper.py", "content": "X = 42"}]}),
+        py(
+            "import os, sys\nprint(os.getcwd(), os.getuid(), os.getppid() > 0, len(sys.modules) > 10)",
+        ),
+    ];
+    for c in &mut cases {
+        c["language"] = json!("python");
+    }
+    for case in &cases {
+        let w = warm_run(&warm, case);
+        let c = cold.execute(case);
+        for k in [
+            "status",
+            "stdout",
+            "stderr",
+            "exit_code",
+            "signal",
+            "limit_exceeded",
+        ] {
+            assert_eq!(w[k], c[k], "{k} differs for {case}:\nwarm {w}\ncold {c}");
+        }
+    }
+}
+
+/// Every warm run is a process of its own: hash seeds, `random`, `uuid4` and `os.urandom`
+/// differ from run to run.
+#[test]
+fn warm_runs_get_fresh_randomness() {
+    let (warm, _cold) = servers();
+    let code = "import os, random, uuid\nprint(hash('runcell'), random.random(), uuid.uuid4(), \
+                os.urandom(8).hex())";
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = warm_run(&warm, &py(code));
+        let fields: Vec<String> = r["stdout"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(fields.len(), 4, "{r}");
+        for f in fields {
+            assert!(seen.insert(f.clone()), "{f} came twice: {r}");
+        }
+    }
+}
+
+/// An attacker's warm run leaves files in every writable place, a daemon, changed
+/// environment, cwd, signal handlers and an open listening socket; the next warm run (the
+/// victim) sees none of it, and the daemon is gone with the attacker's jail.
+#[test]
+fn nothing_of_a_warm_run_reaches_the_next() {
+    let (warm, _cold) = servers();
+    let attacker = "import os, signal, socket, subprocess\n\
+        for d in ('/workspace', '/tmp', '/dev/shm'):\n    open(d + '/planted', 'w').write('x')\n\
+        os.environ['PLANTED'] = '1'\nos.putenv('PLANTED', '1')\nos.chdir('/tmp')\n\
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+        s = socket.socket(socket.AF_UNIX)\ns.bind('\\0runcell-planted')\ns.listen()\n\
+        subprocess.Popen(['sleep', '300'], start_new_session=True)\nprint('planted')";
+    let r = warm_run(&warm, &py(attacker));
+    assert_eq!(r["stdout"], "planted\n", "{r}");
+    let victim = "import os, signal, socket\n\
+        print([d for d in ('/workspace', '/tmp', '/dev/shm') if os.path.exists(d + '/planted')])\n\
+        print(os.environ.get('PLANTED'), os.getcwd(), signal.getsignal(signal.SIGTERM))\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        try:\n    s.connect('\\0runcell-planted'); print('reached')\nexcept OSError:\n    print('alone')\n\
+        print(sorted(p for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())))";
+    let r = warm_run(&warm, &py(victim));
+    let out = r["stdout"].as_str().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "[]", "{r}");
+    assert_eq!(lines[1], "None /workspace 0", "{r}");
+    assert_eq!(lines[2], "alone", "{r}");
+    // Only the step's own init and this program are in its pid namespace.
+    assert_eq!(lines[3], "['1']", "{r}");
+    eventually(
+        Duration::from_secs(10),
+        "the daemon to die with its jail",
+        || {
+            let sleeping = descendants(warm.pid()).iter().any(|p| {
+                std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            });
+            (!sleeping).then_some(())
+        },
+    );
+}
+
+/// The limits hold in a warm interpreter as in a cold one, and what is reported is the run
+/// alone: a fork bomb stops at the process limit, a memory bomb at the memory limit (peak no
+/// higher), a busy loop at its CPU limit, an output flood at the output limit, and the
+/// server's environment is nowhere.
+#[test]
+fn warm_runs_are_contained_and_measured_like_cold_ones() {
+    let (warm, _cold) = servers();
+    let r = warm_run(
+        &warm,
+        &py("import os\nfor i in range(1000):\n    os.fork()"),
+    );
+    assert_eq!(r["limit_exceeded"], "processes", "{r}");
+    let r = warm_run(
+        &warm,
+        &json!({"language": "python", "code": "x = bytearray(600 << 20)", "limits": {"memory_mb": 128}}),
+    );
+    assert_eq!(r["limit_exceeded"], "memory", "{r}");
+    assert!(r["memory_peak_kb"].as_u64().unwrap() <= 128 << 10, "{r}");
+    // Time limits are those of the warm interpreter's step (a run asking for other ones takes
+    // the cold path): the default 5 s of CPU, counted from the hand-off.
+    // (On a machine busier than the loop, the 10 s wall limit comes first.)
+    let r = warm_run(&warm, &py("while True: pass"));
+    let (cpu, wall) = (
+        r["cpu_time"].as_f64().unwrap(),
+        r["execution_time"].as_f64().unwrap(),
+    );
+    match r["limit_exceeded"].as_str() {
+        Some("cpu_time") => assert!((4.95..5.5).contains(&cpu), "{r}"),
+        Some("wall_time") => assert!((9.95..10.5).contains(&wall) && cpu < 5.5, "{r}"),
+        _ => panic!("a busy loop ends at a time limit: {r}"),
+    }
+    let r = warm_run(
+        &warm,
+        &py("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)"),
+    );
+    assert_eq!(r["limit_exceeded"], "output", "{r}");
+    // The run alone: a print costs far less CPU than starting the interpreter did.
+    let r = warm_run(&warm, &py("print(1)"));
+    assert!(r["cpu_time"].as_f64().unwrap() < 0.05, "{r}");
+    assert!(r["execution_time"].as_f64().unwrap() < 1.0, "{r}");
+    let r = warm_run(
+        &warm,
+        &py(
+            "import os\nprint([k for k in os.environ if 'RUNCELL' in k or 'KEY' in k])\ne = open('/proc/self/environ','rb').read()\nprint(e.count(b'RUNCELL') + e.count(b'it-key'))",
+        ),
+    );
+    assert_eq!(r["stdout"], "[]\n0\n", "{r}");
+}

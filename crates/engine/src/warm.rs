@@ -1,0 +1,215 @@
+//! Warm interpreters: for languages that declare one (`[warm]` in their TOML), a filler thread
+//! keeps a few jails prepared *with the interpreter already started in them*, waiting on
+//! standard input for the run's command line. A run that such a jail can serve (the same
+//! limits, environment and step as its cold run would get) takes one, writes its files, hands
+//! the waiting process off (measurements and the wall-time limit start then) and sends the
+//! command line and its standard input; the interpreter then runs the program as the cold
+//! command would.
+//!
+//! The isolation is the cold path's by construction: the interpreter was started in the run's
+//! own jail (namespaces, cgroup, uid, seccomp, Landlock, rlimits, no_new_privs) by the same
+//! step code, before any user input existed, and the jail serves one run only, then is
+//! destroyed. Nothing is shared between runs: no fork of a common parent, so memory, file
+//! descriptors, hash seeds and random state are each interpreter's own.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use runcell_jail::{
+    CgroupLimits, Jail, JailConfig, JailError, OutputTarget, Process, ProcessSpec, Spawner,
+    StdinSource,
+};
+
+/// A jail with an interpreter waiting in it.
+pub(crate) struct Warm {
+    pub jail: Jail,
+    pub process: Process,
+    /// The write end of the interpreter's standard input.
+    pub input: File,
+}
+
+/// The command line header a warm interpreter reads first: a 4-byte big-endian length, then
+/// the arguments joined by NUL bytes (see `runcell_lang::WarmSpec`).
+pub(crate) fn header(argv: &[String]) -> Vec<u8> {
+    let joined = argv.join("\0");
+    let mut h = Vec::with_capacity(4 + joined.len());
+    h.extend_from_slice(&(joined.len() as u32).to_be_bytes());
+    h.extend_from_slice(joined.as_bytes());
+    h
+}
+
+struct Inner {
+    spawner: Spawner,
+    config: JailConfig,
+    limits: CgroupLimits,
+    target: usize,
+    /// Each warm language's step (argv = its warm command), as a default run gets it.
+    specs: Vec<(String, ProcessSpec)>,
+    ready: Mutex<HashMap<String, VecDeque<Warm>>>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+/// Warm interpreters per language, refilled in the background.
+pub(crate) struct WarmPool {
+    inner: Arc<Inner>,
+}
+
+impl WarmPool {
+    /// Keeps `target` warm jails per language of `specs`; `None` when there is nothing to do.
+    pub fn new(
+        spawner: Spawner,
+        config: JailConfig,
+        limits: CgroupLimits,
+        target: usize,
+        specs: Vec<(String, ProcessSpec)>,
+    ) -> Option<WarmPool> {
+        if target == 0 || specs.is_empty() {
+            return None;
+        }
+        let inner = Arc::new(Inner {
+            spawner,
+            config,
+            limits,
+            target,
+            specs,
+            ready: Mutex::new(HashMap::new()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let filler = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("runcell-warm-pool".into())
+            .spawn(move || fill(&filler))
+            .expect("start the warm pool thread");
+        Some(WarmPool { inner })
+    }
+
+    /// The step a warm interpreter of `lang` runs in, if the language has one here.
+    pub fn spec(&self, lang: &str) -> Option<&ProcessSpec> {
+        self.inner
+            .specs
+            .iter()
+            .find(|(l, _)| l == lang)
+            .map(|(_, s)| s)
+    }
+
+    /// A warm interpreter of `lang`, if one is ready (never waits).
+    pub fn take(&self, lang: &str) -> Option<Warm> {
+        let mut ready = self.inner.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let q = ready.get_mut(lang)?;
+        let mut found = None;
+        while let Some(w) = q.pop_front() {
+            // One that died waiting (it should not) is thrown away.
+            if w.process.has_exited() {
+                continue;
+            }
+            found = Some(w);
+            break;
+        }
+        drop(ready);
+        self.inner.wake.notify_one();
+        found
+    }
+
+    /// Warm interpreters ready, all languages together.
+    pub fn ready(&self) -> usize {
+        self.inner
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(VecDeque::len)
+            .sum()
+    }
+}
+
+impl Drop for WarmPool {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_all();
+        self.inner
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// Prepares a jail and starts `spec` in it, reading from a pipe whose write end is returned.
+fn start(inner: &Inner, spec: &ProcessSpec) -> Result<Warm, JailError> {
+    let jail = inner.spawner.prepare(&inner.config, &inner.limits)?;
+    let (r, w) = std::io::pipe().map_err(|e| JailError::Io {
+        what: "warm interpreter's stdin".into(),
+        source: e,
+    })?;
+    let process = jail.start(
+        spec,
+        StdinSource::Fd(r.into()),
+        OutputTarget::Pipe,
+        OutputTarget::Pipe,
+    )?;
+    Ok(Warm {
+        jail,
+        process,
+        input: File::from(std::os::fd::OwnedFd::from(w)),
+    })
+}
+
+fn fill(inner: &Inner) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        // The language with the fewest ready, if any is below target.
+        let next = {
+            let mut ready = inner.ready.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if inner.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let short = inner
+                    .specs
+                    .iter()
+                    .map(|(l, s)| (ready.get(l).map_or(0, VecDeque::len), l, s))
+                    .filter(|(n, _, _)| *n < inner.target)
+                    .min_by_key(|(n, _, _)| *n)
+                    .map(|(_, l, s)| (l.clone(), s.clone()));
+                match short {
+                    Some(x) => break x,
+                    None => ready = inner.wake.wait(ready).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
+        };
+        let (lang, spec) = next;
+        match start(inner, &spec) {
+            Ok(w) => {
+                backoff = Duration::from_millis(50);
+                let mut ready = inner.ready.lock().unwrap_or_else(|p| p.into_inner());
+                if inner.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                ready.entry(lang).or_default().push_back(w);
+            }
+            Err(e) => {
+                // Out of slots or a transient failure: runs take the cold path meanwhile.
+                tracing::warn!("starting a warm {lang} interpreter failed: {e}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_carry_the_command_line() {
+        let h = header(&["/usr/bin/python3".into(), "main.py".into(), "a b".into()]);
+        assert_eq!(&h[..4], &(28u32).to_be_bytes());
+        assert_eq!(&h[4..], b"/usr/bin/python3\0main.py\0a b");
+    }
+}
