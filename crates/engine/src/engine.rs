@@ -734,14 +734,7 @@ impl Engine {
         };
         jail.set_limits(&Self::cgroup(first))?;
         let ws = jail.workspace();
-        let write = |name: &str, data: &[u8]| {
-            ws.write_file(name, data, 0o644)
-                .map_err(|e| JailError::InvalidConfig(format!("write {name}: {e}")))
-        };
-        write(&plan.source_name, &plan.code)?;
-        for (name, data) in &plan.files {
-            write(name, data)?;
-        }
+        write_plan_files(ws, plan)?;
         if let Some(argv) = compile_argv {
             let mut env = base_env();
             merge_env(&mut env, lang.env(&vars(compile.memory_mb)));
@@ -834,9 +827,6 @@ impl Engine {
     fn take_warm(&self, plan: &Plan, lang: &Language, vars: &Vars) -> Option<(Warm, Vec<String>)> {
         let pool = self.warm.as_ref()?;
         let warm_spec = pool.spec(&lang.id)?;
-        let mut env = base_env();
-        merge_env(&mut env, lang.env(vars));
-        merge_env(&mut env, plan.env.iter().cloned());
         // The run's input becomes a workspace file for a moment (charged to the run's memory):
         // a large one takes the cold path, as does a run with a file of the same name.
         if plan.stdin.len() > WARM_STDIN_MAX
@@ -845,7 +835,7 @@ impl Engine {
         {
             return None;
         }
-        let argv = lang.run_argv(vars, &plan.args);
+        let (argv, env) = run_command(plan, lang, vars);
         let mut cold = self.spec(warm_spec.argv.clone(), env, &plan.limits);
         cold.argv = warm_spec.argv.clone();
         if cold != *warm_spec {
@@ -879,12 +869,7 @@ impl Engine {
         let jail = owned.jail.as_ref().expect("just set");
         jail.set_limits(&Self::cgroup(&run))?;
         let ws = jail.workspace();
-        ws.write_file(&plan.source_name, &plan.code, 0o644)
-            .map_err(|e| JailError::InvalidConfig(format!("write {}: {e}", plan.source_name)))?;
-        for (name, data) in &plan.files {
-            ws.write_file(name, data, 0o644)
-                .map_err(|e| JailError::InvalidConfig(format!("write {name}: {e}")))?;
-        }
+        write_plan_files(ws, plan)?;
         let stdin = if plan.stdin.is_empty() {
             String::new()
         } else {
@@ -931,10 +916,7 @@ impl Engine {
         vars: &Vars,
     ) -> Result<(), JailError> {
         let run = plan.limits;
-        let mut env = base_env();
-        merge_env(&mut env, lang.env(vars));
-        merge_env(&mut env, plan.env.iter().cloned());
-        let argv = lang.run_argv(vars, &plan.args);
+        let (argv, env) = run_command(plan, lang, vars);
         let spec = self.spec(argv, env, &run);
         let out = run_program(
             jail,
@@ -947,6 +929,24 @@ impl Engine {
         fill_result(r, &out, &run, &self.config.limits.maxima);
         Ok(())
     }
+}
+
+/// The run step's command line and environment (the same cold or warm).
+fn run_command(plan: &Plan, lang: &Language, vars: &Vars) -> (Vec<String>, Vec<(String, String)>) {
+    let mut env = base_env();
+    merge_env(&mut env, lang.env(vars));
+    merge_env(&mut env, plan.env.iter().cloned());
+    (lang.run_argv(vars, &plan.args), env)
+}
+
+/// Writes the plan's source and extra files into a fresh workspace.
+fn write_plan_files(ws: &runcell_jail::Workspace, plan: &Plan) -> Result<(), JailError> {
+    let files = plan.files.iter().map(|(n, d)| (n, d));
+    for (name, data) in std::iter::once((&plan.source_name, &plan.code)).chain(files) {
+        ws.write_file(name, data, 0o644)
+            .map_err(|e| JailError::InvalidConfig(format!("write {name}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The workspace file a warm run's input is passed in (removed before the program runs).

@@ -162,7 +162,7 @@ fn nothing_of_a_warm_run_reaches_the_next() {
 /// server's environment is nowhere.
 #[test]
 fn warm_runs_are_contained_and_measured_like_cold_ones() {
-    let (warm, _cold) = servers();
+    let (warm, cold) = servers();
     let r = warm_run(
         &warm,
         &py("import os\nfor i in range(1000):\n    os.fork()"),
@@ -192,10 +192,13 @@ fn warm_runs_are_contained_and_measured_like_cold_ones() {
         &py("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)"),
     );
     assert_eq!(r["limit_exceeded"], "output", "{r}");
-    // The run alone: a print costs far less CPU than starting the interpreter did.
-    let r = warm_run(&warm, &py("print(1)"));
-    assert!(r["cpu_time"].as_f64().unwrap() < 0.05, "{r}");
-    assert!(r["execution_time"].as_f64().unwrap() < 1.0, "{r}");
+    // The run alone: a warm print's CPU time leaves out the interpreter's start, which a cold
+    // print's includes (the least of three each, so that a loaded machine does not decide).
+    let cpu = |r: Value| r["cpu_time"].as_f64().unwrap();
+    let least = |v: [f64; 3]| v.into_iter().fold(f64::MAX, f64::min);
+    let w = least([0, 1, 2].map(|_| cpu(warm_run(&warm, &py("print(1)")))));
+    let c = least([0, 1, 2].map(|_| cpu(cold.execute(&py("print(1)")))));
+    assert!(w < c * 0.6, "warm print(1) used {w} s of CPU, cold {c} s");
     let r = warm_run(
         &warm,
         &py(
