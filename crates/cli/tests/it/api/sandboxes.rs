@@ -2211,7 +2211,17 @@ fn artifacts_download_right_after_the_answer_under_load() {
     let (id, _) = default_sandbox(&srv);
     let stop = AtomicBool::new(false);
     let executed = AtomicUsize::new(0);
+    // Sets `stop` when the main loop ends, also when one of its assertions fails: the scope
+    // joins the loader threads before it lets a panic through, so without this a failure
+    // would leave the test waiting for them forever instead of failing.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop_loaders = StopOnDrop(&stop);
         for _ in 0..3 {
             s.spawn(|| {
                 while !stop.load(Ordering::SeqCst) {
@@ -2264,7 +2274,6 @@ fn artifacts_download_right_after_the_answer_under_load() {
                 .unwrap_or_default();
             assert_eq!(items.len(), 1, "run {i}: {stored:#}");
         }
-        stop.store(true, Ordering::SeqCst);
     });
     assert!(
         executed.load(Ordering::SeqCst) > 0,
