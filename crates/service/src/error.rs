@@ -124,7 +124,13 @@ impl From<runcell_sandbox::SandboxError> for Error {
             S::UnsupportedLanguage(_) => Error::invalid("UNSUPPORTED_LANGUAGE", detail),
             S::ContextsUnavailable(_) => Error::invalid("CONTEXTS_UNAVAILABLE", detail),
             S::TooManyContexts(_) => Error::conflict("TOO_MANY_CONTEXTS", detail),
-            S::Closed(_) => Error::new(Kind::NotFound, "SANDBOX_DELETED", detail),
+            // Closed while a request that had found it live was under way: the code says how
+            // it ended, as for a request that comes after.
+            S::Closed(reason) => Error::new(
+                Kind::NotFound,
+                crate::sandboxes::ended_code(&reason),
+                detail,
+            ),
             S::Invalid(_) => Error::invalid("INVALID_REQUEST", detail),
             S::Kernel(_) | S::Jail(_) => Error::busy("KERNEL_UNAVAILABLE", detail),
         }

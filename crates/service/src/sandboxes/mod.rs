@@ -4,7 +4,6 @@
 //! artifact links.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -103,7 +102,7 @@ pub struct Live {
     pub(crate) tenant: String,
     token_hash: String,
     created_at: i64,
-    expires_at: AtomicI64,
+    lifetime: Lifetime,
     spec: Spec,
     /// Runs not finished, and finished ones for a minute (until their record is written).
     runs: Mutex<HashMap<String, Arc<Run>>>,
@@ -120,7 +119,7 @@ impl Live {
             status: SandboxStatus::Running,
             access_token: None,
             created_at: ms_rfc3339(self.created_at),
-            expires_at: ms_rfc3339(self.expires_at.load(Ordering::SeqCst)),
+            expires_at: ms_rfc3339(self.lifetime.expires_at()),
             timeout_secs: self.spec.timeout_secs,
             limits: self.spec.limits,
             metadata: self.spec.metadata.clone(),
@@ -186,6 +185,7 @@ fn private_dir(p: &std::path::Path) -> std::io::Result<()> {
 
 mod commands;
 mod files;
+mod lifetime;
 mod links;
 mod records;
 mod runs;
@@ -194,6 +194,7 @@ pub use commands::CommandRequest;
 pub use files::{FileUpload, MAX_LISTED, read_lines};
 pub use runs::{ArtifactContent, CodeRunRequest, RunList};
 
+use lifetime::Lifetime;
 pub use links::parse_rfc3339_secs;
 use links::{constant_time_eq, signing_key};
 use records::{Observer, Write, writer};
@@ -310,6 +311,9 @@ impl Sandboxes {
         if let Some(l) = self.live(id)
             && allowed(&l.tenant, &l.token_hash)
         {
+            // Expired (whether or not the reaper has got to it yet) or being ended: the
+            // answer says how it ended, as it will once its record says so.
+            l.lifetime.check(id, now_ms())?;
             return Ok(l);
         }
         match self.store.get_sandbox_by_id(id).await? {
@@ -358,7 +362,7 @@ impl Sandboxes {
             tenant: tenant.to_string(),
             token_hash: hash_key(&token),
             created_at: now,
-            expires_at: AtomicI64::new(expires),
+            lifetime: Lifetime::new(expires),
             spec,
             runs: Mutex::new(HashMap::new()),
         });
@@ -519,7 +523,12 @@ impl Sandboxes {
             self.cfg.max_timeout_secs,
             "INVALID_REQUEST",
         )?;
-        let expires = now_ms() + secs as i64 * 1000;
+        let now = now_ms();
+        let expires = now + secs as i64 * 1000;
+        // First in memory, where the reaper and a deletion claim the end under the same lock:
+        // either this renewal comes first and the reaper leaves the sandbox alone, or the
+        // sandbox has ended (or expired) and the renewal answers how.
+        live.lifetime.renew(live.id(), now, expires)?;
         if !self
             .store
             .renew_sandbox(&live.tenant, live.id(), expires)
@@ -527,29 +536,33 @@ impl Sandboxes {
         {
             return Err(not_found(live.id()));
         }
-        live.expires_at.store(expires, Ordering::SeqCst);
         Ok(live.object())
     }
 
     /// Ends a sandbox: the record says why, and every process in it is dead and its workspace
-    /// removed when this returns.
+    /// removed when this returns. If it is already ending, the error says how; an expiry of a
+    /// sandbox renewed in the meantime does nothing.
+    ///
+    /// The sandbox stays in the live map, marked as ending, until its record says how it
+    /// ended: a request in between is answered from the mark, never from a record that still
+    /// says running.
     pub async fn end(&self, live: &Arc<Live>, reason: &str) -> Result<(), Error> {
-        let removed = self
-            .live
+        let now = now_ms();
+        if !live.lifetime.claim_end(live.id(), reason, now)? {
+            return Ok(());
+        }
+        let stored = self.store.end_sandbox(live.id(), now, reason).await;
+        self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(live.id())
-            .is_some();
-        if !removed {
-            return Err(not_found(live.id()));
-        }
-        self.store.end_sandbox(live.id(), now_ms(), reason).await?;
+            .remove(live.id());
         let s = Arc::clone(&live.sandbox);
         let r = reason.to_string();
         tokio::task::spawn_blocking(move || s.destroy(&r))
             .await
             .map_err(Error::internal)?;
         metrics::counter!("runcell_sandboxes_ended_total", "reason" => if reason == DELETED { "deleted" } else { "expired" }).increment(1);
+        stored?;
         Ok(())
     }
 
@@ -564,7 +577,7 @@ impl Sandboxes {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .values()
-                .filter(|l| l.expires_at.load(Ordering::SeqCst) <= now)
+                .filter(|l| l.lifetime.expires_at() <= now)
                 .cloned()
                 .collect();
             for l in expired {
@@ -709,30 +722,39 @@ pub fn not_found(id: &str) -> Error {
 
 /// The 404 of a sandbox that ended.
 pub fn gone(row: &SandboxRow) -> Error {
-    let at = row.ended_at.map(ms_rfc3339).unwrap_or_default();
-    let reason = row.end_reason.as_deref().unwrap_or("");
-    let (code, detail) = match reason {
-        EXPIRED => (
-            "SANDBOX_EXPIRED",
-            format!(
-                "sandbox {} expired at {at}; it and its workspace are gone (renew a sandbox with \
-                 POST /v1/sandboxes/{{id}}/timeout before it expires)",
-                row.id
-            ),
+    ended(
+        &row.id,
+        row.end_reason.as_deref().unwrap_or(""),
+        row.ended_at.unwrap_or(0),
+        row.expires_at,
+    )
+}
+
+/// The code that says how a sandbox ended, for the reason it ended with.
+pub fn ended_code(reason: &str) -> &'static str {
+    match reason {
+        EXPIRED => "SANDBOX_EXPIRED",
+        DELETED => "SANDBOX_DELETED",
+        _ => "SANDBOX_TERMINATED",
+    }
+}
+
+/// The 404 of sandbox `id`, which ended for `reason` at `at` (an expired one at its expiry
+/// time, `expires_at`, whenever the reaper got to it).
+pub(crate) fn ended(id: &str, reason: &str, at: i64, expires_at: i64) -> Error {
+    let detail = match reason {
+        EXPIRED => format!(
+            "sandbox {id} expired at {}; it and its workspace are gone (renew a sandbox with \
+             POST /v1/sandboxes/{{id}}/timeout before it expires)",
+            ms_rfc3339(expires_at)
         ),
-        DELETED => (
-            "SANDBOX_DELETED",
-            format!(
-                "sandbox {} was deleted at {at}; it and its workspace are gone",
-                row.id
-            ),
+        DELETED => format!(
+            "sandbox {id} was deleted at {}; it and its workspace are gone",
+            ms_rfc3339(at)
         ),
-        r => (
-            "SANDBOX_TERMINATED",
-            format!("sandbox {} ended at {at} ({r})", row.id),
-        ),
+        r => format!("sandbox {id} ended at {} ({r})", ms_rfc3339(at)),
     };
-    Error::new(Kind::NotFound, code, detail)
+    Error::new(Kind::NotFound, ended_code(reason), detail)
 }
 
 fn object_of_row(r: &SandboxRow) -> SandboxObject {

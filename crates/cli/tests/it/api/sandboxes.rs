@@ -569,21 +569,33 @@ fn lifecycle_create_get_list_renew_delete() {
     }
 }
 
-/// Expiry: a sandbox created with `timeout_secs: 2` (and a run going in it) answers
+/// Expiry: a sandbox renewed to `timeout_secs: 1` (with a run going in it) answers
 /// `404 SANDBOX_EXPIRED` within a few seconds, not before its `expires_at`, and every request
-/// answers at once (never a hang or a 502).
+/// answers at once (never a hang or a 502), with SANDBOX_EXPIRED whether the server has ended
+/// the sandbox yet or not. The run is submitted while the sandbox has a minute to live, and
+/// only then is its lifetime shortened, so that a slow host (an emulated CPU) cannot let it
+/// expire before the run is submitted.
 #[test]
 fn an_expired_sandbox_answers_404_sandbox_expired_at_once() {
     let srv = Server::start();
-    let sb = create(&srv, KEY_A, &json!({"timeout_secs": 2}));
+    let sb = create(&srv, KEY_A, &json!({"timeout_secs": 60}));
     let id = id_of(&sb).to_string();
-    let expires = ms(&sb["expires_at"]);
-    let life = expires - ms(&sb["created_at"]);
-    assert!((life - 2000).abs() <= 1000, "{sb:#}");
-    let started = Instant::now();
+    let life = ms(&sb["expires_at"]) - ms(&sb["created_at"]);
+    assert!((life - 60_000).abs() <= 1000, "{sb:#}");
     quick(&srv, "GET", &sb_path(&id, ""), None).0.expect(200);
     let sleeper = submit(&srv, &id, json!({"code": "import time\ntime.sleep(60)"}));
     let sleeper = id_of(&sleeper).to_string();
+    let renewed = srv
+        .post(
+            &sb_path(&id, "/timeout"),
+            Some(KEY_A),
+            &json!({"timeout_secs": 1}),
+        )
+        .expect(200)
+        .json();
+    let started = Instant::now();
+    let expires = ms(&renewed["expires_at"]);
+    assert!(expires < ms(&sb["expires_at"]), "{renewed:#}");
 
     let gone = eventually(Duration::from_secs(6), "the sandbox to expire", || {
         let (r, took) = quick(&srv, "GET", &sb_path(&id, ""), None);
