@@ -206,14 +206,25 @@ fn cancel_timeout_and_memory_errors_leave_the_context_usable() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t = std::time::Instant::now();
         assert!(run.cancel());
+        // The run's end (what a client waiting for it sees) is measured apart from the end of
+        // `execute`, which also restarts the kernel when the interrupt did not stop the code
+        // within the grace period (seconds for a Python kernel on a real CPU, 20 s and more
+        // under an emulated one).
+        run.wait().await;
+        let ended = t.elapsed();
         exec.await.unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "cancel took {:?}",
-            t.elapsed()
-        );
+        let returned = t.elapsed();
         let r = run.snapshot();
+        eprintln!(
+            "cancel: the run ended after {ended:?}, execute returned after {returned:?}: {:?}",
+            r.failure_reason
+        );
         assert_eq!(r.status, RunStatus::Cancelled, "{r:#?}");
+        assert!(
+            ended < Duration::from_secs(1),
+            "cancel took {ended:?} (execute returned after {returned:?}): {:?}",
+            r.failure_reason
+        );
         let r = run_code(&sb, &ctx, "state + 1", Duration::from_secs(30)).await;
         assert_eq!(r.execution.results[0].text.as_deref(), Some("42"), "{r:#?}");
 
