@@ -179,6 +179,8 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
     let server = start_server(args.server_concurrency)?;
     // The same server without warm interpreters, for Python's cold start next to its warm one.
     let cold = start_server_with(args.server_concurrency, &[("RUNCELL_WARM_POOL_SIZE", "0")])?;
+    // And with warm interpreters each started in its jail, not forked from Python's zygote.
+    let unforked = start_server_with(args.server_concurrency, &[("RUNCELL_ZYGOTES", "0")])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -190,19 +192,22 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
     let mut rows = Vec::new();
     // "c" sends the same source every time (compiled once, then from the compile cache);
     // "c-cold" makes every source unique, so every request compiles.
-    // "python" runs in warm interpreters (the default), "python-cold" starts one per run.
+    // "python" runs in warm interpreters forked from the zygote (the default),
+    // "python-nozygote" in warm interpreters each started in its jail, "python-cold" starts
+    // one per run.
     let scenarios = [
         ("python", PY),
+        ("python-nozygote", PY),
         ("python-cold", PY),
         ("javascript", JS),
         ("c", C),
         ("c-cold", C),
     ];
     for (language, code) in scenarios {
-        let target = if language == "python-cold" {
-            &cold
-        } else {
-            &server
+        let target = match language {
+            "python-cold" => &cold,
+            "python-nozygote" => &unforked,
+            _ => &server,
         };
         let url = format!("{}/api/v1/execute", target.base);
         let call = {
@@ -214,7 +219,9 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
                     let code = format!("// request {n} of {}\n{code}", std::process::id());
                     json!({"language": "c", "code": code}).to_string()
                 } else {
-                    let language = language.trim_end_matches("-cold");
+                    let language = language
+                        .trim_end_matches("-cold")
+                        .trim_end_matches("-nozygote");
                     json!({"language": language, "code": code}).to_string()
                 };
                 let req = client
@@ -245,7 +252,7 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
                 async move {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     tokio::task::spawn_blocking(move || match language {
-                        "python" | "python-cold" => bare_python(),
+                        "python" | "python-cold" | "python-nozygote" => bare_python(),
                         "javascript" => bare_node(),
                         _ => bare_c(&dir, n),
                     })
@@ -312,7 +319,8 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
         "runcell = POST /api/v1/execute end to end (HTTP, auth, store, jail, compile for C: \
          `c` sends one source, compiled once and then taken from the compile cache; `c-cold` \
          makes every source unique, so every request compiles; `python` runs in warm \
-         interpreters, `python-cold` on a server without them); bare = the same program \
+         interpreters forked from the zygote, `python-nozygote` in warm interpreters each \
+         started in its jail, `python-cold` on a server without them); bare = the same program \
          spawned directly (C: gcc, then the binary)."
     );
     Ok(if rows.iter().any(|r| r.errors > 0) {

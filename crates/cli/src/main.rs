@@ -106,6 +106,13 @@ fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__spawner") {
         std::process::exit(runcell_jail::spawner_main());
     }
+    // So must a zygote, which the spawner starts by executing this binary again.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == runcell_jail::ZYGOTE_ARG)
+    {
+        std::process::exit(runcell_jail::zygote_main());
+    }
     let cli = Cli::parse();
     let code = match dispatch(cli) {
         Ok(code) => code,

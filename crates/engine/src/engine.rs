@@ -52,6 +52,9 @@ pub struct EngineConfig {
     /// Jails kept prepared with a warm interpreter waiting in them, per language that has one
     /// (`[warm]` in its definition; 0: every run starts its interpreter).
     pub warm_pool_size: usize,
+    /// Whether warm interpreters of languages with a zygote (`warm.zygote_library`) are forks
+    /// of it rather than each started in its jail.
+    pub zygotes: bool,
     /// Directory of the compile cache (root only; none: no cache). The server puts it in its
     /// data directory.
     pub compile_cache_dir: Option<PathBuf>,
@@ -79,6 +82,7 @@ impl Default for EngineConfig {
             max_files_bytes: 16 << 20,
             pool_size: 0,
             warm_pool_size: 0,
+            zygotes: true,
             compile_cache_dir: None,
             compile_cache_mb: 512,
         }
@@ -121,6 +125,8 @@ pub struct Engine {
     warm: Option<WarmPool>,
     /// Runs served by a warm interpreter since start.
     warm_runs: std::sync::atomic::AtomicU64,
+    /// Of those, runs whose interpreter was forked from a zygote.
+    zygote_runs: std::sync::atomic::AtomicU64,
     jail_config: JailConfig,
     registry: Arc<Registry>,
     config: EngineConfig,
@@ -288,6 +294,7 @@ impl Engine {
             pool,
             warm,
             warm_runs: std::sync::atomic::AtomicU64::new(0),
+            zygote_runs: std::sync::atomic::AtomicU64::new(0),
             jail_config: jail,
             registry,
             config,
@@ -326,10 +333,16 @@ impl Engine {
             };
             let mut env = base_env();
             merge_env(&mut env, lang.env(&vars));
-            specs.push((
-                lang.id.clone(),
-                step_spec(config, w.argv.clone(), env, &limits),
-            ));
+            let zygote = w
+                .zygote_library
+                .as_ref()
+                .filter(|_| config.zygotes)
+                .and_then(|lib| Self::zygote(pool, jail, lang, lib, &w.argv, &env));
+            specs.push(crate::warm::WarmLang {
+                lang: lang.id.clone(),
+                spec: step_spec(config, w.argv.clone(), env, &limits),
+                zygote,
+            });
         }
         WarmPool::new(
             pool.spawner().clone(),
@@ -340,6 +353,45 @@ impl Engine {
         )
     }
 
+    /// Starts a zygote for a language's warm interpreter; `None` (logged) if it cannot start
+    /// or its interpreter is not the version the cold command runs: runs then start their
+    /// interpreter in their jail.
+    fn zygote(
+        pool: &JailPool,
+        jail: &JailConfig,
+        lang: &Language,
+        library: &std::path::Path,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Option<u64> {
+        let spec = runcell_jail::ZygoteSpec {
+            kind: runcell_jail::ZygoteKind::Python,
+            library: library.to_path_buf(),
+            argv: argv.to_vec(),
+            env: env.to_vec(),
+            config: jail.clone(),
+        };
+        let cold = lang.probe_version();
+        match pool.spawner().start_zygote(&spec) {
+            Ok((id, version)) if cold.as_deref() == Some(version.as_str()) => {
+                tracing::info!("{} zygote {version} ready", lang.id);
+                Some(id)
+            }
+            Ok((_, version)) => {
+                tracing::warn!(
+                    "{}'s zygote library is version {version}, its command {}: no zygote",
+                    lang.id,
+                    cold.as_deref().unwrap_or("unknown")
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{}'s zygote did not start: {e}; no zygote", lang.id);
+                None
+            }
+        }
+    }
+
     /// Warm interpreters ready right now.
     pub fn warm_ready(&self) -> usize {
         self.warm.as_ref().map_or(0, WarmPool::ready)
@@ -348,6 +400,11 @@ impl Engine {
     /// Runs served by a warm interpreter since this engine started.
     pub fn warm_runs(&self) -> u64 {
         self.warm_runs.load(Ordering::Relaxed)
+    }
+
+    /// Of [`Engine::warm_runs`], those whose interpreter was a zygote's fork.
+    pub fn zygote_runs(&self) -> u64 {
+        self.zygote_runs.load(Ordering::Relaxed)
     }
 
     /// A fresh jail for a session (runs of one session share its workspace); give it back
@@ -857,10 +914,14 @@ impl Engine {
     ) -> Result<(), JailError> {
         let run = plan.limits;
         self.warm_runs.fetch_add(1, Ordering::Relaxed);
+        if warm.preloaded {
+            self.zygote_runs.fetch_add(1, Ordering::Relaxed);
+        }
         let Warm {
             jail,
             mut process,
             mut input,
+            ..
         } = warm;
         let owned = Owned {
             jail: Some(jail),

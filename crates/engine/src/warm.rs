@@ -9,8 +9,14 @@
 //! The isolation is the cold path's by construction: the interpreter was started in the run's
 //! own jail (namespaces, cgroup, uid, seccomp, Landlock, rlimits, no_new_privs) by the same
 //! step code, before any user input existed, and the jail serves one run only, then is
-//! destroyed. Nothing is shared between runs: no fork of a common parent, so memory, file
-//! descriptors, hash seeds and random state are each interpreter's own.
+//! destroyed.
+//!
+//! Where the language has a zygote (`warm.zygote_library`), a warm jail is a fork of it
+//! (`Spawner::prepare_in`) and its interpreter is the zygote's, already initialized
+//! (`Jail::start_preloaded`): no interpreter start at all, so a jail is quick enough to make on
+//! the request's path when none is ready. The jail and step are built by the same code; what
+//! the fork shares with its siblings (the zygote's copy-on-write memory: address layout, hash
+//! seed) is in docs/security.md. Without a zygote nothing is shared between runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -29,6 +35,16 @@ pub(crate) struct Warm {
     pub process: Process,
     /// The write end of the interpreter's standard input.
     pub input: File,
+    /// Whether the interpreter is a zygote's fork.
+    pub preloaded: bool,
+}
+
+/// A language with a warm interpreter: its step (argv = its warm command), as a default run
+/// gets it, and its zygote if it has one.
+pub(crate) struct WarmLang {
+    pub lang: String,
+    pub spec: ProcessSpec,
+    pub zygote: Option<u64>,
 }
 
 /// The command line header a warm interpreter reads first: a 4-byte big-endian length, then
@@ -46,8 +62,7 @@ struct Inner {
     config: JailConfig,
     limits: CgroupLimits,
     target: usize,
-    /// Each warm language's step (argv = its warm command), as a default run gets it.
-    specs: Vec<(String, ProcessSpec)>,
+    specs: Vec<WarmLang>,
     ready: Mutex<HashMap<String, VecDeque<Warm>>>,
     wake: Condvar,
     stop: AtomicBool,
@@ -65,7 +80,7 @@ impl WarmPool {
         config: JailConfig,
         limits: CgroupLimits,
         target: usize,
-        specs: Vec<(String, ProcessSpec)>,
+        specs: Vec<WarmLang>,
     ) -> Option<WarmPool> {
         if target == 0 || specs.is_empty() {
             return None;
@@ -90,15 +105,32 @@ impl WarmPool {
 
     /// The step a warm interpreter of `lang` runs in, if the language has one here.
     pub fn spec(&self, lang: &str) -> Option<&ProcessSpec> {
-        self.inner
-            .specs
-            .iter()
-            .find(|(l, _)| l == lang)
-            .map(|(_, s)| s)
+        self.lang(lang).map(|w| &w.spec)
+    }
+
+    fn lang(&self, lang: &str) -> Option<&WarmLang> {
+        self.inner.specs.iter().find(|w| w.lang == lang)
+    }
+
+    /// A warm interpreter of `lang`: one that is ready, else, for a language with a zygote,
+    /// one forked now (a jail and no interpreter start: cheaper than a cold start).
+    pub fn take(&self, lang: &str) -> Option<Warm> {
+        if let Some(w) = self.take_ready(lang) {
+            return Some(w);
+        }
+        let l = self.lang(lang)?;
+        l.zygote?;
+        match start(&self.inner, l) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("forking a {lang} interpreter failed: {e}");
+                None
+            }
+        }
     }
 
     /// A warm interpreter of `lang`, if one is ready (never waits).
-    pub fn take(&self, lang: &str) -> Option<Warm> {
+    fn take_ready(&self, lang: &str) -> Option<Warm> {
         let mut ready = self.inner.ready.lock().unwrap_or_else(|p| p.into_inner());
         let q = ready.get_mut(lang)?;
         let mut found = None;
@@ -139,23 +171,30 @@ impl Drop for WarmPool {
     }
 }
 
-/// Prepares a jail and starts `spec` in it, reading from a pipe whose write end is returned.
-fn start(inner: &Inner, spec: &ProcessSpec) -> Result<Warm, JailError> {
-    let jail = inner.spawner.prepare(&inner.config, &inner.limits)?;
+/// Prepares a jail (forked from the language's zygote if it has one) and starts its warm
+/// step in it, reading from a pipe whose write end is returned.
+fn start(inner: &Inner, lang: &WarmLang) -> Result<Warm, JailError> {
+    let jail = inner
+        .spawner
+        .prepare_in(lang.zygote, &inner.config, &inner.limits)?;
     let (r, w) = std::io::pipe().map_err(|e| JailError::Io {
         what: "warm interpreter's stdin".into(),
         source: e,
     })?;
-    let process = jail.start(
-        spec,
+    let (stdin, out, err) = (
         StdinSource::Fd(r.into()),
         OutputTarget::Pipe,
         OutputTarget::Pipe,
-    )?;
+    );
+    let process = match lang.zygote {
+        Some(_) => jail.start_preloaded(&lang.spec, stdin, out, err)?,
+        None => jail.start(&lang.spec, stdin, out, err)?,
+    };
     Ok(Warm {
         jail,
         process,
         input: File::from(std::os::fd::OwnedFd::from(w)),
+        preloaded: lang.zygote.is_some(),
     })
 }
 
@@ -172,18 +211,20 @@ fn fill(inner: &Inner) {
                 let short = inner
                     .specs
                     .iter()
-                    .map(|(l, s)| (ready.get(l).map_or(0, VecDeque::len), l, s))
-                    .filter(|(n, _, _)| *n < inner.target)
-                    .min_by_key(|(n, _, _)| *n)
-                    .map(|(_, l, s)| (l.clone(), s.clone()));
+                    .enumerate()
+                    .map(|(i, w)| (ready.get(&w.lang).map_or(0, VecDeque::len), i))
+                    .filter(|(n, _)| *n < inner.target)
+                    .min_by_key(|(n, _)| *n)
+                    .map(|(_, i)| i);
                 match short {
                     Some(x) => break x,
                     None => ready = inner.wake.wait(ready).unwrap_or_else(|p| p.into_inner()),
                 }
             }
         };
-        let (lang, spec) = next;
-        match start(inner, &spec) {
+        let l = &inner.specs[next];
+        let lang = l.lang.clone();
+        match start(inner, l) {
             Ok(w) => {
                 backoff = Duration::from_millis(50);
                 let mut ready = inner.ready.lock().unwrap_or_else(|p| p.into_inner());

@@ -96,7 +96,9 @@ impl Stage {
     }
 }
 
-/// What the spawner hands to the agent (by memory: the agent is its fork).
+/// What the spawner hands to the agent (by memory when the agent is its fork; over the
+/// zygote's socket, without the filters and descriptors, when a zygote forks it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct AgentPlan {
     pub config: JailConfig,
     /// Empty host directory over which the new root is built.
@@ -107,8 +109,10 @@ pub(crate) struct AgentPlan {
     /// Mount points of the mount namespace the agent starts from (the spawner's).
     pub mount_points: Vec<PathBuf>,
     /// Compiled seccomp filters for every program of this jail.
+    #[serde(skip)]
     pub filters: Vec<seccompiler::BpfProgram>,
     /// cgroup `tasks` files (v1) the agent writes `0` to, to move itself into its cgroup.
+    #[serde(skip)]
     pub cgroup_tasks: Vec<RawFd>,
     /// Highest capability number of the kernel (`/proc/sys/kernel/cap_last_cap`).
     pub cap_last_cap: u32,
@@ -208,7 +212,7 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
         ));
     }
 
-    build_root(plan)?;
+    build_root(plan, Enter::Pivot)?;
     sethostname(&plan.config.hostname).map_err(|e| setup_err("uts", "sethostname", e))?;
     if plan.loopback {
         loopback_up().map_err(|e| setup_err("network", "bring up loopback", e))?;
@@ -294,7 +298,8 @@ fn serve(plan: &AgentPlan, ctrl: BorrowedFd<'_>) -> Result<(), JailError> {
                 return Ok(());
             };
             let reply = match req {
-                AgentRequest::Start(spec) => start_step(plan, &spec, fds),
+                AgentRequest::Start(spec) => start_step(plan, &spec, false, fds),
+                AgentRequest::StartPreloaded(spec) => start_step(plan, &spec, true, fds),
             };
             let sent = match reply {
                 Ok(pidfd) => proto::send(ctrl, &AgentReply::Started, &[pidfd.as_raw_fd()]),
@@ -421,7 +426,17 @@ fn copy_file(src: &Path, dst: &Path) -> io::Result<()> {
 }
 
 /// Builds the jail's root over `staging` and pivots into it.
-fn build_root(plan: &AgentPlan) -> Result<(), JailError> {
+/// How a process enters the root [`build_root`] made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enter {
+    /// `pivot_root` and detach the old root: nothing of the host stays reachable (jails).
+    Pivot,
+    /// `chroot`, keeping the mount namespace's real root reachable for whoever holds a
+    /// descriptor of it (a zygote, whose forks leave the chroot to build their own jail).
+    Chroot,
+}
+
+pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError> {
     let (cfg, staging, devices) = (&plan.config, plan.staging.as_path(), plan.devices.as_path());
     // Nothing mounted from here on may propagate back to the host.
     mount_at(
@@ -589,12 +604,19 @@ fn build_root(plan: &AgentPlan) -> Result<(), JailError> {
         &ws,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(
-            &cfg.workspace
-                .mount_options(0o755, Some((JAIL_UID, JAIL_GID))),
-        ),
+        // (A zygote's user namespace has no uid 1000: its workspace is never written.)
+        Some(&cfg.workspace.mount_options(
+            0o755,
+            (enter == Enter::Pivot).then_some((JAIL_UID, JAIL_GID)),
+        )),
     )?;
 
+    if enter == Enter::Chroot {
+        restrict(staging, ro, false)?;
+        nix::unistd::chdir(staging).map_err(|e| setup_err("chroot", "chdir to new root", e))?;
+        nix::unistd::chroot(".").map_err(|e| setup_err("chroot", "chroot", e))?;
+        return nix::unistd::chdir("/").map_err(|e| setup_err("chroot", "chdir /", e));
+    }
     // Enter the new root; the old one is detached and unreachable from inside.
     nix::unistd::chdir(staging).map_err(|e| setup_err("pivot", "chdir to new root", e))?;
     pivot_root(".", ".").map_err(|e| setup_err("pivot", "pivot_root", e))?;
@@ -724,6 +746,9 @@ struct StepPlan {
     /// Mount options of the private /tmp and /dev/shm; `None` for a shared step.
     private: Option<(String, String)>,
     rlimits: [(libc::__rlimit_resource_t, u64, u64); 7],
+    /// Run the interpreter this jail's zygote preloaded instead of `execve` (see
+    /// [`crate::zygote`]).
+    preloaded: bool,
 }
 
 fn cstr(s: &str) -> Result<CString, JailError> {
@@ -761,6 +786,7 @@ impl StepPlan {
         };
         let r = &spec.rlimits;
         Ok(StepPlan {
+            preloaded: false,
             candidates,
             argv,
             envp,
@@ -794,6 +820,7 @@ impl StepPlan {
 fn start_step(
     plan: &AgentPlan,
     spec: &ProcessSpec,
+    preloaded: bool,
     fds: Vec<OwnedFd>,
 ) -> Result<OwnedFd, JailError> {
     if fds.len() != 5 {
@@ -802,7 +829,11 @@ fn start_step(
             fds.len()
         )));
     }
-    let step = StepPlan::new(spec)?;
+    let mut step = StepPlan::new(spec)?;
+    if preloaded {
+        crate::zygote::check_preloaded(spec)?;
+        step.preloaded = true;
+    }
     if step.private.is_none() && plan.config.shared.is_none() {
         return Err(JailError::InvalidConfig(
             "a shared step needs a jail prepared with shared mounts".into(),
@@ -1134,6 +1165,11 @@ fn program(
     if drop_privileges(plan.cap_last_cap).is_err() {
         fail(Stage::Credentials, last_errno());
     }
+    // Changing credentials made us undumpable; execve would make a cold program dumpable
+    // again (its /proc entries its own), so a preloaded one becomes so here.
+    if step.preloaded && nix::sys::prctl::set_dumpable(true).is_err() {
+        fail(Stage::Credentials, last_errno());
+    }
     if nix::sys::prctl::set_no_new_privs().is_err() {
         fail(Stage::NoNewPrivs, last_errno());
     }
@@ -1151,6 +1187,12 @@ fn program(
             _ => libc::EINVAL,
         };
         fail(Stage::Seccomp, errno);
+    }
+    if step.preloaded {
+        // No execve: what it would do, done by hand. Every descriptor but 0-2 closes (the
+        // error pipe too, which tells the step init the program started), and the
+        // interpreter's signal dispositions are restored.
+        crate::zygote::run_preloaded()
     }
     let mut argv: Vec<*const libc::c_char> = step.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -1198,7 +1240,7 @@ fn own_null(fd: RawFd) -> io::Result<RawFd> {
     Ok(own)
 }
 
-fn default_signal_dispositions() {
+pub(crate) fn default_signal_dispositions() {
     /// The kernel's `struct sigaction` on x86_64.
     #[repr(C)]
     struct KernelSigaction {

@@ -21,6 +21,7 @@ use crate::proto::{self, AgentReply, AgentRequest, PreparedInfo, SpawnerReply, S
 use crate::sandboxfs::SandboxFs;
 use crate::spawner::{SPAWNER_FD, SpawnerOptions};
 use crate::workspace::Workspace;
+use crate::zygote::ZygoteSpec;
 
 /// How to start the spawner process: a program that calls [`crate::spawner_main`].
 #[derive(Debug, Clone)]
@@ -158,11 +159,37 @@ impl Spawner {
     /// Prepares a jail: namespaces, cgroup with `limits`, root filesystem, workspace. The jail
     /// is ready to [`Jail::start`] programs and is destroyed when dropped.
     pub fn prepare(&self, config: &JailConfig, limits: &CgroupLimits) -> Result<Jail, JailError> {
+        self.prepare_in(None, config, limits)
+    }
+
+    /// Starts a zygote (see [`crate::zygote`]): an interpreter initialized once in a root
+    /// like the jails' own, whose forks become jails ([`Spawner::prepare_in`]). Returns its
+    /// id and the interpreter's version.
+    pub fn start_zygote(&self, spec: &ZygoteSpec) -> Result<(u64, String), JailError> {
+        spec.validate()?;
+        let req = SpawnerRequest::StartZygote { spec: spec.clone() };
+        match self.call(&req)? {
+            (SpawnerReply::Zygote { id, version }, _) => Ok((id, version)),
+            _ => Err(JailError::Spawner(
+                "unexpected reply to start a zygote".into(),
+            )),
+        }
+    }
+
+    /// Like [`Spawner::prepare`], the jail's agent forked from `zygote` when one is given:
+    /// its programs may then be started with [`Jail::start_preloaded`].
+    pub fn prepare_in(
+        &self,
+        zygote: Option<u64>,
+        config: &JailConfig,
+        limits: &CgroupLimits,
+    ) -> Result<Jail, JailError> {
         config.validate()?;
         limits.validate()?;
         let req = SpawnerRequest::Prepare {
             config: config.clone(),
             limits: *limits,
+            zygote,
         };
         let (reply, fds) = self.call(&req)?;
         let SpawnerReply::Prepared(info) = reply else {
@@ -488,6 +515,30 @@ impl Jail {
         stdout: OutputTarget,
         stderr: OutputTarget,
     ) -> Result<Process, JailError> {
+        self.start_step(spec, false, stdin, stdout, stderr)
+    }
+
+    /// Like [`Jail::start`], but where the program would be executed, the interpreter that
+    /// the jail's zygote preloaded runs its command instead (`spec.argv` must be the zygote's
+    /// command; the jail must come from [`Spawner::prepare_in`] with that zygote).
+    pub fn start_preloaded(
+        &self,
+        spec: &ProcessSpec,
+        stdin: StdinSource,
+        stdout: OutputTarget,
+        stderr: OutputTarget,
+    ) -> Result<Process, JailError> {
+        self.start_step(spec, true, stdin, stdout, stderr)
+    }
+
+    fn start_step(
+        &self,
+        spec: &ProcessSpec,
+        preloaded: bool,
+        stdin: StdinSource,
+        stdout: OutputTarget,
+        stderr: OutputTarget,
+    ) -> Result<Process, JailError> {
         spec.validate()?;
         let stdin = match stdin {
             StdinSource::Null => dev_null(),
@@ -507,7 +558,11 @@ impl Jail {
         let sent_ns = proto::monotonic_ns();
         proto::send(
             ctrl.as_fd(),
-            &AgentRequest::Start(Box::new(spec.clone())),
+            &if preloaded {
+                AgentRequest::StartPreloaded(Box::new(spec.clone()))
+            } else {
+                AgentRequest::Start(Box::new(spec.clone()))
+            },
             &[
                 stdin.as_raw_fd(),
                 out_w.as_raw_fd(),

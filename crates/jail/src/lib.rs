@@ -27,6 +27,7 @@ mod supervise;
 mod sys;
 mod view;
 mod workspace;
+pub mod zygote;
 
 pub use agent::Stage;
 pub use client::{Jail, Killer, OutputTarget, Process, Spawner, SpawnerCommand, StdinSource};
@@ -44,3 +45,4 @@ pub use sandboxfs::{
 pub use spawner::{SpawnerOptions, spawner_main};
 pub use supervise::{Exit, Limit, Outcome, RunLimits, Stream};
 pub use workspace::{Entry, EntryKind, Walk, Workspace, WorkspaceError};
+pub use zygote::{ZYGOTE_ARG, ZygoteKind, ZygoteSpec, zygote_main};

@@ -26,6 +26,13 @@ pub(crate) enum SpawnerRequest {
     Prepare {
         config: JailConfig,
         limits: CgroupLimits,
+        /// Fork the jail from this zygote (see [`crate::zygote`]) instead of the spawner.
+        #[serde(default)]
+        zygote: Option<u64>,
+    },
+    /// Starts a zygote; answered with `Zygote`.
+    StartZygote {
+        spec: crate::zygote::ZygoteSpec,
     },
     Destroy {
         jail: u64,
@@ -46,6 +53,11 @@ pub(crate) enum SpawnerReply {
     /// the runtime directory (`O_PATH`) of jails with shared mounts.
     Prepared(PreparedInfo),
     Destroyed,
+    /// A zygote is ready: its id and the interpreter's version (its first word).
+    Zygote {
+        id: u64,
+        version: String,
+    },
     Error(WireError),
 }
 
@@ -64,6 +76,9 @@ pub(crate) enum AgentRequest {
     /// Descriptors: stdin, stdout, stderr, status pipe (write end), control pipe (read end:
     /// 4-byte signal numbers for the program's process group).
     Start(Box<ProcessSpec>),
+    /// Like `Start`, but the program is the interpreter preloaded by the zygote this jail was
+    /// forked from (the spec's `argv` must be the zygote's command).
+    StartPreloaded(Box<ProcessSpec>),
 }
 
 /// Agent → spawner (once) and agent → client.

@@ -134,6 +134,11 @@ impl Slots {
         self.in_use.iter().filter(|u| **u).count()
     }
 
+    /// The first host id of the slots' range (`2 * capacity` ids from there).
+    pub fn id_base(&self) -> u32 {
+        self.id_base
+    }
+
     pub fn capacity(&self) -> u32 {
         self.in_use.len() as u32
     }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -21,6 +22,7 @@ use crate::proto::{self, AgentReply, PreparedInfo, SpawnerReply, SpawnerRequest}
 use crate::slots::{self, SlotIds, Slots};
 use crate::sys;
 use crate::view::MountTable;
+use crate::zygote::{ZYGOTE_ARG, ZYGOTE_FD, ZygoteInit, ZygoteReply, ZygoteRequest, ZygoteSpec};
 
 /// Descriptor on which a spawner receives its socket.
 pub const SPAWNER_FD: RawFd = 3;
@@ -119,9 +121,23 @@ pub fn spawner_main() -> i32 {
 
 struct JailRecord {
     pid: libc::pid_t,
+    /// Set for jails forked by a zygote: their agent is the zygote's child, not ours.
+    pidfd: Option<OwnedFd>,
     slot: SlotIds,
     cgroup: Box<dyn Cgroup>,
 }
+
+/// A zygote (see [`crate::zygote`]): our child, and its control socket.
+struct ZygoteRecord {
+    pid: libc::pid_t,
+    sock: OwnedFd,
+}
+
+/// Where the slots' host ids start inside a zygote's user namespace (its uid 0 is a host id of
+/// its own, just past the slots' range).
+const ZYGOTE_INNER_BASE: u32 = 100_000;
+/// How long a zygote may take to start its interpreter.
+const ZYGOTE_READY_TIMEOUT_MS: i32 = 30_000;
 
 struct Server {
     cgroups: CgroupRoot,
@@ -133,6 +149,7 @@ struct Server {
     mounts: MountTable,
     jails: HashMap<u64, JailRecord>,
     next_id: u64,
+    zygotes: HashMap<u64, ZygoteRecord>,
     netns: Option<NetnsPool>,
     cap_last_cap: u32,
 }
@@ -191,6 +208,7 @@ impl Server {
             mounts,
             jails: HashMap::new(),
             next_id: 1,
+            zygotes: HashMap::new(),
             netns,
             cap_last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
                 .ok()
@@ -234,10 +252,20 @@ impl Server {
                 }
             };
             let sent = match req {
-                SpawnerRequest::Prepare { config, limits } => match self.prepare(config, limits) {
+                SpawnerRequest::Prepare {
+                    config,
+                    limits,
+                    zygote,
+                } => match self.prepare(config, limits, zygote) {
                     Ok((info, fds)) => {
                         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
                         proto::send(sock, &SpawnerReply::Prepared(info), &raw)
+                    }
+                    Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
+                },
+                SpawnerRequest::StartZygote { spec } => match self.start_zygote(spec) {
+                    Ok((id, version)) => {
+                        proto::send(sock, &SpawnerReply::Zygote { id, version }, &[])
                     }
                     Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
                 },
@@ -256,7 +284,13 @@ impl Server {
         &mut self,
         config: JailConfig,
         limits: CgroupLimits,
+        zygote: Option<u64>,
     ) -> Result<(PreparedInfo, Vec<OwnedFd>), JailError> {
+        if let Some(z) = zygote
+            && !self.zygotes.contains_key(&z)
+        {
+            return Err(JailError::Spawner(format!("no zygote {z}")));
+        }
         config.validate()?;
         limits.validate()?;
         let slot = self
@@ -272,16 +306,30 @@ impl Server {
                 return Err(JailError::io(format!("create cgroup {name}"), e));
             }
         };
-        let made = self.make_devices(slot.index).map_err(|e| {
+        let made = self.make_devices(&slot.index.to_string()).map_err(|e| {
             let _ = cgroup.remove();
             self.slots.release(slot.index);
             JailError::io("make the jail's device nodes", e)
         })?;
-        match self.clone_agent(config, slot, made, cgroup.as_ref()) {
-            Ok((pid, fds)) => {
+        let made = match zygote {
+            Some(z) => self.fork_from_zygote(z, config, slot, made, cgroup.as_ref()),
+            None => self
+                .clone_agent(config, slot, made, cgroup.as_ref())
+                .map(|(pid, fds)| (pid, None, fds)),
+        };
+        match made {
+            Ok((pid, pidfd, fds)) => {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.jails.insert(id, JailRecord { pid, slot, cgroup });
+                self.jails.insert(
+                    id,
+                    JailRecord {
+                        pid,
+                        pidfd,
+                        slot,
+                        cgroup,
+                    },
+                );
                 let info = PreparedInfo {
                     jail: id,
                     slot: slot.index,
@@ -292,7 +340,7 @@ impl Server {
             }
             Err(e) => {
                 let _ = cgroup.remove();
-                self.remove_devices(slot.index);
+                self.remove_devices(&slot.index.to_string());
                 self.slots.release(slot.index);
                 Err(e)
             }
@@ -394,6 +442,203 @@ impl Server {
         Ok((pid, fds))
     }
 
+    /// Starts a zygote: cloned like an agent into namespaces of its own (its user namespace
+    /// maps its uid 0 to a host id of its own and the slots' ids, so that it can map each
+    /// fork to its slot), then a fresh `execve` of this binary with the spec's environment.
+    fn start_zygote(&mut self, spec: ZygoteSpec) -> Result<(u64, String), JailError> {
+        spec.validate()?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let name = format!("zygote-{id}");
+        let devices = self
+            .make_devices(&name)
+            .map_err(|e| JailError::io("make the zygote's device nodes", e))?;
+        match self.clone_zygote(spec, devices) {
+            Ok((pid, sock, version)) => {
+                self.zygotes.insert(id, ZygoteRecord { pid, sock });
+                Ok((id, version))
+            }
+            Err(e) => {
+                self.remove_devices(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn clone_zygote(
+        &mut self,
+        spec: ZygoteSpec,
+        devices: PathBuf,
+    ) -> Result<(libc::pid_t, OwnedFd, String), JailError> {
+        use std::ffi::CString;
+        let (ctrl, ctrl_child) =
+            proto::seqpacket_pair().map_err(|e| JailError::io("socketpair", e))?;
+        let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| JailError::io("pipe", e.into()))?;
+        let exe = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open("/proc/self/exe")
+            .map_err(|e| JailError::io("open the spawner's executable", e))?;
+        let cstr = |s: String| {
+            CString::new(s).map_err(|_| JailError::InvalidConfig("NUL byte in a zygote".into()))
+        };
+        let argv = vec![cstr("runcell".into())?, cstr(ZYGOTE_ARG.into())?];
+        let envp = spec
+            .env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mount_points = self
+            .mounts
+            .current()
+            .map_err(|e| JailError::io("read the mount table", e))?
+            .to_vec();
+        let init = ZygoteInit {
+            plan: AgentPlan {
+                config: spec.config.clone(),
+                staging: self.staging.clone(),
+                devices,
+                mount_points,
+                filters: Vec::new(),
+                cgroup_tasks: Vec::new(),
+                loopback: true,
+                cap_last_cap: self.cap_last_cap,
+            },
+            spec,
+        };
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWNET;
+        // SAFETY: the spawner is single-threaded (checked at start-up).
+        let cloned = unsafe { sys::clone_fork(flags) };
+        if matches!(cloned, Ok(0)) {
+            zygote_exec(
+                ctrl_child.as_raw_fd(),
+                sync_r.as_raw_fd(),
+                exe.as_raw_fd(),
+                &argv,
+                &envp,
+            );
+        }
+        let pid = cloned.map_err(|e| JailError::io("clone zygote", e))?;
+        drop((ctrl_child, sync_r, exe));
+        let kill = |e: JailError| {
+            // SAFETY: our own child, not yet reaped, so the pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            e
+        };
+        let zroot = self.slots.id_base() + 2 * self.slots.capacity();
+        let maps = format!(
+            "0 {zroot} 1\n{ZYGOTE_INNER_BASE} {} {}\n",
+            self.slots.id_base(),
+            2 * self.slots.capacity()
+        );
+        write_proc(pid, "uid_map", &maps).map_err(kill)?;
+        write_proc(pid, "gid_map", &maps).map_err(kill)?;
+        sys::write_all(sync_w.as_raw_fd(), b"g")
+            .map_err(|e| kill(JailError::io("start zygote", e)))?;
+        drop(sync_w);
+        proto::send(ctrl.as_fd(), &init, &[])
+            .map_err(|e| kill(JailError::io("send the zygote its plan", e)))?;
+        let reply = recv_within::<ZygoteReply>(ctrl.as_fd(), ZYGOTE_READY_TIMEOUT_MS, "zygote")
+            .map_err(kill)?;
+        match reply {
+            (ZygoteReply::Ready { version }, _) => Ok((pid, ctrl, version)),
+            (ZygoteReply::Error(e), _) => Err(kill(e.into())),
+            _ => Err(kill(JailError::Spawner(
+                "unexpected reply from a zygote".into(),
+            ))),
+        }
+    }
+
+    /// Has a zygote fork the jail's agent; then moves it into its cgroup and lets it build
+    /// the jail, as [`Server::clone_agent`] does for its own clones.
+    fn fork_from_zygote(
+        &mut self,
+        zygote: u64,
+        config: JailConfig,
+        slot: SlotIds,
+        devices: PathBuf,
+        cgroup: &dyn Cgroup,
+    ) -> Result<(libc::pid_t, Option<OwnedFd>, Vec<OwnedFd>), JailError> {
+        let (ctrl, ctrl_child) =
+            proto::seqpacket_pair().map_err(|e| JailError::io("socketpair", e))?;
+        let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| JailError::io("pipe", e.into()))?;
+        let attach = cgroup
+            .self_attach_files()
+            .map_err(|e| JailError::io("open the cgroup's tasks files", e))?;
+        let mount_points = self
+            .mounts
+            .current()
+            .map_err(|e| JailError::io("read the mount table", e))?
+            .to_vec();
+        let inner = |host: u32| ZYGOTE_INNER_BASE + (host - self.slots.id_base());
+        let map = format!(
+            "0 {} 1\n{} {} 1\n",
+            inner(slot.agent),
+            crate::config::JAIL_UID,
+            inner(slot.program)
+        );
+        let req = ZygoteRequest::Fork {
+            plan: AgentPlan {
+                config,
+                staging: self.staging.clone(),
+                devices,
+                mount_points,
+                filters: Vec::new(),
+                cgroup_tasks: Vec::new(),
+                loopback: true,
+                cap_last_cap: self.cap_last_cap,
+            },
+            uid_map: map.clone(),
+            gid_map: map,
+        };
+        let mut fds = vec![ctrl_child.as_raw_fd(), sync_r.as_raw_fd()];
+        fds.extend(attach.iter().flatten().map(|f| f.as_raw_fd()));
+        let z = self
+            .zygotes
+            .get(&zygote)
+            .ok_or_else(|| JailError::Spawner(format!("no zygote {zygote}")))?;
+        proto::send(z.sock.as_fd(), &req, &fds)
+            .map_err(|e| JailError::io("ask the zygote for a jail", e))?;
+        drop((ctrl_child, sync_r));
+        let pidfd =
+            match recv_within::<ZygoteReply>(z.sock.as_fd(), AGENT_READY_TIMEOUT_MS, "zygote")? {
+                (ZygoteReply::Forked, mut fds) if fds.len() == 1 => fds.remove(0),
+                (ZygoteReply::Error(e), _) => return Err(e.into()),
+                _ => return Err(JailError::Spawner("unexpected reply from a zygote".into())),
+            };
+        let kill = |e: JailError| {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            e
+        };
+        let pid = sys::pidfd_pid(pidfd.as_fd())
+            .map_err(|e| kill(JailError::io("read the jail's pid", e)))?
+            .ok_or_else(|| kill(JailError::Spawner("the zygote's fork died".into())))?;
+        if attach.is_none() {
+            cgroup
+                .add_process(pid)
+                .map_err(|e| kill(JailError::io("move the jail into its cgroup", e)))?;
+        }
+        drop(attach);
+        sys::write_all(sync_w.as_raw_fd(), b"g")
+            .map_err(|e| kill(JailError::io("start agent", e)))?;
+        drop(sync_w);
+        let dirs = wait_ready(ctrl.as_fd()).map_err(kill)?;
+        let client_pidfd = pidfd
+            .try_clone()
+            .map_err(|e| kill(JailError::io("dup pidfd", e)))?;
+        let mut fds = vec![ctrl, client_pidfd];
+        fds.extend(dirs);
+        Ok((pid, Some(pidfd), fds))
+    }
+
     fn destroy(&mut self, jail: u64) -> Result<(), JailError> {
         let rec = self
             .jails
@@ -406,16 +651,37 @@ impl Server {
     /// Kills a jail's agent (the kernel kills every other process of its pid namespace before
     /// the agent's exit completes), reaps it, removes the cgroup and frees the slot.
     fn finish(&mut self, rec: JailRecord) -> io::Result<()> {
-        // SAFETY: our child, not yet reaped.
-        unsafe { libc::kill(rec.pid, libc::SIGKILL) };
-        // A frozen jail (`Jail::set_frozen`) must be thawed for SIGKILL to take it on cgroup
-        // v1; on v2 it is a no-op. Fails harmlessly where there is no freezer.
-        let _ = rec.cgroup.set_frozen(false);
-        while let Err(nix::errno::Errno::EINTR) =
-            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(rec.pid), None)
-        {}
+        match &rec.pidfd {
+            // A zygote's fork: named by its pidfd (the zygote reaps it, so its pid may be
+            // reused); its exit is seen on the pidfd once its pid namespace is empty.
+            Some(pidfd) => {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                let _ = rec.cgroup.set_frozen(false);
+                let mut p = libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll on one pollfd we own.
+                while unsafe { libc::poll(&mut p, 1, 10_000) } < 0
+                    && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+                {
+                }
+            }
+            None => {
+                // SAFETY: our child, not yet reaped.
+                unsafe { libc::kill(rec.pid, libc::SIGKILL) };
+                // A frozen jail (`Jail::set_frozen`) must be thawed for SIGKILL to take it on
+                // cgroup v1; on v2 it is a no-op. Fails harmlessly where there is no freezer.
+                let _ = rec.cgroup.set_frozen(false);
+                while let Err(nix::errno::Errno::EINTR) =
+                    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(rec.pid), None)
+                {
+                }
+            }
+        }
         let r = rec.cgroup.remove();
-        self.remove_devices(rec.slot.index);
+        self.remove_devices(&rec.slot.index.to_string());
         self.slots.release(rec.slot.index);
         r
     }
@@ -423,10 +689,10 @@ impl Server {
     /// Makes fresh device nodes for the jail in `slot` (numbered like the host's), replacing
     /// any left by the slot's previous jail. Every jail has its own inodes, so a lock, watch or
     /// timestamp on its `/dev/null` is invisible to other jails and to the host.
-    fn make_devices(&self, slot: u32) -> io::Result<PathBuf> {
+    fn make_devices(&self, name: &str) -> io::Result<PathBuf> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-        let dir = self.devices.join(slot.to_string());
-        self.remove_devices(slot);
+        let dir = self.devices.join(name);
+        self.remove_devices(name);
         std::fs::create_dir(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
         for name in DEVICES {
@@ -452,8 +718,8 @@ impl Server {
         Ok(dir)
     }
 
-    fn remove_devices(&self, slot: u32) {
-        let _ = std::fs::remove_dir_all(self.devices.join(slot.to_string()));
+    fn remove_devices(&self, name: &str) {
+        let _ = std::fs::remove_dir_all(self.devices.join(name));
     }
 
     fn shutdown(&mut self) {
@@ -462,6 +728,15 @@ impl Server {
             if let Some(rec) = self.jails.remove(&id) {
                 let _ = self.finish(rec);
             }
+        }
+        for (id, z) in std::mem::take(&mut self.zygotes) {
+            drop(z.sock);
+            // SAFETY: our child, not yet reaped.
+            unsafe { libc::kill(z.pid, libc::SIGKILL) };
+            while let Err(nix::errno::Errno::EINTR) =
+                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(z.pid), None)
+            {}
+            self.remove_devices(&format!("zygote-{id}"));
         }
     }
 }
@@ -533,4 +808,100 @@ fn wait_ready(ctrl: BorrowedFd<'_>) -> Result<Vec<OwnedFd>, JailError> {
             detail: "the jail's agent exited during setup".into(),
         }),
     }
+}
+
+/// Receives one message within `timeout_ms`.
+fn recv_within<T: serde::de::DeserializeOwned>(
+    sock: BorrowedFd<'_>,
+    timeout_ms: i32,
+    who: &str,
+) -> Result<(T, Vec<OwnedFd>), JailError> {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll on one pollfd we own.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n == 0 {
+            return Err(JailError::Setup {
+                stage: who.into(),
+                detail: format!("the {who} did not answer in time"),
+            });
+        }
+        break;
+    }
+    proto::recv::<T>(sock)
+        .map_err(|e| JailError::io(format!("read the {who}'s reply"), e))?
+        .ok_or_else(|| JailError::Setup {
+            stage: who.into(),
+            detail: format!("the {who} exited"),
+        })
+}
+
+/// The zygote's clone until its `execve`: waits for its id maps, becomes uid 0 of its user
+/// namespace, dies with the spawner, and executes this binary afresh (nothing of the
+/// spawner's memory survives) with the control socket on [`ZYGOTE_FD`]. Never returns.
+fn zygote_exec(
+    ctrl: RawFd,
+    sync: RawFd,
+    exe: RawFd,
+    argv: &[std::ffi::CString],
+    envp: &[std::ffi::CString],
+) -> ! {
+    let fail = || -> ! {
+        // SAFETY: ending the clone without running the spawner's destructors.
+        unsafe { libc::_exit(127) }
+    };
+    if sys::close_all_except(&[ctrl, sync, exe]).is_err() {
+        fail();
+    }
+    crate::agent::default_signal_dispositions();
+    let mut b = [0u8; 1];
+    if !matches!(sys::read_full(sync, &mut b), Ok(1)) {
+        fail();
+    }
+    if nix::unistd::setgroups(&[]).is_err()
+        || nix::unistd::setresgid(0.into(), 0.into(), 0.into()).is_err()
+        || nix::unistd::setresuid(0.into(), 0.into(), 0.into()).is_err()
+        || nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+    {
+        fail();
+    }
+    // SAFETY: descriptor shuffling in this single-threaded clone, then execveat with valid
+    // NULL-terminated arrays of C strings that outlive the call.
+    unsafe {
+        // Out of the way of ZYGOTE_FD first, then the socket onto it, inheritable.
+        let exe = libc::fcntl(exe, libc::F_DUPFD_CLOEXEC, 64);
+        if exe < 0
+            || libc::dup2(ctrl, ZYGOTE_FD) < 0
+            || libc::fcntl(ZYGOTE_FD, libc::F_SETFD, 0) < 0
+        {
+            fail();
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null < 0 {
+            fail();
+        }
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+        a.push(std::ptr::null());
+        let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+        e.push(std::ptr::null());
+        libc::syscall(
+            libc::SYS_execveat,
+            exe,
+            c"".as_ptr(),
+            a.as_ptr(),
+            e.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    fail()
 }

@@ -3387,3 +3387,71 @@ fn a_bound_directory_with_a_mount_beneath_is_shown_whole() {
         "the test's mount must not reach the host"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Zygotes: a preloaded interpreter whose forks are jails. Same isolation, checked by attacks.
+
+/// What a zygote program prints about itself, the same cold and preloaded.
+const ZYGOTE_PROBE: &str = r#"
+import os, sys
+print(sys.argv, sys.orig_argv[:1], sys.executable, sys.prefix, sys.path)
+print(sorted(k for k in os.environ), os.getcwd(), os.getuid(), os.getgid())
+print(sys.flags.dont_write_bytecode, sys.stdout.write_through, sys.stdin.isatty())
+print(open('/proc/self/status').read().count('CapEff:\t0000000000000000'))
+print(sorted(m for m in sys.modules if not m.startswith('_')))
+"#;
+
+fn zygote_spec(code: &str) -> ZygoteSpec {
+    let mut env = spec(&["x"]).env;
+    env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    ZygoteSpec {
+        kind: ZygoteKind::Python,
+        library: "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0".into(),
+        argv: vec!["/usr/bin/python3".into(), "-c".into(), code.into()],
+        env,
+        config: config(),
+    }
+}
+
+/// Runs `z`'s program once in a fresh jail forked from zygote `id`, cleaning up like `run`.
+fn run_preloaded(id: u64, z: &ZygoteSpec, stdin: StdinSource) -> Outcome {
+    let mounts = host_mounts();
+    let jail = spawner()
+        .prepare_in(Some(id), &config(), &cgroup_limits())
+        .expect("prepare in zygote");
+    let trace = Trace::of(&jail);
+    let mut s = spec(&[]);
+    s.argv = z.argv.clone();
+    s.env = z.env.clone();
+    let p = jail
+        .start_preloaded(&s, stdin, OutputTarget::Pipe, OutputTarget::Pipe)
+        .expect("start preloaded");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut o = jail
+        .supervise(p, &run_limits(), &mut |s, c| match s {
+            Stream::Stdout => out.extend_from_slice(c),
+            Stream::Stderr => err.extend_from_slice(c),
+        })
+        .expect("supervise");
+    o.stdout = out;
+    o.stderr = err;
+    jail.destroy().expect("destroy");
+    trace.assert_gone(&mounts);
+    o
+}
+
+#[test]
+fn zygote_forks_run_like_a_cold_interpreter() {
+    let z = zygote_spec(ZYGOTE_PROBE);
+    let (id, version) = spawner().start_zygote(&z).expect("start zygote");
+    assert!(version.starts_with("3."), "{version}");
+    let warm = run_preloaded(id, &z, StdinSource::Null);
+    let mut cold_spec = spec(&[]);
+    cold_spec.argv = z.argv.clone();
+    cold_spec.env = z.env.clone();
+    let cold = run(&cold_spec);
+    assert_eq!(text(&warm.stderr), "", "{warm:?}");
+    assert_eq!(text(&warm.stdout), text(&cold.stdout));
+    assert_eq!(warm.exit, cold.exit);
+}

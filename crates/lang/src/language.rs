@@ -101,6 +101,9 @@ pub struct RunSpec {
 pub struct WarmSpec {
     /// Command template (`{prefix}`).
     pub argv: Vec<String>,
+    /// The interpreter's shared library, for a zygote: the interpreter is initialized once
+    /// and each warm jail is a fork of it that runs `argv`'s `-c` code (Python only).
+    pub zygote_library: Option<PathBuf>,
 }
 
 /// A Jupyter kernel for stateful code contexts (sandboxes).
@@ -354,6 +357,8 @@ struct RawLanguage {
 #[serde(deny_unknown_fields)]
 struct RawWarm {
     command: Vec<String>,
+    #[serde(default)]
+    zygote_library: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -692,7 +697,17 @@ impl RawLanguage {
             None => None,
             Some(w) => {
                 check_command("warm.command", &w.command, PREFIX_ONLY)?;
+                if let Some(lib) = &w.zygote_library
+                    && (!lib.is_absolute() || w.command.len() != 3 || w.command[1] != "-c")
+                {
+                    return Err(format!(
+                        "warm.zygote_library ({}) must be an absolute path, for a command \
+                         [interpreter, \"-c\", code]",
+                        lib.display()
+                    ));
+                }
                 Some(WarmSpec {
+                    zygote_library: w.zygote_library,
                     argv: w
                         .command
                         .iter()

@@ -180,6 +180,7 @@ impl Service {
             jail_pool_ready: self.engine.pool_ready(),
             warm_ready: self.engine.warm_ready(),
             warm_runs: self.engine.warm_runs(),
+            zygote_runs: self.engine.zygote_runs(),
             sessions: self.workspaces.len(),
             sandboxes: self.sandboxes.count(),
             sandbox_pool_ready: self.sandboxes.pool_ready(),
@@ -209,6 +210,8 @@ pub struct Load {
     pub warm_ready: usize,
     /// Runs served by a warm interpreter since start.
     pub warm_runs: u64,
+    /// Of those, runs whose interpreter was forked from a zygote.
+    pub zygote_runs: u64,
     pub sessions: usize,
     pub sandboxes: usize,
     pub sandbox_pool_ready: usize,

@@ -17,17 +17,28 @@ fn metric(srv: &Server, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-/// Runs `body` through a warm interpreter (waiting for one to be ready) and checks it was one.
+/// Runs `body` through a warm interpreter (waiting for one to be ready) and checks it was one,
+/// forked from Python's zygote (runcell's test setup installs Debian's libpython3.11).
 fn warm_run(srv: &Server, body: &Value) -> Value {
+    warm_run_as(srv, body, true)
+}
+
+fn warm_run_as(srv: &Server, body: &Value, zygote: bool) -> Value {
     eventually(Duration::from_secs(30), "a warm interpreter", || {
         (metric(srv, "runcell_warm_ready") > 0).then_some(())
     });
     let before = metric(srv, "runcell_warm_runs_total");
+    let forked = metric(srv, "runcell_zygote_runs_total");
     let r = srv.execute(body);
     assert_eq!(
         metric(srv, "runcell_warm_runs_total"),
         before + 1,
         "the run did not take the warm path: {r}"
+    );
+    assert_eq!(
+        metric(srv, "runcell_zygote_runs_total"),
+        forked + u64::from(zygote),
+        "zygote expected: {zygote}: {r}"
     );
     r
 }
@@ -72,6 +83,12 @@ fn warm_runs_are_indistinguishable_from_cold_starts() {
         py(
             "import os, sys\nprint(os.getcwd(), os.getuid(), os.getppid() > 0, len(sys.modules) > 10)",
         ),
+        py("import sys\nprint(sys.executable, sys.prefix, sys.flags, sys.path[1:])"),
+        py("import sys\nprint(sorted(sys.modules))"),
+        py(
+            "import signal\nprint([signal.getsignal(s) for s in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM)])",
+        ),
+        py("print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])"),
     ];
     for c in &mut cases {
         c["language"] = json!("python");
@@ -93,7 +110,7 @@ fn warm_runs_are_indistinguishable_from_cold_starts() {
 }
 
 /// Every warm run is a process of its own: hash seeds, `random`, `uuid4` and `os.urandom`
-/// differ from run to run.
+/// differ from run to run (but see below for `hash`).
 #[test]
 fn warm_runs_get_fresh_randomness() {
     let (warm, _cold) = servers();
@@ -109,7 +126,9 @@ fn warm_runs_get_fresh_randomness() {
             .map(String::from)
             .collect();
         assert_eq!(fields.len(), 4, "{r}");
-        for f in fields {
+        // Not the string hash: with a zygote (Python's, the default where libpython is
+        // installed) the hash seed is the zygote's, shared by its forks (docs/security.md).
+        for f in fields.into_iter().skip(1) {
             assert!(seen.insert(f.clone()), "{f} came twice: {r}");
         }
     }
@@ -206,4 +225,19 @@ fn warm_runs_are_contained_and_measured_like_cold_ones() {
         ),
     );
     assert_eq!(r["stdout"], "[]\n0\n", "{r}");
+}
+
+/// Without a zygote (`RUNCELL_ZYGOTES=0`) a warm interpreter is started in its own jail, and
+/// the run sees the same as a cold one.
+#[test]
+fn warm_runs_without_a_zygote_start_the_interpreter_in_the_jail() {
+    let warm = Server::with(
+        Opts::new()
+            .env("RUNCELL_WARM_POOL_SIZE", "1")
+            .env("RUNCELL_ZYGOTES", "0"),
+    );
+    let code =
+        py("import sys\nprint(sys.argv, __file__, sorted(sys.modules) == sorted(sys.modules))");
+    let r = warm_run_as(&warm, &code, false);
+    assert_eq!(r["stdout"], "['main.py'] /workspace/main.py True\n", "{r}");
 }
