@@ -3416,9 +3416,20 @@ fn zygote_spec(code: &str) -> ZygoteSpec {
 
 /// Runs `z`'s program once in a fresh jail forked from zygote `id`, cleaning up like `run`.
 fn run_preloaded(id: u64, z: &ZygoteSpec, stdin: StdinSource) -> Outcome {
+    run_preloaded_with(spawner(), id, z, stdin, &cgroup_limits(), &run_limits())
+}
+
+fn run_preloaded_with(
+    sp: &Spawner,
+    id: u64,
+    z: &ZygoteSpec,
+    stdin: StdinSource,
+    cg: &CgroupLimits,
+    limits: &RunLimits,
+) -> Outcome {
     let mounts = host_mounts();
-    let jail = spawner()
-        .prepare_in(Some(id), &config(), &cgroup_limits())
+    let jail = sp
+        .prepare_in(Some(id), &config(), cg)
         .expect("prepare in zygote");
     let trace = Trace::of(&jail);
     let mut s = spec(&[]);
@@ -3429,7 +3440,7 @@ fn run_preloaded(id: u64, z: &ZygoteSpec, stdin: StdinSource) -> Outcome {
         .expect("start preloaded");
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut o = jail
-        .supervise(p, &run_limits(), &mut |s, c| match s {
+        .supervise(p, limits, &mut |s, c| match s {
             Stream::Stdout => out.extend_from_slice(c),
             Stream::Stderr => err.extend_from_slice(c),
         })
@@ -3454,4 +3465,163 @@ fn zygote_forks_run_like_a_cold_interpreter() {
     assert_eq!(text(&warm.stderr), "", "{warm:?}");
     assert_eq!(text(&warm.stdout), text(&cold.stdout));
     assert_eq!(warm.exit, cold.exit);
+}
+
+/// A zygote whose program is `code`, started on the shared test spawner.
+fn zygote_of(code: &str) -> (u64, ZygoteSpec) {
+    let z = zygote_spec(code);
+    let (id, _) = spawner().start_zygote(&z).expect("start zygote");
+    (id, z)
+}
+
+#[test]
+fn zygote_forks_hit_the_same_limits_as_cold_programs() {
+    // Fork bomb: the task limit.
+    let (id, z) = zygote_of(
+        "import os, time\n\
+         n = 0\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       if os.fork() == 0:\n\
+         \x20           time.sleep(60); os._exit(0)\n\
+         \x20       n += 1\n\
+         except OSError as e:\n\
+         \x20   print('fork failed after', n, e.errno, flush=True); raise SystemExit(1)",
+    );
+    let cg = CgroupLimits {
+        max_tasks: 32,
+        ..cgroup_limits()
+    };
+    let out = run_preloaded_with(spawner(), id, &z, StdinSource::Null, &cg, &run_limits());
+    let s = text(&out.stdout);
+    assert!(s.contains("fork failed after"), "{s}{}", text(&out.stderr));
+    let n: u32 = s.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(n < 32, "{n} children");
+    assert_eq!(out.limit, Some(Limit::Processes));
+
+    // Memory bomb: the memory limit, and a peak that is the run's alone (under the limit).
+    let (id, z) = zygote_of("b = []\nwhile True:\n    b.append(bytearray(16 << 20))");
+    let out = run_preloaded(id, &z, StdinSource::Null);
+    assert_eq!(out.limit, Some(Limit::Memory), "{out:?}");
+    assert!(out.memory_peak_bytes <= 256 << 20, "{out:?}");
+
+    // Busy loop: the CPU time limit, counted from the fork (not the zygote's start).
+    let (id, z) = zygote_of("while True:\n    pass");
+    let limits = RunLimits {
+        cpu_time: Duration::from_millis(500),
+        ..run_limits()
+    };
+    let out = run_preloaded_with(
+        spawner(),
+        id,
+        &z,
+        StdinSource::Null,
+        &cgroup_limits(),
+        &limits,
+    );
+    assert_eq!(out.limit, Some(Limit::CpuTime), "{out:?}");
+    assert!(out.cpu_time < Duration::from_secs(2), "{out:?}");
+
+    // Daemons die with the program, and the result does not wait for them.
+    let (id, z) = zygote_of(
+        "import os, subprocess\n\
+         subprocess.Popen(['sleep', '1000'], start_new_session=True)\n\
+         if os.fork() == 0:\n\
+         \x20   os.setsid(); os.execvp('sleep', ['sleep', '1000'])\n\
+         print('started')",
+    );
+    let started = Instant::now();
+    let out = run_preloaded(id, &z, StdinSource::Null);
+    assert_eq!(text(&out.stdout), "started\n", "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// The spawner's environment (an operator's secret) is neither in a fork's environment nor
+/// anywhere in its memory (the zygote is a fresh execve with the runs' environment), and its
+/// signal state is a cold Python's. (The memory is searched for the secret with every byte
+/// shifted by one, so that the program's own copy of what it looks for never matches.)
+#[test]
+fn zygote_forks_hold_nothing_of_the_spawner() {
+    let secret = "hunter2-runcell-zygote-secret";
+    let cmd = SpawnerCommand {
+        program: "/bin/sh".into(),
+        args: vec![
+            "-c".into(),
+            format!(
+                "trap '' INT HUP USR1 PIPE; exec env RUNCELL_TEST_SECRET={secret} {}",
+                env!("CARGO_BIN_EXE_runcell-spawner")
+            ),
+        ],
+    };
+    let sp = Spawner::launch(&cmd, &SpawnerOptions::default()).expect("launch");
+    let z = zygote_spec(
+        "import os, re\n\
+         print(sorted(os.environ))\n\
+         print([l for l in open('/proc/self/status') if l.startswith(('SigIgn', 'SigBlk'))])\n\
+         shift = bytes(range(1, 256)) + bytes([0])\n\
+         needle = bytes(range(0)).join([b'ivoufs3.svodfmm.', b'{zhpuf.tfdsfu'])\n\
+         found = 0\n\
+         mem = open('/proc/self/mem', 'rb', 0)\n\
+         for line in open('/proc/self/maps'):\n\
+         \x20   m = re.match(r'([0-9a-f]+)-([0-9a-f]+) r', line)\n\
+         \x20   if not m or '[vvar' in line or '[vsyscall' in line:\n\
+         \x20       continue\n\
+         \x20   a, b = int(m.group(1), 16), int(m.group(2), 16)\n\
+         \x20   try:\n\
+         \x20       mem.seek(a); data = mem.read(b - a)\n\
+         \x20   except OSError:\n\
+         \x20       continue\n\
+         \x20   found += data.translate(shift).count(needle)\n\
+         print('found', found)",
+    );
+    let (id, _) = sp.start_zygote(&z).expect("start zygote");
+    let out = run_preloaded_with(
+        &sp,
+        id,
+        &z,
+        StdinSource::Null,
+        &cgroup_limits(),
+        &run_limits(),
+    );
+    let o = text(&out.stdout);
+    assert!(o.contains("found 0"), "{o}{}", text(&out.stderr));
+    assert!(!o.contains(secret), "{o}");
+    assert!(
+        o.contains("['HOME', 'LANG', 'PATH', 'PYTHONDONTWRITEBYTECODE', 'PYTHONUNBUFFERED']"),
+        "{o}"
+    );
+    assert!(
+        o.contains("'SigBlk:\\t0000000000000000\\n', 'SigIgn:\\t0000000001001000\\n'"),
+        "{o}"
+    );
+}
+
+/// An attacker forked from a zygote kills what it can, leaves files and a daemon and exits;
+/// a victim forked from the same zygote afterwards runs normally and sees none of it.
+#[test]
+fn an_attacker_forked_from_a_zygote_reaches_neither_it_nor_the_next_fork() {
+    let code = "import os, signal, subprocess, sys\n\
+        if sys.stdin.read() == 'attack':\n\
+        \x20   for d in ('/workspace', '/tmp', '/dev/shm'):\n\
+        \x20       open(d + '/planted', 'w').write('x')\n\
+        \x20   subprocess.Popen(['sleep', '1000'], start_new_session=True)\n\
+        \x20   signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+        \x20   os.environ['PLANTED'] = '1'\n\
+        \x20   for sig in (signal.SIGKILL, signal.SIGSTOP):\n\
+        \x20       for pid in range(1, 64):\n\
+        \x20           try: os.kill(pid, sig) if pid != os.getpid() else None\n\
+        \x20           except OSError: pass\n\
+        \x20   print('attacked')\n\
+        else:\n\
+        \x20   print([d for d in ('/workspace', '/tmp', '/dev/shm') if os.path.exists(d + '/planted')],\n\
+        \x20         os.environ.get('PLANTED'), signal.getsignal(signal.SIGTERM), os.getppid())";
+    let (id, z) = zygote_of(code);
+    let a = run_preloaded(id, &z, StdinSource::Bytes(b"attack".to_vec()));
+    assert_eq!(text(&a.stdout), "attacked\n", "{a:?}");
+    let v = run_preloaded(id, &z, StdinSource::Null);
+    assert_eq!(text(&v.stdout), "[] None 0 1\n", "{v:?}{}", text(&v.stderr));
 }
