@@ -667,6 +667,13 @@ impl Server {
                     && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
                 {
                 }
+                // Then until the zygote has reaped it (no zombie of the jail's uid is left).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while matches!(sys::pidfd_pid(pidfd.as_fd()), Ok(Some(_)))
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
             }
             None => {
                 // SAFETY: our child, not yet reaped.
