@@ -55,6 +55,11 @@ pub struct EngineConfig {
     /// Whether warm interpreters of languages with a zygote (`warm.zygote_library`) are forks
     /// of it rather than each started in its jail.
     pub zygotes: bool,
+    /// Jails one zygote forks before a new one (a fresh hash seed and address layout) takes
+    /// over.
+    pub zygote_max_forks: u64,
+    /// Seconds one zygote serves before a new one takes over.
+    pub zygote_max_age_secs: u64,
     /// Directory of the compile cache (root only; none: no cache). The server puts it in its
     /// data directory.
     pub compile_cache_dir: Option<PathBuf>,
@@ -83,6 +88,8 @@ impl Default for EngineConfig {
             pool_size: 0,
             warm_pool_size: 0,
             zygotes: true,
+            zygote_max_forks: 1000,
+            zygote_max_age_secs: 600,
             compile_cache_dir: None,
             compile_cache_mb: 512,
         }
@@ -337,7 +344,15 @@ impl Engine {
                 .zygote_library
                 .as_ref()
                 .filter(|_| config.zygotes)
-                .and_then(|lib| Self::zygote(pool, jail, lang, lib, &w.argv, &env));
+                .and_then(|lib| Self::zygote(pool, jail, lang, lib, &w.argv, &env))
+                .map(|(spec, id)| {
+                    crate::warm::Zygote::new(
+                        spec,
+                        id,
+                        config.zygote_max_forks,
+                        Duration::from_secs(config.zygote_max_age_secs),
+                    )
+                });
             specs.push(crate::warm::WarmLang {
                 lang: lang.id.clone(),
                 spec: step_spec(config, w.argv.clone(), env, &limits),
@@ -363,7 +378,7 @@ impl Engine {
         library: &std::path::Path,
         argv: &[String],
         env: &[(String, String)],
-    ) -> Option<u64> {
+    ) -> Option<(runcell_jail::ZygoteSpec, u64)> {
         let spec = runcell_jail::ZygoteSpec {
             kind: runcell_jail::ZygoteKind::Python,
             library: library.to_path_buf(),
@@ -375,9 +390,10 @@ impl Engine {
         match pool.spawner().start_zygote(&spec) {
             Ok((id, version)) if cold.as_deref() == Some(version.as_str()) => {
                 tracing::info!("{} zygote {version} ready", lang.id);
-                Some(id)
+                Some((spec, id))
             }
-            Ok((_, version)) => {
+            Ok((id, version)) => {
+                let _ = pool.spawner().stop_zygote(id);
                 tracing::warn!(
                     "{}'s zygote library is version {version}, its command {}: no zygote",
                     lang.id,
@@ -400,6 +416,12 @@ impl Engine {
     /// Runs served by a warm interpreter since this engine started.
     pub fn warm_runs(&self) -> u64 {
         self.warm_runs.load(Ordering::Relaxed)
+    }
+
+    /// Zygotes started since this engine started (a new one takes over after
+    /// `zygote_max_forks` forks or `zygote_max_age_secs`, or when one dies).
+    pub fn zygotes_started(&self) -> u64 {
+        self.warm.as_ref().map_or(0, WarmPool::zygotes_started)
     }
 
     /// Of [`Engine::warm_runs`], those whose interpreter was a zygote's fork.

@@ -22,11 +22,11 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use runcell_jail::{
     CgroupLimits, Jail, JailConfig, JailError, OutputTarget, Process, ProcessSpec, Spawner,
-    StdinSource,
+    StdinSource, ZygoteSpec,
 };
 
 /// A jail with an interpreter waiting in it.
@@ -44,7 +44,91 @@ pub(crate) struct Warm {
 pub(crate) struct WarmLang {
     pub lang: String,
     pub spec: ProcessSpec,
-    pub zygote: Option<u64>,
+    pub zygote: Option<Zygote>,
+}
+
+/// A language's zygote, renewed every `max_forks` forks or `max_age` (a fresh hash seed and
+/// address layout per generation) and restarted if it dies. The old one is stopped by the
+/// spawner once its last jail is gone.
+pub(crate) struct Zygote {
+    spec: ZygoteSpec,
+    max_forks: u64,
+    max_age: Duration,
+    current: Mutex<Generation>,
+}
+
+struct Generation {
+    /// The zygote forked from now; `None` after it died or failed to start.
+    id: Option<u64>,
+    forks: u64,
+    started: Instant,
+    /// Zygotes started, this one included.
+    count: u64,
+}
+
+impl Zygote {
+    /// A zygote already started as `id`.
+    pub fn new(spec: ZygoteSpec, id: u64, max_forks: u64, max_age: Duration) -> Zygote {
+        Zygote {
+            spec,
+            max_forks: max_forks.max(1),
+            max_age,
+            current: Mutex::new(Generation {
+                id: Some(id),
+                forks: 0,
+                started: Instant::now(),
+                count: 1,
+            }),
+        }
+    }
+
+    /// Zygotes started for this language so far.
+    pub fn generations(&self) -> u64 {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).count
+    }
+
+    /// The zygote to fork the next jail from (counting that fork): the current one, or a new
+    /// one when it is used up, too old or gone. `None` if none can start (retried at most
+    /// every few seconds; runs then take another path).
+    fn next(&self, spawner: &Spawner) -> Option<u64> {
+        let mut g = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = g.forks < self.max_forks && g.started.elapsed() < self.max_age;
+        if let (Some(id), true) = (g.id, fresh) {
+            g.forks += 1;
+            return Some(id);
+        }
+        if g.id.is_none() && g.started.elapsed() < Duration::from_secs(5) {
+            return None;
+        }
+        if let Some(old) = g.id.take() {
+            let _ = spawner.stop_zygote(old);
+        }
+        g.started = Instant::now();
+        g.forks = 0;
+        match spawner.start_zygote(&self.spec) {
+            Ok((id, _)) => {
+                g.id = Some(id);
+                g.forks = 1;
+                g.count += 1;
+                Some(id)
+            }
+            Err(e) => {
+                tracing::warn!("restarting a zygote failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// The zygote `id` could not fork a jail: if it is still the current one, it is replaced
+    /// at the next fork.
+    fn failed(&self, spawner: &Spawner, id: u64) {
+        let mut g = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if g.id == Some(id) {
+            g.id = None;
+            g.started = Instant::now() - Duration::from_secs(5);
+            let _ = spawner.stop_zygote(id);
+        }
+    }
 }
 
 /// The command line header a warm interpreter reads first: a 4-byte big-endian length, then
@@ -119,7 +203,7 @@ impl WarmPool {
             return Some(w);
         }
         let l = self.lang(lang)?;
-        l.zygote?;
+        l.zygote.as_ref()?;
         match start(&self.inner, l) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -145,6 +229,16 @@ impl WarmPool {
         drop(ready);
         self.inner.wake.notify_one();
         found
+    }
+
+    /// Zygotes started so far, all languages together.
+    pub fn zygotes_started(&self) -> u64 {
+        self.inner
+            .specs
+            .iter()
+            .filter_map(|w| w.zygote.as_ref())
+            .map(Zygote::generations)
+            .sum()
     }
 
     /// Warm interpreters ready, all languages together.
@@ -174,9 +268,22 @@ impl Drop for WarmPool {
 /// Prepares a jail (forked from the language's zygote if it has one) and starts its warm
 /// step in it, reading from a pipe whose write end is returned.
 fn start(inner: &Inner, lang: &WarmLang) -> Result<Warm, JailError> {
+    let zygote = match &lang.zygote {
+        Some(z) => match z.next(&inner.spawner) {
+            Some(id) => Some((z, id)),
+            // No zygote now: the interpreter starts in its jail.
+            None => None,
+        },
+        None => None,
+    };
     let jail = inner
         .spawner
-        .prepare_in(lang.zygote, &inner.config, &inner.limits)?;
+        .prepare_in(zygote.map(|(_, id)| id), &inner.config, &inner.limits)
+        .inspect_err(|_| {
+            if let Some((z, id)) = zygote {
+                z.failed(&inner.spawner, id);
+            }
+        })?;
     let (r, w) = std::io::pipe().map_err(|e| JailError::Io {
         what: "warm interpreter's stdin".into(),
         source: e,
@@ -186,7 +293,7 @@ fn start(inner: &Inner, lang: &WarmLang) -> Result<Warm, JailError> {
         OutputTarget::Pipe,
         OutputTarget::Pipe,
     );
-    let process = match lang.zygote {
+    let process = match zygote {
         Some(_) => jail.start_preloaded(&lang.spec, stdin, out, err)?,
         None => jail.start(&lang.spec, stdin, out, err)?,
     };
@@ -194,7 +301,7 @@ fn start(inner: &Inner, lang: &WarmLang) -> Result<Warm, JailError> {
         jail,
         process,
         input: File::from(std::os::fd::OwnedFd::from(w)),
-        preloaded: lang.zygote.is_some(),
+        preloaded: zygote.is_some(),
     })
 }
 

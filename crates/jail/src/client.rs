@@ -176,6 +176,17 @@ impl Spawner {
         }
     }
 
+    /// Stops a zygote: it forks no more jails, and ends when the last one it forked is
+    /// destroyed (they cannot outlive it).
+    pub fn stop_zygote(&self, id: u64) -> Result<(), JailError> {
+        match self.call(&SpawnerRequest::StopZygote { id })? {
+            (SpawnerReply::Destroyed, _) => Ok(()),
+            _ => Err(JailError::Spawner(
+                "unexpected reply to stop a zygote".into(),
+            )),
+        }
+    }
+
     /// Like [`Spawner::prepare`], the jail's agent forked from `zygote` when one is given:
     /// its programs may then be started with [`Jail::start_preloaded`].
     pub fn prepare_in(

@@ -34,6 +34,11 @@ pub(crate) enum SpawnerRequest {
     StartZygote {
         spec: crate::zygote::ZygoteSpec,
     },
+    /// Stops a zygote once its last jail is destroyed (it forks no more); answered with
+    /// `Destroyed`.
+    StopZygote {
+        id: u64,
+    },
     Destroy {
         jail: u64,
     },

@@ -123,6 +123,7 @@ struct JailRecord {
     pid: libc::pid_t,
     /// Set for jails forked by a zygote: their agent is the zygote's child, not ours.
     pidfd: Option<OwnedFd>,
+    zygote: Option<u64>,
     slot: SlotIds,
     cgroup: Box<dyn Cgroup>,
 }
@@ -131,6 +132,10 @@ struct JailRecord {
 struct ZygoteRecord {
     pid: libc::pid_t,
     sock: OwnedFd,
+    /// Its jails not yet destroyed (they die with it: it is their pid namespace's init).
+    forks: usize,
+    /// Asked to stop: it forks no more, and ends with its last jail.
+    retiring: bool,
 }
 
 /// Where the slots' host ids start inside a zygote's user namespace (its uid 0 is a host id of
@@ -263,6 +268,10 @@ impl Server {
                     }
                     Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
                 },
+                SpawnerRequest::StopZygote { id } => match self.stop_zygote(id) {
+                    Ok(()) => proto::send(sock, &SpawnerReply::Destroyed, &[]),
+                    Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
+                },
                 SpawnerRequest::StartZygote { spec } => match self.start_zygote(spec) {
                     Ok((id, version)) => {
                         proto::send(sock, &SpawnerReply::Zygote { id, version }, &[])
@@ -287,7 +296,7 @@ impl Server {
         zygote: Option<u64>,
     ) -> Result<(PreparedInfo, Vec<OwnedFd>), JailError> {
         if let Some(z) = zygote
-            && !self.zygotes.contains_key(&z)
+            && !self.zygotes.get(&z).is_some_and(|r| !r.retiring)
         {
             return Err(JailError::Spawner(format!("no zygote {z}")));
         }
@@ -312,7 +321,9 @@ impl Server {
             JailError::io("make the jail's device nodes", e)
         })?;
         let made = match zygote {
-            Some(z) => self.fork_from_zygote(z, config, slot, made, cgroup.as_ref()),
+            Some(z) => self
+                .fork_from_zygote(z, config, slot, made, cgroup.as_ref())
+                .inspect_err(|_| self.forget_if_dead(z)),
             None => self
                 .clone_agent(config, slot, made, cgroup.as_ref())
                 .map(|(pid, fds)| (pid, None, fds)),
@@ -321,11 +332,15 @@ impl Server {
             Ok((pid, pidfd, fds)) => {
                 let id = self.next_id;
                 self.next_id += 1;
+                if let Some(z) = zygote.and_then(|z| self.zygotes.get_mut(&z)) {
+                    z.forks += 1;
+                }
                 self.jails.insert(
                     id,
                     JailRecord {
                         pid,
                         pidfd,
+                        zygote,
                         slot,
                         cgroup,
                     },
@@ -455,7 +470,15 @@ impl Server {
             .map_err(|e| JailError::io("make the zygote's device nodes", e))?;
         match self.clone_zygote(spec, devices) {
             Ok((pid, sock, version)) => {
-                self.zygotes.insert(id, ZygoteRecord { pid, sock });
+                self.zygotes.insert(
+                    id,
+                    ZygoteRecord {
+                        pid,
+                        sock,
+                        forks: 0,
+                        retiring: false,
+                    },
+                );
                 Ok((id, version))
             }
             Err(e) => {
@@ -690,7 +713,59 @@ impl Server {
         let r = rec.cgroup.remove();
         self.remove_devices(&rec.slot.index.to_string());
         self.slots.release(rec.slot.index);
+        if let Some(id) = rec.zygote
+            && let Some(z) = self.zygotes.get_mut(&id)
+        {
+            z.forks = z.forks.saturating_sub(1);
+            if z.retiring && z.forks == 0 {
+                self.end_zygote(id);
+            }
+        }
         r
+    }
+
+    /// Forgets a zygote that has died (its jails died with it), so that asking for it says
+    /// so and its caller can start another.
+    fn forget_if_dead(&mut self, id: u64) {
+        let Some(z) = self.zygotes.get(&id) else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(z.pid);
+        if matches!(
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Ok(nix::sys::wait::WaitStatus::Exited(..) | nix::sys::wait::WaitStatus::Signaled(..))
+        ) && let Some(z) = self.zygotes.remove(&id)
+        {
+            drop(z.sock);
+            self.remove_devices(&format!("zygote-{id}"));
+        }
+    }
+
+    /// Stops a zygote: at once if none of its jails is left, else when the last one is
+    /// destroyed (they die with it). It forks no more meanwhile.
+    fn stop_zygote(&mut self, id: u64) -> Result<(), JailError> {
+        let z = self
+            .zygotes
+            .get_mut(&id)
+            .ok_or_else(|| JailError::Spawner(format!("no zygote {id}")))?;
+        z.retiring = true;
+        if z.forks == 0 {
+            self.end_zygote(id);
+        }
+        Ok(())
+    }
+
+    fn end_zygote(&mut self, id: u64) {
+        let Some(z) = self.zygotes.remove(&id) else {
+            return;
+        };
+        drop(z.sock);
+        // SAFETY: our child, not yet reaped.
+        unsafe { libc::kill(z.pid, libc::SIGKILL) };
+        while let Err(nix::errno::Errno::EINTR) =
+            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(z.pid), None)
+        {}
+        self.remove_devices(&format!("zygote-{id}"));
     }
 
     /// Makes fresh device nodes for the jail in `slot` (numbered like the host's), replacing
@@ -736,14 +811,9 @@ impl Server {
                 let _ = self.finish(rec);
             }
         }
-        for (id, z) in std::mem::take(&mut self.zygotes) {
-            drop(z.sock);
-            // SAFETY: our child, not yet reaped.
-            unsafe { libc::kill(z.pid, libc::SIGKILL) };
-            while let Err(nix::errno::Errno::EINTR) =
-                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(z.pid), None)
-            {}
-            self.remove_devices(&format!("zygote-{id}"));
+        let zygotes: Vec<u64> = self.zygotes.keys().copied().collect();
+        for id in zygotes {
+            self.end_zygote(id);
         }
     }
 }

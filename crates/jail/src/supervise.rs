@@ -177,6 +177,11 @@ impl Jail {
         limits: &RunLimits,
     ) -> Result<Outcome, JailError> {
         let process = self.start(spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
+        self.collect(process, limits)
+    }
+
+    /// Supervises `process`, keeping its output in the outcome.
+    fn collect(&self, process: Process, limits: &RunLimits) -> Result<Outcome, JailError> {
         let mut out = Vec::new();
         let mut err = Vec::new();
         let mut outcome = self.supervise(process, limits, &mut |s, chunk| match s {
@@ -186,6 +191,17 @@ impl Jail {
         outcome.stdout = out;
         outcome.stderr = err;
         Ok(outcome)
+    }
+
+    /// Like [`Jail::run`], with [`Jail::start_preloaded`].
+    pub fn run_preloaded(
+        &self,
+        spec: &ProcessSpec,
+        stdin: StdinSource,
+        limits: &RunLimits,
+    ) -> Result<Outcome, JailError> {
+        let process = self.start_preloaded(spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
+        self.collect(process, limits)
     }
 
     /// Supervises a started program until it and everything it started are gone, passing

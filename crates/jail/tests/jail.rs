@@ -3625,3 +3625,58 @@ fn an_attacker_forked_from_a_zygote_reaches_neither_it_nor_the_next_fork() {
     let v = run_preloaded(id, &z, StdinSource::Null);
     assert_eq!(text(&v.stdout), "[] None 0 1\n", "{v:?}{}", text(&v.stderr));
 }
+
+/// A stopped zygote forks no more, but its jails (which cannot outlive it) keep working until
+/// they are destroyed; then it ends.
+#[test]
+fn a_stopped_zygote_ends_with_its_last_jail() {
+    let (id, z) = zygote_of("print('alive')");
+    let jail = spawner()
+        .prepare_in(Some(id), &config(), &cgroup_limits())
+        .expect("prepare in zygote");
+    spawner().stop_zygote(id).expect("stop");
+    let err = spawner()
+        .prepare_in(Some(id), &config(), &cgroup_limits())
+        .expect_err("a stopped zygote forks no more");
+    assert!(err.to_string().contains("no zygote"), "{err}");
+    let mut s = spec(&[]);
+    s.argv = z.argv.clone();
+    s.env = z.env.clone();
+    let out = jail
+        .run_preloaded(&s, StdinSource::Null, &run_limits())
+        .expect("run in the stopped zygote's jail");
+    assert_eq!(text(&out.stdout), "alive\n");
+    // Zygotes are the spawner's children running `__zygote`; only this test stops one.
+    let sp = spawner().pid().expect("spawner pid");
+    let before = zygote_pids(sp);
+    jail.destroy().expect("destroy");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ended = || before.iter().any(|p| !zygote_pids(sp).contains(p));
+    while !ended() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ended(), "the stopped zygote is still running");
+}
+
+/// Pids of `spawner`'s children that are zygotes.
+fn zygote_pids(spawner: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let ppid = stat[close + 2..].split_whitespace().nth(1);
+        let zygote =
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(b"__zygote\0"));
+        if zygote && ppid == Some(spawner.to_string().as_str()) {
+            found.push(pid);
+        }
+    }
+    found
+}

@@ -36,6 +36,7 @@ pub async fn metrics(State(state): State<AppState>, _auth: Auth) -> Response {
     metrics::gauge!("runcell_warm_ready").set(load.warm_ready as f64);
     metrics::counter!("runcell_warm_runs_total").absolute(load.warm_runs);
     metrics::counter!("runcell_zygote_runs_total").absolute(load.zygote_runs);
+    metrics::counter!("runcell_zygotes_started_total").absolute(load.zygotes_started);
     metrics::gauge!("runcell_sessions").set(load.sessions as f64);
     metrics::gauge!("runcell_sandboxes").set(load.sandboxes as f64);
     metrics::gauge!("runcell_sandbox_pool_ready").set(load.sandbox_pool_ready as f64);

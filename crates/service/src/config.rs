@@ -235,7 +235,7 @@ impl Config {
     /// (`RUNCELL_LISTEN`, `RUNCELL_DATA_DIR`, `RUNCELL_API_KEYS`, `RUNCELL_WEBHOOK_ALLOW`,
     /// `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
     /// `RUNCELL_TENANT_MAX_RUNNING`, `RUNCELL_TENANT_MAX_QUEUED`, `RUNCELL_BODY_TIMEOUT_SECS`,
-    /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`, `RUNCELL_WARM_POOL_SIZE`, `RUNCELL_ZYGOTES`,
+    /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`, `RUNCELL_WARM_POOL_SIZE`, `RUNCELL_ZYGOTES`, `RUNCELL_ZYGOTE_MAX_FORKS`,
     /// `RUNCELL_SANDBOX_POOL_SIZE`).
     pub fn load(
         file: Option<&Path>,
@@ -298,6 +298,9 @@ impl Config {
         }
         if let Some(v) = env("RUNCELL_ZYGOTES") {
             c.engine.zygotes = parse("RUNCELL_ZYGOTES", v)? != 0;
+        }
+        if let Some(v) = env("RUNCELL_ZYGOTE_MAX_FORKS") {
+            c.engine.zygote_max_forks = parse("RUNCELL_ZYGOTE_MAX_FORKS", v)?.max(1);
         }
         if let Some(v) = env("RUNCELL_SANDBOX_POOL_SIZE") {
             c.sandboxes.pool_size = parse("RUNCELL_SANDBOX_POOL_SIZE", v)? as usize;

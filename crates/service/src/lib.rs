@@ -181,6 +181,7 @@ impl Service {
             warm_ready: self.engine.warm_ready(),
             warm_runs: self.engine.warm_runs(),
             zygote_runs: self.engine.zygote_runs(),
+            zygotes_started: self.engine.zygotes_started(),
             sessions: self.workspaces.len(),
             sandboxes: self.sandboxes.count(),
             sandbox_pool_ready: self.sandboxes.pool_ready(),
@@ -212,6 +213,8 @@ pub struct Load {
     pub warm_runs: u64,
     /// Of those, runs whose interpreter was forked from a zygote.
     pub zygote_runs: u64,
+    /// Zygotes started (one per language, renewed after so many forks or minutes).
+    pub zygotes_started: u64,
     pub sessions: usize,
     pub sandboxes: usize,
     pub sandbox_pool_ready: usize,

@@ -241,3 +241,40 @@ fn warm_runs_without_a_zygote_start_the_interpreter_in_the_jail() {
     let r = warm_run_as(&warm, &code, false);
     assert_eq!(r["stdout"], "['main.py'] /workspace/main.py True\n", "{r}");
 }
+
+/// A zygote is renewed after `RUNCELL_ZYGOTE_MAX_FORKS` forks: the hash seed changes from one
+/// generation to the next, and a replaced zygote ends once its last jail is gone (none piles
+/// up).
+#[test]
+fn zygotes_are_renewed_and_old_ones_end() {
+    let srv = Server::with(
+        Opts::new()
+            .env("RUNCELL_WARM_POOL_SIZE", "1")
+            .env("RUNCELL_ZYGOTE_MAX_FORKS", "2"),
+    );
+    let mut seeds = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let r = warm_run(&srv, &py("print(hash('runcell'))"));
+        seeds.insert(r["stdout"].as_str().unwrap().to_string());
+    }
+    assert!(
+        seeds.len() >= 2,
+        "one hash seed for 6 runs over 2-fork zygotes: {seeds:?}"
+    );
+    assert!(metric(&srv, "runcell_zygotes_started_total") >= 3);
+    // Zygotes are the spawner's children running `runcell __zygote` (their jails' processes
+    // are their forks, with the same command line, one level further down).
+    let cmdline_ends = |pid: u32, tail: &[u8]| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(tail))
+    };
+    let zygotes = || {
+        descendants(srv.pid())
+            .iter()
+            .filter(|p| cmdline_ends(p.pid, b"__zygote\0") && cmdline_ends(p.ppid, b"__spawner\0"))
+            .count()
+    };
+    // The current one, and at most the one whose fork waits in the pool.
+    eventually(Duration::from_secs(10), "old zygotes to end", || {
+        (zygotes() <= 2).then_some(())
+    });
+}
