@@ -296,7 +296,7 @@ impl Server {
         zygote: Option<u64>,
     ) -> Result<(PreparedInfo, Vec<OwnedFd>), JailError> {
         if let Some(z) = zygote
-            && !self.zygotes.get(&z).is_some_and(|r| !r.retiring)
+            && self.zygotes.get(&z).is_none_or(|r| r.retiring)
         {
             return Err(JailError::Spawner(format!("no zygote {z}")));
         }
