@@ -268,14 +268,11 @@ impl Drop for WarmPool {
 /// Prepares a jail (forked from the language's zygote if it has one) and starts its warm
 /// step in it, reading from a pipe whose write end is returned.
 fn start(inner: &Inner, lang: &WarmLang) -> Result<Warm, JailError> {
-    let zygote = match &lang.zygote {
-        Some(z) => match z.next(&inner.spawner) {
-            Some(id) => Some((z, id)),
-            // No zygote now: the interpreter starts in its jail.
-            None => None,
-        },
-        None => None,
-    };
+    // Without a zygote now, the interpreter starts in its jail.
+    let zygote = lang
+        .zygote
+        .as_ref()
+        .and_then(|z| z.next(&inner.spawner).map(|id| (z, id)));
     let jail = inner
         .spawner
         .prepare_in(zygote.map(|(_, id)| id), &inner.config, &inner.limits)
