@@ -534,6 +534,8 @@ impl Sandboxes {
             .renew_sandbox(&live.tenant, live.id(), expires)
             .await?
         {
+            // Ended since (a deletion that claimed it after the renewal above): say how.
+            live.lifetime.check(live.id(), now_ms())?;
             return Err(not_found(live.id()));
         }
         Ok(live.object())
