@@ -213,7 +213,29 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
         "runcell warm python3 -c pass",
         "runcell prepare",
         "runcell destroy",
+        "runcell zygote python3 -c pass",
+        "runcell zygote prepare",
     ];
+    // Python's zygote (if its library is installed): an interpreter initialized once whose
+    // forks are jails; its program is `pass`, like the rows above.
+    let zygote = registry
+        .resolve("python")
+        .and_then(|l| l.warm.as_ref()?.zygote_library.clone())
+        .filter(|lib| lib.exists())
+        .map(|library| {
+            let z = runcell_jail::ZygoteSpec {
+                kind: runcell_jail::ZygoteKind::Python,
+                library,
+                argv: vec![PYTHON.into(), "-c".into(), "pass".into()],
+                env: spec(&[]).env,
+                config: config.clone(),
+            };
+            spawner.start_zygote(&z).map(|(id, _)| (id, z))
+        })
+        .transpose()?;
+    if zygote.is_none() {
+        eprintln!("runcell: Python's zygote library is not installed; skipping its rows");
+    }
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let warmup = 3;
     for round in 0..(args.iterations + warmup) {
@@ -237,6 +259,21 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
             got.push((base + 3, time(|| run_in(&jail, argv))?));
             jail.destroy()?;
         }
+        if let Some((id, z)) = &zygote {
+            // From nothing to the result, like "cold", the jail forked from the zygote.
+            let t = Instant::now();
+            let jail = spawner.prepare_in(Some(*id), &config, &cg)?;
+            let prepared = t.elapsed();
+            let mut s = spec(&[]);
+            s.argv = z.argv.clone();
+            let out = jail.run_preloaded(&s, StdinSource::Null, &limits)?;
+            if out.exit != Exit::Exited(0) {
+                bail!("the zygote's program: {:?}", out.exit);
+            }
+            got.push((10, t.elapsed()));
+            got.push((11, prepared));
+            jail.destroy()?;
+        }
         if round >= warmup {
             for (i, d) in got {
                 samples[i].push(d);
@@ -254,18 +291,13 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
             continue;
         }
         let (m, p10, p90) = stats(&mut samples[i]);
-        let (bare_i, bwrap_i) = if i < 4 {
-            (Some(0), Some(1))
-        } else if i < 8 {
-            (Some(4), Some(5))
-        } else {
-            (None, None)
+        // Runs compare with the bare spawn and bubblewrap of the same program.
+        let (bare_i, bwrap_i) = match i {
+            2 | 3 => (Some(0), Some(1)),
+            6 | 7 | 10 => (Some(4), Some(5)),
+            _ => (None, None),
         };
-        let ratio = |j: Option<usize>| {
-            j.and_then(|j| med[j])
-                .filter(|_| i % 4 >= 2 && i < 8)
-                .map(|b| m / b)
-        };
+        let ratio = |j: Option<usize>| j.and_then(|j| med[j]).map(|b| m / b);
         rows.push(Row {
             scenario: name,
             median_ms: m,
@@ -304,8 +336,9 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
         );
     }
     println!(
-        "cold = prepare + run until the result is in; warm = run in a jail prepared ahead. \
-         destroy happens after the result is delivered."
+        "cold = prepare + run until the result is in; warm = run in a jail prepared ahead; \
+         zygote = a jail forked from Python's zygote + its preloaded interpreter running, \
+         until the result is in. destroy happens after the result is delivered."
     );
     Ok(0)
 }

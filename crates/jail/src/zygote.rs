@@ -347,10 +347,14 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
         // What `python3 -c` sets at start: '' (the working directory) first on sys.path, and
         // sys.argv ['-c'] (a loader replaces them per run). Leaves no name in __main__.
         // And sys.orig_argv, the command line (a JSON list of strings is a Python literal).
+        // Then every object so far goes to the collector's permanent generation, so that the
+        // forks' collections do not write to (and copy) the zygote's pages ('gc' then leaves
+        // sys.modules: a cold start has not imported it).
         let argv = serde_json::to_string(&spec.argv).unwrap_or_else(|_| "[]".into());
         let prelude = CString::new(format!(
             "__import__('sys').path.insert(0, ''); __import__('sys').argv[:] = ['-c']; \
-             __import__('sys').orig_argv[:] = {argv}"
+             __import__('sys').orig_argv[:] = {argv}; __import__('gc').freeze(); \
+             __import__('sys').modules.pop('gc')"
         ))
         .map_err(|_| JailError::InvalidConfig("command with a NUL byte".into()))?;
         if (py.run_string)(prelude.as_ptr(), std::ptr::null_mut()) != 0 {
