@@ -257,18 +257,38 @@ fn null_stdio() -> io::Result<()> {
 /// The agent's request loop: starts steps and reaps every child (steps, and orphans
 /// reparented to pid 1). Returns (ends the jail) when the control socket closes.
 fn serve(plan: &AgentPlan, ctrl: BorrowedFd<'_>) -> Result<(), JailError> {
+    serve_reaping::<AgentRequest>(ctrl, "agent", |req, fds| {
+        let reply = match req {
+            AgentRequest::Start(spec) => start_step(plan, &spec, false, fds),
+            AgentRequest::StartPreloaded(spec) => start_step(plan, &spec, true, fds),
+        };
+        match reply {
+            Ok(pidfd) => proto::send(ctrl, &AgentReply::Started, &[pidfd.as_raw_fd()]),
+            Err(e) => proto::send(ctrl, &AgentReply::Error(WireError::from(&e)), &[]),
+        }
+    })
+}
+
+/// Serves the requests that arrive on `sock` with `handle` (which sends the reply) until the
+/// socket closes, reaping every child that exits meanwhile (SIGCHLD through a signalfd).
+/// For single-threaded processes that are their children's reaper (agents, zygotes).
+pub(crate) fn serve_reaping<R: serde::de::DeserializeOwned>(
+    sock: BorrowedFd<'_>,
+    stage: &str,
+    mut handle: impl FnMut(R, Vec<OwnedFd>) -> io::Result<()>,
+) -> Result<(), JailError> {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block()
-        .map_err(|e| setup_err("agent", "block SIGCHLD", e))?;
+        .map_err(|e| setup_err(stage, "block SIGCHLD", e))?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| setup_err("agent", "signalfd", e))?;
+        .map_err(|e| setup_err(stage, "signalfd", e))?;
     loop {
         let mut fds = [
             libc::pollfd {
-                fd: ctrl.as_raw_fd(),
+                fd: sock.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -285,27 +305,19 @@ fn serve(plan: &AgentPlan, ctrl: BorrowedFd<'_>) -> Result<(), JailError> {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(setup_err("agent", "poll", e));
+            return Err(setup_err(stage, "poll", e));
         }
         if fds[1].revents != 0 {
             while let Ok(Some(_)) = sfd.read_signal() {}
             reap_all();
         }
         if fds[0].revents != 0 {
-            let Some((req, fds)) = proto::recv::<AgentRequest>(ctrl)
-                .map_err(|e| setup_err("agent", "read request", e))?
+            let Some((req, fds)) =
+                proto::recv::<R>(sock).map_err(|e| setup_err(stage, "read request", e))?
             else {
                 return Ok(());
             };
-            let reply = match req {
-                AgentRequest::Start(spec) => start_step(plan, &spec, false, fds),
-                AgentRequest::StartPreloaded(spec) => start_step(plan, &spec, true, fds),
-            };
-            let sent = match reply {
-                Ok(pidfd) => proto::send(ctrl, &AgentReply::Started, &[pidfd.as_raw_fd()]),
-                Err(e) => proto::send(ctrl, &AgentReply::Error(WireError::from(&e)), &[]),
-            };
-            sent.map_err(|e| setup_err("agent", "send reply", e))?;
+            handle(req, fds).map_err(|e| setup_err(stage, "send reply", e))?;
         }
     }
 }

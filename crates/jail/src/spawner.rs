@@ -568,8 +568,7 @@ impl Server {
         drop(sync_w);
         proto::send(ctrl.as_fd(), &init, &[])
             .map_err(|e| kill(JailError::io("send the zygote its plan", e)))?;
-        let reply = recv_within::<ZygoteReply>(ctrl.as_fd(), ZYGOTE_READY_TIMEOUT_MS, "zygote")
-            .map_err(kill)?;
+        let reply = zygote_reply(ctrl.as_fd(), ZYGOTE_READY_TIMEOUT_MS).map_err(kill)?;
         match reply {
             (ZygoteReply::Ready { version }, _) => Ok((pid, ctrl, version)),
             (ZygoteReply::Error(e), _) => Err(kill(e.into())),
@@ -631,12 +630,11 @@ impl Server {
         proto::send(z.sock.as_fd(), &req, &fds)
             .map_err(|e| JailError::io("ask the zygote for a jail", e))?;
         drop((ctrl_child, sync_r));
-        let pidfd =
-            match recv_within::<ZygoteReply>(z.sock.as_fd(), AGENT_READY_TIMEOUT_MS, "zygote")? {
-                (ZygoteReply::Forked, mut fds) if fds.len() == 1 => fds.remove(0),
-                (ZygoteReply::Error(e), _) => return Err(e.into()),
-                _ => return Err(JailError::Spawner("unexpected reply from a zygote".into())),
-            };
+        let pidfd = match zygote_reply(z.sock.as_fd(), AGENT_READY_TIMEOUT_MS)? {
+            (ZygoteReply::Forked, mut fds) if fds.len() == 1 => fds.remove(0),
+            (ZygoteReply::Error(e), _) => return Err(e.into()),
+            _ => return Err(JailError::Spawner("unexpected reply from a zygote".into())),
+        };
         let kill = |e: JailError| {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
             e
@@ -855,44 +853,32 @@ fn write_proc(pid: libc::pid_t, file: &str, contents: &str) -> Result<(), JailEr
 /// Waits for the agent's ready message; returns the workspace (and runtime directory)
 /// descriptors it sent.
 fn wait_ready(ctrl: BorrowedFd<'_>) -> Result<Vec<OwnedFd>, JailError> {
-    let mut pfd = libc::pollfd {
-        fd: ctrl.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+    let setup = |detail: &str| JailError::Setup {
+        stage: "agent".into(),
+        detail: detail.into(),
     };
-    loop {
-        // SAFETY: poll on one pollfd we own.
-        let n = unsafe { libc::poll(&mut pfd, 1, AGENT_READY_TIMEOUT_MS) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n == 0 {
-            return Err(JailError::Setup {
-                stage: "agent".into(),
-                detail: "the jail did not become ready in time".into(),
-            });
-        }
-        break;
-    }
-    match proto::recv::<AgentReply>(ctrl).map_err(|e| JailError::io("read agent reply", e))? {
-        Some((AgentReply::Ready, fds)) if matches!(fds.len(), 1 | 2) => Ok(fds),
-        Some((AgentReply::Error(e), _)) => Err(e.into()),
-        Some(_) => Err(JailError::Spawner(
+    match recv_within::<AgentReply>(ctrl, AGENT_READY_TIMEOUT_MS)? {
+        Ok((AgentReply::Ready, fds)) if matches!(fds.len(), 1 | 2) => Ok(fds),
+        Ok((AgentReply::Error(e), _)) => Err(e.into()),
+        Ok(_) => Err(JailError::Spawner(
             "unexpected reply from the jail agent".into(),
         )),
-        None => Err(JailError::Setup {
-            stage: "agent".into(),
-            detail: "the jail's agent exited during setup".into(),
-        }),
+        Err(Silence::Timeout) => Err(setup("the jail did not become ready in time")),
+        Err(Silence::Closed) => Err(setup("the jail's agent exited during setup")),
     }
+}
+
+/// Why no message came.
+enum Silence {
+    Timeout,
+    Closed,
 }
 
 /// Receives one message within `timeout_ms`.
 fn recv_within<T: serde::de::DeserializeOwned>(
     sock: BorrowedFd<'_>,
     timeout_ms: i32,
-    who: &str,
-) -> Result<(T, Vec<OwnedFd>), JailError> {
+) -> Result<Result<(T, Vec<OwnedFd>), Silence>, JailError> {
     let mut pfd = libc::pollfd {
         fd: sock.as_raw_fd(),
         events: libc::POLLIN,
@@ -905,19 +891,29 @@ fn recv_within<T: serde::de::DeserializeOwned>(
             continue;
         }
         if n == 0 {
-            return Err(JailError::Setup {
-                stage: who.into(),
-                detail: format!("the {who} did not answer in time"),
-            });
+            return Ok(Err(Silence::Timeout));
         }
         break;
     }
-    proto::recv::<T>(sock)
-        .map_err(|e| JailError::io(format!("read the {who}'s reply"), e))?
-        .ok_or_else(|| JailError::Setup {
-            stage: who.into(),
-            detail: format!("the {who} exited"),
-        })
+    Ok(proto::recv::<T>(sock)
+        .map_err(|e| JailError::io("read a reply", e))?
+        .ok_or(Silence::Closed))
+}
+
+/// A zygote's reply within `timeout_ms`.
+fn zygote_reply(
+    sock: BorrowedFd<'_>,
+    timeout_ms: i32,
+) -> Result<(ZygoteReply, Vec<OwnedFd>), JailError> {
+    let setup = |detail: &str| JailError::Setup {
+        stage: "zygote".into(),
+        detail: detail.into(),
+    };
+    match recv_within::<ZygoteReply>(sock, timeout_ms)? {
+        Ok(r) => Ok(r),
+        Err(Silence::Timeout) => Err(setup("the zygote did not answer in time")),
+        Err(Silence::Closed) => Err(setup("the zygote exited")),
+    }
 }
 
 /// The zygote's clone until its `execve`: waits for its id maps, becomes uid 0 of its user

@@ -371,71 +371,17 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
 
 /// Serves fork requests until the spawner closes the socket, reaping forks as they end.
 fn serve(sock: BorrowedFd<'_>) -> Result<(), JailError> {
-    use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    mask.thread_block()
-        .map_err(|e| setup_err("block SIGCHLD", e))?;
-    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| setup_err("signalfd", e))?;
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: sfd.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on an array we own, with its true length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(setup_err("poll", e));
-        }
-        if fds[1].revents != 0 {
-            while let Ok(Some(_)) = sfd.read_signal() {}
-            reap();
-        }
-        if fds[0].revents == 0 {
-            continue;
-        }
-        let Some((req, fds)) =
-            proto::recv::<ZygoteRequest>(sock).map_err(|e| setup_err("read request", e))?
-        else {
-            return Ok(());
-        };
-        let reply = match req {
-            ZygoteRequest::Fork {
-                plan,
-                uid_map,
-                gid_map,
-            } => fork_jail(plan, &uid_map, &gid_map, fds),
-        };
-        let sent = match reply {
+    agent::serve_reaping::<ZygoteRequest>(sock, "zygote", |req, fds| {
+        let ZygoteRequest::Fork {
+            plan,
+            uid_map,
+            gid_map,
+        } = req;
+        match fork_jail(plan, &uid_map, &gid_map, fds) {
             Ok(pidfd) => proto::send(sock, &ZygoteReply::Forked, &[pidfd.as_raw_fd()]),
             Err(e) => proto::send(sock, &ZygoteReply::Error(WireError::from(&e)), &[]),
-        };
-        sent.map_err(|e| setup_err("send reply", e))?;
-    }
-}
-
-fn reap() {
-    loop {
-        // SAFETY: waitpid with WNOHANG on any child; the status pointer may be null.
-        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-        if r <= 0 {
-            break;
         }
-    }
+    })
 }
 
 /// Forks a jail's agent into fresh namespaces, writes its id maps and returns its pidfd. The
