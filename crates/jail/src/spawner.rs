@@ -377,26 +377,11 @@ impl Server {
         let attach = cgroup
             .self_attach_files()
             .map_err(|e| JailError::io("open the cgroup's tasks files", e))?;
-        let mount_points = self
-            .mounts
-            .current()
-            .map_err(|e| JailError::io("read the mount table", e))?
-            .to_vec();
-        let plan = AgentPlan {
-            config,
-            staging: self.staging.clone(),
-            devices,
-            mount_points,
-            filters: FILTERS.get().cloned().unwrap_or_default(),
-            cgroup_tasks: attach.iter().flatten().map(|f| f.as_raw_fd()).collect(),
-            loopback: netns.is_none(),
-            cap_last_cap: self.cap_last_cap,
-        };
-        let mut flags = libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS;
+        let mut plan = self.plan(config, devices)?;
+        plan.filters = FILTERS.get().cloned().unwrap_or_default();
+        plan.cgroup_tasks = attach.iter().flatten().map(|f| f.as_raw_fd()).collect();
+        plan.loopback = netns.is_none();
+        let mut flags = crate::zygote::JAIL_NAMESPACES & !libc::CLONE_NEWNET;
         match (&netns, &self.netns) {
             (Some(ns), Some(pool)) => pool
                 .enter(ns)
@@ -457,6 +442,26 @@ impl Server {
         Ok((pid, fds))
     }
 
+    /// The plan of an agent that builds `config`'s root over `devices`, from our mount
+    /// namespace: no filters or descriptors yet, loopback to bring up.
+    fn plan(&mut self, config: JailConfig, devices: PathBuf) -> Result<AgentPlan, JailError> {
+        let mount_points = self
+            .mounts
+            .current()
+            .map_err(|e| JailError::io("read the mount table", e))?
+            .to_vec();
+        Ok(AgentPlan {
+            config,
+            staging: self.staging.clone(),
+            devices,
+            mount_points,
+            filters: Vec::new(),
+            cgroup_tasks: Vec::new(),
+            loopback: true,
+            cap_last_cap: self.cap_last_cap,
+        })
+    }
+
     /// Starts a zygote: cloned like an agent into namespaces of its own (its user namespace
     /// maps its uid 0 to a host id of its own and the slots' ids, so that it can map each
     /// fork to its slot), then a fresh `execve` of this binary with the spec's environment.
@@ -512,30 +517,11 @@ impl Server {
             .iter()
             .map(|(k, v)| cstr(format!("{k}={v}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let mount_points = self
-            .mounts
-            .current()
-            .map_err(|e| JailError::io("read the mount table", e))?
-            .to_vec();
         let init = ZygoteInit {
-            plan: AgentPlan {
-                config: spec.config.clone(),
-                staging: self.staging.clone(),
-                devices,
-                mount_points,
-                filters: Vec::new(),
-                cgroup_tasks: Vec::new(),
-                loopback: true,
-                cap_last_cap: self.cap_last_cap,
-            },
+            plan: self.plan(spec.config.clone(), devices)?,
             spec,
         };
-        let flags = libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWNET;
+        let flags = crate::zygote::JAIL_NAMESPACES;
         // SAFETY: the spawner is single-threaded (checked at start-up).
         let cloned = unsafe { sys::clone_fork(flags) };
         if matches!(cloned, Ok(0)) {
@@ -595,11 +581,6 @@ impl Server {
         let attach = cgroup
             .self_attach_files()
             .map_err(|e| JailError::io("open the cgroup's tasks files", e))?;
-        let mount_points = self
-            .mounts
-            .current()
-            .map_err(|e| JailError::io("read the mount table", e))?
-            .to_vec();
         let inner = |host: u32| ZYGOTE_INNER_BASE + (host - self.slots.id_base());
         let map = format!(
             "0 {} 1\n{} {} 1\n",
@@ -608,16 +589,7 @@ impl Server {
             inner(slot.program)
         );
         let req = ZygoteRequest::Fork {
-            plan: AgentPlan {
-                config,
-                staging: self.staging.clone(),
-                devices,
-                mount_points,
-                filters: Vec::new(),
-                cgroup_tasks: Vec::new(),
-                loopback: true,
-                cap_last_cap: self.cap_last_cap,
-            },
+            plan: self.plan(config, devices)?,
             uid_map: map.clone(),
             gid_map: map,
         };

@@ -38,6 +38,14 @@ use crate::sys;
 
 /// Descriptor number of a zygote's control socket after its `execve`.
 pub(crate) const ZYGOTE_FD: RawFd = 3;
+/// The namespaces a jail's agent (and a zygote) is cloned into; the cgroup and time
+/// namespaces follow from inside.
+pub(crate) const JAIL_NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNET;
 /// The first argument that makes runcell's binary a zygote (see [`zygote_main`]).
 pub const ZYGOTE_ARG: &str = "__zygote";
 
@@ -401,12 +409,7 @@ fn fork_jail(
     plan.cgroup_tasks = fds[2..].iter().map(|f| f.as_raw_fd()).collect();
     plan.loopback = true;
     let (ctrl, sync) = (fds[0].as_raw_fd(), fds[1].as_raw_fd());
-    let flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWNET;
+    let flags = JAIL_NAMESPACES;
     // The kernel makes no user namespace from inside a chroot: leave it for the mount
     // namespace's real root (from which the agent builds the jail's root as a spawner-cloned
     // one does), and come back right after.
