@@ -794,11 +794,13 @@ impl Engine {
         if ctx.cancel.is_some_and(Cancel::is_cancelled) {
             return Ok(());
         }
+        let mut ctx = ctx;
         if ctx.jail.is_none()
             && compile_argv.is_none()
             && let Some((warm, argv)) = self.take_warm(plan, lang, &vars(run.memory_mb))
+            && self.run_warm(plan, r, &mut ctx, warm, &argv)?
         {
-            return self.run_warm(plan, r, ctx, warm, &argv);
+            return Ok(());
         }
         let owned;
         let jail = match ctx.jail {
@@ -926,14 +928,19 @@ impl Engine {
     /// Runs a plan in a warm interpreter's jail: the files are written, the waiting process is
     /// handed off to the run (its measurements start now) and receives the command line and
     /// the run's standard input.
+    ///
+    /// Returns false, with nothing recorded, when the jail died under the run before the
+    /// program said anything (its zygote died, which kills every jail it forked): the caller
+    /// then runs the plan the cold way. The program is not at fault, and nothing it did can be
+    /// seen, so running it again is what a user would expect.
     fn run_warm(
         &self,
         plan: &Plan,
         r: &mut ExecutionResult,
-        ctx: RunContext<'_>,
+        ctx: &mut RunContext<'_>,
         warm: Warm,
         argv: &[String],
-    ) -> Result<(), JailError> {
+    ) -> Result<bool, JailError> {
         let run = plan.limits;
         self.warm_runs.fetch_add(1, Ordering::Relaxed);
         if warm.preloaded {
@@ -981,11 +988,26 @@ impl Engine {
             jail,
             process,
             &Self::run_limits(&run),
-            ctx.on_output,
+            ctx.on_output
+                .as_mut()
+                .map(|s| &mut **s as &mut dyn FnMut(Stream, &[u8])),
             ctx.cancel,
         )?;
+        if !jail.is_alive() && !out.killed_by_us {
+            if out.stdout.is_empty() && out.stderr.is_empty() {
+                tracing::warn!(
+                    "a warm {} jail died under its run; running it cold",
+                    plan.language
+                );
+                return Ok(false);
+            }
+            return Err(JailError::Spawner(
+                "the run's jail ended under it (its interpreter's zygote died); run it again"
+                    .into(),
+            ));
+        }
         fill_result(r, &out, &run, &self.config.limits.maxima);
-        Ok(())
+        Ok(true)
     }
 
     /// The run step of a plan, in a jail whose workspace is ready.

@@ -219,8 +219,8 @@ impl WarmPool {
         let q = ready.get_mut(lang)?;
         let mut found = None;
         while let Some(w) = q.pop_front() {
-            // One that died waiting (it should not) is thrown away.
-            if w.process.has_exited() {
+            // One that died waiting (its zygote died, say) is thrown away.
+            if w.process.has_exited() || !w.jail.is_alive() {
                 continue;
             }
             found = Some(w);

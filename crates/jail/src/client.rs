@@ -418,6 +418,19 @@ fn output(target: OutputTarget) -> io::Result<(Option<OwnedFd>, OwnedFd)> {
 
 impl Jail {
     /// The jail's slot number (also its cgroup name's suffix).
+    /// Whether the jail's agent is still running. It ends only when the jail is destroyed,
+    /// or when the process it depends on dies (the spawner, or the zygote it was forked from:
+    /// then everything in the jail died with it).
+    pub fn is_alive(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.agent.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own, without waiting.
+        unsafe { libc::poll(&mut p, 1, 0) == 0 }
+    }
+
     pub fn slot(&self) -> u32 {
         self.info.slot
     }

@@ -278,3 +278,35 @@ fn zygotes_are_renewed_and_old_ones_end() {
         (zygotes() <= 2).then_some(())
     });
 }
+
+/// A zygote that dies (here: killed from the host) costs no run: the runs that would have
+/// been its forks start their interpreter another way, and a new zygote takes over.
+#[test]
+fn a_dead_zygote_is_replaced_and_no_run_fails() {
+    let srv = Server::with(Opts::new().env("RUNCELL_WARM_POOL_SIZE", "1"));
+    warm_run(&srv, &py("print(1)"));
+    let cmdline_ends = |pid: u32, tail: &[u8]| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(tail))
+    };
+    let zygotes: Vec<u32> = descendants(srv.pid())
+        .iter()
+        .filter(|p| cmdline_ends(p.pid, b"__zygote\0") && cmdline_ends(p.ppid, b"__spawner\0"))
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(zygotes.len(), 1, "one zygote for Python: {zygotes:?}");
+    let started = metric(&srv, "runcell_zygotes_started_total");
+    // SAFETY: kill(2) of a process we just found.
+    assert_eq!(unsafe { libc::kill(zygotes[0] as i32, libc::SIGKILL) }, 0);
+    for i in 0..8 {
+        let r = srv.execute(&py(&format!("print({i})")));
+        assert_eq!(r["stdout"], format!("{i}\n"), "{r}");
+        assert_eq!(r["status"], "completed", "{r}");
+    }
+    eventually(Duration::from_secs(20), "a new zygote", || {
+        let r = srv.execute(&py("print('again')"));
+        assert_eq!(r["stdout"], "again\n", "{r}");
+        (metric(&srv, "runcell_zygotes_started_total") > started).then_some(())
+    });
+    // And runs are its forks again.
+    warm_run(&srv, &py("print(2)"));
+}
