@@ -993,7 +993,14 @@ impl Engine {
                 .map(|s| &mut **s as &mut dyn FnMut(Stream, &[u8])),
             ctx.cancel,
         )?;
-        if !jail.is_alive() && !out.killed_by_us {
+        // A zygote's death kills its jails' processes in no particular order: the program may
+        // be seen dead a moment before its jail's agent. (Only a SIGKILL nobody here sent can
+        // be that; a program cannot kill its agent.)
+        let lost = !out.killed_by_us
+            && out.limit.is_none()
+            && out.exit == runcell_jail::Exit::Signaled(libc::SIGKILL)
+            && jail.ends_within(Duration::from_millis(200));
+        if lost {
             if out.stdout.is_empty() && out.stderr.is_empty() {
                 tracing::warn!(
                     "a warm {} jail died under its run; running it cold",

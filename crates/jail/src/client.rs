@@ -422,13 +422,19 @@ impl Jail {
     /// or when the process it depends on dies (the spawner, or the zygote it was forked from:
     /// then everything in the jail died with it).
     pub fn is_alive(&self) -> bool {
+        !self.ends_within(Duration::ZERO)
+    }
+
+    /// Whether the jail's agent ends within `timeout` (see [`Jail::is_alive`]).
+    pub fn ends_within(&self, timeout: Duration) -> bool {
         let mut p = libc::pollfd {
             fd: self.agent.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: poll on one pollfd we own, without waiting.
-        unsafe { libc::poll(&mut p, 1, 0) == 0 }
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: poll on one pollfd we own.
+        unsafe { libc::poll(&mut p, 1, ms) > 0 }
     }
 
     pub fn slot(&self) -> u32 {
