@@ -1083,8 +1083,11 @@ fn step_spec(
             open_files: config.open_files,
             stack_bytes: config.stack_mb << 20,
             // A backstop only: the cgroup's task limit (which counts the jail's two helper
-            // processes too) must be the one that trips, so that it is reported.
-            processes: l.max_processes + 2,
+            // processes too) must be the one that trips, so that it is reported. Twice it,
+            // because the two count differently (the rlimit counts the user's processes in
+            // the jail's user namespace, exiting ones included until reaped; under load an
+            // exponential fork bomb once hit it first and went unreported).
+            processes: (l.max_processes + 2).saturating_mul(2),
             locked_memory_bytes: 64 << 10,
         },
         mode: StepMode::Private {
