@@ -426,16 +426,9 @@ impl Server {
         );
         write_proc(pid, "uid_map", &maps).map_err(kill)?;
         write_proc(pid, "gid_map", &gmaps).map_err(kill)?;
-        if attach.is_none() {
-            cgroup
-                .add_process(pid)
-                .map_err(|e| kill(JailError::io("move the jail into its cgroup", e)))?;
-        }
+        let joins_itself = attach.is_some();
         drop(attach);
-        sys::write_all(sync_w.as_raw_fd(), b"g")
-            .map_err(|e| kill(JailError::io("start agent", e)))?;
-        drop(sync_w);
-        let dirs = wait_ready(ctrl.as_fd()).map_err(kill)?;
+        let dirs = release_agent(cgroup, joins_itself, pid, sync_w, ctrl.as_fd()).map_err(kill)?;
         let pidfd = sys::pidfd_open(pid).map_err(|e| kill(JailError::io("pidfd_open", e)))?;
         let mut fds = vec![ctrl, pidfd];
         fds.extend(dirs);
@@ -614,16 +607,9 @@ impl Server {
         let pid = sys::pidfd_pid(pidfd.as_fd())
             .map_err(|e| kill(JailError::io("read the jail's pid", e)))?
             .ok_or_else(|| kill(JailError::Spawner("the zygote's fork died".into())))?;
-        if attach.is_none() {
-            cgroup
-                .add_process(pid)
-                .map_err(|e| kill(JailError::io("move the jail into its cgroup", e)))?;
-        }
+        let joins_itself = attach.is_some();
         drop(attach);
-        sys::write_all(sync_w.as_raw_fd(), b"g")
-            .map_err(|e| kill(JailError::io("start agent", e)))?;
-        drop(sync_w);
-        let dirs = wait_ready(ctrl.as_fd()).map_err(kill)?;
+        let dirs = release_agent(cgroup, joins_itself, pid, sync_w, ctrl.as_fd()).map_err(kill)?;
         let client_pidfd = pidfd
             .try_clone()
             .map_err(|e| kill(JailError::io("dup pidfd", e)))?;
@@ -820,6 +806,26 @@ fn write_proc(pid: libc::pid_t, file: &str, contents: &str) -> Result<(), JailEr
     let path = Path::new("/proc").join(pid.to_string()).join(file);
     std::fs::write(&path, contents)
         .map_err(|e| JailError::io(format!("write {}", path.display()), e))
+}
+
+/// Lets a cloned agent go: moves it into its cgroup unless it joins by itself (cgroup v1
+/// `tasks` files), tells it to start, and waits until its jail is ready; returns the
+/// descriptors it sent (see [`wait_ready`]).
+fn release_agent(
+    cgroup: &dyn Cgroup,
+    joins_itself: bool,
+    pid: libc::pid_t,
+    sync_w: OwnedFd,
+    ctrl: BorrowedFd<'_>,
+) -> Result<Vec<OwnedFd>, JailError> {
+    if !joins_itself {
+        cgroup
+            .add_process(pid)
+            .map_err(|e| JailError::io("move the jail into its cgroup", e))?;
+    }
+    sys::write_all(sync_w.as_raw_fd(), b"g").map_err(|e| JailError::io("start agent", e))?;
+    drop(sync_w);
+    wait_ready(ctrl)
 }
 
 /// Waits for the agent's ready message; returns the workspace (and runtime directory)
