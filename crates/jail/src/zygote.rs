@@ -127,17 +127,114 @@ pub(crate) enum ZygoteReply {
     Error(WireError),
 }
 
-/// The zygote's preloaded interpreter, inherited by its forks.
+/// A CPython object pointer (`PyObject *`).
+type Obj = *mut c_void;
+
+/// `Py_file_input`: the start symbol for a module's worth of statements.
+const PY_FILE_INPUT: c_int = 257;
+
+/// The zygote's preloaded interpreter, inherited by its forks: the C API functions a run
+/// needs, and the objects made for it at start-up (kept alive for the zygote's whole life).
 struct Python {
     after_fork_child: unsafe extern "C" fn(),
-    run_string: unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int,
-    finalize: unsafe extern "C" fn() -> c_int,
+    /// `PyRun_StringFlags(code, start, globals, locals, flags)`: a new reference, or NULL
+    /// with an exception set.
+    run_string: unsafe extern "C" fn(*const c_char, c_int, Obj, Obj, *mut c_void) -> Obj,
+    /// `_Py_HandleSystemExit(&status)`: if the pending exception is `SystemExit`, prints its
+    /// message if it has one, clears it and returns 1 with the exit status.
+    handle_system_exit: unsafe extern "C" fn(*mut c_int) -> c_int,
+    print_error: unsafe extern "C" fn(),
+    call_no_args: unsafe extern "C" fn(Obj) -> Obj,
+    get_attr: unsafe extern "C" fn(Obj, *const c_char) -> Obj,
+    is_true: unsafe extern "C" fn(Obj) -> c_int,
+    dec_ref: unsafe extern "C" fn(Obj),
+    write_unraisable: unsafe extern "C" fn(Obj),
+    clear_error: unsafe extern "C" fn(),
+    /// `PySys_GetObject(name)`: a borrowed reference or NULL, never an exception.
+    sys_get: unsafe extern "C" fn(*const c_char) -> Obj,
+    /// `PyDict_GetItemString(dict, key)`: a borrowed reference or NULL.
+    dict_get: unsafe extern "C" fn(Obj, *const c_char) -> Obj,
+    /// `&_Py_NoneStruct`.
+    none: Obj,
     /// `_Py_UnhandledKeyboardInterrupt`: set when a `KeyboardInterrupt` ended the code.
     unhandled_interrupt: usize,
+    /// `__main__`'s namespace, where the code runs (as `PyRun_SimpleString` runs it).
+    main: Obj,
+    /// `atexit._run_exitfuncs` (the module leaves `sys.modules` if the start had not imported it).
+    exitfuncs: Obj,
+    /// The run's share of the interpreter's finalization (see [`EXIT_PRELUDE`]).
+    clear: Obj,
     /// The code of `-c`.
     code: CString,
     argv: Vec<String>,
 }
+
+// SAFETY: the pointers are CPython's objects and functions in this single-threaded process
+// (a zygote, then each fork); the `OnceLock` only needs them to be storable in a static.
+unsafe impl Send for Python {}
+// SAFETY: as above: only the thread holding the interpreter ever uses them.
+unsafe impl Sync for Python {}
+
+/// Python run once in the zygote, in a namespace of its own, to define `clear`: the part of
+/// `Py_FinalizeEx`'s `finalize_modules` that concerns a run. A fork's program ends the way
+/// `python3 -c` ends (threads joined, `atexit`, standard streams flushed, exit status 120 if
+/// that fails), but instead of tearing the whole interpreter down (≈4 ms of CPU copying and
+/// freeing the zygote's pages) only what the run made goes, in CPython's order: the standard
+/// streams restored, `__main__` and the modules the run imported out of `sys.modules`, the
+/// names it added to `builtins` removed, a collection, then (newest first) each of those
+/// modules still alive cleared the way CPython clears one (single-underscore names first),
+/// and a last collection. Objects a run hides in a module the zygote had already imported
+/// (say `os.x = obj`) or in `sys` are not finalized (CPython finalizes the latter only after
+/// the standard streams are gone, and does not promise `__del__` at exit at all), and the
+/// order of finalizers across modules may differ from a cold run's (docs/security.md).
+const EXIT_PRELUDE: &str = r#"
+import sys as _sys, builtins as _builtins, _weakref
+_had_atexit = 'atexit' in _sys.modules
+exitfuncs = __import__('atexit')._run_exitfuncs
+if not _had_atexit:
+    del _sys.modules['atexit']
+def clear(sys=_sys, builtins=_builtins, ref=_weakref.ref, gc=__import__('gc')):
+    try:
+        for n in ('last_type', 'last_value', 'last_traceback'):
+            if n in sys.__dict__:
+                setattr(sys, n, None)
+        for n in ('stdin', 'stdout', 'stderr'):
+            setattr(sys, n, getattr(sys, '__%s__' % n, None))
+        mods = sys.modules
+        main = mods['__main__'].__dict__
+        weak = []
+        for n in [n for n in mods if n not in BEFORE or n == '__main__']:
+            m = mods[n]
+            if type(m) is type(sys):
+                weak.append(ref(m))
+                mods[n] = None
+        m = None
+        space = builtins.__dict__
+        for k in [k for k in space if k not in BUILTINS]:
+            del space[k]
+        gc.collect()
+        if weak[0]() is None:
+            # __main__'s module is gone, and with it (collected) its namespace in a cold
+            # run; the zygote's namespace is never collected (frozen): freed here instead,
+            # in the order a collection finalizes what it held (creation order).
+            main.clear()
+        main = None
+        for r in reversed(weak):
+            m = r()
+            if m is not None:
+                d = m.__dict__
+                for k in [k for k in d if k[:1] == '_' and k[1:2] != '_']:
+                    d[k] = None
+                for k in [k for k in d if k != '__builtins__']:
+                    d[k] = None
+        m = d = r = weak = space = None
+        gc.collect()
+    except BaseException:
+        pass
+def snapshot():
+    global BEFORE, BUILTINS
+    BEFORE, BUILTINS = frozenset(_sys.modules), frozenset(_builtins.__dict__)
+"#;
 
 static PYTHON: OnceLock<Python> = OnceLock::new();
 static FILTERS: OnceLock<Vec<seccompiler::BpfProgram>> = OnceLock::new();
@@ -186,25 +283,20 @@ pub(crate) fn run_preloaded() -> ! {
     let _ = sys::close_range(3, libc::c_uint::MAX, 0);
     // SAFETY: the interpreter was initialized in this (forked) process's ancestor on this same
     // thread, which holds the GIL; after a fork CPython requires exactly this call before any
-    // other use. Then code runs through the C API with NUL-terminated strings we own.
+    // other use. Then code runs through the C API with NUL-terminated strings we own and
+    // objects the zygote made, following each function's reference rules.
     unsafe {
         (py.after_fork_child)();
         // The dispositions CPython sets at start-up (the jail reset every signal to default):
         // SIGINT raises KeyboardInterrupt, SIGPIPE and SIGXFSZ are ignored.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        (py.run_string)(
-            c"__import__('_signal').signal(2, __import__('_signal').default_int_handler)".as_ptr(),
-            std::ptr::null_mut(),
-        );
-        // Like Py_RunMain: 1 after an uncaught exception (SystemExit exits from inside),
-        // 120 if finalizing fails, death by SIGINT after an uncaught KeyboardInterrupt.
-        let mut status = if (py.run_string)(py.code.as_ptr(), std::ptr::null_mut()) == 0 {
-            0
-        } else {
-            1
-        };
-        if (py.finalize)() < 0 {
+        py.run(c"__import__('_signal').signal(2, __import__('_signal').default_int_handler)");
+        // As PyRun_SimpleString then Py_RunMain: 1 after an uncaught exception, SystemExit's
+        // status, 120 if flushing the standard streams fails at exit, death by SIGINT after
+        // an uncaught KeyboardInterrupt.
+        let mut status = py.run(&py.code);
+        if !py.finalize() {
             status = 120;
         }
         if *(py.unhandled_interrupt as *const c_int) != 0 {
@@ -213,6 +305,131 @@ pub(crate) fn run_preloaded() -> ! {
             status = 130;
         }
         libc::exit(status)
+    }
+}
+
+impl Python {
+    /// Runs `code` in `__main__` as `PyRun_SimpleString` does, except that a `SystemExit`
+    /// gives its status back instead of exiting; returns the exit status so far.
+    ///
+    /// # Safety
+    /// In the process (and thread) holding the interpreter.
+    unsafe fn run(&self, code: &std::ffi::CStr) -> c_int {
+        // SAFETY: per this function's contract; `main` is a live dict.
+        unsafe {
+            let v = (self.run_string)(
+                code.as_ptr(),
+                PY_FILE_INPUT,
+                self.main,
+                self.main,
+                std::ptr::null_mut(),
+            );
+            if !v.is_null() {
+                (self.dec_ref)(v);
+                return 0;
+            }
+            let mut status: c_int = 0;
+            if (self.handle_system_exit)(&mut status) != 0 {
+                return status;
+            }
+            (self.print_error)();
+            1
+        }
+    }
+
+    /// What `Py_FinalizeEx` does that a program can observe: non-daemon threads joined,
+    /// `atexit` handlers run, the standard streams flushed, the run's objects finalized (see
+    /// [`EXIT_PRELUDE`]), the streams flushed again. Returns false if a flush failed.
+    ///
+    /// # Safety
+    /// In the process (and thread) holding the interpreter.
+    unsafe fn finalize(&self) -> bool {
+        // SAFETY: per this function's contract; borrowed references are not released, new
+        // ones are, and every error is reported or cleared before the next call.
+        unsafe {
+            let modules = (self.sys_get)(c"modules".as_ptr());
+            let threading = if modules.is_null() {
+                modules
+            } else {
+                (self.dict_get)(modules, c"threading".as_ptr())
+            };
+            if !threading.is_null() && !self.call_method(threading, c"_shutdown") {
+                (self.write_unraisable)(threading);
+            }
+            self.call(self.exitfuncs);
+            let mut ok = self.flush_std();
+            self.call(self.clear);
+            ok &= self.flush_std();
+            ok
+        }
+    }
+
+    /// Calls `f()`, dropping its result; an exception it leaves is cleared.
+    unsafe fn call(&self, f: Obj) {
+        // SAFETY: per the caller's contract; `f` is a live callable.
+        unsafe {
+            let r = (self.call_no_args)(f);
+            if r.is_null() {
+                (self.clear_error)();
+            } else {
+                (self.dec_ref)(r);
+            }
+        }
+    }
+
+    /// Calls `obj.name()`; false (with the exception set) if that fails.
+    unsafe fn call_method(&self, obj: Obj, name: &std::ffi::CStr) -> bool {
+        // SAFETY: per the caller's contract; `obj` is a live object.
+        unsafe {
+            let m = (self.get_attr)(obj, name.as_ptr());
+            if m.is_null() {
+                return false;
+            }
+            let r = (self.call_no_args)(m);
+            (self.dec_ref)(m);
+            if r.is_null() {
+                return false;
+            }
+            (self.dec_ref)(r);
+            true
+        }
+    }
+
+    /// CPython's `flush_std_files`: flushes `sys.stdout` (reporting a failure as unraisable)
+    /// and `sys.stderr` (silently) unless missing, None or closed; false if either failed.
+    unsafe fn flush_std(&self) -> bool {
+        let mut ok = true;
+        for (name, report) in [(c"stdout", true), (c"stderr", false)] {
+            // SAFETY: per the caller's contract; `f` is borrowed from `sys`.
+            unsafe {
+                let f = (self.sys_get)(name.as_ptr());
+                if f.is_null() || f == self.none {
+                    continue;
+                }
+                let closed = (self.get_attr)(f, c"closed".as_ptr());
+                if closed.is_null() {
+                    (self.clear_error)();
+                } else {
+                    let r = (self.is_true)(closed);
+                    (self.dec_ref)(closed);
+                    if r < 0 {
+                        (self.clear_error)();
+                    }
+                    if r > 0 {
+                        continue;
+                    }
+                }
+                if !self.call_method(f, c"flush") {
+                    if report {
+                        (self.write_unraisable)(f);
+                    } else {
+                        (self.clear_error)();
+                    }
+                    ok = false;
+                }
+            }
+        }
+        ok
     }
 }
 
@@ -314,25 +531,51 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
     type SetProgramName = unsafe extern "C" fn(*const libc::wchar_t);
     type InitializeEx = unsafe extern "C" fn(c_int);
     type GetVersion = unsafe extern "C" fn() -> *const c_char;
-    // SAFETY: each symbol is the CPython 3 C API function of that name, whose C signature the
-    // type spells out (stable since 3.0 for these five and the three kept in `Python`).
+    type Run = unsafe extern "C" fn(*const c_char, c_int, Obj, Obj, *mut c_void) -> Obj;
+    type ByName = unsafe extern "C" fn(*const c_char) -> Obj;
+    type Attr = unsafe extern "C" fn(Obj, *const c_char) -> Obj;
+    // SAFETY: each symbol is the CPython 3 C API function (or data) of that name, whose C
+    // signature the type spells out (stable since 3.0 for all but `_Py_HandleSystemExit`, an
+    // exported function of 3.8 to 3.12 with this signature; the zygote's library must be the
+    // version `python3` is, which the engine checks).
     let python = unsafe {
         let decode: DecodeLocale = std::mem::transmute(sym(c"Py_DecodeLocale")?);
         let set_name: SetProgramName = std::mem::transmute(sym(c"Py_SetProgramName")?);
         let initialize: InitializeEx = std::mem::transmute(sym(c"Py_InitializeEx")?);
         let version: GetVersion = std::mem::transmute(sym(c"Py_GetVersion")?);
-        let py = Python {
+        let add_module: ByName = std::mem::transmute(sym(c"PyImport_AddModule")?);
+        let module_dict: unsafe extern "C" fn(Obj) -> Obj =
+            std::mem::transmute(sym(c"PyModule_GetDict")?);
+        let new_dict: unsafe extern "C" fn() -> Obj = std::mem::transmute(sym(c"PyDict_New")?);
+        let mut py = Python {
             after_fork_child: std::mem::transmute::<usize, unsafe extern "C" fn()>(sym(
                 c"PyOS_AfterFork_Child",
             )?),
-            run_string: std::mem::transmute::<
+            run_string: std::mem::transmute::<usize, Run>(sym(c"PyRun_StringFlags")?),
+            handle_system_exit: std::mem::transmute::<
                 usize,
-                unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int,
-            >(sym(c"PyRun_SimpleStringFlags")?),
-            finalize: std::mem::transmute::<usize, unsafe extern "C" fn() -> c_int>(sym(
-                c"Py_FinalizeEx",
+                unsafe extern "C" fn(*mut c_int) -> c_int,
+            >(sym(c"_Py_HandleSystemExit")?),
+            print_error: std::mem::transmute::<usize, unsafe extern "C" fn()>(sym(c"PyErr_Print")?),
+            call_no_args: std::mem::transmute::<usize, unsafe extern "C" fn(Obj) -> Obj>(sym(
+                c"PyObject_CallNoArgs",
             )?),
+            get_attr: std::mem::transmute::<usize, Attr>(sym(c"PyObject_GetAttrString")?),
+            is_true: std::mem::transmute::<usize, unsafe extern "C" fn(Obj) -> c_int>(sym(
+                c"PyObject_IsTrue",
+            )?),
+            dec_ref: std::mem::transmute::<usize, unsafe extern "C" fn(Obj)>(sym(c"Py_DecRef")?),
+            write_unraisable: std::mem::transmute::<usize, unsafe extern "C" fn(Obj)>(sym(
+                c"PyErr_WriteUnraisable",
+            )?),
+            clear_error: std::mem::transmute::<usize, unsafe extern "C" fn()>(sym(c"PyErr_Clear")?),
+            sys_get: std::mem::transmute::<usize, ByName>(sym(c"PySys_GetObject")?),
+            dict_get: std::mem::transmute::<usize, Attr>(sym(c"PyDict_GetItemString")?),
+            none: sym(c"_Py_NoneStruct")? as Obj,
             unhandled_interrupt: sym(c"_Py_UnhandledKeyboardInterrupt")?,
+            main: std::ptr::null_mut(),
+            exitfuncs: std::ptr::null_mut(),
+            clear: std::ptr::null_mut(),
             code: CString::new(spec.argv[2].as_str())
                 .map_err(|_| JailError::InvalidConfig("code with a NUL byte".into()))?,
             argv: spec.argv.clone(),
@@ -352,12 +595,39 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
         // Reads PYTHON* variables from the environment the zygote was started with (the
         // programs' own), installs the signal handlers and imports `site`, as `python3` does.
         initialize(1);
+        let main = add_module(c"__main__".as_ptr());
+        if main.is_null() {
+            return Err(setup_err("find __main__", io::ErrorKind::Other));
+        }
+        py.main = module_dict(main);
+        // The exit path's objects, in a namespace of their own (never freed).
+        let private = new_dict();
+        let exit = CString::new(EXIT_PRELUDE).expect("no NUL in the exit prelude");
+        let defined = (py.run_string)(
+            exit.as_ptr(),
+            PY_FILE_INPUT,
+            private,
+            private,
+            std::ptr::null_mut(),
+        );
+        if defined.is_null() {
+            (py.print_error)();
+            return Err(setup_err("define the exit path", io::ErrorKind::Other));
+        }
+        (py.dec_ref)(defined);
+        py.clear = (py.dict_get)(private, c"clear".as_ptr());
+        let snapshot = (py.dict_get)(private, c"snapshot".as_ptr());
+        py.exitfuncs = (py.dict_get)(private, c"exitfuncs".as_ptr());
+        if py.clear.is_null() || snapshot.is_null() || py.exitfuncs.is_null() {
+            return Err(setup_err("define the exit path", io::ErrorKind::Other));
+        }
         // What `python3 -c` sets at start: '' (the working directory) first on sys.path, and
         // sys.argv ['-c'] (a loader replaces them per run). Leaves no name in __main__.
         // And sys.orig_argv, the command line (a JSON list of strings is a Python literal).
         // Then every object so far goes to the collector's permanent generation, so that the
         // forks' collections do not write to (and copy) the zygote's pages ('gc' then leaves
-        // sys.modules: a cold start has not imported it).
+        // sys.modules: a cold start has not imported it), and the exit path notes what the
+        // zygote has (what a run adds is the run's).
         let argv = serde_json::to_string(&spec.argv).unwrap_or_else(|_| "[]".into());
         let prelude = CString::new(format!(
             "__import__('sys').path.insert(0, ''); __import__('sys').argv[:] = ['-c']; \
@@ -365,9 +635,10 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
              __import__('sys').modules.pop('gc')"
         ))
         .map_err(|_| JailError::InvalidConfig("command with a NUL byte".into()))?;
-        if (py.run_string)(prelude.as_ptr(), std::ptr::null_mut()) != 0 {
+        if py.run(&prelude) != 0 {
             return Err(setup_err("prepare sys", io::ErrorKind::Other));
         }
+        py.call(snapshot);
         let v = std::ffi::CStr::from_ptr(version()).to_string_lossy();
         let v = v.split_whitespace().next().unwrap_or_default().to_string();
         (py, v)

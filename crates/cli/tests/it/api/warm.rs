@@ -89,6 +89,28 @@ fn warm_runs_are_indistinguishable_from_cold_starts() {
             "import signal\nprint([signal.getsignal(s) for s in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM)])",
         ),
         py("print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])"),
+        // The end of the run, which a zygote's fork does without tearing the interpreter
+        // down: threads joined, atexit (and its errors), objects finalized in CPython's order
+        // (an object hidden in `builtins` first, then __main__'s, then a cycle; a module the
+        // run imported, single-underscore names first), buffered files flushed, a failing
+        // flush reported with status 120.
+        py(
+            "import builtins\nclass D:\n    def __init__(s, n): s.n = n\n    def __del__(s): print('del', s.n)\n_under = D('_under')\nmain = D('main')\n_later = D('_later')\nc = D('cycle'); c.me = c\nbuiltins.hidden = D('builtins')\nprint('end')",
+        ),
+        json!({"code": "import helper\nprint('end')",
+            "files": [{"name": "helper.py", "content": "class H:\n    def __del__(s): print('del helper', s.n)\n_h = H(); _h.n = 1\nh = H(); h.n = 2"}]}),
+        py(
+            "import threading, time\ndef late():\n    time.sleep(0.2); print('late')\nthreading.Thread(target=late).start()\nprint('main done')",
+        ),
+        py(
+            "import atexit\nclass F:\n    def __repr__(s): return 'F'\n    def __call__(s): 1/0\natexit.register(F())\natexit.register(print, 'second')\nprint('x')",
+        ),
+        py("import atexit, sys\natexit.register(print, 'bye')\nsys.exit(4)"),
+        py(
+            "import sys\nf = open(1, 'w', buffering=8192, closefd=False)\nf.write('buffered\\n')\nsys.stdout.write('direct\\n')",
+        ),
+        py("import sys\nsys.stdout = open('/dev/full', 'w')\nprint('lost')"),
+        py("import sys\nsys.stdout = open('/dev/full', 'w')\nprint('lost')\nsys.exit(3)"),
     ];
     for c in &mut cases {
         c["language"] = json!("python");
