@@ -179,6 +179,7 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
         memory_bytes: 256 << 20,
         max_tasks: 66,
         cpus: None,
+        background: false,
     };
     let limits = RunLimits {
         wall_time: Duration::from_secs(10),

@@ -1,4 +1,6 @@
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,7 +194,8 @@ impl Cancel {
 /// How to run one plan.
 #[derive(Default)]
 pub struct RunContext<'a> {
-    /// Receives the run step's output as it arrives (for streaming).
+    /// Receives the run step's output as it arrives (for streaming). Only a run without one
+    /// may be run again when its warm jail dies under it (nothing of it was shown yet).
     pub on_output: Option<OutputSink<'a>>,
     /// Cancellation from another thread.
     pub cancel: Option<&'a Cancel>,
@@ -452,6 +455,7 @@ impl Engine {
                 // The jail's agent and each shared step's init are tasks of the group too.
                 max_tasks: (b.max_processes + 2).min(u32::MAX as u64) as u32,
                 cpus: b.cpus,
+                background: false,
             },
         )
     }
@@ -748,6 +752,7 @@ impl Engine {
             // The jail's agent and the step's init are tasks of the group too.
             max_tasks: (l.max_processes + 2).min(u32::MAX as u64) as u32,
             cpus: None,
+            background: false,
         }
     }
 
@@ -972,18 +977,23 @@ impl Engine {
         fields.extend(argv.iter().cloned());
         let bytes = crate::warm::header(&fields);
         jail.hand_off(&mut process)?;
-        // The header is written by a thread of its own, so that nothing here can block on the
+        // The header goes into the pipe at once if it fits (it nearly always does); what does
+        // not is written by a thread of its own, so that nothing here can block on the
         // program (it ends when the header is written or the program is gone).
-        std::thread::Builder::new()
-            .name("runcell-warm-input".into())
-            .spawn(move || {
-                use std::io::Write;
-                let _ = input.write_all(&bytes);
-            })
-            .map_err(|e| JailError::Io {
-                what: "start the input writer".into(),
-                source: e,
-            })?;
+        let sent = write_without_waiting(&mut input, &bytes);
+        if sent < bytes.len() {
+            std::thread::Builder::new()
+                .name("runcell-warm-input".into())
+                .spawn(move || {
+                    use std::io::Write;
+                    let _ = set_blocking(&input);
+                    let _ = input.write_all(&bytes[sent..]);
+                })
+                .map_err(|e| JailError::Io {
+                    what: "start the input writer".into(),
+                    source: e,
+                })?;
+        }
         let out = supervise_program(
             jail,
             process,
@@ -1001,7 +1011,9 @@ impl Engine {
             && out.exit == runcell_jail::Exit::Signaled(libc::SIGKILL)
             && jail.ends_within(Duration::from_millis(200));
         if lost {
-            if out.stdout.is_empty() && out.stderr.is_empty() {
+            // Nothing of the run has left runcell unless its output is streamed: then only
+            // a run that printed nothing yet can start again.
+            if ctx.on_output.is_none() || (out.stdout.is_empty() && out.stderr.is_empty()) {
                 tracing::warn!(
                     "a warm {} jail died under its run; running it cold",
                     plan.language
@@ -1041,6 +1053,40 @@ impl Engine {
         fill_result(r, &out, &run, &self.config.limits.maxima);
         Ok(())
     }
+}
+
+/// Writes what the pipe `f` takes now of `bytes` (non-blocking); returns how much that was.
+fn write_without_waiting(f: &mut File, bytes: &[u8]) -> usize {
+    use std::io::Write;
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; only its status flags change.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return 0;
+    }
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match f.write(&bytes[sent..]) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+/// Makes `f` blocking again.
+fn set_blocking(f: &File) -> std::io::Result<()> {
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; only its status flags change.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The run step's command line and environment (the same cold or warm).

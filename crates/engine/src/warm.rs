@@ -204,7 +204,7 @@ impl WarmPool {
         }
         let l = self.lang(lang)?;
         l.zygote.as_ref()?;
-        match start(&self.inner, l) {
+        match start(&self.inner, l, false) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("forking a {lang} interpreter failed: {e}");
@@ -266,8 +266,10 @@ impl Drop for WarmPool {
 }
 
 /// Prepares a jail (forked from the language's zygote if it has one) and starts its warm
-/// step in it, reading from a pipe whose write end is returned.
-fn start(inner: &Inner, lang: &WarmLang) -> Result<Warm, JailError> {
+/// step in it, reading from a pipe whose write end is returned. A `background` jail (the
+/// pool's, for later) is prepared at the lowest CPU weight, so that it never slows a run in
+/// progress; taking it sets the run's limits, and with them the normal weight.
+fn start(inner: &Inner, lang: &WarmLang, background: bool) -> Result<Warm, JailError> {
     // Without a zygote now, the interpreter starts in its jail.
     let zygote = lang
         .zygote
@@ -275,7 +277,14 @@ fn start(inner: &Inner, lang: &WarmLang) -> Result<Warm, JailError> {
         .and_then(|z| z.next(&inner.spawner).map(|id| (z, id)));
     let jail = inner
         .spawner
-        .prepare_in(zygote.map(|(_, id)| id), &inner.config, &inner.limits)
+        .prepare_in(
+            zygote.map(|(_, id)| id),
+            &inner.config,
+            &CgroupLimits {
+                background,
+                ..inner.limits
+            },
+        )
         .inspect_err(|_| {
             if let Some((z, id)) = zygote {
                 z.failed(&inner.spawner, id);
@@ -328,7 +337,7 @@ fn fill(inner: &Inner) {
         };
         let l = &inner.specs[next];
         let lang = l.lang.clone();
-        match start(inner, l) {
+        match start(inner, l, true) {
             Ok(w) => {
                 backoff = Duration::from_millis(50);
                 let mut ready = inner.ready.lock().unwrap_or_else(|p| p.into_inner());

@@ -145,6 +145,11 @@ pub struct CgroupLimits {
     pub max_tasks: u32,
     /// CPU bandwidth in CPUs (1.5 = one and a half cores); `None` leaves it unthrottled.
     pub cpus: Option<f64>,
+    /// Prepared ahead of any run (a pool's jail): the lowest CPU weight, so that preparing
+    /// it yields to programs that are running. Setting limits again without it (when a run
+    /// takes the jail) restores the normal weight.
+    #[serde(default)]
+    pub background: bool,
 }
 
 /// Per-process resource limits (`setrlimit`). Every one is explicit: there is no
@@ -441,6 +446,7 @@ mod tests {
             memory_bytes: 64 << 20,
             max_tasks: 16,
             cpus: Some(1.0),
+            background: false,
         };
         ok.validate().unwrap();
         assert!(

@@ -280,6 +280,12 @@ impl Jail {
             if !step_alive && !outputs_open && status_fd.is_none() {
                 break;
             }
+            // A private step's init exits right after recording the program's end, and the
+            // kernel then kills whatever is left in its pid namespace: once the record is in
+            // and nothing holds the output open, the result does not wait for that teardown.
+            if !shared && finished.is_some() && !outputs_open {
+                break;
+            }
             let now = monotonic_ns();
             if !step_alive && step_dead_ns.is_some_and(|t| now - t > drain.as_nanos() as u64) {
                 break;

@@ -85,6 +85,7 @@ fn cgroup_limits() -> CgroupLimits {
         memory_bytes: 256 << 20,
         max_tasks: 64,
         cpus: None,
+        background: false,
     }
 }
 
@@ -3679,4 +3680,36 @@ fn zygote_pids(spawner: u32) -> Vec<u32> {
         }
     }
     found
+}
+
+/// A jail prepared ahead of its run (a pool's) has the lowest CPU weight, so that preparing it
+/// never takes CPU from a program running in another jail; the run's limits restore the
+/// normal weight.
+#[test]
+fn a_jail_prepared_ahead_yields_the_cpu_until_a_run_takes_it() {
+    let jail = spawner()
+        .prepare(
+            &config(),
+            &CgroupLimits {
+                background: true,
+                ..cgroup_limits()
+            },
+        )
+        .expect("prepare");
+    let weight = || {
+        cgroup_dirs(jail.cgroup_name())
+            .iter()
+            .find_map(|d| {
+                let v1 = std::fs::read_to_string(d.join("cpu.shares")).ok();
+                v1.or_else(|| std::fs::read_to_string(d.join("cpu.weight")).ok())
+                    .map(|w| (d.clone(), w.trim().parse::<u64>().expect("a weight")))
+            })
+            .expect("the jail's cpu controller")
+    };
+    let (dir, w) = weight();
+    let v2 = dir.join("cpu.weight").exists() && !dir.join("cpu.shares").exists();
+    assert_eq!(w, if v2 { 1 } else { 2 }, "{}", dir.display());
+    jail.set_limits(&cgroup_limits()).expect("set limits");
+    assert_eq!(weight().1, if v2 { 100 } else { 1024 });
+    jail.destroy().expect("destroy");
 }

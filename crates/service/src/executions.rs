@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use runcell_engine::model::{now_ms, rfc3339};
-use runcell_engine::{Cancel, ExecuteRequest, ExecutionResult, Plan, RunContext};
+use runcell_engine::{Cancel, ExecuteRequest, ExecutionResult, OutputSink, Plan, RunContext};
 use runcell_jail::Stream;
 use runcell_store::{
     DeliveryRow, ExecStatus, ExecutionRow, Finish, ListFilter, NewDelivery, NewExecution, Store,
@@ -592,6 +592,7 @@ impl Service {
         let scope = tenant.to_string();
         let joined = tokio::task::spawn_blocking(move || {
             let id = id_owned;
+            let streamed = progress.is_some();
             let mut forward = |s: Stream, chunk: &[u8]| {
                 if let Some(p) = &progress {
                     let _ = p.send(Progress::Output(s, chunk.to_vec()));
@@ -614,7 +615,7 @@ impl Service {
                         }
                     }
                     let ctx = RunContext {
-                        on_output: Some(&mut forward),
+                        on_output: streamed.then_some(&mut forward as OutputSink<'_>),
                         cancel: Some(&cancel),
                         jail: guard.as_ref(),
                         cache_scope: None,
@@ -625,7 +626,7 @@ impl Service {
                 }
                 None => {
                     let ctx = RunContext {
-                        on_output: Some(&mut forward),
+                        on_output: streamed.then_some(&mut forward as OutputSink<'_>),
                         cancel: Some(&cancel),
                         jail: None,
                         // Compiled programs are shared within a tenant only.

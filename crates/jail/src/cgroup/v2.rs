@@ -312,7 +312,9 @@ impl Cgroup for Group {
             ),
             None => format!("max {CPU_PERIOD_US}"),
         };
-        write_file(&self.dir.join("cpu.max"), &cpu)
+        write_file(&self.dir.join("cpu.max"), &cpu)?;
+        let weight = if limits.background { "1" } else { "100" };
+        write_file(&self.dir.join("cpu.weight"), weight)
     }
 
     fn reset_peak(&self) -> io::Result<()> {
