@@ -658,6 +658,8 @@ impl Jail {
         {
             return Ok(());
         }
+        // Its teardown (the dying processes free their memory) yields to running programs.
+        let _ = self.cgroup.set_cpu_weight(true);
         // Kill first, so the jail dies even if the spawner is slow to answer.
         let _ = crate::sys::pidfd_send_signal(self.agent.as_fd(), libc::SIGKILL);
         match self.spawner.call(&SpawnerRequest::Destroy {

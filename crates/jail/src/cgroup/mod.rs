@@ -44,6 +44,9 @@ pub trait Cgroup: Send + Sync + Debug {
     fn self_attach_files(&self) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>>;
     /// Sets memory, task and CPU limits.
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()>;
+    /// The group's CPU weight: the lowest (`background`: a jail prepared ahead, or one being
+    /// torn down, yields to running programs) or the normal one.
+    fn set_cpu_weight(&self, background: bool) -> io::Result<()>;
     /// Restarts peak-memory measurement from the current use.
     fn reset_peak(&self) -> io::Result<()>;
     /// CPU time used so far, in nanoseconds (cheap: called while a program runs).

@@ -150,10 +150,7 @@ impl Cgroup for Group {
         // No swapping of sandbox memory even where swap exists.
         let _ = write_file(&self.memory.join("memory.swappiness"), "0");
         write_file(&self.pids.join("pids.max"), &limits.max_tasks.to_string())?;
-        if let Some(cpu) = &self.cpu {
-            let shares = if limits.background { "2" } else { "1024" };
-            write_file(&cpu.join("cpu.shares"), shares)?;
-        }
+        self.set_cpu_weight(limits.background)?;
         match (&self.cpu, limits.cpus) {
             (Some(cpu), Some(c)) => {
                 write_file(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
@@ -170,6 +167,16 @@ impl Cgroup for Group {
             (None, None) => {}
         }
         Ok(())
+    }
+
+    fn set_cpu_weight(&self, background: bool) -> io::Result<()> {
+        match &self.cpu {
+            Some(cpu) => write_file(
+                &cpu.join("cpu.shares"),
+                if background { "2" } else { "1024" },
+            ),
+            None => Ok(()),
+        }
     }
 
     fn reset_peak(&self) -> io::Result<()> {

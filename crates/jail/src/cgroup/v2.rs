@@ -313,8 +313,14 @@ impl Cgroup for Group {
             None => format!("max {CPU_PERIOD_US}"),
         };
         write_file(&self.dir.join("cpu.max"), &cpu)?;
-        let weight = if limits.background { "1" } else { "100" };
-        write_file(&self.dir.join("cpu.weight"), weight)
+        self.set_cpu_weight(limits.background)
+    }
+
+    fn set_cpu_weight(&self, background: bool) -> io::Result<()> {
+        write_file(
+            &self.dir.join("cpu.weight"),
+            if background { "1" } else { "100" },
+        )
     }
 
     fn reset_peak(&self) -> io::Result<()> {
