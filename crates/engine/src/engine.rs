@@ -112,6 +112,24 @@ pub struct Plan {
     stdin: Vec<u8>,
 }
 
+impl Plan {
+    /// The placeholders of this plan's commands: its main source, and its other files with
+    /// one of the language's extensions (`{sources}` of compile commands).
+    fn vars(&self, lang: &Language, memory_mb: u64, prefix: &std::path::Path) -> Vars {
+        let mut sources: Vec<String> = self
+            .files
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| lang.is_source(n))
+            .collect();
+        sources.sort();
+        Vars {
+            sources,
+            ..Vars::new(self.source_name.clone(), memory_mb, prefix)
+        }
+    }
+}
+
 /// The resource budget of a sandbox: one jail whose kernel-enforced limits everything running
 /// in it shares.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -333,11 +351,11 @@ impl Engine {
             let Ok(limits) = config.limits.resolve_for(&req, lang.run.max_processes) else {
                 continue;
             };
-            let vars = Vars {
-                source: lang.source_file.clone(),
-                memory_mb: limits.memory_mb,
-                prefix: config.prefix.clone(),
-            };
+            let vars = Vars::new(
+                lang.source_file.clone(),
+                limits.memory_mb,
+                config.prefix.clone(),
+            );
             let mut env = base_env();
             merge_env(&mut env, lang.env(&vars));
             let zygote = w
@@ -780,11 +798,7 @@ impl Engine {
         let lang = self.lang(&plan.language)?;
         let run = plan.limits;
         let compile = self.compile_limits(lang);
-        let vars = |memory_mb| Vars {
-            source: plan.source_name.clone(),
-            memory_mb,
-            prefix: self.config.prefix.clone(),
-        };
+        let vars = |memory_mb| plan.vars(lang, memory_mb, &self.config.prefix);
         let compile_argv = lang.compile_argv(&vars(compile.memory_mb));
         let first = if compile_argv.is_some() {
             &compile
