@@ -3,6 +3,7 @@
 //! (through `runcell-jail`); knows nothing of HTTP or storage.
 
 pub mod cache;
+pub mod compare;
 mod engine;
 pub mod limits;
 pub mod model;
