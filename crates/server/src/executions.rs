@@ -42,8 +42,15 @@ fn parse_request(body: Value) -> Result<(ExecuteRequest, Option<String>), ApiErr
             }
         }
     }
-    let req: ExecuteRequest = serde_json::from_value(Value::Object(obj))
-        .map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("invalid request: {e}")))?;
+    // The error names the field at fault (`test_cases[2].stdin: invalid type …`).
+    let req: ExecuteRequest =
+        serde_path_to_error::deserialize(Value::Object(obj)).map_err(|e| {
+            let detail = match e.path().to_string() {
+                p if p == "." => format!("invalid request: {}", e.inner()),
+                p => format!("invalid request: {p}: {}", e.inner()),
+            };
+            ApiError::bad_request("INVALID_REQUEST", detail)
+        })?;
     Ok((req, callback))
 }
 

@@ -271,6 +271,13 @@ impl Service {
         req: ExecuteRequest,
     ) -> Result<ExecutionStream> {
         let plan = self.plan(&req)?;
+        if plan.is_judged() {
+            return Err(Error::invalid(
+                "INVALID_REQUEST",
+                "a run with test_cases cannot be streamed; run it synchronously or \
+                 asynchronously",
+            ));
+        }
         self.check_capacity(tenant)?;
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = unbounded_channel::<Progress>();
@@ -617,7 +624,7 @@ impl Service {
                         on_output: Some(&mut forward),
                         cancel: Some(&cancel),
                         jail: guard.as_ref(),
-                        cache_scope: None,
+                        ..RunContext::default()
                     };
                     let r = engine.run(&plan, &id, created, ctx);
                     w.last_used.store(now_ms(), Ordering::SeqCst);
@@ -630,6 +637,7 @@ impl Service {
                         jail: None,
                         // Compiled programs are shared within a tenant only.
                         cache_scope: Some(&scope),
+                        ..RunContext::default()
                     };
                     engine.run(&plan, &id, created, ctx)
                 }

@@ -44,10 +44,11 @@ pub use tenants::Tenant;
 /// The types of requests and results the service takes and gives, for the layers above it
 /// (which depend on this crate only).
 pub mod model {
+    pub use runcell_engine::compare::ComparisonMode;
     pub use runcell_engine::model::{now_ms, rfc3339, unix_ms};
     pub use runcell_engine::{
-        Cancel, CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest,
-        ResultStatus,
+        Cancel, CaseResult, CheckerRequest, CheckerResult, CompileResult, ExecuteRequest,
+        ExecutionResult, FileSpec, Judging, LimitsRequest, ResultStatus, TestCase, Verdict,
     };
     pub use runcell_jail::{
         FileMeta, FsKind, JAIL_GID, JAIL_UID, Stream, decode_path, is_encoded_path,
