@@ -20,7 +20,7 @@ use crate::{Cancel, Engine, EngineError, RunContext};
 
 /// A case's (or a run's) verdict.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Accepted,
@@ -41,6 +41,7 @@ pub enum Verdict {
     InternalError,
     /// Not run: an earlier case failed with `stop_on_first_failure`, the program did not
     /// compile, or the run was cancelled.
+    #[default]
     Skipped,
 }
 
@@ -88,7 +89,7 @@ pub struct Judging {
 
 /// One test case's run and verdict.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CaseResult {
     /// The case's position in `test_cases`, from 0.
     pub index: usize,
@@ -343,19 +344,8 @@ impl CaseResult {
     fn skipped(index: usize) -> CaseResult {
         CaseResult {
             index,
-            verdict: Verdict::Skipped,
-            message: None,
-            stdout: String::new(),
-            stderr: String::new(),
             exit_code: -1,
-            signal: None,
-            execution_time: 0.0,
-            cpu_time: 0.0,
-            memory_peak_kb: 0,
-            limit_exceeded: None,
-            stdout_truncated: false,
-            stderr_truncated: false,
-            checker: None,
+            ..CaseResult::default()
         }
     }
 

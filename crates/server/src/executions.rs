@@ -61,11 +61,15 @@ pub struct StreamQuery {
 }
 
 /// Runs code and returns the result.
+///
+/// With `test_cases`, the program is judged: compiled once, each case run in a fresh jail with
+/// the same limits, and `judging` of the result holds a verdict per case and overall
+/// (docs/judging.md). Judged runs are not streamed.
 #[utoipa::path(post, path = "/api/v1/execute", tag = "executions",
     request_body = ExecuteRequest, params(StreamQuery),
     responses(
         (status = 200, description = "The result (or, with `stream=true`, server-sent events ending with it)", body = ExecutionResult),
-        (status = 400, description = "Invalid request, unsupported language or invalid limit", body = ErrorBody),
+        (status = 400, description = "Invalid request, unsupported language, invalid limit, too many test cases (TOO_MANY_TEST_CASES)", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 408, description = "The body stalled or dripped", body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 429, description = "Rate limit, or this key's share of the queue (TENANT_QUEUE_FULL)", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
