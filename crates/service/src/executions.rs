@@ -378,6 +378,40 @@ impl Service {
             .ok_or_else(|| Error::not_found("Execution"))
     }
 
+    /// An execution of `tenant` with the request it was made from (for dialects that show
+    /// the request's fields back, such as Judge0's submissions).
+    pub async fn execution_with_request(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> Result<(ExecutionObject, ExecuteRequest)> {
+        let row = self
+            .store
+            .get_execution(&tenant.0, id, now_ms())
+            .await?
+            .ok_or_else(|| Error::not_found("Execution"))?;
+        let req = serde_json::from_str(&row.request)
+            .map_err(|e| Error::internal(format!("the stored request of {id}: {e}")))?;
+        Ok((ExecutionObject::from_row(&row), req))
+    }
+
+    /// Deletes a finished execution of `tenant` with its webhook deliveries; the answer is
+    /// the execution as it was. One that has not finished is a conflict.
+    pub async fn delete_execution(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> Result<(ExecutionObject, ExecuteRequest)> {
+        let found = self.execution_with_request(tenant, id).await?;
+        if !self.store.delete_execution(&tenant.0, id).await? {
+            return Err(Error::conflict(
+                "NOT_FINISHED",
+                "the execution has not finished; it can be deleted once it has",
+            ));
+        }
+        Ok(found)
+    }
+
     /// The tenant's executions, newest first (of one session or status, if given).
     pub async fn list_executions(
         &self,

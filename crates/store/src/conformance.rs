@@ -48,6 +48,10 @@ macro_rules! conformance_suite {
                 $crate::conformance::expiry_hides_and_delete_expired_removes_rows_and_deliveries::<$backend>().await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn delete_execution_takes_finished_ones_of_their_tenant_only() {
+                $crate::conformance::delete_execution_takes_finished_ones_of_their_tenant_only::<$backend>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn claim_is_fifo_and_atomic_status_change() {
                 $crate::conformance::claim_is_fifo_and_atomic_status_change::<$backend>().await;
             }
@@ -374,6 +378,46 @@ pub(crate) async fn expiry_hides_and_delete_expired_removes_rows_and_deliveries<
     assert_eq!(s.delete_expired(1_000).await.unwrap(), 1);
     assert!(s.list_deliveries("t", "new").await.unwrap().is_empty());
     assert!(s.get_execution("t", "open", 1_000).await.unwrap().is_some());
+}
+
+pub(crate) async fn delete_execution_takes_finished_ones_of_their_tenant_only<B: Backend>() {
+    let b = B::fresh().await;
+    let s = b.store();
+    for (id, status) in [
+        ("done", ExecStatus::Running),
+        ("waiting", ExecStatus::Pending),
+        ("busy", ExecStatus::Running),
+    ] {
+        s.insert_execution(&new_exec(id, "t", status))
+            .await
+            .unwrap();
+    }
+    s.finish_execution("done", &finish(ExecStatus::Completed, 10, 100))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("msg_done", "done", "t", 50))
+        .await
+        .unwrap();
+    s.record_attempt(
+        "msg_done",
+        &attempt(50, Some(500), None),
+        DeliveryState::Pending,
+        Some(60),
+    )
+    .await
+    .unwrap();
+    // Another tenant's, unfinished ones and missing ones are not deleted.
+    assert!(!s.delete_execution("other", "done").await.unwrap());
+    assert!(!s.delete_execution("t", "waiting").await.unwrap());
+    assert!(!s.delete_execution("t", "busy").await.unwrap());
+    assert!(!s.delete_execution("t", "nope").await.unwrap());
+    assert!(s.get_execution("t", "done", 0).await.unwrap().is_some());
+    assert!(s.delete_execution("t", "done").await.unwrap());
+    assert!(s.get_execution("t", "done", 0).await.unwrap().is_none());
+    assert!(s.list_deliveries("t", "done").await.unwrap().is_empty());
+    assert_eq!(b.count_rows("delivery_attempts").await, 0);
+    assert_eq!(b.count_rows("executions").await, 2);
+    assert!(!s.delete_execution("t", "done").await.unwrap(), "only once");
 }
 
 pub(crate) async fn claim_is_fifo_and_atomic_status_change<B: Backend>() {

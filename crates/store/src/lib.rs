@@ -418,6 +418,11 @@ pub trait Store: Send + Sync + 'static {
     /// many executions were deleted.
     async fn delete_expired(&self, now: i64) -> Result<u64>;
 
+    /// Deletes a finished (`Completed` or `Failed`) execution of `tenant` and its deliveries.
+    /// Returns false (and deletes nothing) when it is not finished, not the tenant's, or
+    /// missing.
+    async fn delete_execution(&self, tenant: &str, id: &str) -> Result<bool>;
+
     // --- tenants ------------------------------------------------------------------------------
 
     /// The tenant's webhook secret, creating it from `generate` on first use (atomically: two

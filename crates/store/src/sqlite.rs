@@ -716,6 +716,30 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn delete_execution(&self, tenant: &str, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let done = sqlx::query(
+            "DELETE FROM executions WHERE id = ?1 AND tenant = ?2 \
+             AND status IN ('completed', 'failed')",
+        )
+        .bind(id)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() > 0 {
+            // Attempts go with their deliveries (ON DELETE CASCADE).
+            sqlx::query("DELETE FROM deliveries WHERE tenant = ?1 AND execution_id = ?2")
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn webhook_secret(&self, tenant: &str, generate: String) -> Result<String> {
         const SELECT: &str = "SELECT webhook_secret FROM tenants WHERE tenant = ?1";
         // The common case reads only, without taking the write lock.
