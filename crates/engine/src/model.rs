@@ -59,6 +59,11 @@ pub struct ExecuteRequest {
     /// Stop at the first case that is not accepted (the rest are `skipped`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop_on_first_failure: bool,
+    /// What the API dialect that made the request (Judge0) keeps of it to show it back in its
+    /// own terms; set by the server only, ignored by the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub dialect: Option<Value>,
 }
 
 /// One test case of a judged run.

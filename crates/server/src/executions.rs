@@ -29,6 +29,8 @@ fn parse_request(body: Value) -> Result<(ExecuteRequest, Option<String>), ApiErr
             "the request body must be a JSON object with `language` and `code`",
         ));
     };
+    // Set by dialects only.
+    obj.remove("dialect");
     let mut callback = None;
     for key in ["callback_url", "webhook_url"] {
         match obj.remove(key) {

@@ -20,6 +20,7 @@ pub mod error;
 pub mod execd;
 pub mod executions;
 pub mod files;
+pub mod judge0;
 pub mod openapi;
 pub mod operations;
 pub mod request;
@@ -201,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .nest("/judge0", judge0::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), body::guard))
         .route_layer(middleware::from_fn(track))
         .with_state(state);

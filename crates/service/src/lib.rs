@@ -45,7 +45,7 @@ pub use tenants::Tenant;
 /// (which depend on this crate only).
 pub mod model {
     pub use runcell_engine::compare::ComparisonMode;
-    pub use runcell_engine::model::{now_ms, rfc3339, unix_ms};
+    pub use runcell_engine::model::{now_ms, rfc3339, signal_number, unix_ms};
     pub use runcell_engine::{
         Cancel, CaseResult, CheckerRequest, CheckerResult, CompileResult, ExecuteRequest,
         ExecutionResult, FileSpec, Judging, LimitsRequest, ResultStatus, TestCase, Verdict,

@@ -10,6 +10,7 @@ mod executions;
 mod fairness;
 mod files;
 mod input;
+mod judge0;
 mod judging;
 mod judging_set;
 mod multifile;
