@@ -9,7 +9,8 @@ use serde_json::{Map, Value, json};
 
 use runcell_service::executions::ExecutionObject;
 use runcell_service::model::{
-    ExecStatus, ExecuteRequest, ExecutionResult, LimitsRequest, TestCase, Verdict, signal_number,
+    ExecStatus, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest, TestCase, Verdict,
+    signal_number,
 };
 
 use super::languages;
@@ -98,6 +99,53 @@ pub fn fields(param: Option<&str>) -> Result<Vec<String>, String> {
     } else {
         Err(format!("invalid fields: {}", unknown.join(", ")))
     }
+}
+
+/// The most `additional_files` may extract to, KiB (`max_extract_size`).
+pub const MAX_EXTRACT_KIB: u64 = 10240;
+
+/// The files of `additional_files` (a base64 zip), at most `MAX_EXTRACT_KIB` together; entries
+/// that are directories are skipped, names are checked by the engine like any file's.
+fn unzip(text: &str) -> Result<Vec<FileSpec>, String> {
+    use std::io::Read;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = b64()
+        .decode(compact)
+        .map_err(|_| "is not valid base64".to_string())?;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| format!("is not a zip archive: {e}"))?;
+    let max = MAX_EXTRACT_KIB * 1024;
+    let mut total = 0u64;
+    let mut files = Vec::new();
+    for i in 0..zip.len() {
+        let mut f = zip
+            .by_index(i)
+            .map_err(|e| format!("entry {i} cannot be read: {e}"))?;
+        if f.is_dir() {
+            continue;
+        }
+        let Some(name) = f.enclosed_name().and_then(|p| p.to_str().map(String::from)) else {
+            return Err(format!(
+                "entry {:?} has a name outside the archive",
+                f.name()
+            ));
+        };
+        let mut data = Vec::new();
+        (&mut f)
+            .take(max - total + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| format!("entry {name:?} cannot be extracted: {e}"))?;
+        total += data.len() as u64;
+        if total > max {
+            return Err(format!("extracts to more than {MAX_EXTRACT_KIB} KiB"));
+        }
+        files.push(FileSpec {
+            name,
+            content: b64().encode(&data),
+            encoding: Some("base64".into()),
+        });
+    }
+    Ok(files)
 }
 
 /// The server's Judge0 settings: defaults and maxima in Judge0's units.
@@ -294,10 +342,24 @@ pub fn to_request(item: &Value, base64: bool, s: &Settings) -> Result<ExecuteReq
         "is not supported on this server",
         &mut e,
     );
+    let additional = match obj.get("additional_files") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => match unzip(s) {
+            Ok(files) => Some((s.clone(), files)),
+            Err(why) => {
+                e.add("additional_files", why);
+                None
+            }
+        },
+        Some(_) => {
+            e.add("additional_files", "must be a base64 zip archive");
+            None
+        }
+    };
     for (key, why) in [
         ("compiler_options", "are not enabled on this server"),
         ("callback_url", "is not supported yet on this server"),
-        ("additional_files", "are not supported yet on this server"),
     ] {
         match obj.get(key) {
             None | Some(Value::Null) => {}
@@ -342,6 +404,7 @@ pub fn to_request(item: &Value, base64: bool, s: &Settings) -> Result<ExecuteReq
                 procs.map(|p| p as u64).unwrap_or(s.max_processes_and_or_threads),
             "max_file_size": file_size.map(|f| f as u64).unwrap_or(s.max_file_size),
             "command_line_arguments": args_text,
+            "additional_files": additional.as_ref().map(|(zip, _)| zip),
         }
     });
     Ok(ExecuteRequest {
@@ -349,6 +412,7 @@ pub fn to_request(item: &Value, base64: bool, s: &Settings) -> Result<ExecuteReq
             .unwrap_or_default()
             .to_string(),
         code,
+        files: additional.map(|(_, files)| files).unwrap_or_default(),
         args: args_text
             .as_deref()
             .map(|a| a.split_whitespace().map(String::from).collect())
@@ -508,11 +572,10 @@ pub fn render(
             | "enable_network" => json!(false),
             "max_file_size" => get("max_file_size", json!(s.max_file_size)),
             "command_line_arguments" => get("command_line_arguments", Value::Null),
+            // The archive as it was sent (base64 already).
+            "additional_files" => get("additional_files", Value::Null),
             // Not supported yet: always null, never "".
-            "compiler_options"
-            | "callback_url"
-            | "additional_files"
-            | "post_execution_filesystem" => Value::Null,
+            "compiler_options" | "callback_url" | "post_execution_filesystem" => Value::Null,
             _ => continue,
         };
         let v = match (&v, base64 && ENCODED.contains(&f.as_str())) {

@@ -458,6 +458,65 @@ fn statuses_follow_the_verdicts() {
     assert!(e["enable_network"].is_array(), "{e}");
 }
 
+/// A zip of `files` made by Python's zipfile (deflated), base64.
+fn zip_b64(files: &[(&str, &str)]) -> String {
+    let script = "import base64, io, json, sys, zipfile\n\
+                  buf = io.BytesIO()\n\
+                  with zipfile.ZipFile(buf, 'w', zipfile.ZIP_DEFLATED) as z:\n\
+                  \x20   z.writestr('lib/', '')\n\
+                  \x20   for name, text in json.loads(sys.argv[1]):\n\
+                  \x20       z.writestr(name, text)\n\
+                  print(base64.b64encode(buf.getvalue()).decode())";
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, &serde_json::to_string(files).unwrap()])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn additional_files_are_a_zip_of_files_beside_the_program() {
+    let srv = Server::start();
+    let zip = zip_b64(&[
+        ("lib/helper.py", "def twice(x):\n    return 2 * x\n"),
+        ("data.txt", "21"),
+    ]);
+    let body = json!({"source_code": b64("import sys\nsys.path.insert(0, 'lib')\nfrom helper import twice\nprint(twice(int(open('data.txt').read())))"),
+                      "language_id": 71, "additional_files": zip, "expected_output": b64("42")});
+    let v = call(
+        &srv,
+        "POST",
+        "/submissions?wait=true&base64_encoded=true&fields=*",
+        Some(KEY_A),
+        Some(&body),
+    )
+    .expect(201)
+    .json();
+    assert_eq!(v["status"]["id"], 3, "{v:#}");
+    assert_eq!(v["additional_files"], zip.as_str(), "shown back as sent");
+    let config = call(&srv, "GET", "/config_info", Some(KEY_A), None)
+        .expect(200)
+        .json();
+    assert_eq!(config["enable_additional_files"], true);
+    // Not a zip; a name that leaves the archive: 422.
+    for bad in [b64("not a zip"), zip_b64(&[("../escape.txt", "x")])] {
+        let r = call(
+            &srv,
+            "POST",
+            "/submissions",
+            Some(KEY_A),
+            Some(&json!({"source_code": "print(1)", "language_id": 71, "additional_files": bad})),
+        );
+        assert_eq!(r.status, 422, "{}", r.text);
+        assert!(r.json()["additional_files"].is_array(), "{}", r.text);
+    }
+}
+
 #[test]
 fn batches_and_deletion() {
     let srv = Server::start();
