@@ -57,6 +57,14 @@ pub enum ServerError {
 }
 
 /// What every handler sees (cheap to clone).
+/// The callback formats of this server's dialects (Judge0's PUT of its submission), for
+/// [`Service::start_with`].
+pub fn callback_formats(config: &runcell_service::Config) -> runcell_service::CallbackFormats {
+    let mut formats = runcell_service::CallbackFormats::new();
+    formats.insert("judge0".into(), judge0::callback_format(config));
+    formats
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub svc: Arc<Service>,

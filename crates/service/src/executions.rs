@@ -744,16 +744,27 @@ impl Service {
                 return;
             }
         };
-        let payload = serde_json::json!({
-            "type": "execution.completed",
-            "data": ExecutionObject::from_row(&row),
+        let obj = ExecutionObject::from_row(&row);
+        // A dialect's own callback (Judge0's PUT of the submission), else ours.
+        let req: Option<ExecuteRequest> = serde_json::from_str(&row.request).ok();
+        let format = req.as_ref().and_then(|r| {
+            let dialect = r.dialect.as_ref()?.as_object()?.keys().next()?;
+            Some((self.callbacks.get(dialect.as_str())?, r))
         });
+        let (method, payload) = match format {
+            Some((f, r)) => (f.method, (f.body)(&obj, r)),
+            None => (
+                "POST",
+                serde_json::json!({"type": "execution.completed", "data": obj}).to_string(),
+            ),
+        };
         let d = NewDelivery {
             id: format!("msg_{}", id.replace('-', "")),
             execution_id: id.to_string(),
             tenant: tenant.to_string(),
             url: url.to_string(),
-            payload: payload.to_string(),
+            method: method.to_string(),
+            payload,
             created_at: now_ms(),
             next_attempt_at: now_ms(),
         };

@@ -177,6 +177,7 @@ pub(crate) fn new_delivery(id: &str, execution_id: &str, tenant: &str, due: i64)
         execution_id: execution_id.to_string(),
         tenant: tenant.to_string(),
         url: "https://example.com/hook".to_string(),
+        method: "POST".to_string(),
         payload: format!(r#"{{"type":"execution.completed","id":"{execution_id}"}}"#),
         created_at: 2_000,
         next_attempt_at: due,
@@ -805,9 +806,9 @@ pub(crate) async fn deliveries_due_ordering_attempts_and_states<B: Backend>() {
     s.insert_delivery(&new_delivery("msg_a", "ea", "t", 100))
         .await
         .unwrap();
-    s.insert_delivery(&new_delivery("msg_b", "eb", "t", 200))
-        .await
-        .unwrap();
+    let mut put = new_delivery("msg_b", "eb", "t", 200);
+    put.method = "PUT".into();
+    s.insert_delivery(&put).await.unwrap();
     // A duplicate id is ignored (the first one stays).
     let mut dup = new_delivery("msg_a", "ea", "t", 5);
     dup.payload = "other".into();
@@ -824,6 +825,8 @@ pub(crate) async fn deliveries_due_ordering_attempts_and_states<B: Backend>() {
     assert_eq!(a.execution_id, "ea");
     assert_eq!(a.tenant, "t");
     assert_eq!(a.url, "https://example.com/hook");
+    assert_eq!(a.method, "POST");
+    assert_eq!(due[1].method, "PUT", "the method is kept");
     assert_eq!(a.payload, new_delivery("msg_a", "ea", "t", 0).payload);
     assert_eq!(a.created_at, 2_000);
     assert!(a.attempts.is_empty());

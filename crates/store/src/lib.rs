@@ -138,7 +138,9 @@ pub struct NewDelivery {
     pub execution_id: String,
     pub tenant: String,
     pub url: String,
-    /// The exact body to POST (JSON text).
+    /// `POST` (Standard Webhooks) or `PUT` (Judge0's callbacks).
+    pub method: String,
+    /// The exact body to send (JSON text).
     pub payload: String,
     pub created_at: i64,
     /// When the first attempt is due.
@@ -195,6 +197,7 @@ pub struct DeliveryRow {
     pub execution_id: String,
     pub tenant: String,
     pub url: String,
+    pub method: String,
     pub payload: String,
     pub state: DeliveryState,
     pub created_at: i64,

@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use runcell_service::model::ExecStatus;
 use runcell_service::{Kind, Tenant};
 
 use crate::AppState;
@@ -250,7 +251,7 @@ async fn config_info(State(state): State<AppState>, _a: J0Auth) -> Json<Value> {
         "allowed_languages_for_compile_options": [],
         "enable_command_line_arguments": true,
         "enable_submission_delete": true,
-        "enable_callbacks": false,
+        "enable_callbacks": true,
         "callbacks_max_tries": c.webhooks.max_attempts,
         "callbacks_timeout": c.webhooks.timeout_secs,
         "enable_additional_files": true,
@@ -314,12 +315,28 @@ async fn system_info(_a: J0Auth) -> Json<Value> {
     }))
 }
 
+/// Judge0's callback: a PUT of the submission with its default fields, base64 (as Judge0
+/// sends it), signed like every runcell webhook.
+pub fn callback_format(config: &runcell_service::Config) -> runcell_service::CallbackFormat {
+    let s = Settings::of(config);
+    let fields: Vec<String> = submissions::DEFAULT_FIELDS
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    runcell_service::CallbackFormat {
+        method: "PUT",
+        body: Box::new(move |obj, req| {
+            submissions::render(obj, req, &fields, true, &s).to_string()
+        }),
+    }
+}
+
 /// One submission from its JSON: the execution request, or Judge0's field errors (422).
 fn parse(
     item: &Value,
     base64: bool,
     s: &Settings,
-) -> J0Result<runcell_service::model::ExecuteRequest> {
+) -> J0Result<(runcell_service::model::ExecuteRequest, Option<String>)> {
     submissions::to_request(item, base64, s).map_err(|e| J0Error {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         body: Value::Object(e.0),
@@ -337,22 +354,34 @@ async fn create_submission(
     let s = settings(&state);
     let base64 = p.flag("base64_encoded");
     let fields = p.fields()?;
-    let req = parse(&body_json(&body)?, base64, &s)?;
-    if p.flag("wait") {
-        let result = state.svc.execute(&tenant, req.clone()).await?;
-        let (obj, req) = state
-            .svc
-            .execution_with_request(&tenant, &result.execution_id)
-            .await?;
-        let v = submissions::render(&obj, &req, &fields, base64, &s);
-        return Ok((StatusCode::CREATED, Json(v)).into_response());
+    let (req, callback) = parse(&body_json(&body)?, base64, &s)?;
+    if !p.flag("wait") {
+        let obj = state.svc.submit(&tenant, req, callback).await?;
+        let token = json!({"token": obj.execution_id});
+        return Ok((StatusCode::CREATED, Json(token)).into_response());
     }
-    let obj = state.svc.submit(&tenant, req, None).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"token": obj.execution_id})),
-    )
-        .into_response())
+    let id = match callback {
+        // Synchronous, in the caller's turn.
+        None => state.svc.execute(&tenant, req).await?.execution_id,
+        // A callback goes with the queue: queued, then waited for.
+        Some(url) => {
+            let id = state
+                .svc
+                .submit(&tenant, req, Some(url))
+                .await?
+                .execution_id;
+            loop {
+                let (obj, _) = state.svc.execution_with_request(&tenant, &id).await?;
+                if matches!(obj.status, ExecStatus::Completed | ExecStatus::Failed) {
+                    break id;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (obj, req) = state.svc.execution_with_request(&tenant, &id).await?;
+    let v = submissions::render(&obj, &req, &fields, base64, &s);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
 async fn get_submission(
@@ -442,7 +471,7 @@ async fn create_batch(
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let v = match parse(item, base64, &s) {
-            Ok(req) => match state.svc.submit(&tenant, req, None).await {
+            Ok((req, callback)) => match state.svc.submit(&tenant, req, callback).await {
                 Ok(obj) => json!({"token": obj.execution_id}),
                 Err(e) => J0Error::from(e).body,
             },

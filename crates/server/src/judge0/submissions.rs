@@ -272,8 +272,13 @@ fn only_false(obj: &Map<String, Value>, key: &str, why: &str, e: &mut FieldError
     }
 }
 
-/// A submission's fields as an execution request, or Judge0's field errors.
-pub fn to_request(item: &Value, base64: bool, s: &Settings) -> Result<ExecuteRequest, FieldErrors> {
+/// A submission's fields as an execution request and its `callback_url`, or Judge0's field
+/// errors.
+pub fn to_request(
+    item: &Value,
+    base64: bool,
+    s: &Settings,
+) -> Result<(ExecuteRequest, Option<String>), FieldErrors> {
     let mut e = FieldErrors::default();
     let Value::Object(obj) = item else {
         e.add("submission", "must be a JSON object");
@@ -357,16 +362,20 @@ pub fn to_request(item: &Value, base64: bool, s: &Settings) -> Result<ExecuteReq
             None
         }
     };
-    for (key, why) in [
-        ("compiler_options", "are not enabled on this server"),
-        ("callback_url", "is not supported yet on this server"),
-    ] {
-        match obj.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s.is_empty() => {}
-            Some(_) => e.add(key, why),
-        }
+    match obj.get("compiler_options") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(_) => e.add("compiler_options", "are not enabled on this server"),
     }
+    let callback = match obj.get("callback_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(s.trim().to_string()),
+        Some(_) => {
+            e.add("callback_url", "must be a string");
+            None
+        }
+    };
     let args_text = match obj.get("command_line_arguments") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -405,9 +414,10 @@ pub fn to_request(item: &Value, base64: bool, s: &Settings) -> Result<ExecuteReq
             "max_file_size": file_size.map(|f| f as u64).unwrap_or(s.max_file_size),
             "command_line_arguments": args_text,
             "additional_files": additional.as_ref().map(|(zip, _)| zip),
+            "callback_url": callback,
         }
     });
-    Ok(ExecuteRequest {
+    let req = ExecuteRequest {
         language: languages::language_of(language_id)
             .unwrap_or_default()
             .to_string(),
@@ -427,7 +437,8 @@ pub fn to_request(item: &Value, base64: bool, s: &Settings) -> Result<ExecuteReq
         comparison: Some("trimmed_lines".into()),
         dialect: Some(dialect),
         ..ExecuteRequest::default()
-    })
+    };
+    Ok((req, callback))
 }
 
 /// The Judge0 status of an execution.
@@ -574,8 +585,9 @@ pub fn render(
             "command_line_arguments" => get("command_line_arguments", Value::Null),
             // The archive as it was sent (base64 already).
             "additional_files" => get("additional_files", Value::Null),
-            // Not supported yet: always null, never "".
-            "compiler_options" | "callback_url" | "post_execution_filesystem" => Value::Null,
+            "callback_url" => get("callback_url", Value::Null),
+            // Not supported: always null, never "".
+            "compiler_options" | "post_execution_filesystem" => Value::Null,
             _ => continue,
         };
         let v = match (&v, base64 && ENCODED.contains(&f.as_str())) {
@@ -609,14 +621,16 @@ mod tests {
 
     #[test]
     fn a_submission_becomes_one_judged_case() {
-        let r = to_request(
+        let (r, callback) = to_request(
             &json!({"source_code": "cHJpbnQoNDIp", "language_id": 71, "stdin": "MQ==",
                     "expected_output": "NDI=", "cpu_time_limit": "2.5",
-                    "memory_limit": 128000, "command_line_arguments": "a  b"}),
+                    "memory_limit": 128000, "command_line_arguments": "a  b",
+                    "callback_url": "https://example.com/cb"}),
             true,
             &settings(),
         )
         .unwrap();
+        assert_eq!(callback.as_deref(), Some("https://example.com/cb"));
         assert_eq!(r.language, "python");
         assert_eq!(r.code, "print(42)");
         assert_eq!(r.args, ["a", "b"]);

@@ -446,3 +446,36 @@ async fn sandbox_queries_use_the_indexes() {
     .await;
     assert!(!p.contains("TEMP B-TREE"), "{p}");
 }
+
+#[tokio::test]
+async fn version_3_deliveries_migrate_to_4_as_posts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runcell.db");
+    // A database as a version-3 build left it, with a delivery.
+    {
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+        for step in &MIGRATIONS[..3] {
+            sqlx::raw_sql(*step).execute(&mut conn).await.unwrap();
+        }
+        sqlx::raw_sql("PRAGMA user_version = 3")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO deliveries (id, execution_id, tenant, url, payload, state, created_at, \
+             next_attempt_at) VALUES ('msg', 'e', 't', 'https://x', '{}', 'pending', 1, 5)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let s = SqliteStore::open(&path).await.unwrap();
+    let due = s.due_deliveries(10, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].method, "POST");
+}

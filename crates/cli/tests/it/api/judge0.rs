@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::server::{KEY_A, KEY_B, Opts, Resp, Server};
+use crate::server::{KEY_A, KEY_B, Opts, Receiver, Resp, Server};
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
@@ -515,6 +515,101 @@ fn additional_files_are_a_zip_of_files_beside_the_program() {
         assert_eq!(r.status, 422, "{}", r.text);
         assert!(r.json()["additional_files"].is_array(), "{}", r.text);
     }
+}
+
+#[test]
+fn callbacks_are_judge0_puts_signed_like_every_webhook() {
+    let srv = Server::with(Opts::new().env("RUNCELL_WEBHOOK_ALLOW", "127.0.0.1"));
+    let receiver = Receiver::start(&[]);
+    let url = receiver.url("/judge0/done");
+    let created = call(
+        &srv,
+        "POST",
+        "/submissions",
+        Some(KEY_A),
+        Some(
+            &json!({"source_code": "print(input())", "language_id": 71, "stdin": "hi",
+                     "expected_output": "hi", "callback_url": url}),
+        ),
+    )
+    .expect(201)
+    .json();
+    let token = created["token"].as_str().unwrap().to_string();
+    let hooks = receiver.wait_for(1, Duration::from_secs(60));
+    let h = &hooks[0];
+    assert_eq!(h.method, "PUT");
+    assert_eq!(h.path, "/judge0/done");
+    // Judge0's body: the submission with its default fields, base64.
+    let body: Value = serde_json::from_slice(&h.body).unwrap();
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "compile_output",
+            "memory",
+            "message",
+            "status",
+            "stderr",
+            "stdout",
+            "time",
+            "token"
+        ]
+    );
+    assert_eq!(body["token"], token.as_str());
+    assert_eq!(body["status"]["id"], 3, "{body}");
+    assert_eq!(unb64(&body["stdout"]), b"hi\n");
+    // Signed under the tenant's webhook secret.
+    let secret = srv
+        .get("/api/v1/webhook-secret", Some(KEY_A))
+        .expect(200)
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    standardwebhooks::Webhook::new(&secret)
+        .unwrap()
+        .verify(&h.body, &h.header_map())
+        .unwrap_or_else(|e| panic!("the signature does not verify: {e}"));
+    // The submission shows its callback; wait=true with a callback waits and calls back too.
+    let v = call(
+        &srv,
+        "GET",
+        &format!("/submissions/{token}?fields=callback_url"),
+        Some(KEY_A),
+        None,
+    )
+    .expect(200)
+    .json();
+    assert_eq!(v["callback_url"], url.as_str());
+    let v = call(
+        &srv,
+        "POST",
+        "/submissions?wait=true",
+        Some(KEY_A),
+        Some(&json!({"source_code": "print(2)", "language_id": 71, "callback_url": url})),
+    )
+    .expect(201)
+    .json();
+    assert_eq!(v["status"]["id"], 3, "{v}");
+    let hooks = receiver.wait_for(2, Duration::from_secs(60));
+    let body: Value = serde_json::from_slice(&hooks[1].body).unwrap();
+    assert_eq!(body["token"], v["token"]);
+    // A target the SSRF guard refuses is refused at creation.
+    let r = call(
+        &srv,
+        "POST",
+        "/submissions",
+        Some(KEY_A),
+        Some(&json!({"source_code": "print(1)", "language_id": 71,
+                     "callback_url": "http://169.254.169.254/latest"})),
+    );
+    assert_eq!(r.status, 422, "{}", r.text);
 }
 
 #[test]
