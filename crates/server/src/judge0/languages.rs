@@ -1,11 +1,19 @@
-//! Judge0 CE 1.13.1's language ids of the languages runcell has, one id each (so that a
-//! submission shows back the id it was made with), and its statuses.
+//! Judge0 CE 1.13.1's language ids of the languages runcell has, and its statuses. Judge0
+//! lists several versions of C and C++ under their own ids (its Python SDK maps `CPP` to 52,
+//! GCC 7.4.0): each of them is runcell's C or C++, and a submission shows back the id it was
+//! made with.
 
-/// (Judge0 CE 1.13.1 id, runcell language id).
+/// (Judge0 CE 1.13.1 id, runcell language id); a language's first id is its own.
 pub const LANGUAGES: &[(u32, &str)] = &[
     (46, "bash"),
     (50, "c"),
+    (48, "c"),
+    (49, "c"),
+    (75, "c"),
     (54, "cpp"),
+    (52, "cpp"),
+    (53, "cpp"),
+    (76, "cpp"),
     (60, "go"),
     (62, "java"),
     (63, "javascript"),
@@ -21,7 +29,7 @@ pub fn language_of(id: u32) -> Option<&'static str> {
     LANGUAGES.iter().find(|(j, _)| *j == id).map(|(_, l)| *l)
 }
 
-/// The Judge0 language id of a runcell language.
+/// The Judge0 language id of a runcell language (its first).
 pub fn id_of(language: &str) -> Option<u32> {
     LANGUAGES
         .iter()
@@ -62,11 +70,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_map_both_ways_one_to_one() {
+    fn ids_map_to_languages_and_back_to_their_first() {
         for (id, lang) in LANGUAGES {
             assert_eq!(language_of(*id), Some(*lang));
-            assert_eq!(id_of(lang), Some(*id));
+            assert_eq!(language_of(id_of(lang).unwrap()), Some(*lang));
         }
+        assert_eq!(id_of("cpp"), Some(54));
+        assert_eq!(language_of(52), Some("cpp"), "the SDK's CPP");
         assert_eq!(language_of(71), Some("python"));
         assert_eq!(language_of(999), None);
         assert_eq!(id_of("cobol"), None);

@@ -214,7 +214,7 @@ async fn get_language(
         .and_then(|lang| state.svc.languages().iter().find(|l| l.id == lang))
         .ok_or_else(|| J0Error::new(StatusCode::NOT_FOUND, "Not Found"))?;
     Ok(Json(json!({
-        "id": languages::id_of(&info.id),
+        "id": id.parse::<u32>().ok(),
         "name": language_name(info),
         "is_archived": !info.available,
         "source_file": null,

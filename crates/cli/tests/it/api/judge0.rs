@@ -124,7 +124,7 @@ fn the_python_sdks_calls_work_unchanged() {
             l["id"].as_u64().unwrap()
         })
         .collect();
-    for id in [71, 50, 54, 62, 63, 60, 73, 72, 68, 74, 46] {
+    for id in [71, 50, 54, 52, 62, 63, 60, 73, 72, 68, 74, 46] {
         assert!(ids.contains(&id), "language {id} in {langs}");
     }
     let python = call(&srv, "GET", "/languages/71", Some(KEY_A), None)
@@ -136,6 +136,23 @@ fn the_python_sdks_calls_work_unchanged() {
     );
     assert_eq!(python["is_archived"], false);
     call(&srv, "GET", "/languages/9999", Some(KEY_A), None).expect(404);
+    // The SDK's CPP is 52 (GCC 7.4.0 in Judge0): runcell's C++, shown back as 52.
+    let v = call(
+        &srv,
+        "POST",
+        "/submissions?wait=true&fields=language_id,status_id,stdout",
+        Some(KEY_A),
+        Some(
+            &json!({"source_code": "#include <cstdio>\nint main() { std::puts(\"cpp\"); }",
+                     "language_id": 52}),
+        ),
+    )
+    .expect(201)
+    .json();
+    assert_eq!(
+        v,
+        json!({"language_id": 52, "status_id": 3, "stdout": "cpp\n"})
+    );
     let config = call(&srv, "GET", "/config_info", Some(KEY_A), None)
         .expect(200)
         .json();
