@@ -728,3 +728,20 @@ fn batches_and_deletion() {
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.json()["error"].as_str().unwrap().contains("not finished"));
 }
+
+#[test]
+fn a_native_request_cannot_pass_itself_off_as_a_judge0_submission() {
+    let srv = Server::with(Opts::new().env("RUNCELL_WEBHOOK_ALLOW", "127.0.0.1"));
+    let receiver = Receiver::start(&[]);
+    // `dialect` is the server's: a native request that sends one gets the native webhook.
+    let id = srv.submit(
+        KEY_A,
+        &json!({"language": "python", "code": "print(1)", "callback_url": receiver.url("/n"),
+                "dialect": {"judge0": {"language_id": 71}}}),
+    );
+    let hooks = receiver.wait_for(1, Duration::from_secs(60));
+    assert_eq!(hooks[0].method, "POST");
+    let body: Value = serde_json::from_slice(&hooks[0].body).unwrap();
+    assert_eq!(body["type"], "execution.completed", "{body}");
+    assert_eq!(body["data"]["execution_id"], id.as_str());
+}

@@ -628,3 +628,41 @@ fn judged_runs_work_async_with_webhooks_and_in_batches() {
     assert!(r[1].get("judging").is_none(), "{r:#}");
     assert_eq!(r[1]["stdout"], "5\n");
 }
+
+#[test]
+fn the_openapi_document_describes_judging() {
+    let srv = Server::start();
+    let doc = srv.get("/openapi.json", None).expect(200).json();
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        "TestCase",
+        "CheckerRequest",
+        "ComparisonMode",
+        "Judging",
+        "CaseResult",
+        "CheckerResult",
+        "Verdict",
+    ] {
+        assert!(schemas[name].is_object(), "{name} is described");
+    }
+    let request = &schemas["ExecuteRequest"]["properties"];
+    for field in [
+        "test_cases",
+        "comparison",
+        "absolute_tolerance",
+        "relative_tolerance",
+        "checker",
+        "stop_on_first_failure",
+    ] {
+        assert!(request[field].is_object(), "ExecuteRequest.{field}");
+    }
+    assert!(
+        request.get("dialect").is_none(),
+        "the server-set field is not part of the API"
+    );
+    assert!(schemas["ExecutionResult"]["properties"]["judging"].is_object());
+    let verdicts = schemas["Verdict"].to_string();
+    for v in ["time_limit_exceeded", "checker_error", "skipped"] {
+        assert!(verdicts.contains(v), "{v} in {verdicts}");
+    }
+}
