@@ -397,13 +397,24 @@ async fn get_submission(
         .execution_with_request(&tenant, &token)
         .await
         .map_err(not_found)?;
-    Ok(Json(submissions::render(
-        &obj,
-        &req,
-        &fields,
+    Ok(answer(&state, &p, &fields, &obj, &req))
+}
+
+/// A submission as the query asks for it.
+fn answer(
+    state: &AppState,
+    p: &Params,
+    fields: &[String],
+    obj: &runcell_service::ExecutionObject,
+    req: &runcell_service::model::ExecuteRequest,
+) -> Json<Value> {
+    Json(submissions::render(
+        obj,
+        req,
+        fields,
         p.flag("base64_encoded"),
-        &settings(&state),
-    )))
+        &settings(state),
+    ))
 }
 
 fn not_found(e: runcell_service::Error) -> J0Error {
@@ -432,13 +443,7 @@ async fn delete_submission(
             ),
             _ => not_found(e),
         })?;
-    Ok(Json(submissions::render(
-        &obj,
-        &req,
-        &fields,
-        p.flag("base64_encoded"),
-        &settings(&state),
-    )))
+    Ok(answer(&state, &p, &fields, &obj, &req))
 }
 
 async fn create_batch(

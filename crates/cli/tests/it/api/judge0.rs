@@ -58,6 +58,24 @@ const ALL_KEYS: &[&str] = &[
     "post_execution_filesystem",
 ];
 
+/// The keys of a submission without `fields`, sorted.
+const DEFAULT_KEYS: &[&str] = &[
+    "compile_output",
+    "memory",
+    "message",
+    "status",
+    "stderr",
+    "stdout",
+    "time",
+    "token",
+];
+
+fn sorted_keys(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
 /// A Judge0 request as the SDK sends it: `X-Auth-Token`, its app headers, JSON.
 fn call(srv: &Server, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Resp {
     let mut rb = srv
@@ -221,16 +239,9 @@ fn the_python_sdks_calls_work_unchanged() {
     assert!(crate::server::is_uuid_v4(&token), "{token}");
     let (done, polls) = poll(&srv, KEY_A, &token);
     // Exactly Judge0's keys.
-    let mut keys: Vec<&str> = done
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort();
     let mut want = ALL_KEYS.to_vec();
     want.sort();
-    assert_eq!(keys, want);
+    assert_eq!(sorted_keys(&done), want);
     assert_eq!(
         done["status"],
         json!({"id": 3, "description": "Accepted"}),
@@ -279,21 +290,7 @@ fn the_python_sdks_calls_work_unchanged() {
     )
     .expect(200)
     .json();
-    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "compile_output",
-            "memory",
-            "message",
-            "status",
-            "stderr",
-            "stdout",
-            "time",
-            "token"
-        ]
-    );
+    assert_eq!(sorted_keys(&v), DEFAULT_KEYS);
     assert_eq!(v["stdout"], "HELLO\n", "not base64 without base64_encoded");
     let v = call(
         &srv,
@@ -558,26 +555,7 @@ fn callbacks_are_judge0_puts_signed_like_every_webhook() {
     assert_eq!(h.path, "/judge0/done");
     // Judge0's body: the submission with its default fields, base64.
     let body: Value = serde_json::from_slice(&h.body).unwrap();
-    let mut keys: Vec<&str> = body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "compile_output",
-            "memory",
-            "message",
-            "status",
-            "stderr",
-            "stdout",
-            "time",
-            "token"
-        ]
-    );
+    assert_eq!(sorted_keys(&body), DEFAULT_KEYS);
     assert_eq!(body["token"], token.as_str());
     assert_eq!(body["status"]["id"], 3, "{body}");
     assert_eq!(unb64(&body["stdout"]), b"hi\n");
