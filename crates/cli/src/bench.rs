@@ -41,6 +41,12 @@ pub struct BenchArgs {
     /// executions, next to the idle server and a bare python3 spawn.
     #[arg(long)]
     pub fairness: bool,
+    /// Measure judging instead (a server is started for the run): a C++ submission judged
+    /// against 50 test cases end to end, next to one synchronous run of it (compiled, and from
+    /// the compile cache), and the time compiling once saves. Rounds: --iterations (a few are
+    /// enough: each round compiles three times).
+    #[arg(long)]
+    pub judge: bool,
     /// With --fairness: tenant A's executions (half async, half synchronous).
     #[arg(long, default_value_t = 500)]
     pub flood: usize,
@@ -161,6 +167,9 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
     }
     if args.fairness {
         return crate::bench_fair::bench_fairness(&args);
+    }
+    if args.judge {
+        return crate::bench_judge::bench_judge(&args);
     }
     if args.iterations < 3 {
         bail!("--iterations must be at least 3");

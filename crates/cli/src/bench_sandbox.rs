@@ -24,14 +24,32 @@ struct Row {
     vs_bare_python: f64,
 }
 
-struct Api {
-    http: reqwest::blocking::Client,
-    base: String,
-    key: String,
+/// A blocking client of a benchmark's server.
+pub(crate) struct Api {
+    pub(crate) http: reqwest::blocking::Client,
+    pub(crate) base: String,
+    pub(crate) key: String,
 }
 
 impl Api {
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    /// A client of `server` (generous timeouts: some scenarios take seconds).
+    pub(crate) fn of(server: &crate::bench_http::Server) -> Result<Api> {
+        runcell_server::install_crypto_provider();
+        Ok(Api {
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()?,
+            base: server.base.clone(),
+            key: server.key.clone(),
+        })
+    }
+
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -114,14 +132,7 @@ pub fn bench_sandboxes(args: &BenchArgs) -> Result<i32> {
             ("RUNCELL_POOL_SIZE", "2"),
         ],
     )?;
-    runcell_server::install_crypto_provider();
-    let api = Api {
-        http: reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()?,
-        base: server.base.clone(),
-        key: server.key.clone(),
-    };
+    let api = Api::of(&server)?;
     // A sandbox whose warm context answers the round trips.
     api.wait_pool(pool)?;
     let (_, warm_id) = api.first_result(json!({}))?;

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_fair;
 mod bench_http;
+mod bench_judge;
 mod bench_sandbox;
 mod languages;
 mod run;

@@ -77,7 +77,8 @@ pub fn serve(global: &Global, args: ServeArgs) -> Result<i32> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         runcell_server::install_crypto_provider();
-        let svc = Service::start(config, spawner, registry).await?;
+        let callbacks = runcell_server::callback_formats(&config);
+        let svc = Service::start_with(config, spawner, registry, callbacks).await?;
         runcell_server::serve(svc).await?;
         anyhow::Ok(())
     })?;

@@ -19,7 +19,7 @@ use runcell_lang::{Language, Registry, Vars};
 use crate::cache::{CachedFile, CompileCache, Key, KeyInputs};
 use crate::limits::{LimitPolicy, Limits};
 use crate::model::{
-    CompileResult, ExecuteRequest, ExecutionResult, ResultStatus, decode_output, rfc3339,
+    CompileResult, ExecuteRequest, ExecutionResult, FileSpec, ResultStatus, decode_output, rfc3339,
     signal_name,
 };
 use crate::pool::JailPool;
@@ -67,6 +67,8 @@ pub struct EngineConfig {
     pub compile_cache_dir: Option<PathBuf>,
     /// Size of the compile cache, MiB (0: no cache).
     pub compile_cache_mb: u64,
+    /// Test cases one judged run may have.
+    pub max_test_cases: usize,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +96,7 @@ impl Default for EngineConfig {
             zygote_max_age_secs: 600,
             compile_cache_dir: None,
             compile_cache_mb: 512,
+            max_test_cases: 100,
         }
     }
 }
@@ -106,12 +109,69 @@ pub struct Plan {
     pub version: String,
     pub limits: Limits,
     pub session_id: Option<String>,
-    source_name: String,
+    pub(crate) source_name: String,
     code: Vec<u8>,
-    files: Vec<(String, Vec<u8>)>,
-    args: Vec<String>,
+    pub(crate) files: Vec<(String, Vec<u8>)>,
+    pub(crate) args: Vec<String>,
     env: Vec<(String, String)>,
-    stdin: Vec<u8>,
+    pub(crate) stdin: Vec<u8>,
+    /// Test cases and how to judge them (a judged run).
+    pub(crate) judge: Option<Arc<crate::judge::JudgePlan>>,
+}
+
+impl Plan {
+    /// Whether this is a judged run (with test cases).
+    pub fn is_judged(&self) -> bool {
+        self.judge.is_some()
+    }
+
+    /// The placeholders of this plan's commands: its main source, and its other files with
+    /// one of the language's extensions (`{sources}` of compile commands).
+    fn vars(&self, lang: &Language, memory_mb: u64, prefix: &std::path::Path) -> Vars {
+        let mut sources: Vec<String> = self
+            .files
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| lang.is_source(n))
+            .collect();
+        sources.sort();
+        Vars {
+            sources,
+            ..Vars::new(self.source_name.clone(), memory_mb, prefix)
+        }
+    }
+}
+
+/// A compiled program ready to be written into fresh workspaces: the compiler's output files
+/// and the compile step's result.
+#[derive(Debug, Clone)]
+pub struct Prebuilt {
+    files: Vec<CachedFile>,
+    compile: CompileResult,
+}
+
+/// What compiling a plan once gave ([`Engine::build`]).
+#[derive(Debug)]
+pub(crate) enum Build {
+    /// The language has no compile step.
+    Interpreted,
+    /// Compiled (now or before: the compile cache).
+    Ready(Prebuilt),
+    /// It did not compile; the result says why.
+    Failed,
+    /// It compiled, but its output files could not be read out whole (links, too many, too
+    /// large): every run compiles it again.
+    Unreadable,
+}
+
+impl Build {
+    /// The compiled program, when there is one to start runs from.
+    pub(crate) fn ready(&self) -> Option<&Prebuilt> {
+        match self {
+            Build::Ready(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// The resource budget of a sandbox: one jail whose kernel-enforced limits everything running
@@ -204,6 +264,9 @@ pub struct RunContext<'a> {
     /// Who may share compiled programs with this run through the compile cache (the server
     /// passes the tenant); none: the cache is not used.
     pub cache_scope: Option<&'a str>,
+    /// The program compiled already ([`Engine::build`]): its files are written instead of
+    /// running the compiler.
+    pub prebuilt: Option<&'a Prebuilt>,
 }
 
 const MAX_ARGS: usize = 256;
@@ -240,6 +303,56 @@ fn valid_env_name(k: &str) -> bool {
     let mut b = k.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Checks command-line arguments.
+pub(crate) fn check_args(args: &[String]) -> Result<(), EngineError> {
+    if args.len() > MAX_ARGS {
+        return Err(invalid(format!("at most {MAX_ARGS} arguments are allowed")));
+    }
+    for a in args {
+        if a.contains('\0') {
+            return Err(invalid("arguments must not contain NUL bytes"));
+        }
+        if a.len() > MAX_ARG_BYTES {
+            return Err(invalid(format!(
+                "an argument is longer than {MAX_ARG_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes the extra files of a request: names checked, unique and none of `taken` (the
+/// main source's, whose description is `taken_what`), contents decoded.
+pub(crate) fn decode_files(
+    specs: &[FileSpec],
+    taken: &[&str],
+    taken_what: &str,
+) -> Result<Vec<(String, Vec<u8>)>, EngineError> {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(specs.len());
+    for f in specs {
+        valid_file_name(&f.name)?;
+        if taken.contains(&f.name.as_str()) || files.iter().any(|(n, _)| *n == f.name) {
+            return Err(invalid(format!(
+                "file name {:?} is used twice ({taken_what})",
+                f.name
+            )));
+        }
+        let data = match f.encoding.as_deref().unwrap_or("utf8") {
+            "utf8" | "utf-8" | "text" => f.content.clone().into_bytes(),
+            "base64" => base64::engine::general_purpose::STANDARD
+                .decode(f.content.trim())
+                .map_err(|e| invalid(format!("file {:?} is not valid base64: {e}", f.name)))?,
+            other => {
+                return Err(invalid(format!(
+                    "file encoding {other:?} is not supported (use utf8 or base64)"
+                )));
+            }
+        };
+        files.push((f.name.clone(), data));
+    }
+    Ok(files)
 }
 
 /// Checks a relative file name for the workspace (the jail's workspace API checks again).
@@ -336,11 +449,11 @@ impl Engine {
             let Ok(limits) = config.limits.resolve_for(&req, lang.run.max_processes) else {
                 continue;
             };
-            let vars = Vars {
-                source: lang.source_file.clone(),
-                memory_mb: limits.memory_mb,
-                prefix: config.prefix.clone(),
-            };
+            let vars = Vars::new(
+                lang.source_file.clone(),
+                limits.memory_mb,
+                config.prefix.clone(),
+            );
             let mut env = base_env();
             merge_env(&mut env, lang.env(&vars));
             let zygote = w
@@ -554,19 +667,7 @@ impl Engine {
             }
             Some(_) => return Err(invalid("network must be true or false")),
         }
-        if req.args.len() > MAX_ARGS {
-            return Err(invalid(format!("at most {MAX_ARGS} arguments are allowed")));
-        }
-        for a in &req.args {
-            if a.contains('\0') {
-                return Err(invalid("arguments must not contain NUL bytes"));
-            }
-            if a.len() > MAX_ARG_BYTES {
-                return Err(invalid(format!(
-                    "an argument is longer than {MAX_ARG_BYTES} bytes"
-                )));
-            }
-        }
+        check_args(&req.args)?;
         let mut env_bytes = 0;
         for (k, v) in &req.environment {
             if !valid_env_name(k) {
@@ -588,38 +689,19 @@ impl Engine {
             )));
         }
         let source_name = lang.source_file_for(&req.code);
-        let mut files = Vec::with_capacity(req.files.len());
-        let mut total = req.code.len() as u64;
-        for f in &req.files {
-            valid_file_name(&f.name)?;
-            if f.name == source_name || files.iter().any(|(n, _): &(String, Vec<u8>)| *n == f.name)
-            {
-                return Err(invalid(format!(
-                    "file name {:?} is used twice (the main source is {source_name})",
-                    f.name
-                )));
-            }
-            let data = match f.encoding.as_deref().unwrap_or("utf8") {
-                "utf8" | "utf-8" | "text" => f.content.clone().into_bytes(),
-                "base64" => base64::engine::general_purpose::STANDARD
-                    .decode(f.content.trim())
-                    .map_err(|e| invalid(format!("file {:?} is not valid base64: {e}", f.name)))?,
-                other => {
-                    return Err(invalid(format!(
-                        "file encoding {other:?} is not supported (use utf8 or base64)"
-                    )));
-                }
-            };
-            total += data.len() as u64;
-            files.push((f.name.clone(), data));
-        }
-        if total > self.config.max_files_bytes {
+        let files = decode_files(
+            &req.files,
+            &[source_name.as_str()],
+            &format!("the main source is {source_name}"),
+        )?;
+        let total = req.code.len() + files.iter().map(|(_, d)| d.len()).sum::<usize>();
+        if total as u64 > self.config.max_files_bytes {
             return Err(invalid(format!(
                 "code and files together exceed {} bytes",
                 self.config.max_files_bytes
             )));
         }
-        Ok(Plan {
+        let mut plan = Plan {
             language: lang.id.clone(),
             version,
             limits,
@@ -634,7 +716,12 @@ impl Engine {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             stdin: req.stdin.clone().unwrap_or_default().into_bytes(),
-        })
+            judge: None,
+        };
+        if let Some(judge) = crate::judge::plan(self, req, &plan)? {
+            plan.judge = Some(Arc::new(judge));
+        }
+        Ok(plan)
     }
 
     /// Validates and runs a request.
@@ -675,6 +762,7 @@ impl Engine {
             compile: None,
             session_id: plan.session_id.clone(),
             failure_reason: Some(reason.into()),
+            judging: None,
             created_at: rfc3339(created_at),
             started_at: now.clone(),
             completed_at: now,
@@ -709,12 +797,17 @@ impl Engine {
             compile: None,
             session_id: plan.session_id.clone(),
             failure_reason: None,
+            judging: None,
             created_at: rfc3339(created_at),
             started_at: rfc3339(started_at),
             completed_at: String::new(),
         };
         let cancel = ctx.cancel;
-        if let Err(e) = self.run_steps(plan, &mut r, ctx) {
+        let done = match &plan.judge {
+            Some(judge) => crate::judge::run(self, plan, judge, &mut r, ctx),
+            None => self.run_steps(plan, &mut r, ctx),
+        };
+        if let Err(e) = done {
             r.status = ResultStatus::Failed;
             r.exit_code = -1;
             r.failure_reason = Some(format!("runcell could not run the program: {e}"));
@@ -785,11 +878,7 @@ impl Engine {
         let lang = self.lang(&plan.language)?;
         let run = plan.limits;
         let compile = self.compile_limits(lang);
-        let vars = |memory_mb| Vars {
-            source: plan.source_name.clone(),
-            memory_mb,
-            prefix: self.config.prefix.clone(),
-        };
+        let vars = |memory_mb| plan.vars(lang, memory_mb, &self.config.prefix);
         let compile_argv = lang.compile_argv(&vars(compile.memory_mb));
         let first = if compile_argv.is_some() {
             &compile
@@ -822,81 +911,31 @@ impl Engine {
         let ws = jail.workspace();
         write_plan_files(ws, plan)?;
         if let Some(argv) = compile_argv {
-            let mut env = base_env();
-            merge_env(&mut env, lang.env(&vars(compile.memory_mb)));
+            let env = compile_env(lang, &vars(compile.memory_mb));
             // The compile cache serves fresh workspaces only: a session's earlier files could
             // change what the compiler does.
-            let key = match (&self.cache, ctx.cache_scope, ctx.jail) {
-                (Some(_), Some(scope), None) => {
-                    let mut files: Vec<(&str, &[u8])> =
-                        vec![(plan.source_name.as_str(), plan.code.as_slice())];
-                    files.extend(plan.files.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
-                    Key::of(&KeyInputs {
-                        scope,
-                        language: &plan.language,
-                        version: &plan.version,
-                        argv: &argv,
-                        env: &env,
-                        files: &files,
-                    })
-                }
-                _ => None,
+            let key = match ctx.jail {
+                None => self.cache_key(plan, &argv, &env, ctx.cache_scope),
+                Some(_) => None,
             };
-            let hit = key
-                .as_ref()
-                .and_then(|k| self.cache.as_ref().and_then(|c| c.get(k)));
-            if let Some(entry) = hit {
-                for f in &entry.files {
-                    ws.write_file(&f.path, &f.data, f.mode).map_err(|e| {
-                        JailError::InvalidConfig(format!("write the cached {}: {e}", f.path))
-                    })?;
-                }
-                r.compile = Some(CompileResult {
-                    execution_time: 0.0,
-                    cpu_time: 0.0,
-                    memory_peak_kb: 0,
-                    cached: true,
-                    ..entry.compile
-                });
+            let cached = match ctx.prebuilt {
+                Some(p) => Some(std::borrow::Cow::Borrowed(p)),
+                None => key
+                    .as_ref()
+                    .and_then(|k| self.cached(k))
+                    .map(std::borrow::Cow::Owned),
+            };
+            if let Some(p) = cached {
+                write_prebuilt(ws, &p)?;
+                r.compile = Some(p.compile.clone());
                 jail.set_limits(&Self::cgroup(&run))?;
                 return self.run_step(plan, r, ctx, lang, jail, &vars(run.memory_mb));
             }
-            let before = key
-                .as_ref()
-                .map(|_| ws.walk(CACHE_WALK_ENTRIES, CACHE_WALK_DEPTH));
-            let out = run_program(
-                jail,
-                &self.spec(argv, env, &compile),
-                &[],
-                &Self::run_limits(&compile),
-                None,
-                ctx.cancel,
-            )?;
-            let ok = out.exit.success() && out.limit.is_none();
+            let (out, _) =
+                self.compile_step(jail, argv, env, &compile, key.as_ref(), false, ctx.cancel)?;
             r.compile = Some(compile_result(&out));
-            if ok
-                && let (Some(key), Some(Ok(before)), Some(cache)) = (&key, before, &self.cache)
-                && let Some(files) = compiled_files(ws, &before)
-            {
-                let entry = crate::cache::Entry {
-                    files,
-                    compile: compile_result(&out),
-                };
-                if let Err(e) = cache.put(key, &entry) {
-                    tracing::warn!("compile cache: {e}");
-                }
-            }
-            if !ok {
-                r.stderr = decode_output(&out.stderr, out.stderr_truncated);
-                r.stdout = decode_output(&out.stdout, out.stdout_truncated);
-                if let Some(l) = out.limit {
-                    r.status = ResultStatus::Failed;
-                    r.failure_reason =
-                        Some(format!("compilation exceeded its {} limit", limit_words(l)));
-                } else if let Exit::NotStarted { stage, errno } = out.exit {
-                    r.status = ResultStatus::Failed;
-                    r.failure_reason = Some(not_started(stage, errno, "the compiler"));
-                }
+            if !compiled(&out) {
+                compile_failed(r, &out);
                 return Ok(());
             }
             if ctx.cancel.is_some_and(Cancel::is_cancelled) {
@@ -905,6 +944,136 @@ impl Engine {
             jail.set_limits(&Self::cgroup(&run))?;
         }
         self.run_step(plan, r, ctx, lang, jail, &vars(run.memory_mb))
+    }
+
+    /// The compile cache's key of a plan's compile step (none: no cache, no scope, or a
+    /// source whose output depends on the time).
+    fn cache_key(
+        &self,
+        plan: &Plan,
+        argv: &[String],
+        env: &[(String, String)],
+        scope: Option<&str>,
+    ) -> Option<Key> {
+        let (Some(_), Some(scope)) = (&self.cache, scope) else {
+            return None;
+        };
+        let mut files: Vec<(&str, &[u8])> = vec![(plan.source_name.as_str(), plan.code.as_slice())];
+        files.extend(plan.files.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
+        Key::of(&KeyInputs {
+            scope,
+            language: &plan.language,
+            version: &plan.version,
+            argv,
+            env,
+            files: &files,
+        })
+    }
+
+    /// The compile cache's entry for `key`, as a program ready to be written.
+    fn cached(&self, key: &Key) -> Option<Prebuilt> {
+        let entry = self.cache.as_ref()?.get(key)?;
+        Some(Prebuilt {
+            files: entry.files,
+            compile: CompileResult {
+                execution_time: 0.0,
+                cpu_time: 0.0,
+                memory_peak_kb: 0,
+                cached: true,
+                ..entry.compile
+            },
+        })
+    }
+
+    /// Runs a compile step in a jail whose workspace holds the plan's files. When it
+    /// succeeds, the files it made are read out if `collect` (or a cache key) asks for them,
+    /// and stored in the cache under `key`.
+    #[allow(clippy::too_many_arguments)]
+    fn compile_step(
+        &self,
+        jail: &Jail,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        limits: &Limits,
+        key: Option<&Key>,
+        collect: bool,
+        cancel: Option<&Cancel>,
+    ) -> Result<(Outcome, Option<Vec<CachedFile>>), JailError> {
+        let ws = jail.workspace();
+        let before =
+            (key.is_some() || collect).then(|| ws.walk(CACHE_WALK_ENTRIES, CACHE_WALK_DEPTH));
+        let out = run_program(
+            jail,
+            &self.spec(argv, env, limits),
+            &[],
+            &Self::run_limits(limits),
+            None,
+            cancel,
+        )?;
+        let files = match before {
+            Some(Ok(before)) if compiled(&out) => compiled_files(ws, &before),
+            _ => None,
+        };
+        let (Some(key), Some(cache)) = (key, &self.cache) else {
+            return Ok((out, files.filter(|_| collect)));
+        };
+        let Some(files) = files else {
+            return Ok((out, None));
+        };
+        let entry = crate::cache::Entry {
+            files,
+            compile: compile_result(&out),
+        };
+        if let Err(e) = cache.put(key, &entry) {
+            tracing::warn!("compile cache: {e}");
+        }
+        Ok((out, collect.then_some(entry.files)))
+    }
+
+    /// Compiles a plan once, in a fresh jail of its own, so that several runs can start from
+    /// the result ([`RunContext::prebuilt`]); through the compile cache when `scope` is given.
+    /// Sets `r.compile`, and on failure what [`Engine::run`] says of a program that did not
+    /// compile.
+    pub(crate) fn build(
+        &self,
+        plan: &Plan,
+        r: &mut ExecutionResult,
+        scope: Option<&str>,
+        cancel: Option<&Cancel>,
+    ) -> Result<Build, JailError> {
+        let lang = self.lang(&plan.language)?;
+        let compile = self.compile_limits(lang);
+        let vars = plan.vars(lang, compile.memory_mb, &self.config.prefix);
+        let Some(argv) = lang.compile_argv(&vars) else {
+            return Ok(Build::Interpreted);
+        };
+        let env = compile_env(lang, &vars);
+        let key = self.cache_key(plan, &argv, &env, scope);
+        if let Some(p) = key.as_ref().and_then(|k| self.cached(k)) {
+            r.compile = Some(p.compile.clone());
+            return Ok(Build::Ready(p));
+        }
+        let owned = Owned {
+            jail: Some(self.pool.take()?),
+            pool: &self.pool,
+        };
+        let jail = owned.jail.as_ref().expect("just set");
+        jail.set_limits(&Self::cgroup(&compile))?;
+        write_plan_files(jail.workspace(), plan)?;
+        let (out, files) =
+            self.compile_step(jail, argv, env, &compile, key.as_ref(), true, cancel)?;
+        r.compile = Some(compile_result(&out));
+        if !compiled(&out) {
+            compile_failed(r, &out);
+            return Ok(Build::Failed);
+        }
+        Ok(match files {
+            Some(files) => Build::Ready(Prebuilt {
+                files,
+                compile: compile_result(&out),
+            }),
+            None => Build::Unreadable,
+        })
     }
 
     /// A warm interpreter for this run, if one is ready and its step is exactly the one the
@@ -1105,6 +1274,41 @@ fn write_plan_files(ws: &runcell_jail::Workspace, plan: &Plan) -> Result<(), Jai
             .map_err(|e| JailError::InvalidConfig(format!("write {name}: {e}")))?;
     }
     Ok(())
+}
+
+/// The environment of a language's compile step.
+fn compile_env(lang: &Language, vars: &Vars) -> Vec<(String, String)> {
+    let mut env = base_env();
+    merge_env(&mut env, lang.env(vars));
+    env
+}
+
+/// Writes a compiled program's files into a fresh workspace.
+fn write_prebuilt(ws: &runcell_jail::Workspace, p: &Prebuilt) -> Result<(), JailError> {
+    for f in &p.files {
+        ws.write_file(&f.path, &f.data, f.mode)
+            .map_err(|e| JailError::InvalidConfig(format!("write the compiled {}: {e}", f.path)))?;
+    }
+    Ok(())
+}
+
+/// Whether a compile step succeeded.
+fn compiled(out: &Outcome) -> bool {
+    out.exit.success() && out.limit.is_none()
+}
+
+/// What a result says of a program that did not compile: the compiler's output, and why
+/// when the compiler itself failed (a limit, or it could not start).
+fn compile_failed(r: &mut ExecutionResult, out: &Outcome) {
+    r.stderr = decode_output(&out.stderr, out.stderr_truncated);
+    r.stdout = decode_output(&out.stdout, out.stdout_truncated);
+    if let Some(l) = out.limit {
+        r.status = ResultStatus::Failed;
+        r.failure_reason = Some(format!("compilation exceeded its {} limit", limit_words(l)));
+    } else if let Exit::NotStarted { stage, errno } = out.exit {
+        r.status = ResultStatus::Failed;
+        r.failure_reason = Some(not_started(stage, errno, "the compiler"));
+    }
 }
 
 /// The workspace file a warm run's input is passed in (removed before the program runs).

@@ -3,7 +3,9 @@
 //! (through `runcell-jail`); knows nothing of HTTP or storage.
 
 pub mod cache;
+pub mod compare;
 mod engine;
+pub mod judge;
 pub mod limits;
 pub mod model;
 mod pool;
@@ -11,11 +13,13 @@ pub mod rootfs;
 mod warm;
 
 pub use engine::{
-    Cancel, Engine, EngineConfig, OutputSink, Plan, RunContext, SandboxBudget, base_env,
+    Cancel, Engine, EngineConfig, OutputSink, Plan, Prebuilt, RunContext, SandboxBudget, base_env,
 };
+pub use judge::{CaseResult, CheckerResult, Judging, Verdict};
 pub use limits::{LimitPolicy, Limits};
 pub use model::{
-    CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest, ResultStatus,
+    CheckerRequest, CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest,
+    ResultStatus, TestCase,
 };
 
 /// Why a request cannot be run. Every variant is the caller's mistake (a 4xx), except
@@ -30,6 +34,8 @@ pub enum EngineError {
     InvalidLimit(String),
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("{0}")]
+    TooManyTestCases(String),
     #[error("runcell could not run the program: {0}")]
     System(#[from] runcell_jail::JailError),
 }
@@ -42,6 +48,7 @@ impl EngineError {
             EngineError::LanguageUnavailable(_) => "LANGUAGE_UNAVAILABLE",
             EngineError::InvalidLimit(_) => "INVALID_LIMIT",
             EngineError::InvalidRequest(_) => "INVALID_REQUEST",
+            EngineError::TooManyTestCases(_) => "TOO_MANY_TEST_CASES",
             EngineError::System(_) => "INTERNAL_ERROR",
         }
     }

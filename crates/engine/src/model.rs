@@ -38,6 +38,70 @@ pub struct ExecuteRequest {
     pub network: Option<Value>,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Judging: run the program once per test case (compiled once, each case in a fresh jail
+    /// with the same limits) and give each a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_cases: Option<Vec<TestCase>>,
+    /// How outputs are compared with `expected_output`: `exact`, `trimmed_lines` (the default:
+    /// Judge0's rule), `tokens`, `float` or `checker`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::compare::ComparisonMode>))]
+    pub comparison: Option<String>,
+    /// `float` comparison: two numbers match when they differ by at most this (default 1e-6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute_tolerance: Option<f64>,
+    /// `float` comparison: … or by at most this fraction of the expected number (default 1e-6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_tolerance: Option<f64>,
+    /// `checker` comparison: the program that decides each case's verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checker: Option<CheckerRequest>,
+    /// Stop at the first case that is not accepted (the rest are `skipped`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_on_first_failure: bool,
+    /// What the API dialect that made the request (Judge0) keeps of it to show it back in its
+    /// own terms; set by the server only, ignored by the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub dialect: Option<Value>,
+}
+
+/// One test case of a judged run.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct TestCase {
+    /// The case's standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// What the program should print; without it (and without a checker) a case is accepted
+    /// when the program exits with 0 within its limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_output: Option<String>,
+    /// Command-line arguments of this case (instead of the request's `args`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Files of this case, written next to the program's files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileSpec>,
+}
+
+/// A checker program: it runs in a jail of its own after each case, with `input.txt`,
+/// `output.txt` (the program's output) and `expected_output.txt` in its workspace and those
+/// three names as its arguments (testlib's order); exit code 0 accepts, 1 is a wrong answer,
+/// 2 a presentation error, anything else a checker failure.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct CheckerRequest {
+    pub language: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Extra files of the checker (testlib.h, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileSpec>,
+    /// The checker's own limits (the server's defaults otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsRequest>,
 }
 
 /// Requested limits; each is validated against the server's defaults and maxima.
@@ -127,6 +191,10 @@ pub struct ExecutionResult {
     pub session_id: Option<String>,
     /// Why the execution failed, in a sentence (null unless `status` is `failed`).
     pub failure_reason: Option<String>,
+    /// The verdicts of a run with `test_cases`; its other fields then describe the deciding
+    /// case (the first one not accepted, else the last one run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judging: Option<crate::judge::Judging>,
     pub created_at: String,
     pub started_at: String,
     pub completed_at: String,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::error::LangError;
 use crate::probe;
-use crate::template::{self, ALL_VARS, CONTEXT_VARS, PREFIX_ONLY, Vars};
+use crate::template::{self, ALL_VARS, COMPILE_VARS, CONTEXT_VARS, PREFIX_ONLY, SOURCES_ARG, Vars};
 
 /// Environment the engine starts every step from; a language's `env` is added on top.
 /// The version probe runs on the host with exactly this environment.
@@ -212,11 +212,29 @@ impl Language {
         }
     }
 
-    /// The compile command with placeholders expanded, or `None` for interpreted languages.
+    /// The compile command with placeholders expanded (`{sources}` into several arguments),
+    /// or `None` for interpreted languages.
     pub fn compile_argv(&self, vars: &Vars) -> Option<Vec<String>> {
-        self.compile
-            .as_ref()
-            .map(|c| c.argv.iter().map(|t| template::expand(t, vars)).collect())
+        let c = self.compile.as_ref()?;
+        let mut argv = Vec::with_capacity(c.argv.len() + vars.sources.len());
+        for t in &c.argv {
+            if t == SOURCES_ARG {
+                argv.push(vars.source.clone());
+                argv.extend(vars.sources.iter().cloned());
+            } else {
+                argv.push(template::expand(t, vars));
+            }
+        }
+        Some(argv)
+    }
+
+    /// Whether a file of the program is one of its sources (by the language's extensions),
+    /// for `{sources}`.
+    pub fn is_source(&self, name: &str) -> bool {
+        Path::new(name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| self.extensions.iter().any(|x| x == e))
     }
 
     /// The run command with placeholders expanded, followed by the user's `args` verbatim.
@@ -576,7 +594,15 @@ impl RawLanguage {
         let compile = match self.compile {
             None => None,
             Some(c) => {
-                check_command("compile.command", &c.command, ALL_VARS)?;
+                check_command("compile.command", &c.command, COMPILE_VARS)?;
+                if c.command
+                    .iter()
+                    .any(|a| a.contains(SOURCES_ARG) && a != SOURCES_ARG)
+                {
+                    return Err(format!(
+                        "compile.command: {SOURCES_ARG} must be a whole argument"
+                    ));
+                }
                 check_positive("compile.memory_mb", c.memory_mb)?;
                 check_positive("compile.max_processes", c.max_processes)?;
                 check_seconds("compile.wall_time", c.wall_time)?;
@@ -869,6 +895,11 @@ regex = 'toy (\S+)'
                 "compile.wall_time",
             ),
             ("[compile]\ncommand = [\"cc\"]\nmemory_mb = -5", "memory_mb"),
+            (
+                "[compile]\ncommand = [\"cc\", \"-I{sources}\"]",
+                "{sources} must be a whole argument",
+            ),
+            ("[env]\nA = \"{sources}\"", "cannot be used here"),
             ("[example]\ncode = \"x\"", "stdout"),
         ];
         for (extra, needle) in more {

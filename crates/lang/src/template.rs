@@ -1,6 +1,8 @@
 //! `{placeholder}` expansion in commands, environment values and paths.
 //!
 //! Syntax: `{source}`, `{stem}`, `{memory_mb}`, `{prefix}`; `{{` and `}}` stand for literal braces.
+//! In compile commands, `{sources}` (a whole argument) is the main source followed by the
+//! program's other files with one of the language's extensions.
 //! Templates are checked when a file is loaded ([`check`]), so expansion itself cannot fail.
 
 use std::path::PathBuf;
@@ -16,6 +18,9 @@ pub struct Vars {
     pub memory_mb: u64,
     /// Runtime prefix, default `/opt/runcell` (`{prefix}`).
     pub prefix: PathBuf,
+    /// The program's other source files (workspace paths, in order): `{sources}` is
+    /// `source` followed by these.
+    pub sources: Vec<String>,
 }
 
 impl Vars {
@@ -24,6 +29,7 @@ impl Vars {
             source: source.into(),
             memory_mb,
             prefix: prefix.into(),
+            sources: Vec::new(),
         }
     }
 
@@ -45,6 +51,8 @@ pub(crate) fn stem_of(file: &str) -> &str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Var {
     Source,
+    /// The main source and the program's other source files, as separate arguments.
+    Sources,
     Stem,
     MemoryMb,
     Prefix,
@@ -56,6 +64,7 @@ impl Var {
     fn parse(name: &str) -> Option<Var> {
         Some(match name {
             "source" => Var::Source,
+            "sources" => Var::Sources,
             "stem" => Var::Stem,
             "memory_mb" => Var::MemoryMb,
             "prefix" => Var::Prefix,
@@ -67,6 +76,16 @@ impl Var {
 
 /// Every placeholder: for compile and run commands and environment values.
 pub(crate) const ALL_VARS: &[Var] = &[Var::Source, Var::Stem, Var::MemoryMb, Var::Prefix];
+/// Compile commands: every placeholder and `{sources}`.
+pub(crate) const COMPILE_VARS: &[Var] = &[
+    Var::Source,
+    Var::Sources,
+    Var::Stem,
+    Var::MemoryMb,
+    Var::Prefix,
+];
+/// The argument that stands for the main source and the program's other source files.
+pub(crate) const SOURCES_ARG: &str = "{sources}";
 /// Only `{prefix}`: for paths and the version probe, which are expanded at load time.
 pub(crate) const PREFIX_ONLY: &[Var] = &[Var::Prefix];
 /// Kernel commands of code contexts.
@@ -106,7 +125,8 @@ fn parse(template: &str) -> Result<Vec<Piece<'_>>, String> {
             let Some(var) = Var::parse(name) else {
                 return Err(format!(
                     "unknown placeholder `{{{name}}}` in {template:?} \
-                     (known: {{source}}, {{stem}}, {{memory_mb}}, {{prefix}}, {{connection_file}})"
+                     (known: {{source}}, {{sources}}, {{stem}}, {{memory_mb}}, {{prefix}}, \
+                     {{connection_file}})"
                 ));
             };
             pieces.push(Piece::Var(var));
@@ -141,6 +161,7 @@ pub(crate) fn check(template: &str, allowed: &[Var]) -> Result<(), String> {
 fn var_name(var: Var) -> &'static str {
     match var {
         Var::Source => "source",
+        Var::Sources => "sources",
         Var::Stem => "stem",
         Var::MemoryMb => "memory_mb",
         Var::Prefix => "prefix",
@@ -152,7 +173,9 @@ fn var_name(var: Var) -> &'static str {
 /// possible only for a `Language` built by hand) is returned unchanged.
 pub(crate) fn expand(template: &str, vars: &Vars) -> String {
     expand_with(template, |var| match var {
-        Var::Source => vars.source.clone(),
+        // `{sources}` is expanded by the command (a whole argument); inside a longer one it
+        // could only be the main source.
+        Var::Source | Var::Sources => vars.source.clone(),
         Var::Stem => vars.stem().to_owned(),
         Var::MemoryMb => vars.memory_mb.to_string(),
         Var::Prefix => vars.prefix.to_string_lossy().into_owned(),
@@ -190,6 +213,7 @@ pub(crate) fn expand_prefix(template: &str, prefix: &str) -> String {
         source: String::new(),
         memory_mb: 0,
         prefix: PathBuf::from(prefix),
+        sources: Vec::new(),
     };
     expand(template, &vars)
 }

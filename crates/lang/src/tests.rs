@@ -183,6 +183,27 @@ fn placeholders_expand_in_builtin_commands() {
         c.run_argv(&vars, &["1".into(), "2".into()]),
         ["./main", "1", "2"]
     );
+    // `{sources}`: the main source, then the program's other sources, one argument each.
+    let more = Vars {
+        sources: vec!["lib/a.c".into(), "z.c".into()],
+        ..vars.clone()
+    };
+    assert_eq!(
+        c.compile_argv(&more).unwrap()[4..],
+        ["main", "main.c", "lib/a.c", "z.c", "-lm"]
+    );
+    assert!(c.is_source("lib/a.c"));
+    assert!(!c.is_source("lib/a.h"));
+    assert!(!c.is_source("Makefile"));
+    let go = r.resolve("go").unwrap();
+    let gv = Vars {
+        sources: vec!["util.go".into()],
+        ..Vars::new("main.go", 256, "/opt/runcell")
+    };
+    assert_eq!(
+        go.compile_argv(&gv).unwrap(),
+        ["/usr/bin/go", "build", "-o", "main", "main.go", "util.go"]
+    );
 
     let py = r.resolve("python").unwrap();
     assert!(!py.is_compiled());

@@ -29,6 +29,8 @@ fn parse_request(body: Value) -> Result<(ExecuteRequest, Option<String>), ApiErr
             "the request body must be a JSON object with `language` and `code`",
         ));
     };
+    // Set by dialects only.
+    obj.remove("dialect");
     let mut callback = None;
     for key in ["callback_url", "webhook_url"] {
         match obj.remove(key) {
@@ -42,8 +44,15 @@ fn parse_request(body: Value) -> Result<(ExecuteRequest, Option<String>), ApiErr
             }
         }
     }
-    let req: ExecuteRequest = serde_json::from_value(Value::Object(obj))
-        .map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("invalid request: {e}")))?;
+    // The error names the field at fault (`test_cases[2].stdin: invalid type …`).
+    let req: ExecuteRequest =
+        serde_path_to_error::deserialize(Value::Object(obj)).map_err(|e| {
+            let detail = match e.path().to_string() {
+                p if p == "." => format!("invalid request: {}", e.inner()),
+                p => format!("invalid request: {p}: {}", e.inner()),
+            };
+            ApiError::bad_request("INVALID_REQUEST", detail)
+        })?;
     Ok((req, callback))
 }
 
@@ -54,11 +63,15 @@ pub struct StreamQuery {
 }
 
 /// Runs code and returns the result.
+///
+/// With `test_cases`, the program is judged: compiled once, each case run in a fresh jail with
+/// the same limits, and `judging` of the result holds a verdict per case and overall
+/// (docs/judging.md). Judged runs are not streamed.
 #[utoipa::path(post, path = "/api/v1/execute", tag = "executions",
     request_body = ExecuteRequest, params(StreamQuery),
     responses(
         (status = 200, description = "The result (or, with `stream=true`, server-sent events ending with it)", body = ExecutionResult),
-        (status = 400, description = "Invalid request, unsupported language or invalid limit", body = ErrorBody),
+        (status = 400, description = "Invalid request, unsupported language, invalid limit, too many test cases (TOO_MANY_TEST_CASES)", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 408, description = "The body stalled or dripped", body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 429, description = "Rate limit, or this key's share of the queue (TENANT_QUEUE_FULL)", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]

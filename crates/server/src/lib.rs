@@ -20,6 +20,7 @@ pub mod error;
 pub mod execd;
 pub mod executions;
 pub mod files;
+pub mod judge0;
 pub mod openapi;
 pub mod operations;
 pub mod request;
@@ -56,6 +57,14 @@ pub enum ServerError {
 }
 
 /// What every handler sees (cheap to clone).
+/// The callback formats of this server's dialects (Judge0's PUT of its submission), for
+/// [`Service::start_with`].
+pub fn callback_formats(config: &runcell_service::Config) -> runcell_service::CallbackFormats {
+    let mut formats = runcell_service::CallbackFormats::new();
+    formats.insert("judge0".into(), judge0::callback_format(config));
+    formats
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub svc: Arc<Service>,
@@ -201,6 +210,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .nest("/judge0", judge0::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), body::guard))
         .route_layer(middleware::from_fn(track))
         .with_state(state);

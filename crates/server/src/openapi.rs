@@ -12,7 +12,8 @@ use crate::{commands, error, execd, executions, files, operations, runs, sandbox
     info(
         title = "runcell",
         description = "Runs untrusted code safely and fast: one-shot executions (sync, async, \
-                       batch, streaming, webhooks). Authenticate with `X-API-Key: <key>` or \
+                       batch, streaming, webhooks), judged against test cases when they carry \
+                       `test_cases`. Authenticate with `X-API-Key: <key>` or \
                        `Authorization: Bearer <key>`; errors are `{\"detail\", \"code\"}`."
     ),
     paths(
@@ -76,6 +77,13 @@ use crate::{commands, error, execd, executions, files, operations, runs, sandbox
         model::FileSpec,
         model::ExecutionResult,
         model::CompileResult,
+        model::TestCase,
+        model::CheckerRequest,
+        model::ComparisonMode,
+        model::Judging,
+        model::CaseResult,
+        model::CheckerResult,
+        model::Verdict,
         svc_executions::ExecutionObject,
         svc_executions::ExecutionList,
         runcell_service::LanguageInfo,

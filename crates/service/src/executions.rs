@@ -271,6 +271,13 @@ impl Service {
         req: ExecuteRequest,
     ) -> Result<ExecutionStream> {
         let plan = self.plan(&req)?;
+        if plan.is_judged() {
+            return Err(Error::invalid(
+                "INVALID_REQUEST",
+                "a run with test_cases cannot be streamed; run it synchronously or \
+                 asynchronously",
+            ));
+        }
         self.check_capacity(tenant)?;
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = unbounded_channel::<Progress>();
@@ -369,6 +376,40 @@ impl Service {
             .await?
             .map(|r| ExecutionObject::from_row(&r))
             .ok_or_else(|| Error::not_found("Execution"))
+    }
+
+    /// An execution of `tenant` with the request it was made from (for dialects that show
+    /// the request's fields back, such as Judge0's submissions).
+    pub async fn execution_with_request(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> Result<(ExecutionObject, ExecuteRequest)> {
+        let row = self
+            .store
+            .get_execution(&tenant.0, id, now_ms())
+            .await?
+            .ok_or_else(|| Error::not_found("Execution"))?;
+        let req = serde_json::from_str(&row.request)
+            .map_err(|e| Error::internal(format!("the stored request of {id}: {e}")))?;
+        Ok((ExecutionObject::from_row(&row), req))
+    }
+
+    /// Deletes a finished execution of `tenant` with its webhook deliveries; the answer is
+    /// the execution as it was. One that has not finished is a conflict.
+    pub async fn delete_execution(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> Result<(ExecutionObject, ExecuteRequest)> {
+        let found = self.execution_with_request(tenant, id).await?;
+        if !self.store.delete_execution(&tenant.0, id).await? {
+            return Err(Error::conflict(
+                "NOT_FINISHED",
+                "the execution has not finished; it can be deleted once it has",
+            ));
+        }
+        Ok(found)
     }
 
     /// The tenant's executions, newest first (of one session or status, if given).
@@ -618,7 +659,7 @@ impl Service {
                         on_output: streamed.then_some(&mut forward as OutputSink<'_>),
                         cancel: Some(&cancel),
                         jail: guard.as_ref(),
-                        cache_scope: None,
+                        ..RunContext::default()
                     };
                     let r = engine.run(&plan, &id, created, ctx);
                     w.last_used.store(now_ms(), Ordering::SeqCst);
@@ -631,6 +672,7 @@ impl Service {
                         jail: None,
                         // Compiled programs are shared within a tenant only.
                         cache_scope: Some(&scope),
+                        ..RunContext::default()
                     };
                     engine.run(&plan, &id, created, ctx)
                 }
@@ -703,16 +745,27 @@ impl Service {
                 return;
             }
         };
-        let payload = serde_json::json!({
-            "type": "execution.completed",
-            "data": ExecutionObject::from_row(&row),
+        let obj = ExecutionObject::from_row(&row);
+        // A dialect's own callback (Judge0's PUT of the submission), else ours.
+        let req: Option<ExecuteRequest> = serde_json::from_str(&row.request).ok();
+        let format = req.as_ref().and_then(|r| {
+            let dialect = r.dialect.as_ref()?.as_object()?.keys().next()?;
+            Some((self.callbacks.get(dialect.as_str())?, r))
         });
+        let (method, payload) = match format {
+            Some((f, r)) => (f.method, (f.body)(&obj, r)),
+            None => (
+                "POST",
+                serde_json::json!({"type": "execution.completed", "data": obj}).to_string(),
+            ),
+        };
         let d = NewDelivery {
             id: format!("msg_{}", id.replace('-', "")),
             execution_id: id.to_string(),
             tenant: tenant.to_string(),
             url: url.to_string(),
-            payload: payload.to_string(),
+            method: method.to_string(),
+            payload,
             created_at: now_ms(),
             next_attempt_at: now_ms(),
         };

@@ -44,10 +44,11 @@ pub use tenants::Tenant;
 /// The types of requests and results the service takes and gives, for the layers above it
 /// (which depend on this crate only).
 pub mod model {
-    pub use runcell_engine::model::{now_ms, rfc3339, unix_ms};
+    pub use runcell_engine::compare::ComparisonMode;
+    pub use runcell_engine::model::{now_ms, rfc3339, signal_number, unix_ms};
     pub use runcell_engine::{
-        Cancel, CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest,
-        ResultStatus,
+        Cancel, CaseResult, CheckerRequest, CheckerResult, CompileResult, ExecuteRequest,
+        ExecutionResult, FileSpec, Judging, LimitsRequest, ResultStatus, TestCase, Verdict,
     };
     pub use runcell_jail::{
         FileMeta, FsKind, JAIL_GID, JAIL_UID, Stream, decode_path, is_encoded_path,
@@ -78,6 +79,21 @@ pub enum StartError {
     Other(String),
 }
 
+/// How an API dialect's callbacks are sent (Judge0 PUTs its submission): the method, and the
+/// body of a finished execution made through that dialect (its request's `dialect` key). They
+/// are signed like every webhook.
+pub struct CallbackFormat {
+    pub method: &'static str,
+    pub body: CallbackBody,
+}
+
+/// The body of a dialect's callback for a finished execution and the request it was made from.
+pub type CallbackBody =
+    Box<dyn Fn(&ExecutionObject, &model::ExecuteRequest) -> String + Send + Sync>;
+
+/// Callback formats by dialect name.
+pub type CallbackFormats = std::collections::HashMap<String, CallbackFormat>;
+
 /// Every use case, over one engine, one store and the configuration.
 pub struct Service {
     pub config: Config,
@@ -89,6 +105,7 @@ pub struct Service {
     webhooks: Arc<webhooks::Webhooks>,
     languages: Vec<LanguageInfo>,
     sandboxes: Arc<sandboxes::Sandboxes>,
+    callbacks: CallbackFormats,
 }
 
 impl Service {
@@ -99,6 +116,16 @@ impl Service {
         config: Config,
         spawner: Spawner,
         registry: Arc<Registry>,
+    ) -> Result<Arc<Service>, StartError> {
+        Service::start_with(config, spawner, registry, CallbackFormats::new()).await
+    }
+
+    /// [`Service::start`] with the callback formats of the API dialects that have their own.
+    pub async fn start_with(
+        config: Config,
+        spawner: Spawner,
+        registry: Arc<Registry>,
+        callbacks: CallbackFormats,
     ) -> Result<Arc<Service>, StartError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::Io {
@@ -150,6 +177,7 @@ impl Service {
             webhooks: Arc::clone(&webhooks),
             languages,
             sandboxes,
+            callbacks,
         });
         executions::resume(&svc, recovered).await;
         tokio::spawn(webhooks.run(store));

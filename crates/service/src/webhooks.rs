@@ -336,8 +336,10 @@ impl Webhooks {
             .user_agent("runcell-webhooks/1")
             .build()
             .map_err(|e| (format!("http client: {e}"), false))?;
+        let method = reqwest::Method::from_bytes(d.method.as_bytes())
+            .map_err(|_| (format!("unknown HTTP method {:?}", d.method), true))?;
         let resp = client
-            .post(target.url)
+            .request(method, target.url)
             .header("content-type", "application/json")
             .header("webhook-id", &d.id)
             .header("webhook-timestamp", ts.to_string())

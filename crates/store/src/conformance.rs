@@ -48,6 +48,10 @@ macro_rules! conformance_suite {
                 $crate::conformance::expiry_hides_and_delete_expired_removes_rows_and_deliveries::<$backend>().await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn delete_execution_takes_finished_ones_of_their_tenant_only() {
+                $crate::conformance::delete_execution_takes_finished_ones_of_their_tenant_only::<$backend>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn claim_is_fifo_and_atomic_status_change() {
                 $crate::conformance::claim_is_fifo_and_atomic_status_change::<$backend>().await;
             }
@@ -173,6 +177,7 @@ pub(crate) fn new_delivery(id: &str, execution_id: &str, tenant: &str, due: i64)
         execution_id: execution_id.to_string(),
         tenant: tenant.to_string(),
         url: "https://example.com/hook".to_string(),
+        method: "POST".to_string(),
         payload: format!(r#"{{"type":"execution.completed","id":"{execution_id}"}}"#),
         created_at: 2_000,
         next_attempt_at: due,
@@ -374,6 +379,46 @@ pub(crate) async fn expiry_hides_and_delete_expired_removes_rows_and_deliveries<
     assert_eq!(s.delete_expired(1_000).await.unwrap(), 1);
     assert!(s.list_deliveries("t", "new").await.unwrap().is_empty());
     assert!(s.get_execution("t", "open", 1_000).await.unwrap().is_some());
+}
+
+pub(crate) async fn delete_execution_takes_finished_ones_of_their_tenant_only<B: Backend>() {
+    let b = B::fresh().await;
+    let s = b.store();
+    for (id, status) in [
+        ("done", ExecStatus::Running),
+        ("waiting", ExecStatus::Pending),
+        ("busy", ExecStatus::Running),
+    ] {
+        s.insert_execution(&new_exec(id, "t", status))
+            .await
+            .unwrap();
+    }
+    s.finish_execution("done", &finish(ExecStatus::Completed, 10, 100))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("msg_done", "done", "t", 50))
+        .await
+        .unwrap();
+    s.record_attempt(
+        "msg_done",
+        &attempt(50, Some(500), None),
+        DeliveryState::Pending,
+        Some(60),
+    )
+    .await
+    .unwrap();
+    // Another tenant's, unfinished ones and missing ones are not deleted.
+    assert!(!s.delete_execution("other", "done").await.unwrap());
+    assert!(!s.delete_execution("t", "waiting").await.unwrap());
+    assert!(!s.delete_execution("t", "busy").await.unwrap());
+    assert!(!s.delete_execution("t", "nope").await.unwrap());
+    assert!(s.get_execution("t", "done", 0).await.unwrap().is_some());
+    assert!(s.delete_execution("t", "done").await.unwrap());
+    assert!(s.get_execution("t", "done", 0).await.unwrap().is_none());
+    assert!(s.list_deliveries("t", "done").await.unwrap().is_empty());
+    assert_eq!(b.count_rows("delivery_attempts").await, 0);
+    assert_eq!(b.count_rows("executions").await, 2);
+    assert!(!s.delete_execution("t", "done").await.unwrap(), "only once");
 }
 
 pub(crate) async fn claim_is_fifo_and_atomic_status_change<B: Backend>() {
@@ -761,9 +806,9 @@ pub(crate) async fn deliveries_due_ordering_attempts_and_states<B: Backend>() {
     s.insert_delivery(&new_delivery("msg_a", "ea", "t", 100))
         .await
         .unwrap();
-    s.insert_delivery(&new_delivery("msg_b", "eb", "t", 200))
-        .await
-        .unwrap();
+    let mut put = new_delivery("msg_b", "eb", "t", 200);
+    put.method = "PUT".into();
+    s.insert_delivery(&put).await.unwrap();
     // A duplicate id is ignored (the first one stays).
     let mut dup = new_delivery("msg_a", "ea", "t", 5);
     dup.payload = "other".into();
@@ -780,6 +825,8 @@ pub(crate) async fn deliveries_due_ordering_attempts_and_states<B: Backend>() {
     assert_eq!(a.execution_id, "ea");
     assert_eq!(a.tenant, "t");
     assert_eq!(a.url, "https://example.com/hook");
+    assert_eq!(a.method, "POST");
+    assert_eq!(due[1].method, "PUT", "the method is kept");
     assert_eq!(a.payload, new_delivery("msg_a", "ea", "t", 0).payload);
     assert_eq!(a.created_at, 2_000);
     assert!(a.attempts.is_empty());

@@ -138,7 +138,9 @@ pub struct NewDelivery {
     pub execution_id: String,
     pub tenant: String,
     pub url: String,
-    /// The exact body to POST (JSON text).
+    /// `POST` (Standard Webhooks) or `PUT` (Judge0's callbacks).
+    pub method: String,
+    /// The exact body to send (JSON text).
     pub payload: String,
     pub created_at: i64,
     /// When the first attempt is due.
@@ -195,6 +197,7 @@ pub struct DeliveryRow {
     pub execution_id: String,
     pub tenant: String,
     pub url: String,
+    pub method: String,
     pub payload: String,
     pub state: DeliveryState,
     pub created_at: i64,
@@ -417,6 +420,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes executions (and their deliveries) whose `expires_at` has passed. Returns how
     /// many executions were deleted.
     async fn delete_expired(&self, now: i64) -> Result<u64>;
+
+    /// Deletes a finished (`Completed` or `Failed`) execution of `tenant` and its deliveries.
+    /// Returns false (and deletes nothing) when it is not finished, not the tenant's, or
+    /// missing.
+    async fn delete_execution(&self, tenant: &str, id: &str) -> Result<bool>;
 
     // --- tenants ------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 // One migration per version step.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -150,6 +150,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX executions_status_tenant_seq ON executions (status, tenant, seq);
     "#,
+    // 3 -> 4: the HTTP method of a delivery (Judge0's callbacks are PUTs).
+    r#"
+    ALTER TABLE deliveries ADD COLUMN method TEXT NOT NULL DEFAULT 'POST';
+    "#,
 ];
 
 /// Columns of an execution row, in the order [`exec_row`] reads them by name.
@@ -195,11 +199,11 @@ macro_rules! purgeable {
 macro_rules! delivery_select {
     ($where_order_limit:expr, $order:expr) => {
         concat!(
-            "WITH d AS (SELECT rowid AS drow, id, execution_id, tenant, url, payload, state, \
-             created_at, next_attempt_at FROM deliveries ",
+            "WITH d AS (SELECT rowid AS drow, id, execution_id, tenant, url, method, payload, \
+             state, created_at, next_attempt_at FROM deliveries ",
             $where_order_limit,
-            ") SELECT d.drow, d.id, d.execution_id, d.tenant, d.url, d.payload, d.state, \
-             d.created_at, d.next_attempt_at, a.seq AS a_seq, a.at AS a_at, \
+            ") SELECT d.drow, d.id, d.execution_id, d.tenant, d.url, d.method, d.payload, \
+             d.state, d.created_at, d.next_attempt_at, a.seq AS a_seq, a.at AS a_at, \
              a.status_code AS a_status_code, a.error AS a_error, a.duration_ms AS a_duration_ms \
              FROM d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id ORDER BY ",
             $order,
@@ -347,6 +351,7 @@ fn collect_deliveries(rows: &[SqliteRow]) -> Result<Vec<DeliveryRow>> {
                     execution_id: get(row, "execution_id")?,
                     tenant: get(row, "tenant")?,
                     url: get(row, "url")?,
+                    method: get(row, "method")?,
                     payload: get(row, "payload")?,
                     state,
                     created_at: get(row, "created_at")?,
@@ -716,6 +721,30 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn delete_execution(&self, tenant: &str, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let done = sqlx::query(
+            "DELETE FROM executions WHERE id = ?1 AND tenant = ?2 \
+             AND status IN ('completed', 'failed')",
+        )
+        .bind(id)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() > 0 {
+            // Attempts go with their deliveries (ON DELETE CASCADE).
+            sqlx::query("DELETE FROM deliveries WHERE tenant = ?1 AND execution_id = ?2")
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn webhook_secret(&self, tenant: &str, generate: String) -> Result<String> {
         const SELECT: &str = "SELECT webhook_secret FROM tenants WHERE tenant = ?1";
         // The common case reads only, without taking the write lock.
@@ -770,7 +799,7 @@ impl Store for SqliteStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<()> {
         sqlx::query(
             "INSERT INTO deliveries (id, execution_id, tenant, url, payload, state, created_at, \
-             next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7) \
+             next_attempt_at, method) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&d.id)
@@ -780,6 +809,7 @@ impl Store for SqliteStore {
         .bind(&d.payload)
         .bind(d.created_at)
         .bind(d.next_attempt_at)
+        .bind(&d.method)
         .execute(&self.pool)
         .await
         .map_err(db)?;

@@ -282,25 +282,30 @@ async fn unknown_sandbox_or_run_status_is_corrupt() {
     ));
 }
 
+/// A database at `path` as a build of schema `version` left it (its migrations only).
+async fn old_database(path: &std::path::Path, version: usize) -> SqliteConnection {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    for step in &MIGRATIONS[..version] {
+        sqlx::raw_sql(*step).execute(&mut conn).await.unwrap();
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!("PRAGMA user_version = {version}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
 #[tokio::test]
 async fn version_1_database_migrates_to_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runcell.db");
     // A database as a version-1 build left it: the first migration only, with data.
     {
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
-        let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
-        sqlx::raw_sql(MIGRATIONS[0])
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        sqlx::raw_sql("PRAGMA user_version = 1")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        let mut conn = old_database(&path, 1).await;
         sqlx::query(
             "INSERT INTO executions (id, tenant, status, language, request, created_at) \
              VALUES ('e1', 't', 'pending', 'python', '{}', 5)",
@@ -445,4 +450,26 @@ async fn sandbox_queries_use_the_indexes() {
     )
     .await;
     assert!(!p.contains("TEMP B-TREE"), "{p}");
+}
+
+#[tokio::test]
+async fn version_3_deliveries_migrate_to_4_as_posts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runcell.db");
+    // A database as a version-3 build left it, with a delivery.
+    {
+        let mut conn = old_database(&path, 3).await;
+        sqlx::query(
+            "INSERT INTO deliveries (id, execution_id, tenant, url, payload, state, created_at, \
+             next_attempt_at) VALUES ('msg', 'e', 't', 'https://x', '{}', 'pending', 1, 5)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let s = SqliteStore::open(&path).await.unwrap();
+    let due = s.due_deliveries(10, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].method, "POST");
 }
