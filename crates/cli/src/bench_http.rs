@@ -351,8 +351,9 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
          `c` sends one source, compiled once and then taken from the compile cache; `c-cold` \
          makes every source unique, so every request compiles; `python` runs in warm \
          interpreters forked from the zygote, `python-nozygote` in warm interpreters each \
-         started in its jail, `python-cold` on a server without them); bare = the same program \
-         spawned directly (C: gcc, then the binary)."
+         started in its jail, `python-cold` on a server without them; `javascript` in warm \
+         Node interpreters started in their jail); bare = the same program spawned directly \
+         (C: gcc, then the binary)."
     );
     Ok(if rows.iter().any(|r| r.errors > 0) {
         1

@@ -1082,11 +1082,14 @@ impl Engine {
     fn take_warm(&self, plan: &Plan, lang: &Language, vars: &Vars) -> Option<(Warm, Vec<String>)> {
         let pool = self.warm.as_ref()?;
         let warm_spec = pool.spec(&lang.id)?;
-        // The run's input becomes a workspace file for a moment (charged to the run's memory):
-        // a large one takes the cold path, as does a run with a file of the same name.
+        // The run's input becomes a workspace file for a moment (charged to the run's memory)
+        // or follows the header in the pipe: a large one takes the cold path, as does a run
+        // with a file of the input file's name.
+        let pipe = lang.warm.as_ref().is_some_and(|w| w.stdin_pipe);
         if plan.stdin.len() > WARM_STDIN_MAX
-            || plan.source_name == WARM_STDIN_FILE
-            || plan.files.iter().any(|(n, _)| n == WARM_STDIN_FILE)
+            || (!pipe
+                && (plan.source_name == WARM_STDIN_FILE
+                    || plan.files.iter().any(|(n, _)| n == WARM_STDIN_FILE)))
         {
             return None;
         }
@@ -1096,7 +1099,10 @@ impl Engine {
         if cold != *warm_spec {
             return None;
         }
-        pool.take(&lang.id).map(|w| (w, argv))
+        pool.take(&lang.id).map(|mut w| {
+            w.stdin_pipe = pipe;
+            (w, argv)
+        })
     }
 
     /// Runs a plan in a warm interpreter's jail: the files are written, the waiting process is
@@ -1124,6 +1130,7 @@ impl Engine {
             jail,
             mut process,
             mut input,
+            stdin_pipe,
             ..
         } = warm;
         let owned = Owned {
@@ -1134,7 +1141,7 @@ impl Engine {
         jail.set_limits(&Self::cgroup(&run))?;
         let ws = jail.workspace();
         write_plan_files(ws, plan)?;
-        let stdin = if plan.stdin.is_empty() {
+        let stdin = if plan.stdin.is_empty() || stdin_pipe {
             String::new()
         } else {
             ws.write_file(WARM_STDIN_FILE, &plan.stdin, 0o400)
@@ -1144,13 +1151,19 @@ impl Engine {
         let mut fields = Vec::with_capacity(argv.len() + 1);
         fields.push(stdin);
         fields.extend(argv.iter().cloned());
-        let bytes = crate::warm::header(&fields);
+        let mut bytes = crate::warm::header(&fields);
+        if stdin_pipe {
+            bytes.extend_from_slice(&plan.stdin);
+        }
         jail.hand_off(&mut process)?;
         // The header goes into the pipe at once if it fits (it nearly always does); what does
         // not is written by a thread of its own, so that nothing here can block on the
         // program (it ends when the header is written or the program is gone).
+        // Closing the pipe then is the end of the input (for a piped one).
         let sent = write_without_waiting(&mut input, &bytes);
-        if sent < bytes.len() {
+        if sent == bytes.len() {
+            drop(input);
+        } else {
             std::thread::Builder::new()
                 .name("runcell-warm-input".into())
                 .spawn(move || {

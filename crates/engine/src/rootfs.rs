@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use runcell_jail::{Bind, JailConfig, Symlink, TmpfsSize};
+use runcell_jail::{Bind, JailConfig, JailFile, Symlink, TmpfsSize};
 use runcell_lang::Language;
 
 /// `/etc` entries programs commonly read (dynamic linker, time zone, name service and
@@ -67,10 +67,20 @@ pub fn jail_config(languages: &[Language], prefix: &Path, workspace_mb: u64) -> 
         target: "/tmp".into(),
         link: "/var/tmp".into(),
     });
+    // Warm interpreters' loaders (read-only, in every jail: they hold no secret).
+    let files = languages
+        .iter()
+        .filter_map(|l| l.warm.as_ref()?.preload.clone())
+        .map(|(path, contents)| JailFile {
+            path,
+            contents,
+            mode: 0o444,
+        })
+        .collect();
     JailConfig {
         binds,
         symlinks,
-        files: Vec::new(),
+        files,
         workspace: TmpfsSize::mib(workspace_mb),
         hostname: "runcell".into(),
         shared: None,

@@ -37,6 +37,8 @@ pub(crate) struct Warm {
     pub input: File,
     /// Whether the interpreter is a zygote's fork.
     pub preloaded: bool,
+    /// Whether the run's input follows the header in the pipe (set when taken).
+    pub stdin_pipe: bool,
 }
 
 /// A language with a warm interpreter: its step (argv = its warm command), as a default run
@@ -294,6 +296,18 @@ fn start(inner: &Inner, lang: &WarmLang, background: bool) -> Result<Warm, JailE
         what: "warm interpreter's stdin".into(),
         source: e,
     })?;
+    // Readable by the jail's user, so that a program whose input follows the header in this
+    // pipe can open it again as /dev/stdin, as it can a cold run's input.
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fchmod on the pipe's read end, a descriptor we own.
+        if unsafe { libc::fchmod(r.as_raw_fd(), 0o644) } != 0 {
+            return Err(JailError::Io {
+                what: "make the warm interpreter's stdin readable".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
     let (stdin, out, err) = (
         StdinSource::Fd(r.into()),
         OutputTarget::Pipe,
@@ -308,6 +322,7 @@ fn start(inner: &Inner, lang: &WarmLang, background: bool) -> Result<Warm, JailE
         process,
         input: File::from(std::os::fd::OwnedFd::from(w)),
         preloaded: zygote.is_some(),
+        stdin_pipe: false,
     })
 }
 

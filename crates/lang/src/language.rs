@@ -104,6 +104,13 @@ pub struct WarmSpec {
     /// The interpreter's shared library, for a zygote: the interpreter is initialized once
     /// and each warm jail is a fork of it that runs `argv`'s `-c` code (Python only).
     pub zygote_library: Option<PathBuf>,
+    /// The run's input follows the header in the same pipe (which is then closed), for a
+    /// runtime that cannot make a file its standard input (`stdin = "pipe"`; the header's
+    /// input field is then empty). Otherwise it is a workspace file named in the header.
+    pub stdin_pipe: bool,
+    /// A file the warm command needs (its loader), written read-only into every jail's root
+    /// (`preload = { path, contents }`; the path must be under `/etc/runcell/`).
+    pub preload: Option<(PathBuf, String)>,
 }
 
 /// A Jupyter kernel for stateful code contexts (sandboxes).
@@ -377,6 +384,17 @@ struct RawWarm {
     command: Vec<String>,
     #[serde(default)]
     zygote_library: Option<PathBuf>,
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    preload: Option<RawPreload>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreload {
+    path: PathBuf,
+    contents: String,
 }
 
 #[derive(Deserialize)]
@@ -732,8 +750,30 @@ impl RawLanguage {
                         lib.display()
                     ));
                 }
+                let stdin_pipe = match w.stdin.as_deref() {
+                    None | Some("file") => false,
+                    Some("pipe") => true,
+                    Some(other) => {
+                        return Err(format!(
+                            "warm.stdin must be \"file\" or \"pipe\", not {other:?}"
+                        ));
+                    }
+                };
+                if let Some(p) = &w.preload
+                    && (!p.path.starts_with("/etc/runcell/")
+                        || p.path
+                            .components()
+                            .any(|c| c == std::path::Component::ParentDir))
+                {
+                    return Err(format!(
+                        "warm.preload.path ({}) must be a path under /etc/runcell/",
+                        p.path.display()
+                    ));
+                }
                 Some(WarmSpec {
                     zygote_library: w.zygote_library,
+                    stdin_pipe,
+                    preload: w.preload.map(|p| (p.path, p.contents)),
                     argv: w
                         .command
                         .iter()

@@ -332,3 +332,77 @@ fn a_dead_zygote_is_replaced_and_no_run_fails() {
     // And runs are its forks again.
     warm_run(&srv, &py("print(2)"));
 }
+
+fn js(code: &str) -> Value {
+    json!({"language": "javascript", "code": code})
+}
+
+/// Runs `body` until a warm interpreter served it (the readiness metric counts every
+/// language's, and a run that finds none ready takes the cold path).
+fn warm_js_run(srv: &Server, body: &Value) -> Value {
+    eventually(Duration::from_secs(30), "a warm JavaScript run", || {
+        let before = metric(srv, "runcell_warm_runs_total");
+        let r = srv.execute(body);
+        (metric(srv, "runcell_warm_runs_total") == before + 1).then_some(r)
+    })
+}
+
+/// JavaScript's warm interpreters (Node started in the jail ahead of the run, no zygote:
+/// Node cannot fork) are what `node main.js args` shows a program: argv, execArgv, the main
+/// module, require's cache, its input (read at once or as a stream, or none), exit codes,
+/// uncaught errors and rejections with their stacks, exit handlers, timers, and the limits.
+#[test]
+fn warm_javascript_runs_are_indistinguishable_from_cold_starts() {
+    let (warm, cold) = servers();
+    let cases = [
+        json!({"language": "javascript", "args": ["a", "b c", "ü"],
+            "code": "console.log(process.argv, process.execArgv, process.argv0, require.main === module, __filename, __dirname, Object.keys(require.cache), module.id, module.children.length)"}),
+        json!({"language": "javascript", "stdin": "one\ntwo\n",
+            "code": "console.log(JSON.stringify(require('fs').readFileSync(0, 'utf8')))"}),
+        json!({"language": "javascript", "stdin": "3 4\n",
+            "code": "let d = ''; process.stdin.on('data', c => d += c); process.stdin.on('end', () => { const [a, b] = d.split(' ').map(Number); console.log(a + b); });"}),
+        js(
+            "let d = ''; process.stdin.on('data', c => d += c); process.stdin.on('end', () => console.log(JSON.stringify(d)));",
+        ),
+        js("console.log(JSON.stringify(require('fs').readFileSync('/dev/stdin', 'utf8')))"),
+        js(
+            "process.on('exit', c => console.log('exit', c)); console.error('err'); process.exitCode = 4;",
+        ),
+        js("console.log('a'); process.exit(3); console.log('b');"),
+        js("function f() { throw new Error('boom'); }\nf();"),
+        js("Promise.reject(new TypeError('nope'));"),
+        js("setTimeout(() => console.log('later'), 50); console.log('now');"),
+        js(
+            "console.log(typeof process.stdin.isTTY, process.title, Object.keys(process.env).sort())",
+        ),
+        js("const x = ;"),
+        js("process.kill(process.pid, 'SIGTERM');"),
+    ];
+    for case in &cases {
+        let w = warm_js_run(&warm, case);
+        let c = cold.execute(case);
+        for k in [
+            "status",
+            "stdout",
+            "stderr",
+            "exit_code",
+            "signal",
+            "limit_exceeded",
+        ] {
+            assert_eq!(w[k], c[k], "{k} differs for {case}:\nwarm {w}\ncold {c}");
+        }
+    }
+    // Contained like a cold run: a memory bomb stops at the memory limit, a busy loop at the
+    // CPU limit counted from the hand-off (not from Node's start).
+    let r = warm_js_run(
+        &warm,
+        &json!({"language": "javascript", "code": "const a = []; for (;;) a.push(Buffer.alloc(16 << 20, 1));", "limits": {"memory_mb": 128}}),
+    );
+    assert_eq!(r["limit_exceeded"], "memory", "{r}");
+    let r = warm_js_run(&warm, &js("for (;;) {}"));
+    assert!(
+        r["limit_exceeded"] == "cpu_time" || r["limit_exceeded"] == "wall_time",
+        "{r}"
+    );
+    assert!(r["cpu_time"].as_f64().unwrap() < 7.0, "{r}");
+}
