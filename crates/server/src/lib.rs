@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod body;
 pub mod commands;
+pub mod dialect;
 pub mod error;
 pub mod execd;
 pub mod executions;
