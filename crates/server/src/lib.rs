@@ -24,6 +24,7 @@ pub mod files;
 pub mod judge0;
 pub mod openapi;
 pub mod operations;
+pub mod piston;
 pub mod request;
 pub mod runs;
 pub mod sandboxes;
@@ -212,6 +213,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .nest("/judge0", judge0::routes())
+        .nest("/piston", piston::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), body::guard))
         .route_layer(middleware::from_fn(track))
         .with_state(state);
