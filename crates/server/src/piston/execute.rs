@@ -118,20 +118,14 @@ fn file_spec(name: String, content: &str, encoding: &str, i: usize) -> Result<Fi
 pub fn to_job(body: &Value, langs: &[LanguageInfo], ceilings: &Ceilings) -> Result<Job, String> {
     let empty = Map::new();
     let obj = body.as_object().unwrap_or(&empty);
-    let Some(language) = obj
-        .get("language")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    else {
-        return Err("language is required as a string".into());
+    let required = |key: &str| {
+        obj.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("{key} is required as a string"))
     };
-    let Some(version) = obj
-        .get("version")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    else {
-        return Err("version is required as a string".into());
-    };
+    let language = required("language")?;
+    let version = required("version")?;
     let Some(files) = obj.get("files").and_then(Value::as_array) else {
         return Err("files is required as an array".into());
     };

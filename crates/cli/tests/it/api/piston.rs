@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::server::{KEY_A, KEY_B, Resp, Server};
+use crate::server::{KEY_A, KEY_B, Resp, Server, sorted_keys as keys};
 
 /// `Authorization: Basic` of `user:pass`, as node's http sends a URL's userinfo.
 fn basic(userinfo: &str) -> String {
@@ -36,6 +36,36 @@ fn npm(srv: &Server, method: &str, route: &str, key: &str, body: Option<&Value>)
             .body(b.to_string());
     }
     Resp::of(rb.send())
+}
+
+/// `client.execute(language, code, config)` of `piston-client` as tenant A: `runtimes()`, then
+/// its body with its defaults (`or(config.x, default)`), the latest listed version of the
+/// language by string order, and the first file `{content: code}` unless `config.files`.
+fn client_execute(srv: &Server, language: &str, code: Option<&str>, config: &Value) -> Value {
+    let runtimes = npm(srv, "GET", "runtimes", KEY_A, None).expect(200).json();
+    let latest = runtimes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["language"] == language)
+        .filter_map(|r| r["version"].as_str())
+        .max()
+        .map(String::from);
+    let or = |key: &str, default: Value| config.get(key).cloned().unwrap_or(default);
+    let body = json!({
+        "language": language,
+        "version": config.get("version").cloned().or(latest.map(Value::from)),
+        "files": or("files", json!([{"content": code}])),
+        "stdin": or("stdin", json!("")),
+        "args": or("args", json!(["1", "2", "3"])),
+        "compile_timeout": or("compileTimeout", json!(10000)),
+        "run_timeout": or("runTimeout", json!(3000)),
+        "compile_memory_limit": or("compileMemoryLimit", json!(-1)),
+        "run_memory_limit": or("runMemoryLimit", json!(-1)),
+    });
+    npm(srv, "POST", "execute", KEY_A, Some(&body))
+        .expect(200)
+        .json()
 }
 
 /// `POST /api/v2/execute` as tenant A (plain JSON, the key as `Authorization: <key>`).
@@ -79,43 +109,24 @@ const STAGE_KEYS: &[&str] = &[
     "wall_time",
 ];
 
-fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-    k.sort();
-    k
-}
-
 #[test]
 fn the_npm_piston_client_works_unchanged() {
     let srv = Server::start();
     // client.runtimes()
-    let runtimes = npm(&srv, "GET", "runtimes", KEY_A, None).expect(200).json();
-    // client.execute('python', code): the latest version of that language, by string order.
-    let latest = runtimes
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["language"] == "python")
-        .map(|r| r["version"].as_str().unwrap().to_string())
-        .max()
-        .expect("python is listed under its own id");
+    // client.execute('python', code)
     let code = "import sys\nprint(sys.argv[1:], repr(sys.stdin.read()))";
-    let body = json!({
-        "language": "python",
-        "version": latest,
-        "files": [{"content": code}],
-        "stdin": "",
-        "args": ["1", "2", "3"],
-        "compile_timeout": 10000,
-        "run_timeout": 3000,
-        "compile_memory_limit": -1,
-        "run_memory_limit": -1,
-    });
-    let v = npm(&srv, "POST", "execute", KEY_A, Some(&body))
-        .expect(200)
-        .json();
+    let v = client_execute(&srv, "python", Some(code), &json!({}));
     assert_eq!(v["language"], "python");
-    assert_eq!(v["version"], latest);
+    assert_eq!(
+        v["version"],
+        srv.get("/api/v1/languages", Some(KEY_A))
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == "python")
+            .unwrap()["version"]
+    );
     assert!(v.get("compile").is_none(), "{v}");
     let r = &v["run"];
     assert_eq!(keys(r), STAGE_KEYS);
@@ -129,24 +140,20 @@ fn the_npm_piston_client_works_unchanged() {
     assert_eq!(r["message"], Value::Null);
     assert!(r["wall_time"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["cpu_time"].is_number() && r["memory"].as_u64().unwrap() > 0);
-    // client.execute({language, version, files: [{name, content}], stdin, args,
-    // compileTimeout, ...}): the config object's names become the snake_case fields.
-    let body = json!({
-        "language": "c",
-        "version": npm(&srv, "GET", "runtimes", KEY_A, None).json().as_array().unwrap()
-            .iter().find(|r| r["language"] == "c").unwrap()["version"],
-        "files": [{"name": "main.c", "content":
-            "#include <stdio.h>\nint main(int argc, char **argv) {\n  int n; scanf(\"%d\", &n);\n  printf(\"%d %s\\n\", n * 2, argv[argc - 1]);\n  return 0;\n}\n"}],
-        "stdin": "21",
-        "args": ["x", "y"],
-        "compile_timeout": 10000,
-        "run_timeout": 3000,
-        "compile_memory_limit": -1,
-        "run_memory_limit": -1,
-    });
-    let v = npm(&srv, "POST", "execute", KEY_A, Some(&body))
-        .expect(200)
-        .json();
+    // client.execute({language, files: [{name, content}], stdin, args, compileTimeout, …})
+    let v = client_execute(
+        &srv,
+        "c",
+        None,
+        &json!({
+            "files": [{"name": "main.c", "content":
+                "#include <stdio.h>\nint main(int argc, char **argv) {\n  int n; scanf(\"%d\", &n);\n  printf(\"%d %s\\n\", n * 2, argv[argc - 1]);\n  return 0;\n}\n"}],
+            "stdin": "21",
+            "args": ["x", "y"],
+            "compileTimeout": 10000,
+            "runTimeout": 3000,
+        }),
+    );
     assert_eq!(v["run"]["stdout"], "42 y\n", "{v}");
     assert_eq!(keys(&v["compile"]), STAGE_KEYS);
     assert_eq!(v["compile"]["code"], 0);
@@ -427,67 +434,65 @@ fn every_ending_has_pistons_status_and_limits_hold() {
     let ending = |v: &Value| {
         let r = &v["run"];
         assert_eq!(keys(r), STAGE_KEYS, "{r}");
-        (
-            r["code"].clone(),
-            r["signal"].clone(),
-            r["status"].clone(),
-            r["message"].clone(),
-        )
+        ["code", "signal", "status", "message"].map(|k| r[k].clone())
     };
-    let r = run(&srv, &py("import sys; print('x'); sys.exit(3)"));
-    assert_eq!(
-        ending(&r),
+    let with = |code: &str, field: &str, value: u64| {
+        let mut job = py(code);
+        job[field] = json!(value);
+        job
+    };
+    let sleeper = with("import time; time.sleep(10)", "run_timeout", 500);
+    for (job, want) in [
         (
-            json!(3),
-            json!(null),
-            json!("RE"),
-            json!("Exited with error status 3")
-        )
-    );
-    let r = run(&srv, &py("import os; os.kill(os.getpid(), 11)"));
-    assert_eq!(
-        ending(&r),
+            py("import sys; print('x'); sys.exit(3)"),
+            [
+                json!(3),
+                json!(null),
+                json!("RE"),
+                json!("Exited with error status 3"),
+            ],
+        ),
         (
-            json!(null),
-            json!("SIGSEGV"),
-            json!("SG"),
-            json!("Caught fatal signal 11")
-        )
-    );
-    // run_timeout is the wall-clock limit, in ms.
-    let mut job = py("import time; time.sleep(10)");
-    job["run_timeout"] = json!(500);
-    let r = run(&srv, &job);
-    assert_eq!(
-        ending(&r),
+            py("import os; os.kill(os.getpid(), 11)"),
+            [
+                json!(null),
+                json!("SIGSEGV"),
+                json!("SG"),
+                json!("Caught fatal signal 11"),
+            ],
+        ),
+        // run_timeout is the wall-clock limit, in ms.
         (
-            json!(null),
-            json!("SIGKILL"),
-            json!("TO"),
-            json!("Time limit exceeded (wall clock)")
-        )
-    );
-    let wall = r["run"]["wall_time"].as_f64().unwrap();
+            sleeper.clone(),
+            [
+                json!(null),
+                json!("SIGKILL"),
+                json!("TO"),
+                json!("Time limit exceeded (wall clock)"),
+            ],
+        ),
+        // run_cpu_time is the CPU limit, in ms.
+        (
+            with("while True: pass", "run_cpu_time", 300),
+            [
+                json!(null),
+                json!("SIGKILL"),
+                json!("TO"),
+                json!("Time limit exceeded"),
+            ],
+        ),
+    ] {
+        let r = run(&srv, &job);
+        assert_eq!(ending(&r), want, "{job}");
+    }
+    let wall = run(&srv, &sleeper)["run"]["wall_time"].as_f64().unwrap();
     assert!((500.0..3000.0).contains(&wall), "{wall}");
-    // run_cpu_time is the CPU limit, in ms.
-    let mut job = py("while True: pass");
-    job["run_cpu_time"] = json!(300);
-    let r = run(&srv, &job);
-    assert_eq!(
-        ending(&r),
-        (
-            json!(null),
-            json!("SIGKILL"),
-            json!("TO"),
-            json!("Time limit exceeded")
-        )
-    );
     // A memory bomb: killed at run_memory_limit (bytes), and at the server's default with -1.
     for limit in [json!(64 << 20), json!(-1)] {
         let mut job = py("a = []\nwhile True: a.append(bytearray(1 << 20))");
         job["run_memory_limit"] = limit.clone();
         let r = run(&srv, &job);
-        let (code, signal, status, message) = ending(&r);
+        let [code, signal, status, message] = ending(&r);
         assert_eq!(
             (code, signal, status),
             (json!(null), json!("SIGKILL"), json!("SG")),
@@ -506,7 +511,7 @@ fn every_ending_has_pistons_status_and_limits_hold() {
         &json!({"language": "c", "version": "*", "run_timeout": 10000, "files": [{"content":
             "#include <unistd.h>\nint main(void) { for (;;) fork(); }\n"}]}),
     );
-    let (code, signal, status, message) = ending(&r);
+    let [code, signal, status, message] = ending(&r);
     assert_eq!(
         (code, signal, status),
         (json!(null), json!("SIGKILL"), json!("SG")),
@@ -526,7 +531,7 @@ fn every_ending_has_pistons_status_and_limits_hold() {
         );
         assert_eq!(
             ending(&r),
-            (json!(null), json!("SIGKILL"), json!(status), json!(message))
+            [json!(null), json!("SIGKILL"), json!(status), json!(message)]
         );
         assert_eq!(r["run"][stream].as_str().unwrap().len(), 1 << 20);
     }
