@@ -240,41 +240,38 @@ fn ending(
     stdout_truncated: bool,
     failure: Option<&str>,
 ) -> (Value, Value, Value, Value) {
-    let (status, message, killed) = match (limit, signal) {
-        (Some("wall_time"), _) => ("TO", "Time limit exceeded (wall clock)".to_string(), true),
-        (Some("cpu_time"), _) => ("TO", "Time limit exceeded".to_string(), true),
-        (Some("output"), _) if stdout_truncated => ("OL", "stdout length exceeded".into(), true),
-        (Some("output"), _) => ("EL", "stderr length exceeded".into(), true),
-        // Limits isolate has no status of its own for: a kill, told in runcell's words.
-        (Some(_), _) => (
-            "SG",
-            failure.unwrap_or("killed at a limit").to_string(),
-            true,
-        ),
-        (None, Some(sig)) => {
+    // Limits isolate has no status of its own for (memory, processes, file size) are told in
+    // runcell's words.
+    let why = |otherwise: String| failure.map(String::from).unwrap_or(otherwise);
+    let kill = Some("SIGKILL");
+    let (status, message, signal) = match (limit, signal) {
+        (Some("wall_time"), _) => ("TO", "Time limit exceeded (wall clock)".into(), kill),
+        (Some("cpu_time"), _) => ("TO", "Time limit exceeded".into(), kill),
+        (Some("output"), _) if stdout_truncated => ("OL", "stdout length exceeded".into(), kill),
+        (Some("output"), _) => ("EL", "stderr length exceeded".into(), kill),
+        (_, Some(sig)) => {
             let n = signal_number(sig).unwrap_or(0);
-            ("SG", format!("Caught fatal signal {n}"), false)
+            let told = format!("Caught fatal signal {n}");
+            (
+                "SG",
+                if limit.is_some() { why(told) } else { told },
+                Some(sig),
+            )
         }
-        (None, None) if exit_code > 0 => {
-            ("RE", format!("Exited with error status {exit_code}"), false)
+        (_, None) if exit_code > 0 => {
+            let told = format!("Exited with error status {exit_code}");
+            ("RE", if limit.is_some() { why(told) } else { told }, None)
         }
-        (None, None) if exit_code < 0 => (
-            "XX",
-            failure.unwrap_or("the program did not run").to_string(),
-            false,
-        ),
-        (None, None) => return (json!(exit_code), Value::Null, Value::Null, Value::Null),
+        (None, None) if exit_code == 0 => {
+            return (json!(0), Value::Null, Value::Null, Value::Null);
+        }
+        (_, None) => ("XX", why("the program did not run".into()), None),
     };
-    let signal = match (killed, signal) {
-        (true, _) => json!("SIGKILL"),
-        (false, s) => json!(s),
+    let code = match signal {
+        None if exit_code >= 0 => json!(exit_code),
+        _ => Value::Null,
     };
-    let code = if signal.is_null() && exit_code >= 0 {
-        json!(exit_code)
-    } else {
-        Value::Null
-    };
-    (code, signal, json!(status), json!(message))
+    (code, json!(signal), json!(status), json!(message))
 }
 
 /// A stage's object: Piston's keys, times in ms, memory in bytes.
