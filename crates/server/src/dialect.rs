@@ -75,3 +75,13 @@ impl<S> IntoResponse for DialectError<S> {
         r
     }
 }
+
+/// An error of the layers every route shares (the body guard), in the shape of the dialect
+/// whose route `path` (the matched route) is.
+pub fn answer(path: Option<&str>, e: crate::error::ApiError) -> Response {
+    match path {
+        Some(p) if p.starts_with("/judge0/") => crate::judge0::J0Error::from(e).into_response(),
+        Some(p) if p.starts_with("/piston/") => crate::piston::PistonError::from(e).into_response(),
+        _ => e.into_response(),
+    }
+}

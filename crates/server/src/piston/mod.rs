@@ -19,7 +19,6 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -33,7 +32,9 @@ use runcell_service::{Kind, Tenant};
 
 use crate::AppState;
 use crate::dialect::{DialectError, Shape};
+use crate::error::ApiError;
 use crate::executions::CancelOnDrop;
+use crate::request::ApiJson;
 use crate::sse::Utf8Chunks;
 
 /// The routes, to nest under `/piston`.
@@ -47,13 +48,14 @@ pub fn routes() -> Router<AppState> {
 /// Piston's errors: `{"message": "…"}`.
 pub struct Piston;
 
+/// A Piston error answer.
+pub type PistonError = DialectError<Piston>;
+
 impl Shape for Piston {
     fn body(message: String) -> Value {
         json!({"message": message})
     }
 }
-
-type PistonError = DialectError<Piston>;
 
 /// The key of `Authorization: Basic` (the password; the user name when there is none).
 fn basic_key(encoded: &str) -> Option<String> {
@@ -131,15 +133,9 @@ async fn packages(_a: PistonAuth) -> Json<Value> {
 async fn execute(
     State(state): State<AppState>,
     PistonAuth(tenant): PistonAuth,
-    body: Bytes,
+    body: Result<ApiJson<Value>, ApiError>,
 ) -> Result<Json<Value>, PistonError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(PistonError::new(
-            StatusCode::BAD_REQUEST,
-            "the request body is empty; send the job as JSON",
-        ));
-    }
-    let body: Value = crate::request::parse_json(&body)?;
+    let ApiJson(body) = body?;
     let ceilings = execute::Ceilings::of(&state.svc.config);
     let job = execute::to_job(&body, state.svc.languages(), &ceilings)
         .map_err(|m| PistonError::new(StatusCode::BAD_REQUEST, m))?;

@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::server::{KEY_A, KEY_B, Resp, Server, sorted_keys as keys};
+use crate::server::{KEY_A, KEY_B, Opts, Resp, Server, sorted_keys as keys};
 
 /// `Authorization: Basic` of `user:pass`, as node's http sends a URL's userinfo.
 fn basic(userinfo: &str) -> String {
@@ -576,4 +576,25 @@ fn compiled_languages_have_a_compile_stage() {
     assert_eq!(v["run"]["stdout"], "42\n", "{v}");
     // An interpreted language has no compile stage.
     assert!(run(&srv, &py("print(1)")).get("compile").is_none());
+}
+
+#[test]
+fn a_body_over_the_limit_is_refused_in_the_dialects_shape() {
+    let srv = Server::with(Opts::new().config("max_body_bytes = 2048\n"));
+    let big = py(&format!("print('{}')", "x".repeat(4096)));
+    let post = |path: &str, header: &str| {
+        Resp::of(
+            srv.req("POST", path, None)
+                .header(header, KEY_A)
+                .body(big.to_string())
+                .send(),
+        )
+    };
+    let r = post("/piston/api/v2/execute", "Authorization");
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert_eq!(keys(&r.json()), ["message"]);
+    let r = post("/judge0/submissions", "X-Auth-Token");
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert_eq!(keys(&r.json()), ["error"]);
+    post("/api/v1/execute", "X-API-Key").error(413, Some("PAYLOAD_TOO_LARGE"));
 }
