@@ -43,6 +43,14 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v2/runtimes", get(runtimes))
         .route("/api/v2/packages", get(packages))
         .route("/api/v2/execute", post(execute))
+        .fallback(|| async { PistonError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            PistonError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method (packages are installed on the server \
+                 with `runcell runtimes install`)",
+            )
+        })
 }
 
 /// Piston's errors: `{"message": "…"}`.

@@ -198,6 +198,21 @@ fn auth_and_tenancy() {
         .expect(200);
     }
     assert_eq!(get("packages", Some(KEY_A)).json(), json!([]));
+    // Packages are not installed through the API; other routes are not there: Piston's shape.
+    for (method, route, status) in [
+        ("POST", "packages", 405),
+        ("DELETE", "packages", 405),
+        ("GET", "execute", 405),
+        ("GET", "connect", 404),
+    ] {
+        let r = Resp::of(
+            srv.req(method, &format!("/piston/api/v2/{route}"), None)
+                .header("Authorization", KEY_A)
+                .send(),
+        );
+        assert_eq!(r.status, status, "{method} {route}: {}", r.text);
+        assert_eq!(keys(&r.json()), ["message"]);
+    }
     let r = execute(&srv, &py("print(1)"));
     assert_eq!(r.expect(200).json()["run"]["stdout"], "1\n");
     let r = Resp::of(
