@@ -147,7 +147,19 @@ async fn execute(
     let ceilings = execute::Ceilings::of(&state.svc.config);
     let job = execute::to_job(&body, state.svc.languages(), &ceilings)
         .map_err(|m| PistonError::new(StatusCode::BAD_REQUEST, m))?;
-    let mut stream = state.svc.execute_streaming(&tenant, job.req.clone())?;
+    let mut stream = state
+        .svc
+        .execute_streaming(&tenant, job.req.clone())
+        .map_err(|mut e| {
+            // The engine names its own fields and units.
+            if e.code == "INVALID_LIMIT" {
+                e.detail.push_str(
+                    " (limits.wall_time is run_timeout in seconds, limits.cpu_time \
+                     run_cpu_time in seconds, limits.memory_mb run_memory_limit in MiB)",
+                );
+            }
+            e
+        })?;
     // The client going away cancels the run.
     let _guard = CancelOnDrop(stream.cancel.clone());
     let (mut out, mut err) = (Utf8Chunks::default(), Utf8Chunks::default());

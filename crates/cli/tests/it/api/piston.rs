@@ -422,6 +422,17 @@ fn bodies_files_and_validation() {
     ] {
         piston_error(execute(&srv, &body), 400, message);
     }
+    // A limit the engine refuses is told with Piston's names.
+    let r = execute(
+        &srv,
+        &json!({"language": "python", "version": "*", "files": f, "run_memory_limit": 1000}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    let message = r.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("memory_mb") && message.contains("run_memory_limit"),
+        "{message}"
+    );
     // A file name that leaves the workspace is refused by the engine, in Piston's shape.
     let r = execute(
         &srv,
