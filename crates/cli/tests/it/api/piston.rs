@@ -511,6 +511,13 @@ fn every_ending_has_pistons_status_and_limits_hold() {
         let r = run(&srv, &job);
         assert_eq!(ending(&r), want, "{job}");
     }
+    // A limit isolate has no status for: SG, SIGKILL, and runcell's sentence naming it.
+    let killed_at = |r: &Value, limit: &str| {
+        let [code, signal, status, message] = ending(r);
+        let want = [json!(null), json!("SIGKILL"), json!("SG")];
+        assert_eq!([code, signal, status], want, "{r}");
+        assert!(message.as_str().unwrap().contains(limit), "{message}");
+    };
     let wall = run(&srv, &sleeper)["run"]["wall_time"].as_f64().unwrap();
     assert!((500.0..3000.0).contains(&wall), "{wall}");
     // A memory bomb: killed at run_memory_limit (bytes), and at the server's default with -1.
@@ -518,13 +525,7 @@ fn every_ending_has_pistons_status_and_limits_hold() {
         let mut job = py("a = []\nwhile True: a.append(bytearray(1 << 20))");
         job["run_memory_limit"] = limit.clone();
         let r = run(&srv, &job);
-        let [code, signal, status, message] = ending(&r);
-        assert_eq!(
-            (code, signal, status),
-            (json!(null), json!("SIGKILL"), json!("SG")),
-            "{r}"
-        );
-        assert!(message.as_str().unwrap().contains("memory"), "{message}");
+        killed_at(&r, "memory");
         let max: u64 = if limit == -1 { 256 << 20 } else { 64 << 20 };
         assert!(
             r["run"]["memory"].as_u64().unwrap() <= max + (1 << 20),
@@ -537,13 +538,7 @@ fn every_ending_has_pistons_status_and_limits_hold() {
         &json!({"language": "c", "version": "*", "run_timeout": 10000, "files": [{"content":
             "#include <unistd.h>\nint main(void) { for (;;) fork(); }\n"}]}),
     );
-    let [code, signal, status, message] = ending(&r);
-    assert_eq!(
-        (code, signal, status),
-        (json!(null), json!("SIGKILL"), json!("SG")),
-        "{r}"
-    );
-    assert!(message.as_str().unwrap().contains("processes"), "{message}");
+    killed_at(&r, "processes");
     // Output beyond the limit: OL for stdout, EL for stderr.
     for (stream, status, message) in [
         ("stdout", "OL", "stdout length exceeded"),
