@@ -13,7 +13,7 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tokio::time::{Instant, Sleep};
 
 use crate::AppState;
@@ -162,13 +162,16 @@ impl HttpBody for PacedBody {
 /// Every route: a declared length above the route's limit is refused before the body is
 /// read (413), an unreadable `Content-Length` is refused (400), and the body is paced.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let upload = req
+    let route = req
         .extensions()
         .get::<MatchedPath>()
-        .is_some_and(|p| p.as_str() == UPLOAD_ROUTE);
+        .map(|p| p.as_str().to_string());
+    let upload = route.as_deref() == Some(UPLOAD_ROUTE);
+    // Refusals are in the error shape of the route's dialect.
+    let refuse = |e: ApiError| crate::dialect::answer(route.as_deref(), e);
     let declared = match declared_length(&req) {
         Ok(d) => d,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(e),
     };
     let limit = state.svc.config.max_body_bytes as u64;
     let pace = Pace {
@@ -179,7 +182,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     let body = Body::new(PacedBody::new(body, pace));
     if !upload && let Some(n) = declared.filter(|n| *n > limit) {
         drain_later(body);
-        return too_large(n, limit).into_response();
+        return refuse(too_large(n, limit));
     }
     next.run(Request::from_parts(parts, body)).await
 }

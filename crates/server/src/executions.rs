@@ -90,7 +90,7 @@ pub async fn execute(
 }
 
 /// Cancels the execution when the client goes away (and harmlessly after it ended).
-struct CancelOnDrop(runcell_service::model::Cancel);
+pub(crate) struct CancelOnDrop(pub runcell_service::model::Cancel);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {

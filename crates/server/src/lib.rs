@@ -7,7 +7,9 @@
 //! `sandboxes` (lifecycle and metrics), `runs` (code runs and artifacts), `execd` (contexts and
 //! code, execd's error dialect), `commands` (commands and bash sessions), `files`,
 //! `operations` (health, metrics, languages); `request` (queries, optional bodies, `Host`), `auth` (credentials as extractors), `sse` (every
-//! event stream), `body` (size and pace of request bodies), `openapi`.
+//! event stream), `body` (size and pace of request bodies), `openapi`. The compatibility
+//! dialects are folders: `judge0` (Judge0 CE 1.13.1) and `piston` (Piston v2), with their error
+//! shapes in `dialect`.
 //!
 //! Tests: unit tests here (`cargo test -p runcell-server`); every route is driven over HTTP
 //! against the real binary in the CLI's integration tests (`crates/cli/tests/it/api/`, one
@@ -16,6 +18,7 @@
 pub mod auth;
 pub mod body;
 pub mod commands;
+pub mod dialect;
 pub mod error;
 pub mod execd;
 pub mod executions;
@@ -23,6 +26,7 @@ pub mod files;
 pub mod judge0;
 pub mod openapi;
 pub mod operations;
+pub mod piston;
 pub mod request;
 pub mod runs;
 pub mod sandboxes;
@@ -211,6 +215,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .nest("/judge0", judge0::routes())
+        .nest("/piston", piston::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), body::guard))
         .route_layer(middleware::from_fn(track))
         .with_state(state);

@@ -403,6 +403,14 @@ pub fn assert_error_body(v: &Value) {
     );
 }
 
+/// The keys of a JSON object, sorted.
+#[track_caller]
+pub fn sorted_keys(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
 /// Calls `f` every 50 ms until it returns something; panics after `timeout`.
 #[track_caller]
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {

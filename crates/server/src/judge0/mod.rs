@@ -18,8 +18,8 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -28,6 +28,7 @@ use runcell_service::model::ExecStatus;
 use runcell_service::{Kind, Tenant};
 
 use crate::AppState;
+use crate::dialect::{DialectError, Shape};
 use submissions::Settings;
 
 /// The largest batch (`max_submission_batch_size` of `/config_info`).
@@ -50,55 +51,26 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// A Judge0 error answer.
-pub struct J0Error {
-    status: StatusCode,
-    body: Value,
-    retry_after: Option<u64>,
-}
+/// Judge0's errors: `{"error": "…"}`; an invalid request is 422, one that conflicts with the
+/// submission's state 400.
+pub struct Judge0;
 
-impl J0Error {
-    fn new(status: StatusCode, message: impl Into<String>) -> J0Error {
-        J0Error {
-            status,
-            body: json!({"error": message.into()}),
-            retry_after: None,
-        }
+impl Shape for Judge0 {
+    fn body(message: String) -> Value {
+        json!({"error": message})
     }
-}
 
-impl From<runcell_service::Error> for J0Error {
-    fn from(e: runcell_service::Error) -> J0Error {
-        let status = match e.kind {
+    fn status(kind: Kind) -> StatusCode {
+        match kind {
             Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::Conflict => StatusCode::BAD_REQUEST,
             k => crate::error::status_of(k),
-        };
-        let mut err = J0Error::new(status, e.detail);
-        err.retry_after = e.retry_after;
-        err
-    }
-}
-
-impl From<crate::error::ApiError> for J0Error {
-    fn from(e: crate::error::ApiError) -> J0Error {
-        let mut err = J0Error::new(e.status, e.detail);
-        err.retry_after = e.retry_after;
-        err
-    }
-}
-
-impl IntoResponse for J0Error {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, Json(self.body)).into_response();
-        if let Some(s) = self.retry_after
-            && let Ok(v) = HeaderValue::from_str(&s.to_string())
-        {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        r
     }
 }
+
+/// A Judge0 error answer.
+pub type J0Error = DialectError<Judge0>;
 
 type J0Result<T> = Result<T, J0Error>;
 
@@ -337,11 +309,8 @@ fn parse(
     base64: bool,
     s: &Settings,
 ) -> J0Result<(runcell_service::model::ExecuteRequest, Option<String>)> {
-    submissions::to_request(item, base64, s).map_err(|e| J0Error {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        body: Value::Object(e.0),
-        retry_after: None,
-    })
+    submissions::to_request(item, base64, s)
+        .map_err(|e| J0Error::with_body(StatusCode::UNPROCESSABLE_ENTITY, Value::Object(e.0)))
 }
 
 async fn create_submission(

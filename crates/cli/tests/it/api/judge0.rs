@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::server::{KEY_A, KEY_B, Opts, Receiver, Resp, Server};
+use crate::server::{KEY_A, KEY_B, Opts, Receiver, Resp, Server, sorted_keys};
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
@@ -69,12 +69,6 @@ const DEFAULT_KEYS: &[&str] = &[
     "time",
     "token",
 ];
-
-fn sorted_keys(v: &Value) -> Vec<String> {
-    let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-    keys.sort();
-    keys
-}
 
 /// A Judge0 request as the SDK sends it: `X-Auth-Token`, its app headers, JSON.
 fn call(srv: &Server, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Resp {

@@ -15,6 +15,7 @@ mod judging;
 mod judging_set;
 mod multifile;
 mod operations;
+mod piston;
 mod sandboxes;
 mod seeds;
 mod warm;
