@@ -108,6 +108,8 @@ pub struct Plan {
     pub language: String,
     pub version: String,
     pub limits: Limits,
+    /// The compile step's limits (the server's for the language, lowered as asked).
+    pub(crate) compile_limits: Limits,
     pub session_id: Option<String>,
     pub(crate) source_name: String,
     code: Vec<u8>,
@@ -701,10 +703,15 @@ impl Engine {
                 self.config.max_files_bytes
             )));
         }
+        let compile_limits = match &req.compile_limits {
+            Some(c) => crate::limits::lower_compile(&self.compile_limits(lang), c)?,
+            None => self.compile_limits(lang),
+        };
         let mut plan = Plan {
             language: lang.id.clone(),
             version,
             limits,
+            compile_limits,
             session_id: req.session_id.clone(),
             source_name,
             code: req.code.clone().into_bytes(),
@@ -877,7 +884,7 @@ impl Engine {
     ) -> Result<(), JailError> {
         let lang = self.lang(&plan.language)?;
         let run = plan.limits;
-        let compile = self.compile_limits(lang);
+        let compile = plan.compile_limits;
         let vars = |memory_mb| plan.vars(lang, memory_mb, &self.config.prefix);
         let compile_argv = lang.compile_argv(&vars(compile.memory_mb));
         let first = if compile_argv.is_some() {
@@ -1042,7 +1049,7 @@ impl Engine {
         cancel: Option<&Cancel>,
     ) -> Result<Build, JailError> {
         let lang = self.lang(&plan.language)?;
-        let compile = self.compile_limits(lang);
+        let compile = plan.compile_limits;
         let vars = plan.vars(lang, compile.memory_mb, &self.config.prefix);
         let Some(argv) = lang.compile_argv(&vars) else {
             return Ok(Build::Interpreted);

@@ -18,8 +18,8 @@ pub use engine::{
 pub use judge::{CaseResult, CheckerResult, Judging, Verdict};
 pub use limits::{LimitPolicy, Limits};
 pub use model::{
-    CheckerRequest, CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest,
-    ResultStatus, TestCase,
+    CheckerRequest, CompileLimitsRequest, CompileResult, ExecuteRequest, ExecutionResult, FileSpec,
+    LimitsRequest, ResultStatus, TestCase,
 };
 
 /// Why a request cannot be run. Every variant is the caller's mistake (a 4xx), except

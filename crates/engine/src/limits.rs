@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::EngineError;
-use crate::model::{ExecuteRequest, LimitsRequest};
+use crate::model::{CompileLimitsRequest, ExecuteRequest, LimitsRequest};
 
 /// One full set of limits.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -135,6 +135,33 @@ fn count(
         )));
     }
     Ok(x)
+}
+
+/// The compile limits `base` (the server's, for a language) lowered as `req` asks; asking
+/// for more than `base` is refused with a sentence.
+pub fn lower_compile(base: &Limits, req: &CompileLimitsRequest) -> Result<Limits, EngineError> {
+    let mut l = *base;
+    l.wall_time = seconds(
+        "compile_limits.wall_time",
+        req.wall_time.as_ref().filter(|v| !v.is_null()),
+        base.wall_time,
+        base.wall_time,
+    )?;
+    l.cpu_time = seconds(
+        "compile_limits.cpu_time",
+        req.cpu_time.as_ref().filter(|v| !v.is_null()),
+        base.cpu_time,
+        base.cpu_time,
+    )?;
+    l.memory_mb = count(
+        "compile_limits.memory_mb",
+        "MiB",
+        req.memory_mb.as_ref().filter(|v| !v.is_null()),
+        base.memory_mb,
+        MIN_MEMORY_MB,
+        base.memory_mb,
+    )?;
+    Ok(l)
 }
 
 impl LimitPolicy {
@@ -299,6 +326,45 @@ mod tests {
             .resolve(&req(Some(json!(30)), json!({"wall_time": 4})))
             .unwrap();
         assert_eq!(l.wall_time, 4.0);
+    }
+
+    #[test]
+    fn compile_limits_are_only_lowered() {
+        let base = LimitPolicy::default().defaults;
+        let req = CompileLimitsRequest {
+            wall_time: Some(json!(base.wall_time / 2.0)),
+            cpu_time: None,
+            memory_mb: Some(json!(64)),
+        };
+        let l = lower_compile(&base, &req).unwrap();
+        assert_eq!(l.wall_time, base.wall_time / 2.0);
+        assert_eq!(l.cpu_time, base.cpu_time);
+        assert_eq!(l.memory_mb, 64.min(base.memory_mb));
+        assert_eq!(l.max_processes, base.max_processes);
+        let null = CompileLimitsRequest {
+            wall_time: Some(Value::Null),
+            ..CompileLimitsRequest::default()
+        };
+        assert_eq!(lower_compile(&base, &null).unwrap(), base);
+        for (bad, words) in [
+            (
+                json!({"wall_time": base.wall_time * 2.0}),
+                "above this server's maximum",
+            ),
+            (json!({"cpu_time": "1"}), "must be a number of seconds"),
+            (json!({"memory_mb": 1}), "at least"),
+            (
+                json!({"memory_mb": base.memory_mb + 1}),
+                "above this server's maximum",
+            ),
+        ] {
+            let req: CompileLimitsRequest = serde_json::from_value(bad.clone()).unwrap();
+            let e = lower_compile(&base, &req).unwrap_err().to_string();
+            assert!(
+                e.contains(words) && e.contains("compile_limits."),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

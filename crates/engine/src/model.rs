@@ -32,6 +32,10 @@ pub struct ExecuteRequest {
     pub timeout: Option<Value>,
     #[serde(default)]
     pub limits: Option<LimitsRequest>,
+    /// Lower limits for the compile step of compiled languages (never higher than the
+    /// server's compile limits); the run's limits are `limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile_limits: Option<CompileLimitsRequest>,
     /// Network access (only `false` is supported: runs have no network).
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<bool>))]
@@ -126,6 +130,22 @@ pub struct LimitsRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub max_file_size_mb: Option<Value>,
+}
+
+/// Requested compile limits: each lowers the server's (a missing one keeps it).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompileLimitsRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub wall_time: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub cpu_time: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    pub memory_mb: Option<Value>,
 }
 
 /// An extra file of the request.

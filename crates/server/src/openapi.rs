@@ -74,6 +74,7 @@ use crate::{commands, error, execd, executions, files, operations, runs, sandbox
     components(schemas(
         model::ExecuteRequest,
         model::LimitsRequest,
+        model::CompileLimitsRequest,
         model::FileSpec,
         model::ExecutionResult,
         model::CompileResult,

@@ -47,8 +47,9 @@ pub mod model {
     pub use runcell_engine::compare::ComparisonMode;
     pub use runcell_engine::model::{now_ms, rfc3339, signal_number, unix_ms};
     pub use runcell_engine::{
-        Cancel, CaseResult, CheckerRequest, CheckerResult, CompileResult, ExecuteRequest,
-        ExecutionResult, FileSpec, Judging, LimitsRequest, ResultStatus, TestCase, Verdict,
+        Cancel, CaseResult, CheckerRequest, CheckerResult, CompileLimitsRequest, CompileResult,
+        ExecuteRequest, ExecutionResult, FileSpec, Judging, LimitsRequest, ResultStatus, TestCase,
+        Verdict,
     };
     pub use runcell_jail::{
         FileMeta, FsKind, JAIL_GID, JAIL_UID, Stream, decode_path, is_encoded_path,

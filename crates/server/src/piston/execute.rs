@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 
 use runcell_service::LanguageInfo;
 use runcell_service::model::{
-    CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest, signal_number,
+    CompileLimitsRequest, CompileResult, ExecuteRequest, ExecutionResult, FileSpec, LimitsRequest,
+    signal_number,
 };
 
 use super::semver;
@@ -147,6 +148,7 @@ pub fn to_job(body: &Value, langs: &[LanguageInfo], ceilings: &Ceilings) -> Resu
         return Err("files must include at least one utf8 encoded file".into());
     };
     let mut limits = LimitsRequest::default();
+    let mut compile = CompileLimitsRequest::default();
     for constraint in ["memory_limit", "timeout", "cpu_time"] {
         for stage in ["compile", "run"] {
             let name = format!("{stage}_{constraint}");
@@ -170,14 +172,23 @@ pub fn to_job(body: &Value, langs: &[LanguageInfo], ceilings: &Ceilings) -> Resu
             if x < 0.0 {
                 return Err(format!("{name} must be non-negative"));
             }
-            // The compile stage runs under the server's compile limits, which these were checked
-            // against (runcell does not lower them per request).
-            if stage == "run" {
-                match constraint {
-                    "timeout" => limits.wall_time = Some(json!(x / 1000.0)),
-                    "cpu_time" => limits.cpu_time = Some(json!(x / 1000.0)),
-                    _ => limits.memory_mb = Some(json!((x / MIB).ceil() as u64)),
-                }
+            let (wall, cpu, memory) = if stage == "run" {
+                (
+                    &mut limits.wall_time,
+                    &mut limits.cpu_time,
+                    &mut limits.memory_mb,
+                )
+            } else {
+                (
+                    &mut compile.wall_time,
+                    &mut compile.cpu_time,
+                    &mut compile.memory_mb,
+                )
+            };
+            match constraint {
+                "timeout" => *wall = Some(json!(x / 1000.0)),
+                "cpu_time" => *cpu = Some(json!(x / 1000.0)),
+                _ => *memory = Some(json!((x / MIB).ceil() as u64)),
             }
         }
     }
@@ -223,6 +234,7 @@ pub fn to_job(body: &Value, langs: &[LanguageInfo], ceilings: &Ceilings) -> Resu
         args,
         files: others,
         limits: Some(limits),
+        compile_limits: (compile != CompileLimitsRequest::default()).then_some(compile),
         ..ExecuteRequest::default()
     };
     Ok(Job {
@@ -301,12 +313,18 @@ fn stage(
 }
 
 fn compile_stage(c: &CompileResult) -> Value {
+    let failure = match c.limit_exceeded.as_deref() {
+        Some("memory") => "the compiler exceeded its memory limit",
+        Some("processes") => "the compiler exceeded its process limit",
+        Some("file_size") => "the compiler exceeded its file size limit",
+        _ => "the compiler did not run",
+    };
     let end = ending(
         c.exit_code,
         None,
         c.limit_exceeded.as_deref(),
         false,
-        Some("the compiler did not run"),
+        Some(failure),
     );
     // A compiler's two streams are not kept in order: its stdout, then its stderr.
     let output = format!("{}{}", c.stdout, c.stderr);

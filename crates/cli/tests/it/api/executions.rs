@@ -499,3 +499,46 @@ int main(void) {
     assert_eq!(j2["stdout"], "java 7\n", "{j2:#}");
     assert!(cached(&j2), "{j2:#}");
 }
+
+/// `compile_limits` lowers the compile step's limits for one request (a C++ compiler given
+/// 16 MiB is stopped by the memory limit, and says so), never raises them (400 with a
+/// sentence), and a compile that failed under lowered limits is not cached: the same source
+/// with the server's limits compiles and runs.
+#[test]
+fn compile_limits_lower_the_compile_step_only() {
+    let srv = Server::start();
+    let code = "#include <iostream>\n#include <map>\n#include <string>\nint main() { std::map<std::string, int> m{{\"a\", 41}}; std::cout << m[\"a\"] + 1 << std::endl; }\n";
+    let r: Value = srv
+        .post(
+            "/api/v1/execute",
+            Some(KEY_A),
+            &json!({"language": "cpp", "code": code, "compile_limits": {"memory_mb": 16}}),
+        )
+        .expect(200)
+        .json();
+    assert_eq!(r["compile"]["limit_exceeded"], "memory", "{r:#}");
+    assert_eq!(r["status"], "failed", "{r:#}");
+    let ok: Value = srv
+        .post(
+            "/api/v1/execute",
+            Some(KEY_A),
+            &json!({"language": "cpp", "code": code}),
+        )
+        .expect(200)
+        .json();
+    assert_eq!(ok["stdout"], "42\n", "{ok:#}");
+    assert_ne!(ok["compile"]["cached"], true, "{ok:#}");
+    let too_much = srv.post(
+        "/api/v1/execute",
+        Some(KEY_A),
+        &json!({"language": "cpp", "code": code, "compile_limits": {"wall_time": 100000}}),
+    );
+    let body = too_much.expect(400).text;
+    assert!(body.contains("compile_limits.wall_time"), "{body}");
+    let unknown = srv.post(
+        "/api/v1/execute",
+        Some(KEY_A),
+        &json!({"language": "cpp", "code": code, "compile_limits": {"max_processes": 1}}),
+    );
+    unknown.expect(400);
+}
