@@ -1175,7 +1175,7 @@ impl Engine {
                 .name("runcell-warm-input".into())
                 .spawn(move || {
                     use std::io::Write;
-                    let _ = set_blocking(&input);
+                    let _ = set_nonblocking(&input, false);
                     let _ = input.write_all(&bytes[sent..]);
                 })
                 .map_err(|e| JailError::Io {
@@ -1247,11 +1247,7 @@ impl Engine {
 /// Writes what the pipe `f` takes now of `bytes` (non-blocking); returns how much that was.
 fn write_without_waiting(f: &mut File, bytes: &[u8]) -> usize {
     use std::io::Write;
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own; only its status flags change.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    if set_nonblocking(f, true).is_err() {
         return 0;
     }
     let mut sent = 0;
@@ -1266,13 +1262,18 @@ fn write_without_waiting(f: &mut File, bytes: &[u8]) -> usize {
     sent
 }
 
-/// Makes `f` blocking again.
-fn set_blocking(f: &File) -> std::io::Result<()> {
+/// Sets or clears `O_NONBLOCK` on `f`.
+fn set_nonblocking(f: &File, on: bool) -> std::io::Result<()> {
     let fd = f.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own; only its status flags change.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
     // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -43,6 +43,20 @@ fn warm_run_as(srv: &Server, body: &Value, zygote: bool) -> Value {
     r
 }
 
+/// What a program shows of itself is the same in the warm run `w` and the cold run `c`.
+fn assert_same_result(case: &Value, w: &Value, c: &Value) {
+    for k in [
+        "status",
+        "stdout",
+        "stderr",
+        "exit_code",
+        "signal",
+        "limit_exceeded",
+    ] {
+        assert_eq!(w[k], c[k], "{k} differs for {case}:\nwarm {w}\ncold {c}");
+    }
+}
+
 fn py(code: &str) -> Value {
     json!({"language": "python", "code": code})
 }
@@ -118,16 +132,7 @@ fn warm_runs_are_indistinguishable_from_cold_starts() {
     for case in &cases {
         let w = warm_run(&warm, case);
         let c = cold.execute(case);
-        for k in [
-            "status",
-            "stdout",
-            "stderr",
-            "exit_code",
-            "signal",
-            "limit_exceeded",
-        ] {
-            assert_eq!(w[k], c[k], "{k} differs for {case}:\nwarm {w}\ncold {c}");
-        }
+        assert_same_result(case, &w, &c);
     }
 }
 
@@ -381,16 +386,7 @@ fn warm_javascript_runs_are_indistinguishable_from_cold_starts() {
     for case in &cases {
         let w = warm_js_run(&warm, case);
         let c = cold.execute(case);
-        for k in [
-            "status",
-            "stdout",
-            "stderr",
-            "exit_code",
-            "signal",
-            "limit_exceeded",
-        ] {
-            assert_eq!(w[k], c[k], "{k} differs for {case}:\nwarm {w}\ncold {c}");
-        }
+        assert_same_result(case, &w, &c);
     }
     // Contained like a cold run: a memory bomb stops at the memory limit, a busy loop at the
     // CPU limit counted from the hand-off (not from Node's start).
