@@ -1,5 +1,5 @@
-//! Credentials as extractors: an API key (`X-API-Key: K` or `Authorization: Bearer K`) names
-//! a tenant; per-sandbox routes also take the sandbox's own access token
+//! Credentials as extractors: an API key (`X-API-Key: K`, `Authorization: Bearer K`, or
+//! OpenSandbox's `OPEN-SANDBOX-API-KEY: K`) names a tenant; per-sandbox routes also take the sandbox's own access token
 //! (`X-EXECD-ACCESS-TOKEN`). Taking either spends one request of the tenant's rate limit (a
 //! token's, once its sandbox is known: `Service::sandbox`).
 
@@ -16,8 +16,10 @@ use crate::error::ApiError;
 
 /// The API key presented, if any.
 pub fn presented_key(parts: &Parts) -> Option<&str> {
-    if let Some(v) = parts.headers.get("x-api-key") {
-        return v.to_str().ok().map(str::trim);
+    for name in ["x-api-key", "open-sandbox-api-key"] {
+        if let Some(v) = parts.headers.get(name) {
+            return v.to_str().ok().map(str::trim);
+        }
     }
     let auth = parts.headers.get("authorization")?.to_str().ok()?;
     let (scheme, token) = auth.trim().split_once(' ')?;

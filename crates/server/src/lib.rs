@@ -25,8 +25,10 @@ pub mod executions;
 pub mod files;
 pub mod judge0;
 pub mod openapi;
+pub mod opensandbox;
 pub mod operations;
 pub mod piston;
+pub mod ports;
 pub mod request;
 pub mod runs;
 pub mod sandboxes;
@@ -39,7 +41,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
 
@@ -210,12 +212,25 @@ pub fn router(state: AppState) -> Router {
             "/v1/sandboxes/{id}/files/download",
             get(fs::transfer::download_file),
         )
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}",
+            any(ports::proxy_root).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}/",
+            any(ports::proxy_root).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}/{*rest}",
+            any(ports::proxy_path).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/sandboxes/{id}/metrics", get(sb::sandbox_metrics))
         .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .nest("/judge0", judge0::routes())
         .nest("/piston", piston::routes())
+        .nest("/opensandbox/v1", opensandbox::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), body::guard))
         .route_layer(middleware::from_fn(track))
         .with_state(state);

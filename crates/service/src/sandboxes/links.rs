@@ -34,15 +34,27 @@ impl Sandboxes {
         format!("http://{}", host.unwrap_or("localhost"))
     }
 
-    fn signature(&self, id: &str, expires: i64) -> String {
+    /// The access token of sandbox `id` (its `X-EXECD-ACCESS-TOKEN`): an HMAC of its id, so
+    /// that its owner can be given it again (OpenSandbox's endpoint lookup hands it out with
+    /// every endpoint) while the store keeps only its hash. Unguessable without the server's
+    /// key, like every signed link.
+    pub fn access_token(&self, id: &str) -> String {
+        self.hmac_hex(&format!("sandbox-access-token\0{id}"))
+    }
+
+    fn hmac_hex(&self, message: &str) -> String {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.signing_key)
             .expect("HMAC takes keys of any length");
-        mac.update(format!("{id}.{expires}").as_bytes());
+        mac.update(message.as_bytes());
         mac.finalize()
             .into_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    fn signature(&self, id: &str, expires: i64) -> String {
+        self.hmac_hex(&format!("{id}.{expires}"))
     }
 
     /// Checks a link's signature and expiry.

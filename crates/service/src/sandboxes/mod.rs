@@ -44,6 +44,13 @@ pub struct CreateSandbox {
     pub metadata: Option<Value>,
     /// Must be false (or absent): sandboxes have no network.
     pub network: Option<Value>,
+    /// The name of the image the client asked for (OpenSandbox's `image.uri`): recorded and
+    /// shown, since every sandbox has the server's one root file system.
+    pub image: Option<Value>,
+    /// A program and its arguments started as a background command once the sandbox is up,
+    /// when the program exists in the sandbox (otherwise only recorded).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>))]
+    pub entrypoint: Option<Value>,
 }
 
 /// Requested limits; absent ones take the server's defaults.
@@ -64,6 +71,10 @@ pub struct Spec {
     pub timeout_secs: u64,
     /// Names only: values may be secrets.
     pub env_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
 }
 
 /// A sandbox as the API shows it.
@@ -86,6 +97,12 @@ pub struct SandboxObject {
     pub network: bool,
     pub ended_at: Option<String>,
     pub end_reason: Option<String>,
+    /// The image name the sandbox was created with, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The entrypoint it was created with, if any, and what became of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<EntrypointObject>,
 }
 
 /// `GET /v1/sandboxes`.
@@ -106,6 +123,8 @@ pub struct Live {
     spec: Spec,
     /// Runs not finished, and finished ones for a minute (until their record is written).
     runs: Mutex<HashMap<String, Arc<Run>>>,
+    /// What became of the entrypoint, once it was looked for.
+    entrypoint: Mutex<Option<entrypoint::Entrypoint>>,
 }
 
 impl Live {
@@ -126,7 +145,25 @@ impl Live {
             network: false,
             ended_at: None,
             end_reason: None,
+            image: self.spec.image.clone(),
+            entrypoint: self.entrypoint_object(),
         }
+    }
+
+    fn entrypoint_object(&self) -> Option<EntrypointObject> {
+        if self.spec.entrypoint.is_empty() {
+            return None;
+        }
+        let e = self
+            .entrypoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(EntrypointObject {
+            argv: self.spec.entrypoint.clone(),
+            state: e.as_ref().map_or(EntrypointState::Starting, |e| e.state),
+            command_id: e.and_then(|e| e.command_id),
+        })
     }
 
     pub fn run(&self, id: &str) -> Option<Arc<Run>> {
@@ -184,14 +221,18 @@ fn private_dir(p: &std::path::Path) -> std::io::Result<()> {
 }
 
 mod commands;
+mod entrypoint;
 mod files;
 mod lifetime;
 mod links;
+mod query;
 mod records;
 mod runs;
 
 pub use commands::CommandRequest;
+pub use entrypoint::{EntrypointObject, EntrypointState};
 pub use files::{FileUpload, MAX_LISTED, read_lines};
+pub use query::{SandboxPage, SandboxQuery, status_name};
 pub use runs::{ArtifactContent, CodeRunRequest, RunList};
 
 use lifetime::Lifetime;
@@ -354,7 +395,7 @@ impl Sandboxes {
                 .map_err(Error::from)?
             }
         };
-        let token = ids::token();
+        let token = self.access_token(sandbox.id());
         let now = now_ms();
         let expires = now + spec.timeout_secs as i64 * 1000;
         let live = Arc::new(Live {
@@ -365,6 +406,7 @@ impl Sandboxes {
             lifetime: Lifetime::new(expires),
             spec,
             runs: Mutex::new(HashMap::new()),
+            entrypoint: Mutex::new(None),
         });
         let inserted = self
             .store
@@ -387,6 +429,10 @@ impl Sandboxes {
             .unwrap_or_else(|p| p.into_inner())
             .insert(live.id().to_string(), Arc::clone(&live));
         metrics::counter!("runcell_sandboxes_created_total").increment(1);
+        if !live.spec.entrypoint.is_empty() {
+            let e = entrypoint::start(&live.sandbox, &live.spec.entrypoint).await;
+            *live.entrypoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
         let mut o = live.object();
         o.access_token = Some(token);
         Ok(o)
@@ -477,6 +523,8 @@ impl Sandboxes {
                 metadata,
                 timeout_secs,
                 env_keys: env.iter().map(|(k, _)| k.clone()).collect(),
+                image: entrypoint::parse_image(req.image.as_ref())?,
+                entrypoint: entrypoint::parse(req.entrypoint.as_ref())?,
             },
             env,
         ))
@@ -525,6 +573,32 @@ impl Sandboxes {
         )?;
         let now = now_ms();
         let expires = now + secs as i64 * 1000;
+        self.renew_at(live, now, expires).await?;
+        Ok(live.object())
+    }
+
+    /// Renews a live sandbox's lifetime to end at `expires_at` (Unix ms), at least a second
+    /// and at most the maximum lifetime from now; returns the new expiry.
+    pub async fn renew_until(&self, live: &Live, expires_at: i64) -> Result<i64, Error> {
+        let now = now_ms();
+        let max = self.cfg.max_timeout_secs as i64 * 1000;
+        if expires_at < now + 1000 || expires_at > now + max {
+            return Err(Error::invalid(
+                "INVALID_REQUEST",
+                format!(
+                    "the new expiry must be between 1 second and {} seconds from now ({}), got \
+                     {}",
+                    self.cfg.max_timeout_secs,
+                    ms_rfc3339(now),
+                    ms_rfc3339(expires_at)
+                ),
+            ));
+        }
+        self.renew_at(live, now, expires_at).await?;
+        Ok(expires_at)
+    }
+
+    async fn renew_at(&self, live: &Live, now: i64, expires: i64) -> Result<(), Error> {
         // First in memory, where the reaper and a deletion claim the end under the same lock:
         // either this renewal comes first and the reaper leaves the sandbox alone, or the
         // sandbox has ended (or expired) and the renewal answers how.
@@ -538,7 +612,7 @@ impl Sandboxes {
             live.lifetime.check(live.id(), now_ms())?;
             return Err(not_found(live.id()));
         }
-        Ok(live.object())
+        Ok(())
     }
 
     /// Ends a sandbox: the record says why, and every process in it is dead and its workspace
@@ -774,10 +848,21 @@ fn object_of_row(r: &SandboxRow) -> SandboxObject {
             max_processes: 0,
             disk_mb: 0,
         }),
-        metadata: spec.map(|s| s.metadata).unwrap_or_default(),
+        metadata: spec
+            .as_ref()
+            .map(|s| s.metadata.clone())
+            .unwrap_or_default(),
         network: false,
         ended_at: r.ended_at.map(ms_rfc3339),
         end_reason: r.end_reason.clone(),
+        image: spec.as_ref().and_then(|s| s.image.clone()),
+        entrypoint: spec
+            .filter(|s| !s.entrypoint.is_empty())
+            .map(|s| EntrypointObject {
+                argv: s.entrypoint,
+                command_id: None,
+                state: EntrypointState::Ended,
+            }),
     }
 }
 
