@@ -692,3 +692,85 @@ http.server.HTTPServer(("127.0.0.1", 8000), H).serve_forever()
     let r = Resp::of(crate::server::client().get(format!("{url}/")).send());
     error(&r, 401, None);
 }
+
+/// The Python of the venv holding OpenSandbox's official SDKs, installed by `scripts/test`
+/// (`RUNCELL_OPENSANDBOX_SDK_PYTHON` overrides it).
+fn sdk_python() -> String {
+    let python = std::env::var("RUNCELL_OPENSANDBOX_SDK_PYTHON")
+        .unwrap_or_else(|_| "/opt/runcell-test/opensandbox-sdk/bin/python".into());
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: scripts/test installs OpenSandbox's SDKs there (pip install \
+         opensandbox==1.1.1 opensandbox-code-interpreter==1.1.1 in a venv)"
+    );
+    python
+}
+
+/// Issue 13's flow, exactly as the official Python SDKs run it (`sdk/opensandbox_flow.py`):
+/// create with an image and an entrypoint (both endpoint lookups, ping, telemetry), commands
+/// with the sandbox's environment and a failing exit, files, a code context, renewal, a
+/// listing by metadata, pause and resume keeping the context's variables, kill.
+#[test]
+fn the_official_python_sdk_drives_a_sandbox_end_to_end() {
+    let srv = Server::start();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/sdk/opensandbox_flow.py"
+    );
+    let domain = format!("{}/opensandbox", srv.url.strip_prefix("http://").unwrap());
+    let out = std::process::Command::new(sdk_python())
+        .args([script, &domain, KEY_A])
+        .env("OPENSANDBOX_DISABLE_METRICS", "0")
+        .output()
+        .expect("run the SDK's flow");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK's flow failed:\n{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let id = seen["id"].as_str().unwrap();
+    assert_eq!(seen["state"], "Running", "{seen}");
+    assert_eq!(seen["image"], "opensandbox/code-interpreter:v1.1.0");
+    assert_eq!(
+        seen["entrypoint"],
+        json!(["/opt/code-interpreter/code-interpreter.sh"])
+    );
+    assert_eq!(seen["metadata"], json!({"suite": "sdk-flow"}));
+    assert_eq!(
+        seen["stdout"],
+        json!(["hello", "hello from the sdk"]),
+        "{seen}"
+    );
+    assert_eq!(seen["stderr"], json!(["oops"]), "{seen}");
+    assert_eq!(
+        seen["exit_error"],
+        json!(["CommandExecError", "3"]),
+        "{seen}"
+    );
+    assert_eq!(seen["read"], "first line\nsecond line\n");
+    assert_eq!(seen["size"], 23);
+    assert_eq!(seen["context_language"], "python");
+    assert_eq!(seen["code_result"], json!(["42"]), "{seen}");
+    assert_eq!(seen["code_stdout"], json!(["printed\n"]), "{seen}");
+    assert_eq!(seen["code_env"], json!(["'hello from the sdk'"]), "{seen}");
+    assert_eq!(seen["code_error"], "ZeroDivisionError", "{seen}");
+    assert_eq!(seen["listed"], json!([id]), "{seen}");
+    assert_eq!(seen["paused_state"], "Paused", "{seen}");
+    assert_eq!(seen["resumed_state"], "Running", "{seen}");
+    assert_eq!(seen["x_after_resume"], json!(["42"]), "{seen}");
+    assert!(
+        seen["after_kill"]
+            .as_str()
+            .is_some_and(|c| c != "still there"),
+        "{seen}"
+    );
+    // Nothing of it is left.
+    let list = os(&srv, "GET", "/sandboxes", Some(KEY_A), None)
+        .expect(200)
+        .json();
+    assert_eq!(list["items"], json!([]), "{list}");
+}
