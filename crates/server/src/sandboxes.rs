@@ -101,7 +101,9 @@ pub async fn get_sandbox(
     Caller(cred): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxObject>, ApiError> {
-    Ok(Json(state.svc.sandbox_lifecycle(&cred, &id).await?.object()))
+    Ok(Json(
+        state.svc.sandbox_lifecycle(&cred, &id).await?.object(),
+    ))
 }
 
 /// Deletes a sandbox: every process in it dies and its workspace is removed.

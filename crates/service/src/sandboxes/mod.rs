@@ -750,7 +750,11 @@ impl Sandboxes {
             .cloned()
             .collect();
         for l in paused {
-            if let Err(e) = self.store.end_sandbox(l.id(), now_ms(), STOPPED_PAUSED).await {
+            if let Err(e) = self
+                .store
+                .end_sandbox(l.id(), now_ms(), STOPPED_PAUSED)
+                .await
+            {
                 tracing::warn!(sandbox = %l.id(), "recording a paused sandbox at shutdown: {e}");
             }
         }

@@ -17,6 +17,7 @@ mod multifile;
 mod operations;
 mod piston;
 mod sandboxes;
+mod sandboxes_pause;
 mod seeds;
 mod warm;
 mod webhooks;
