@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::commands::{background, call, create_as, sb_path};
+use super::commands::{background, call, command, create_as, sb_path};
 use crate::server::{
     JAIL_UID_BASE, KEY_A, KEY_B, Opts, Proc, Resp, Server, alive, eventually, execd_error,
     is_timestamp, jail_procs, proc_info,
@@ -194,9 +194,9 @@ fn resume(srv: &Server, sb: &str) -> Value {
 }
 
 /// The test: a context holding `x = 42` and a busy loop; paused, the sandbox uses no
-/// CPU for 2 s (its cgroup is frozen on the host) while a code run under way, whose time limit
-/// the pause outlasts, waits; resumed, the run finishes as if nothing happened, `x` is 42 and
-/// the loop runs again.
+/// CPU for 2 s (its cgroup is frozen on the host) while a code run and a foreground command
+/// under way, whose time limits the pause outlasts, wait; resumed, both finish as if nothing
+/// happened, `x` is 42 and the loop runs again.
 #[test]
 fn a_paused_sandbox_keeps_its_memory_and_uses_no_cpu_until_resumed() {
     let srv = Server::start();
@@ -230,63 +230,86 @@ fn a_paused_sandbox_keeps_its_memory_and_uses_no_cpu_until_resumed() {
         (v["status"] == "running").then_some(())
     });
 
-    let created = get(&srv, &sb);
-    let paused = pause(&srv, &sb);
-    let paused_at = Instant::now();
-    assert_eq!(
-        is_frozen(&freezer),
-        Some(true),
-        "the jail's cgroup is frozen"
-    );
-    let left = ms(&created["expires_at"]) - ms(&paused["paused_at"]);
-    // While paused: get, list, the run's record and metrics work; the CPU stays flat.
-    let v = get(&srv, &sb);
-    assert_eq!(v["status"], "paused", "{v}");
-    let list = call(&srv, "GET", "/v1/sandboxes", Some(KEY_A), None)
-        .expect(200)
-        .json();
-    let item = list["sandboxes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == sb.as_str())
-        .unwrap_or_else(|| panic!("a paused sandbox is listed as running: {list:#}"));
-    assert_eq!(item["status"], "paused", "{item}");
-    let v = call(&srv, "GET", &run_path, Some(KEY_A), None)
-        .expect(200)
-        .json();
-    assert_eq!(v["status"], "running", "frozen mid-run: {v}");
-    let mut samples = Vec::new();
-    while paused_at.elapsed() < Duration::from_secs(2) {
-        samples.push(cpu_pct(&srv, &sb));
-    }
-    assert!(samples.len() >= 4, "{samples:?}");
-    assert!(
-        samples.iter().all(|&p| p == 0.0),
-        "a paused sandbox used CPU: {samples:?}"
-    );
-    for p in &procs {
-        assert!(alive(p), "paused, not killed: {p:?}");
-    }
-    std::thread::sleep(Duration::from_millis(2500).saturating_sub(paused_at.elapsed()));
+    std::thread::scope(|scope| {
+        // A foreground command under way with a 1.5 s limit: it sleeps 1 s.
+        let cmd = scope.spawn(|| {
+            command(
+                &srv,
+                &sb,
+                &json!({"command": "sleep 1; echo done-after-the-pause", "timeout": 1500}),
+            )
+        });
+        sandbox_procs(srv.pid(), "done-after-the-pause");
 
-    let resumed = resume(&srv, &sb);
-    assert_eq!(is_frozen(&freezer), Some(false), "thawed");
-    // The clock ran again from the resume with the lifetime left at the pause.
-    let expires = ms(&resumed["expires_at"]);
-    let expected = now_ms() + left;
-    assert!(
-        (expires - expected).abs() < 1500,
-        "expires_at {expires} vs {expected}: {resumed}"
-    );
-    // The run under way finished within its limit: the pause did not count.
-    let done = eventually(Duration::from_secs(20), "the run to finish", || {
+        let created = get(&srv, &sb);
+        let paused = pause(&srv, &sb);
+        let paused_at = Instant::now();
+        assert_eq!(
+            is_frozen(&freezer),
+            Some(true),
+            "the jail's cgroup is frozen"
+        );
+        let left = ms(&created["expires_at"]) - ms(&paused["paused_at"]);
+        // While paused: get, list, the run's record and metrics work; the CPU stays flat.
+        let v = get(&srv, &sb);
+        assert_eq!(v["status"], "paused", "{v}");
+        let list = call(&srv, "GET", "/v1/sandboxes", Some(KEY_A), None)
+            .expect(200)
+            .json();
+        let item = list["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == sb.as_str())
+            .unwrap_or_else(|| panic!("a paused sandbox is listed as running: {list:#}"));
+        assert_eq!(item["status"], "paused", "{item}");
         let v = call(&srv, "GET", &run_path, Some(KEY_A), None)
             .expect(200)
             .json();
-        (v["status"] != "running" && v["status"] != "queued").then_some(v)
+        assert_eq!(v["status"], "running", "frozen mid-run: {v}");
+        let mut samples = Vec::new();
+        while paused_at.elapsed() < Duration::from_secs(2) {
+            samples.push(cpu_pct(&srv, &sb));
+        }
+        assert!(samples.len() >= 4, "{samples:?}");
+        assert!(
+            samples.iter().all(|&p| p == 0.0),
+            "a paused sandbox used CPU: {samples:?}"
+        );
+        for p in &procs {
+            assert!(alive(p), "paused, not killed: {p:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2500).saturating_sub(paused_at.elapsed()));
+
+        let resumed = resume(&srv, &sb);
+        assert_eq!(is_frozen(&freezer), Some(false), "thawed");
+        // The clock ran again from the resume with the lifetime left at the pause.
+        let expires = ms(&resumed["expires_at"]);
+        let expected = now_ms() + left;
+        assert!(
+            (expires - expected).abs() < 1500,
+            "expires_at {expires} vs {expected}: {resumed}"
+        );
+        // The run under way finished within its limit: the pause did not count.
+        let done = eventually(Duration::from_secs(20), "the run to finish", || {
+            let v = call(&srv, "GET", &run_path, Some(KEY_A), None)
+                .expect(200)
+                .json();
+            (v["status"] != "running" && v["status"] != "queued").then_some(v)
+        });
+        assert_result(&done, "42");
+        let ran = cmd.join().unwrap();
+        assert_eq!(
+            ran.exit(),
+            "0",
+            "the command was not stopped for the pause: {ran}"
+        );
+        assert_eq!(
+            ran.output("stdout").trim_end(),
+            "done-after-the-pause",
+            "{ran}"
+        );
     });
-    assert_result(&done, "42");
     assert_result(&py(&srv, &sb, "x"), "42");
     eventually(Duration::from_secs(20), "the loop to run again", || {
         (cpu_pct(&srv, &sb) > 50.0).then_some(())
