@@ -987,14 +987,17 @@ impl Service {
     /// variables, a command half-way) and its expiry clock stops. Pausing a paused sandbox is
     /// 409 `SANDBOX_PAUSED`.
     pub async fn pause_sandbox(&self, live: &Arc<Live>) -> Result<SandboxObject> {
-        self.sandboxes.pause(live).await
+        // On a task of its own: a client that goes away does not stop it half-way.
+        let (me, live) = (Arc::clone(&self.sandboxes), Arc::clone(live));
+        tokio::spawn(async move { me.pause(&live).await }).await?
     }
 
     /// Resumes a paused sandbox: its processes go on where they stopped and it expires the
     /// lifetime it had left after now. Resuming a sandbox that is not paused is 409
     /// `SANDBOX_NOT_PAUSED`.
     pub async fn resume_sandbox(&self, live: &Arc<Live>) -> Result<SandboxObject> {
-        self.sandboxes.resume(live).await
+        let (me, live) = (Arc::clone(&self.sandboxes), Arc::clone(live));
+        tokio::spawn(async move { me.resume(&live).await }).await?
     }
 
     /// Renews a sandbox's lifetime: it now ends `timeout_secs` from now (a paused one,
