@@ -235,6 +235,7 @@ impl Spawner {
             agent,
             cgroup,
             destroyed: std::sync::atomic::AtomicBool::new(false),
+            frozen: Mutex::new(Frozen::default()),
         })
     }
 }
@@ -251,6 +252,15 @@ pub struct Jail {
     runtime: Option<Workspace>,
     pub(crate) cgroup: Box<dyn Cgroup>,
     destroyed: std::sync::atomic::AtomicBool,
+    /// How long the jail has been frozen in all, and since when it is frozen now (monotonic
+    /// ns): the wall-time limit of a program does not count while its jail is frozen.
+    frozen: Mutex<Frozen>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Frozen {
+    total_ns: u64,
+    since_ns: Option<u64>,
 }
 
 /// Standard input of a started program.
@@ -290,6 +300,8 @@ pub struct Process {
     pub(crate) killer: Killer,
     /// Set by [`Jail::hand_off`]: the run began at `sent_ns`, not when the step started.
     pub(crate) handed_off: bool,
+    /// [`Jail::frozen_ns`] at `sent_ns`.
+    pub(crate) frozen_base_ns: u64,
 }
 
 impl Process {
@@ -522,14 +534,33 @@ impl Jail {
     /// thawed) or thaws them; returns once the kernel reports it done. Destroying a frozen
     /// jail works as usual.
     pub fn set_frozen(&self, frozen: bool) -> Result<(), JailError> {
-        self.cgroup.set_frozen(frozen).ctx(|| {
+        // Counted as frozen from the request to freeze until the thaw is done (a little more
+        // than the processes really were, never less).
+        let mut f = self.frozen.lock().unwrap_or_else(|p| p.into_inner());
+        if frozen && f.since_ns.is_none() {
+            f.since_ns = Some(proto::monotonic_ns());
+        }
+        let r = self.cgroup.set_frozen(frozen).ctx(|| {
             if frozen {
                 "freeze the jail"
             } else {
                 "thaw the jail"
             }
             .into()
-        })
+        });
+        // Frozen after a freeze, and still after a failed thaw; not after a thaw, nor after a
+        // failed freeze (its caller thaws).
+        let frozen_now = if r.is_ok() { frozen } else { !frozen };
+        if !frozen_now && let Some(since) = f.since_ns.take() {
+            f.total_ns += proto::monotonic_ns().saturating_sub(since);
+        }
+        r
+    }
+
+    /// How long the jail has been frozen since it was made, up to `now` (monotonic ns).
+    pub(crate) fn frozen_ns(&self, now: u64) -> u64 {
+        let f = self.frozen.lock().unwrap_or_else(|p| p.into_inner());
+        f.total_ns + f.since_ns.map_or(0, |s| now.saturating_sub(s))
     }
 
     /// Current cgroup measurements of the whole jail.
@@ -622,6 +653,7 @@ impl Jail {
                     sent_ns,
                     killer,
                     handed_off: false,
+                    frozen_base_ns: self.frozen_ns(sent_ns),
                 })
             }
             Some((AgentReply::Error(e), _)) => Err(e.into()),
@@ -639,6 +671,7 @@ impl Jail {
             .ctx(|| "reset memory peak".into())?;
         process.baseline = self.cgroup.stats().ctx(|| "read cgroup stats".into())?;
         process.sent_ns = proto::monotonic_ns();
+        process.frozen_base_ns = self.frozen_ns(process.sent_ns);
         process.handed_off = true;
         Ok(())
     }

@@ -221,6 +221,7 @@ impl Jail {
             sent_ns,
             killer,
             handed_off,
+            frozen_base_ns,
         } = process;
         let mut outputs = [
             OutputState {
@@ -293,7 +294,13 @@ impl Jail {
             // Limits, while the step lives and nothing has killed it yet.
             let mut timeout_ns: Option<u64> = None;
             if step_alive && kill_reason.is_none() {
-                let deadline = started_ns.unwrap_or(sent_ns).saturating_add(wall_ns);
+                // Time the jail spent frozen (a paused sandbox) does not count: the deadline
+                // moves on with it, so a frozen program is never killed for its wall time.
+                let frozen = self.frozen_ns(now).saturating_sub(frozen_base_ns);
+                let deadline = started_ns
+                    .unwrap_or(sent_ns)
+                    .saturating_add(wall_ns)
+                    .saturating_add(frozen);
                 if now >= deadline {
                     kill(Limit::WallTime, &mut kill_reason, &mut killed_ns);
                 } else {

@@ -1445,6 +1445,53 @@ fn a_frozen_jail_uses_no_cpu_until_thawed_and_dies_frozen() {
     trace.assert_gone(&mounts);
 }
 
+/// Time a jail spends frozen does not count against its programs' wall-time limits (a paused
+/// sandbox's command is not killed for the pause): a step that sleeps 0.6 s under a 1.5 s
+/// limit, frozen for 2 s just after it started, ends by itself once thawed; the same step
+/// under a 0.3 s limit is still killed for its wall time.
+#[test]
+fn the_wall_time_limit_does_not_count_while_frozen() {
+    let mounts = host_mounts();
+    let jail = spawner()
+        .prepare(&shared_config(), &cgroup_limits())
+        .unwrap();
+    let trace = Trace::of(&jail);
+    let sleeper = shared(&["/usr/bin/sleep", "0.6"]);
+    let supervised = |wall_ms: u64, frozen_for: Option<Duration>| {
+        let p = jail
+            .start(
+                &sleeper,
+                StdinSource::Null,
+                OutputTarget::Null,
+                OutputTarget::Null,
+            )
+            .unwrap();
+        std::thread::scope(|scope| {
+            let h = scope.spawn(|| {
+                let limits = RunLimits {
+                    wall_time: Duration::from_millis(wall_ms),
+                    ..run_limits()
+                };
+                jail.supervise(p, &limits, &mut |_, _| {}).unwrap()
+            });
+            if let Some(d) = frozen_for {
+                std::thread::sleep(Duration::from_millis(100));
+                jail.set_frozen(true).unwrap();
+                std::thread::sleep(d);
+                jail.set_frozen(false).unwrap();
+            }
+            h.join().unwrap()
+        })
+    };
+    let o = supervised(1500, Some(Duration::from_secs(2)));
+    assert_eq!((o.exit, o.limit), (Exit::Exited(0), None), "{o:?}");
+    assert!(o.wall_time >= Duration::from_secs(2), "{o:?}");
+    let o = supervised(300, None);
+    assert_eq!(o.limit, Some(Limit::WallTime), "{o:?}");
+    jail.destroy().unwrap();
+    trace.assert_gone(&mounts);
+}
+
 /// Steps of a shared jail (a sandbox's commands and kernels) share its cgroup and its OOM
 /// counter, so the counter rising while a step ran does not make the step a memory kill: a
 /// step is reported killed by the memory limit only if it itself died of a SIGKILL nobody of

@@ -41,6 +41,13 @@ pub struct Sandbox {
     /// The default context of each language (created on first use).
     defaults: tokio::sync::Mutex<HashMap<String, String>>,
     closed: Mutex<Option<String>>,
+    /// Whether the jail is frozen (paused). Held while it is being frozen or thawed, and by
+    /// [`Sandbox::destroy`] before it kills, so that a freeze never lands after the thaw that
+    /// lets a frozen jail's processes die (on cgroup v1 a frozen task does not die until
+    /// thawed).
+    frozen: Mutex<bool>,
+    /// The same, for code runs under way: their time limits do not count while paused.
+    paused: tokio::sync::watch::Sender<bool>,
     self_ref: Weak<Sandbox>,
     pub(crate) commands: crate::command::Commands,
     pub(crate) sessions: Mutex<HashMap<String, Arc<crate::command::Session>>>,
@@ -73,6 +80,8 @@ impl Sandbox {
             contexts: Mutex::new(HashMap::new()),
             defaults: tokio::sync::Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
+            frozen: Mutex::new(false),
+            paused: tokio::sync::watch::Sender::new(false),
             self_ref: me.clone(),
             commands: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -299,8 +308,49 @@ impl Sandbox {
         }
     }
 
+    /// Whether the sandbox is paused (its processes frozen).
+    pub fn is_paused(&self) -> bool {
+        *self.frozen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pauses the sandbox: every process in it (its kernels, commands, sessions and whatever
+    /// they started) is frozen where it stands, keeps its memory and uses no CPU until
+    /// [`Sandbox::resume`]. Code runs under way are frozen with their kernel, and their time
+    /// limit stops counting. Returns false when it was already paused. Blocking (the kernel
+    /// freezes tasks asynchronously; this waits until all are frozen): call from a blocking
+    /// thread.
+    pub fn pause(&self) -> Result<bool, SandboxError> {
+        let mut frozen = self.frozen.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_open()?;
+        if *frozen {
+            return Ok(false);
+        }
+        if let Err(e) = self.jail.set_frozen(true) {
+            // Part of it may be frozen: leave nothing half-paused.
+            let _ = self.jail.set_frozen(false);
+            return Err(e.into());
+        }
+        *frozen = true;
+        self.paused.send_replace(true);
+        Ok(true)
+    }
+
+    /// Resumes a paused sandbox: its processes go on where they stopped. Returns false when it
+    /// was not paused. Blocking, like [`Sandbox::pause`].
+    pub fn resume(&self) -> Result<bool, SandboxError> {
+        let mut frozen = self.frozen.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_open()?;
+        if !*frozen {
+            return Ok(false);
+        }
+        self.jail.set_frozen(false)?;
+        *frozen = false;
+        self.paused.send_replace(false);
+        Ok(true)
+    }
+
     /// Closes the sandbox: every process in it dies and its workspace and cgroup are removed
-    /// before this returns (blocking: call from a blocking thread). Idempotent.
+    /// before this returns (blocking: call from a blocking thread), paused or not. Idempotent.
     pub fn destroy(&self, reason: &str) {
         {
             let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
@@ -308,6 +358,9 @@ impl Sandbox {
                 *closed = Some(reason.to_string());
             }
         }
+        // A pause under way finishes first (and none starts now that the sandbox is closed):
+        // the jail's destruction thaws what it kills, so nothing is frozen after it.
+        let _frozen = self.frozen.lock().unwrap_or_else(|p| p.into_inner());
         let contexts: Vec<_> = self
             .contexts
             .lock()
@@ -321,6 +374,7 @@ impl Sandbox {
         if let Err(e) = self.jail.shutdown() {
             tracing::warn!(sandbox = %self.id, "destroying the jail: {e}");
         }
+        self.paused.send_replace(false);
     }
 
     /// Runs the language's warm-up code in a context (for pre-started sandboxes).
@@ -515,8 +569,12 @@ impl Context {
                 .unwrap_or_default()
         };
         let oom_before = jail.stats().map(|s| s.oom_kills).unwrap_or(0);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
         let grace = sandbox.cfg.interrupt_grace;
+        // While the sandbox is paused the run's clock stops: its deadline (and the grace of an
+        // interrupt sent before) moves on by the time spent paused.
+        let mut pauses = sandbox.paused.subscribe();
+        let mut paused_at = pauses.borrow_and_update().then(tokio::time::Instant::now);
         let (result, stop, killed) = {
             let r = &run;
             let mut on = |ev: Event| r.on_kernel_event(ev);
@@ -533,6 +591,21 @@ impl Context {
             let result = loop {
                 tokio::select! {
                     res = &mut exec => break res,
+                    Ok(()) = pauses.changed() => {
+                        let paused = *pauses.borrow_and_update();
+                        match (paused, paused_at) {
+                            (true, None) => paused_at = Some(tokio::time::Instant::now()),
+                            (false, Some(at)) => {
+                                let spent = at.elapsed();
+                                deadline += spent;
+                                if let Some((_, stopped)) = stop.as_mut() {
+                                    *stopped += spent;
+                                }
+                                paused_at = None;
+                            }
+                            _ => {}
+                        }
+                    }
                     _ = run.cancelled(), if stop.is_none() => {
                         stop = Some((Stop::Cancel, tokio::time::Instant::now()));
                         if run.execution_count().is_some() {
@@ -540,17 +613,17 @@ impl Context {
                         }
                         resend.reset();
                     }
-                    _ = tokio::time::sleep_until(deadline), if stop.is_none() => {
+                    _ = tokio::time::sleep_until(deadline), if stop.is_none() && paused_at.is_none() => {
                         stop = Some((Stop::Timeout, tokio::time::Instant::now()));
                         self.interrupt();
                         resend.reset();
                     }
-                    _ = resend.tick(), if stop.is_some() && !killed => {
+                    _ = resend.tick(), if stop.is_some() && !killed && paused_at.is_none() => {
                         self.interrupt();
                     }
                     _ = tokio::time::sleep_until(
                         stop.map(|(_, at)| at + grace).unwrap_or(deadline)
-                    ), if stop.is_some() && !killed => {
+                    ), if stop.is_some() && !killed && paused_at.is_none() => {
                         // The code ignored the interrupts.
                         self.kill_kernel();
                         killed = true;

@@ -129,6 +129,8 @@ pub fn router(state: AppState) -> Router {
             get(sb::get_sandbox).delete(sb::delete_sandbox),
         )
         .route("/v1/sandboxes/{id}/timeout", post(sb::renew_sandbox))
+        .route("/v1/sandboxes/{id}/pause", post(sb::pause_sandbox))
+        .route("/v1/sandboxes/{id}/resume", post(sb::resume_sandbox))
         .route(
             "/v1/sandboxes/{id}/code/runs",
             post(runs::create_run).get(runs::list_runs),

@@ -80,7 +80,7 @@ pub async fn get_run(
     Path((id, run_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<CodeRun>, ApiError> {
-    let live = state.svc.sandbox(&cred, &id).await?;
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
     let base = state.svc.base_url(host(&headers));
     Ok(Json(state.svc.code_run(&live, &run_id, &base).await?))
 }
@@ -103,7 +103,7 @@ pub async fn list_runs(
     ApiQuery(q): ApiQuery<PageQuery>,
     headers: HeaderMap,
 ) -> Result<Json<RunList>, ApiError> {
-    let live = state.svc.sandbox(&cred, &id).await?;
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
     let page = PageRequest {
         limit: q.limit,
         cursor: q.cursor,
@@ -156,7 +156,7 @@ pub async fn list_artifacts(
     ApiQuery(q): ApiQuery<ArtifactListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<ArtifactList>, ApiError> {
-    let live = state.svc.sandbox(&cred, &id).await?;
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
     let base = state.svc.base_url(host(&headers));
     let artifacts = state
         .svc

@@ -1,5 +1,6 @@
-//! The Sandboxes section of API.md: lifecycle (create, list, get, delete, renew) with native
-//! shapes and errors, and a sandbox's metrics (execd's routes, execd's errors).
+//! The Sandboxes section of API.md: lifecycle (create, list, get, delete, renew, pause,
+//! resume) with native shapes and errors, and a sandbox's metrics (execd's routes, execd's
+//! errors). Everything here applies to a paused sandbox too.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -54,7 +55,8 @@ pub async fn create_sandbox(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct SandboxListQuery {
-    /// `running` (default), `terminated` or `all`.
+    /// `running` (default; paused sandboxes included, with status `paused`), `terminated` or
+    /// `all`.
     status: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
@@ -99,7 +101,9 @@ pub async fn get_sandbox(
     Caller(cred): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxObject>, ApiError> {
-    Ok(Json(state.svc.sandbox(&cred, &id).await?.object()))
+    Ok(Json(
+        state.svc.sandbox_lifecycle(&cred, &id).await?.object(),
+    ))
 }
 
 /// Deletes a sandbox: every process in it dies and its workspace is removed.
@@ -112,7 +116,7 @@ pub async fn delete_sandbox(
     Caller(cred): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let live = state.svc.sandbox(&cred, &id).await?;
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
     state.svc.delete_sandbox(&live).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -136,10 +140,43 @@ pub async fn renew_sandbox(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> Result<Json<SandboxObject>, ApiError> {
-    let live = state.svc.sandbox(&cred, &id).await?;
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
     Ok(Json(
         state.svc.renew_sandbox(&live, &req.timeout_secs).await?,
     ))
+}
+
+/// Pauses a sandbox: every process in it is frozen, keeping its memory (a context's variables,
+/// a command half-way), and its expiry clock stops. Until it is resumed, what would run
+/// something in it answers 409 `SANDBOX_PAUSED`.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", tag = "sandboxes",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SandboxObject), (status = 404, body = ErrorBody),
+        (status = 409, description = "Already paused (SANDBOX_PAUSED)", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn pause_sandbox(
+    State(state): State<AppState>,
+    Caller(cred): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxObject>, ApiError> {
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
+    Ok(Json(state.svc.pause_sandbox(&live).await?))
+}
+
+/// Resumes a paused sandbox: its processes go on where they stopped, and it expires the
+/// lifetime it had left when it was paused after now.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SandboxObject), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not paused (SANDBOX_NOT_PAUSED)", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn resume_sandbox(
+    State(state): State<AppState>,
+    Caller(cred): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxObject>, ApiError> {
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
+    Ok(Json(state.svc.resume_sandbox(&live).await?))
 }
 
 /// The sandbox's CPU and memory use against its own budget (CPU over a short sample).
@@ -152,7 +189,7 @@ pub async fn sandbox_metrics(
     ExecdCaller(cred): ExecdCaller,
     Path(id): Path<String>,
 ) -> Result<Json<Metrics>, ExecdError> {
-    let live = state.svc.sandbox(&cred, &id).await?;
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
     let m = state
         .svc
         .sandbox_metrics(&live, Duration::from_millis(250))
@@ -171,7 +208,7 @@ pub async fn watch_metrics(
     ExecdCaller(cred): ExecdCaller,
     Path(id): Path<String>,
 ) -> Result<Response, ExecdError> {
-    let live = state.svc.sandbox(&cred, &id).await?;
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
     let svc = state.svc;
     let s = stream::unfold((svc, live), |(svc, live)| async move {
         match svc.sandbox_metrics(&live, Duration::from_secs(1)).await {

@@ -188,6 +188,7 @@ impl Service {
 
     /// Ends every sandbox and workspace of this process (at shutdown).
     pub async fn shutdown(&self) {
+        self.sandboxes.record_paused_at_shutdown().await;
         let sandboxes = Arc::clone(&self.sandboxes);
         let _ = tokio::task::spawn_blocking(move || sandboxes.shutdown()).await;
     }

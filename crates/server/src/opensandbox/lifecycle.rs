@@ -81,6 +81,14 @@ fn document(o: SandboxObject, with_image: bool) -> Sandbox {
             };
             (Some(code.to_string()), Some(r.to_string()))
         }
+        ("paused", _) => (
+            Some("user_pause".to_string()),
+            Some(format!(
+                "paused at {}: every process is frozen with its memory, and the expiry clock \
+                 is stopped until it is resumed",
+                o.paused_at.as_deref().unwrap_or("?")
+            )),
+        ),
         _ => match &o.entrypoint {
             Some(e) => {
                 use runcell_service::sandboxes::EntrypointState as S;
@@ -449,9 +457,10 @@ async fn live(
     tenant: &Tenant,
     id: &str,
 ) -> Result<std::sync::Arc<runcell_service::sandboxes::Live>, ExecdError> {
+    // The lifecycle routes act on paused sandboxes too.
     Ok(state
         .svc
-        .sandbox(&Cred::Tenant(tenant.0.clone()), id)
+        .sandbox_lifecycle(&Cred::Tenant(tenant.0.clone()), id)
         .await?)
 }
 
@@ -505,6 +514,26 @@ pub async fn renew(
     Ok(Json(json!({
         "expiresAt": runcell_service::sandboxes::ms_rfc3339(at)
     })))
+}
+
+pub async fn pause(
+    State(state): State<AppState>,
+    OsAuth(tenant): OsAuth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ExecdError> {
+    let l = live(&state, &tenant, &id).await?;
+    state.svc.pause_sandbox(&l).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    OsAuth(tenant): OsAuth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ExecdError> {
+    let l = live(&state, &tenant, &id).await?;
+    state.svc.resume_sandbox(&l).await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// `GET /sandboxes/{id}/endpoints/{port}[?use_server_proxy=true]`: where the SDK reaches a

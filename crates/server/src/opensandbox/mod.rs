@@ -36,6 +36,8 @@ pub fn routes() -> Router<AppState> {
         .route("/sandboxes", post(l::create).get(l::list))
         .route("/sandboxes/{id}", get(l::get).delete(l::delete))
         .route("/sandboxes/{id}/renew-expiration", post(l::renew))
+        .route("/sandboxes/{id}/pause", post(l::pause))
+        .route("/sandboxes/{id}/resume", post(l::resume))
         .route("/sandboxes/{id}/endpoints/{port}", get(l::endpoint))
         .route("/metrics/events", post(l::metrics_event))
         .fallback(|| async {

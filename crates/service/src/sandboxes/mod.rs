@@ -29,6 +29,10 @@ pub const DELETED: &str = "deleted";
 pub const EXPIRED: &str = "expired";
 pub const RESTARTED: &str =
     "terminated: the server restarted, and processes in a sandbox do not survive a restart";
+/// Why a sandbox that was paused when the server stopped ended (its frozen processes end with
+/// the server like any other).
+pub const STOPPED_PAUSED: &str = "terminated: the server stopped while the sandbox was paused, \
+     and processes in a sandbox (paused or not) do not survive a restart";
 
 /// `POST /v1/sandboxes`.
 #[derive(Debug, Default, Deserialize)]
@@ -77,19 +81,44 @@ pub struct Spec {
     pub entrypoint: Vec<String>,
 }
 
+/// The state of a sandbox as the API shows it: its record's status, and for a live one whether
+/// it is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Running,
+    /// Every process frozen, the expiry clock stopped (`POST /v1/sandboxes/{id}/resume`).
+    Paused,
+    Terminated,
+}
+
+impl From<SandboxStatus> for SandboxState {
+    fn from(s: SandboxStatus) -> SandboxState {
+        match s {
+            SandboxStatus::Running => SandboxState::Running,
+            SandboxStatus::Terminated => SandboxState::Terminated,
+        }
+    }
+}
+
 /// A sandbox as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxObject {
     pub id: String,
-    /// `running` or `terminated`.
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub status: SandboxStatus,
+    /// `running`, `paused` or `terminated`.
+    pub status: SandboxState,
     /// Only in the answer to the creation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
     pub created_at: String,
+    /// When it expires; for a paused sandbox (whose clock is stopped), when it would if it
+    /// were resumed now.
     pub expires_at: String,
+    /// Since when a paused sandbox is paused (only for a paused one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
     pub timeout_secs: u64,
     pub limits: SandboxLimits,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
@@ -125,6 +154,9 @@ pub struct Live {
     runs: Mutex<HashMap<String, Arc<Run>>>,
     /// What became of the entrypoint, once it was looked for.
     entrypoint: Mutex<Option<entrypoint::Entrypoint>>,
+    /// Held by a pause, a resume and a renewal from their change in memory to their record,
+    /// so that records are written in the order of the changes.
+    ops: tokio::sync::Mutex<()>,
 }
 
 impl Live {
@@ -132,13 +164,39 @@ impl Live {
         self.sandbox.id()
     }
 
+    /// Whether the sandbox is paused: its processes frozen (or being frozen or thawed), its
+    /// expiry clock stopped, and everything that would run something in it refused with 409
+    /// `SANDBOX_PAUSED`.
+    pub fn paused(&self) -> bool {
+        self.state() == SandboxState::Paused
+    }
+
+    /// `Running` or `Paused` (a live sandbox that has begun to end still shows `Running`; its
+    /// requests answer how it ended).
+    pub fn state(&self) -> SandboxState {
+        match self.lifetime.phase() {
+            Phase::Running => SandboxState::Running,
+            Phase::Paused(_) => SandboxState::Paused,
+        }
+    }
+
     pub fn object(&self) -> SandboxObject {
+        let now = now_ms();
+        let paused_at = match self.lifetime.phase() {
+            Phase::Paused(at) => Some(at),
+            Phase::Running => None,
+        };
         SandboxObject {
             id: self.id().to_string(),
-            status: SandboxStatus::Running,
+            status: if paused_at.is_some() {
+                SandboxState::Paused
+            } else {
+                SandboxState::Running
+            },
             access_token: None,
             created_at: ms_rfc3339(self.created_at),
-            expires_at: ms_rfc3339(self.lifetime.expires_at()),
+            expires_at: ms_rfc3339(self.lifetime.expires_at(now)),
+            paused_at: paused_at.map(ms_rfc3339),
             timeout_secs: self.spec.timeout_secs,
             limits: self.spec.limits,
             metadata: self.spec.metadata.clone(),
@@ -235,7 +293,7 @@ pub use files::{FileUpload, MAX_LISTED, read_lines};
 pub use query::{SandboxPage, SandboxQuery, status_name};
 pub use runs::{ArtifactContent, CodeRunRequest, RunList};
 
-use lifetime::Lifetime;
+use lifetime::{Lifetime, Phase};
 pub use links::parse_rfc3339_secs;
 use links::{constant_time_eq, signing_key};
 use records::{Observer, Write, writer};
@@ -407,6 +465,7 @@ impl Sandboxes {
             spec,
             runs: Mutex::new(HashMap::new()),
             entrypoint: Mutex::new(None),
+            ops: tokio::sync::Mutex::new(()),
         });
         let inserted = self
             .store
@@ -562,7 +621,8 @@ impl Sandboxes {
         })
     }
 
-    /// Renews a live sandbox's lifetime: it now ends `timeout_secs` from now.
+    /// Renews a live sandbox's lifetime: it now ends `timeout_secs` from now (a paused one,
+    /// `timeout_secs` after it is resumed).
     pub async fn renew(&self, live: &Live, timeout: &Value) -> Result<SandboxObject, Error> {
         let secs = whole(
             timeout,
@@ -571,14 +631,13 @@ impl Sandboxes {
             self.cfg.max_timeout_secs,
             "INVALID_REQUEST",
         )?;
-        let now = now_ms();
-        let expires = now + secs as i64 * 1000;
-        self.renew_at(live, now, expires).await?;
+        self.renew_to(live, |now| now + secs as i64 * 1000).await?;
         Ok(live.object())
     }
 
-    /// Renews a live sandbox's lifetime to end at `expires_at` (Unix ms), at least a second
-    /// and at most the maximum lifetime from now; returns the new expiry.
+    /// Renews a live sandbox's lifetime to end at `expires_at` (Unix ms; a paused one, the
+    /// lifetime that leaves from now once it is resumed), at least a second and at most the
+    /// maximum lifetime from now; returns the new expiry.
     pub async fn renew_until(&self, live: &Live, expires_at: i64) -> Result<i64, Error> {
         let now = now_ms();
         let max = self.cfg.max_timeout_secs as i64 * 1000;
@@ -594,15 +653,18 @@ impl Sandboxes {
                 ),
             ));
         }
-        self.renew_at(live, now, expires_at).await?;
-        Ok(expires_at)
+        self.renew_to(live, |_| expires_at).await
     }
 
-    async fn renew_at(&self, live: &Live, now: i64, expires: i64) -> Result<(), Error> {
+    /// Renews to the expiry `until(now)`, in memory then in the store, in order with pauses
+    /// and resumes; returns the expiry recorded.
+    async fn renew_to(&self, live: &Live, until: impl Fn(i64) -> i64) -> Result<i64, Error> {
+        let _ops = live.ops.lock().await;
+        let now = now_ms();
         // First in memory, where the reaper and a deletion claim the end under the same lock:
         // either this renewal comes first and the reaper leaves the sandbox alone, or the
         // sandbox has ended (or expired) and the renewal answers how.
-        live.lifetime.renew(live.id(), now, expires)?;
+        let expires = live.lifetime.renew(live.id(), now, until(now) - now)?;
         if !self
             .store
             .renew_sandbox(&live.tenant, live.id(), expires)
@@ -612,7 +674,66 @@ impl Sandboxes {
             live.lifetime.check(live.id(), now_ms())?;
             return Err(not_found(live.id()));
         }
-        Ok(())
+        Ok(expires)
+    }
+
+    /// Pauses a live sandbox: its expiry clock stops, then every process in it is frozen.
+    /// From the first step on, requests that would run something in it answer 409
+    /// `SANDBOX_PAUSED`; one admitted just before is frozen with the sandbox and goes on when
+    /// it is resumed.
+    pub async fn pause(&self, live: &Arc<Live>) -> Result<SandboxObject, Error> {
+        let _ops = live.ops.lock().await;
+        live.lifetime.pause(live.id(), now_ms())?;
+        let s = Arc::clone(&live.sandbox);
+        let frozen = tokio::task::spawn_blocking(move || s.pause()).await?;
+        if let Err(e) = frozen {
+            // Not paused after all (a deletion under way, or the freezer failed and the jail
+            // was thawed again): the clock runs again, from where it stopped.
+            let _ = live.lifetime.resume(live.id(), now_ms());
+            live.lifetime.check(live.id(), now_ms())?;
+            return Err(match e {
+                runcell_sandbox::SandboxError::Jail(j) => {
+                    Error::internal(format!("pausing sandbox {}: {j}", live.id()))
+                }
+                e => e.into(),
+            });
+        }
+        // Deleted while it froze: the deletion's answer, not a paused sandbox.
+        live.lifetime.check(live.id(), now_ms())?;
+        metrics::counter!("runcell_sandboxes_paused_total").increment(1);
+        Ok(live.object())
+    }
+
+    /// Resumes a paused sandbox: its processes are thawed, then its expiry clock runs again
+    /// (it expires the lifetime it had left after now) and it accepts work again.
+    pub async fn resume(&self, live: &Arc<Live>) -> Result<SandboxObject, Error> {
+        let _ops = live.ops.lock().await;
+        live.lifetime.check_paused(live.id(), now_ms())?;
+        let s = Arc::clone(&live.sandbox);
+        match tokio::task::spawn_blocking(move || s.resume()).await? {
+            Ok(_) => {}
+            Err(runcell_sandbox::SandboxError::Jail(j)) => {
+                return Err(Error::internal(format!(
+                    "resuming sandbox {}: {j}",
+                    live.id()
+                )));
+            }
+            Err(e) => {
+                live.lifetime.check(live.id(), now_ms())?;
+                return Err(e.into());
+            }
+        }
+        let expires = live.lifetime.resume(live.id(), now_ms())?;
+        if !self
+            .store
+            .renew_sandbox(&live.tenant, live.id(), expires)
+            .await?
+        {
+            // Ended since (a deletion that claimed it after the resume above): say how.
+            live.lifetime.check(live.id(), now_ms())?;
+            return Err(not_found(live.id()));
+        }
+        Ok(live.object())
     }
 
     /// Ends a sandbox: the record says why, and every process in it is dead and its workspace
@@ -653,7 +774,7 @@ impl Sandboxes {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .values()
-                .filter(|l| l.lifetime.expires_at() <= now)
+                .filter(|l| l.lifetime.due(now))
                 .cloned()
                 .collect();
             for l in expired {
@@ -689,6 +810,29 @@ impl Sandboxes {
                 ));
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+
+    /// At shutdown, before [`Sandboxes::shutdown`]: the records of paused sandboxes say that
+    /// they were paused when the server stopped (the others are marked terminated at the next
+    /// start, as after a crash, when a paused one's says only that the server restarted).
+    pub async fn record_paused_at_shutdown(&self) {
+        let paused: Vec<Arc<Live>> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| l.paused())
+            .cloned()
+            .collect();
+        for l in paused {
+            if let Err(e) = self
+                .store
+                .end_sandbox(l.id(), now_ms(), STOPPED_PAUSED)
+                .await
+            {
+                tracing::warn!(sandbox = %l.id(), "recording a paused sandbox at shutdown: {e}");
+            }
         }
     }
 
@@ -837,10 +981,11 @@ fn object_of_row(r: &SandboxRow) -> SandboxObject {
     let spec: Option<Spec> = serde_json::from_str(&r.spec).ok();
     SandboxObject {
         id: r.id.clone(),
-        status: r.status,
+        status: r.status.into(),
         access_token: None,
         created_at: ms_rfc3339(r.created_at),
         expires_at: ms_rfc3339(r.expires_at),
+        paused_at: None,
         timeout_secs: spec.as_ref().map(|s| s.timeout_secs).unwrap_or(0),
         limits: spec.as_ref().map(|s| s.limits).unwrap_or(SandboxLimits {
             memory_mb: 0,
@@ -887,11 +1032,22 @@ impl Service {
         self.sandboxes.list(&tenant.0, status, before, limit).await
     }
 
-    /// The sandbox `id` as `cred` may see it, live; a request with a sandbox's own token is
-    /// charged to the rate limit of the tenant that owns it. Another tenant's sandbox is not
-    /// found; an ended one is not found with how it ended; a token that opens nothing is
-    /// `Unauthorized`.
+    /// The sandbox `id` as `cred` may see it, live and able to run something: the one gate of
+    /// every per-sandbox route that uses the sandbox (code, contexts, commands, sessions,
+    /// files). A paused sandbox answers 409 `SANDBOX_PAUSED`; otherwise as
+    /// [`Service::sandbox_lifecycle`].
     pub async fn sandbox(&self, cred: &Cred, id: &str) -> Result<Arc<Live>> {
+        let live = self.sandbox_lifecycle(cred, id).await?;
+        live.lifetime.check_running(live.id(), now_ms())?;
+        Ok(live)
+    }
+
+    /// The sandbox `id` as `cred` may see it, live, running or paused: for what applies to a
+    /// paused sandbox too (get, delete, renew, metrics, pause, resume). A request with a
+    /// sandbox's own token is charged to the rate limit of the tenant that owns it. Another
+    /// tenant's sandbox is not found; an ended one is not found with how it ended; a token
+    /// that opens nothing is `Unauthorized`.
+    pub async fn sandbox_lifecycle(&self, cred: &Cred, id: &str) -> Result<Arc<Live>> {
         let live = match self.sandboxes.resolve(cred, id).await {
             Ok(l) => l,
             Err(e) if matches!(cred, Cred::Token(_)) && e.code == "SANDBOX_NOT_FOUND" => {
@@ -914,7 +1070,25 @@ impl Service {
         self.sandboxes.end(live, DELETED).await
     }
 
-    /// Renews a sandbox's lifetime: it now ends `timeout_secs` from now.
+    /// Pauses a sandbox: every process in it is frozen (keeping its memory: a context's
+    /// variables, a command half-way) and its expiry clock stops. Pausing a paused sandbox is
+    /// 409 `SANDBOX_PAUSED`.
+    pub async fn pause_sandbox(&self, live: &Arc<Live>) -> Result<SandboxObject> {
+        // On a task of its own: a client that goes away does not stop it half-way.
+        let (me, live) = (Arc::clone(&self.sandboxes), Arc::clone(live));
+        tokio::spawn(async move { me.pause(&live).await }).await?
+    }
+
+    /// Resumes a paused sandbox: its processes go on where they stopped and it expires the
+    /// lifetime it had left after now. Resuming a sandbox that is not paused is 409
+    /// `SANDBOX_NOT_PAUSED`.
+    pub async fn resume_sandbox(&self, live: &Arc<Live>) -> Result<SandboxObject> {
+        let (me, live) = (Arc::clone(&self.sandboxes), Arc::clone(live));
+        tokio::spawn(async move { me.resume(&live).await }).await?
+    }
+
+    /// Renews a sandbox's lifetime: it now ends `timeout_secs` from now (a paused one,
+    /// `timeout_secs` after it is resumed).
     pub async fn renew_sandbox(&self, live: &Live, timeout_secs: &Value) -> Result<SandboxObject> {
         self.sandboxes.renew(live, timeout_secs).await
     }

@@ -170,7 +170,8 @@ mod tests {
     fn metadata_filters_need_every_pair() {
         let mut o = SandboxObject {
             id: "sb_x".into(),
-            status: SandboxStatus::Running,
+            status: super::SandboxState::Running,
+            paused_at: None,
             access_token: None,
             created_at: String::new(),
             expires_at: String::new(),

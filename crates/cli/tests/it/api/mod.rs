@@ -18,6 +18,7 @@ mod opensandbox;
 mod operations;
 mod piston;
 mod sandboxes;
+mod sandboxes_pause;
 mod seeds;
 mod warm;
 mod webhooks;

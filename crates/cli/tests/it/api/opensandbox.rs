@@ -693,6 +693,96 @@ http.server.HTTPServer(("127.0.0.1", 8000), H).serve_forever()
     error(&r, 401, None);
 }
 
+/// Pause and resume through the lifecycle API: `202` each, the states the SDK polls for, the
+/// listing's `Paused` filter, `409` for a second pause, execd's routes refusing work while
+/// frozen, and the context's variables kept.
+#[test]
+fn pause_and_resume_answer_202_and_keep_the_sandbox_as_it_was() {
+    use super::sandboxes_pause::{assert_result, py};
+    let srv = Server::start();
+    let sb = create(&srv, KEY_A, json!({}));
+    let id = sb["id"].as_str().unwrap();
+    assert_result(&py(&srv, id, "x = 42\nx"), "42");
+    let state = |srv: &Server| {
+        os(srv, "GET", &format!("/sandboxes/{id}"), Some(KEY_A), None)
+            .expect(200)
+            .json()["status"]
+            .clone()
+    };
+    let r = os(
+        &srv,
+        "POST",
+        &format!("/sandboxes/{id}/pause"),
+        Some(KEY_A),
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let st = state(&srv);
+    assert_eq!(st["state"], "Paused", "{st}");
+    assert_eq!(st["reason"], "user_pause", "{st}");
+    let paused = os(&srv, "GET", "/sandboxes?state=Paused", Some(KEY_A), None)
+        .expect(200)
+        .json();
+    assert_eq!(paused["items"][0]["id"], id, "{paused}");
+    let running = os(&srv, "GET", "/sandboxes?state=Running", Some(KEY_A), None)
+        .expect(200)
+        .json();
+    assert_eq!(running["items"], json!([]), "{running}");
+    // A second pause, and work on the frozen sandbox: 409 with code and message.
+    error(
+        &os(
+            &srv,
+            "POST",
+            &format!("/sandboxes/{id}/pause"),
+            Some(KEY_A),
+            None,
+        ),
+        409,
+        Some("SANDBOX_PAUSED"),
+    );
+    let r = call(
+        &srv,
+        "POST",
+        &sb_path(id, "/command"),
+        Some(KEY_A),
+        Some(&json!({"command": "true"})),
+    );
+    execd_error(&r, 409, Some("SANDBOX_PAUSED"));
+    // Another key cannot resume it.
+    error(
+        &os(
+            &srv,
+            "POST",
+            &format!("/sandboxes/{id}/resume"),
+            Some(KEY_B),
+            None,
+        ),
+        404,
+        None,
+    );
+    let r = os(
+        &srv,
+        "POST",
+        &format!("/sandboxes/{id}/resume"),
+        Some(KEY_A),
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(state(&srv)["state"], "Running");
+    error(
+        &os(
+            &srv,
+            "POST",
+            &format!("/sandboxes/{id}/resume"),
+            Some(KEY_A),
+            None,
+        ),
+        409,
+        Some("SANDBOX_NOT_PAUSED"),
+    );
+    assert_result(&py(&srv, id, "x"), "42");
+}
+
 /// The Python of the venv holding OpenSandbox's official SDKs, installed by `scripts/test`
 /// (`RUNCELL_OPENSANDBOX_SDK_PYTHON` overrides it).
 fn sdk_python() -> String {
