@@ -454,6 +454,34 @@ pub fn is_timestamp(v: &Value) -> bool {
         })
 }
 
+/// Milliseconds since the Unix epoch of an API timestamp (`2026-11-23T10:00:00.123Z`).
+#[track_caller]
+pub fn timestamp_ms(v: &Value) -> i64 {
+    assert!(
+        is_timestamp(v),
+        "not an RFC 3339 UTC timestamp with ms: {v}"
+    );
+    let s = v.as_str().unwrap();
+    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
+    let (y, mo, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// One request the webhook receiver got.
 #[derive(Debug, Clone)]
 pub struct Hook {

@@ -14,12 +14,13 @@ use runcell_service::sandboxes::{
 };
 use runcell_service::{Service, Tenant};
 
-use super::quantity::{parse_quantity, parse_rfc3339_ms};
+use super::quantity::parse_quantity;
 use super::{EXECD_PORT, OsAuth};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::execd::ExecdError;
 use crate::request::{host, optional_json};
+use runcell_service::sandboxes::parse_rfc3339_ms;
 
 fn bad(code: &'static str, message: impl Into<String>) -> ExecdError {
     ExecdError(ApiError::bad_request(code, message))

@@ -294,8 +294,8 @@ pub use query::{SandboxPage, SandboxQuery, status_name};
 pub use runs::{ArtifactContent, CodeRunRequest, RunList};
 
 use lifetime::{Lifetime, Phase};
-pub use links::parse_rfc3339_secs;
 use links::{constant_time_eq, signing_key};
+pub use links::{parse_rfc3339_ms, parse_rfc3339_secs};
 use records::{Observer, Write, writer};
 
 impl Sandboxes {
@@ -665,16 +665,22 @@ impl Sandboxes {
         // either this renewal comes first and the reaper leaves the sandbox alone, or the
         // sandbox has ended (or expired) and the renewal answers how.
         let expires = live.lifetime.renew(live.id(), now, until(now) - now)?;
+        self.store_expiry(live, expires).await?;
+        Ok(expires)
+    }
+
+    /// Records a live sandbox's new expiry, changed in memory first; if it has ended since (a
+    /// deletion that claimed it after that change), says how.
+    async fn store_expiry(&self, live: &Live, expires: i64) -> Result<(), Error> {
         if !self
             .store
             .renew_sandbox(&live.tenant, live.id(), expires)
             .await?
         {
-            // Ended since (a deletion that claimed it after the renewal above): say how.
             live.lifetime.check(live.id(), now_ms())?;
             return Err(not_found(live.id()));
         }
-        Ok(expires)
+        Ok(())
     }
 
     /// Pauses a live sandbox: its expiry clock stops, then every process in it is frozen.
@@ -724,15 +730,7 @@ impl Sandboxes {
             }
         }
         let expires = live.lifetime.resume(live.id(), now_ms())?;
-        if !self
-            .store
-            .renew_sandbox(&live.tenant, live.id(), expires)
-            .await?
-        {
-            // Ended since (a deletion that claimed it after the resume above): say how.
-            live.lifetime.check(live.id(), now_ms())?;
-            return Err(not_found(live.id()));
-        }
+        self.store_expiry(live, expires).await?;
         Ok(live.object())
     }
 

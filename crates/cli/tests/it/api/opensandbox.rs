@@ -6,12 +6,12 @@
 //! with the sandbox's token, and the proxy to a port served inside the sandbox (4), ping (5),
 //! `{"code", "message"}` errors (6), and the SDKs' telemetry (7).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::commands::{background, call, sb_path, sh};
-use crate::server::{KEY_A, KEY_B, Resp, Server, execd_error, is_timestamp};
+use crate::server::{KEY_A, KEY_B, Resp, Server, execd_error, now_ms, timestamp_ms as ms};
 
 const KEY_HEADER: &str = "OPEN-SANDBOX-API-KEY";
 const BASE: &str = "/opensandbox/v1";
@@ -30,29 +30,6 @@ fn os(srv: &Server, method: &str, path: &str, key: Option<&str>, body: Option<&V
             .body(b.to_string());
     }
     Resp::of(rb.send())
-}
-
-/// Milliseconds since the epoch of an RFC 3339 UTC time with milliseconds.
-#[track_caller]
-fn ms(v: &Value) -> i64 {
-    assert!(is_timestamp(v), "not a timestamp: {v}");
-    let s = v.as_str().unwrap();
-    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
-    let (y, mo, d) = (n(0, 4), n(5, 7), n(8, 10));
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    (days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19)) * 1000 + n(20, 23)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// What the SDK sends by default, with `extra` merged in.

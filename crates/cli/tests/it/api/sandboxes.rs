@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::blocking::RequestBuilder;
@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 
 use crate::server::{
     JAIL_UID_BASE, KEY_A, KEY_B, Proc, Resp, Server, SseEvent, alive, assert_error_body, client,
-    eventually, execd_error, is_timestamp, jail_procs, read_sse, sse_text,
+    eventually, execd_error, is_timestamp, jail_procs, now_ms, read_sse, sse_text,
+    timestamp_ms as ms,
 };
 
 /// The header of a sandbox's own access token.
@@ -41,33 +42,6 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Milliseconds since the Unix epoch of an API timestamp (`2026-11-23T10:00:00.123Z`).
-#[track_caller]
-fn ms(v: &Value) -> i64 {
-    assert!(
-        is_timestamp(v),
-        "not an RFC 3339 UTC timestamp with ms: {v}"
-    );
-    let s = v.as_str().unwrap();
-    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
-    let (y, mo, d) = (n(0, 4), n(5, 7), n(8, 10));
-    // Days from the civil date (H. Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Hex SHA-256 of `data` (with coreutils' `sha256sum`).

@@ -6,38 +6,15 @@
 //! is paused leaves nothing frozen behind and reports it terminated, and another tenant can
 //! neither pause nor resume it.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::commands::{background, call, command, create_as, sb_path};
 use crate::server::{
     JAIL_UID_BASE, KEY_A, KEY_B, Opts, Proc, Resp, Server, alive, eventually, execd_error,
-    is_timestamp, jail_procs, proc_info,
+    jail_procs, now_ms, proc_info, timestamp_ms as ms,
 };
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Milliseconds since the Unix epoch of an API timestamp (`2026-11-23T10:00:00.123Z`).
-#[track_caller]
-fn ms(v: &Value) -> i64 {
-    assert!(is_timestamp(v), "not an RFC 3339 timestamp with ms: {v}");
-    let s = v.as_str().unwrap();
-    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
-    let (y, mo, d) = (n(0, 4), n(5, 7), n(8, 10));
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
-}
 
 /// A sandbox of A with `body`; its id.
 #[track_caller]
