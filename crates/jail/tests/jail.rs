@@ -77,6 +77,7 @@ fn config() -> JailConfig {
         workspace: TmpfsSize::mib(64),
         hostname: "runcell".into(),
         shared: None,
+        loopback_listener: None,
     }
 }
 
