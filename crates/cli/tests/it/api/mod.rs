@@ -14,6 +14,7 @@ mod judge0;
 mod judging;
 mod judging_set;
 mod multifile;
+mod opensandbox_execd;
 mod operations;
 mod piston;
 mod sandboxes;
