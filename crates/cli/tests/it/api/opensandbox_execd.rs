@@ -545,3 +545,68 @@ fn pooled_sandboxes_pass_the_code_interpreter_probe() {
     let v = sdk("sync", &sb, &sb.token);
     assert_eq!(v["health"]["exit_code"], 0, "{}", v["health"]);
 }
+
+#[test]
+fn sdk_sessions_interrupts_health_metrics_and_the_other_file_operations() {
+    let srv = Server::start();
+    let sb = create_sandbox(&srv, &json!({}));
+    let v = sdk("more", &sb, &sb.token);
+    assert_eq!(v["ping"], true);
+    assert_eq!(v["code_ping"], true);
+    assert_eq!(
+        v["metrics"]["memory_total_in_mib"], 512.0,
+        "{}",
+        v["metrics"]
+    );
+    assert!(
+        v["metrics"]["timestamp"]
+            .as_u64()
+            .is_some_and(|t| t > 1_600_000_000_000)
+    );
+
+    // A bash session keeps its directory and variables; its exit code reaches the SDK.
+    assert_eq!(
+        v["session_1"]["stdout"],
+        json!(["/tmp"]),
+        "{}",
+        v["session_1"]
+    );
+    assert_eq!(
+        v["session_2"]["stdout"],
+        json!(["/workspace 7"]),
+        "{}",
+        v["session_2"]
+    );
+    assert_eq!(v["session_2"]["exit_code"], 2, "{}", v["session_2"]);
+    assert_api_exception(&v["deleted_session"], 404, Some("SESSION_NOT_FOUND"));
+
+    // The SDK's interrupts stop what they name, at once.
+    let ic = &v["interrupted_command"];
+    assert_eq!(ic["error"]["name"], "CommandExecError", "{ic}");
+    assert_ne!(ic["exit_code"], 0, "{ic}");
+    assert!(v["interrupted_command_secs"].as_f64().unwrap() < 10.0);
+    assert!(
+        v["interrupted_code"]["error"].is_object(),
+        "{}",
+        v["interrupted_code"]
+    );
+    assert!(v["interrupted_code_secs"].as_f64().unwrap() < 10.0);
+    assert_eq!(v["after_interrupt"]["stdout"], json!(["still here\n"]));
+
+    assert_eq!(v["dir_info"], json!({"type": "directory", "mode": 700}));
+    assert_eq!(v["chmod_mode"], 600);
+    assert_eq!(v["replaced"], json!([["/workspace/d1/x.txt", 2]]));
+    assert_eq!(v["streamed"], "bye world bye");
+    assert_eq!(
+        v["listed"],
+        json!(["/workspace/d1", "/workspace/d1/d2", "/workspace/d1/x.txt"])
+    );
+    assert_api_exception(&v["deleted_dir"], 404, Some("FILE_NOT_FOUND"));
+
+    // Other languages' contexts.
+    let js = &v["javascript"];
+    assert_eq!(js["stdout"], json!(["2\n"]), "{js}");
+    assert_eq!(js["results"], json!(["42"]), "{js}");
+    assert_eq!(v["javascript_after_delete"], 0);
+    assert_eq!(v["bash"]["stdout"], json!(["5\n"]), "{}", v["bash"]);
+}

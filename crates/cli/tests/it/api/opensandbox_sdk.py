@@ -218,6 +218,95 @@ async def bad_token(cfg, ep) -> dict:
     return out
 
 
+async def until_init(ids: list) -> str:
+    for _ in range(100):
+        if ids:
+            return ids[0]
+        await asyncio.sleep(0.1)
+    raise RuntimeError("no init event within 10 s")
+
+
+async def more(cfg, ep) -> dict:
+    """Sessions, interrupts, health, metrics, the other file operations, other languages."""
+    from opensandbox.models.filesystem import (
+        ContentReplaceEntry,
+        DirectoryListEntry,
+        SetPermissionEntry,
+    )
+
+    f = AdapterFactory(cfg)
+    cmd = f.create_command_service(ep)
+    out = {"ping": await f.create_health_service(ep).ping("unused")}
+    m = await f.create_metrics_service(ep).get_metrics("unused")
+    out["metrics"] = {"cpu_count": m.cpu_count, "memory_total_in_mib": m.memory_total_in_mib,
+                      "timestamp": m.timestamp}
+
+    sid = await cmd.create_session(working_directory="/tmp")
+    out["session_id"] = sid
+    out["session_1"] = execution(await cmd.run_in_session(sid, "echo $PWD; cd /workspace; export Q=7"))
+    out["session_2"] = execution(await cmd.run_in_session(sid, "echo $PWD $Q; exit 2"))
+    await cmd.delete_session(sid)
+    try:
+        await cmd.run_in_session(sid, "true")
+        out["deleted_session"] = None
+    except SandboxException as e:
+        out["deleted_session"] = exception(e)
+
+    ids = []
+
+    async def on_init(i):
+        ids.append(i.id)
+
+    t0 = time.monotonic()
+    task = asyncio.create_task(cmd.run("sleep 30", handlers=ExecutionHandlers(on_init=on_init)))
+    await cmd.interrupt(await until_init(ids))
+    out["interrupted_command"] = execution(await asyncio.wait_for(task, 20))
+    out["interrupted_command_secs"] = time.monotonic() - t0
+
+    fs = f.create_filesystem_service(ep)
+    await fs.create_directories([WriteEntry(path="/workspace/d1/d2", mode=700)])
+    info = await fs.get_file_info(["/workspace/d1/d2"])
+    out["dir_info"] = {"type": info["/workspace/d1/d2"].entry_type, "mode": info["/workspace/d1/d2"].mode}
+    await fs.write_file("/workspace/d1/x.txt", "hello world hello", mode=640)
+    await fs.set_permissions([SetPermissionEntry(path="/workspace/d1/x.txt", mode=600)])
+    out["chmod_mode"] = (await fs.get_file_info(["/workspace/d1/x.txt"]))["/workspace/d1/x.txt"].mode
+    replaced = await fs.replace_contents_detailed(
+        [ContentReplaceEntry(path="/workspace/d1/x.txt", old_content="hello", new_content="bye")]
+    )
+    out["replaced"] = [[r.path, r.replaced_count] for r in replaced]
+    chunks = []
+    async for c in await fs.read_bytes_stream("/workspace/d1/x.txt"):
+        chunks.append(c)
+    out["streamed"] = b"".join(chunks).decode()
+    listed = await fs.list_directory(DirectoryListEntry(path="/workspace", depth=3))
+    out["listed"] = sorted(e.path for e in listed)
+    await fs.delete_directories(["/workspace/d1"])
+    try:
+        await fs.get_file_info(["/workspace/d1"])
+        out["deleted_dir"] = None
+    except SandboxException as e:
+        out["deleted_dir"] = exception(e)
+
+    codes = CodeAdapterFactory(cfg).create_code_execution_service(ep)
+    out["code_ping"] = await codes.ping()
+    js = await codes.create_context("javascript")
+    out["javascript"] = execution(await codes.run("console.log(1 + 1); 40 + 2", context=js))
+    await codes.delete_contexts("javascript")
+    out["javascript_after_delete"] = len(await codes.list_contexts("javascript"))
+    out["bash"] = execution(await codes.run("echo $((2 + 3))", language="bash"))
+    py = await codes.create_context("python")
+    ids.clear()
+    t0 = time.monotonic()
+    task = asyncio.create_task(
+        codes.run("import time\ntime.sleep(30)", context=py, handlers=ExecutionHandlers(on_init=on_init))
+    )
+    await codes.interrupt(await until_init(ids))
+    out["interrupted_code"] = execution(await asyncio.wait_for(task, 20))
+    out["interrupted_code_secs"] = time.monotonic() - t0
+    out["after_interrupt"] = execution(await codes.run("print('still here')", context=py))
+    return out
+
+
 async def sync_clients(cfg, ep) -> dict:
     """The synchronous SDK clients (their own SSE reader), on a thread."""
     from code_interpreter.sync.adapters.factory import AdapterFactorySync as CodeFactorySync
@@ -245,6 +334,7 @@ SCENARIOS = {
     "files": files,
     "bad_token": bad_token,
     "sync": sync_clients,
+    "more": more,
 }
 
 
