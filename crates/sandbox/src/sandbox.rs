@@ -349,15 +349,26 @@ fn kernel_ports(next: &AtomicU32) -> [u16; 5] {
 }
 
 /// The environment of everything started in a sandbox, before a command's own: the
-/// caller's, and `JUPYTER_PORT` naming the port where the jail's agent accepts connections
-/// (OpenSandbox's code-interpreter SDK probes it to know the sandbox ready) unless the caller
-/// set it.
-fn sandbox_env(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
-    if !env.iter().any(|(k, _)| k == "JUPYTER_PORT") {
-        env.insert(0, ("JUPYTER_PORT".into(), SANDBOX_READY_PORT.to_string()));
-    }
-    env
+/// caller's, after `JUPYTER_PORT` naming the port where the jail's agent accepts connections
+/// (OpenSandbox's code-interpreter SDK probes it to know the sandbox ready) and `EXECD_ENVS`
+/// naming the file of persisted variables, unless the caller set them.
+fn sandbox_env(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let defaults = [
+        ("JUPYTER_PORT", SANDBOX_READY_PORT.to_string()),
+        (crate::command::ENV_FILE_VAR, ENV_FILE.to_string()),
+    ];
+    let mut out: Vec<(String, String)> = defaults
+        .into_iter()
+        .filter(|(k, _)| !env.iter().any(|(x, _)| x == k))
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    out.extend(env);
+    out
 }
+
+/// Where `commands.set_env` of OpenSandbox's SDKs persists variables for later commands
+/// (`EXECD_ENVS`): in the jail's private runtime directory, out of the workspace.
+const ENV_FILE: &str = "/run/runcell/execd.env";
 
 fn merge(into: &mut Vec<(String, String)>, more: impl IntoIterator<Item = (String, String)>) {
     for (k, v) in more {
@@ -787,10 +798,15 @@ mod tests {
             env,
             vec![
                 ("JUPYTER_PORT".into(), SANDBOX_READY_PORT.to_string()),
+                ("EXECD_ENVS".into(), ENV_FILE.into()),
                 ("A".into(), "1".into())
             ]
         );
-        let own = vec![("JUPYTER_PORT".to_string(), "8888".to_string())];
+        let own = vec![
+            ("EXECD_ENVS".to_string(), "/tmp/e".to_string()),
+            ("JUPYTER_PORT".to_string(), "8888".to_string()),
+        ];
         assert_eq!(sandbox_env(own.clone()), own);
+        assert!(ENV_FILE.starts_with(runcell_jail::RUNTIME_DIR));
     }
 }

@@ -549,7 +549,7 @@ fn pooled_sandboxes_pass_the_code_interpreter_probe() {
 #[test]
 fn sdk_sessions_interrupts_health_metrics_and_the_other_file_operations() {
     let srv = Server::start();
-    let sb = create_sandbox(&srv, &json!({}));
+    let sb = create_sandbox(&srv, &json!({"env": {"SB_ENV": "sbenv"}}));
     let v = sdk("more", &sb, &sb.token);
     assert_eq!(v["ping"], true);
     assert_eq!(v["code_ping"], true);
@@ -563,6 +563,17 @@ fn sdk_sessions_interrupts_health_metrics_and_the_other_file_operations() {
             .as_u64()
             .is_some_and(|t| t > 1_600_000_000_000)
     );
+
+    // commands.set_env persists for later commands and sessions; a command's envs win.
+    // (A value with a quote is written double-quoted, where `$NAME` expands.)
+    assert_eq!(
+        v["set_env"]["stdout"],
+        json!(["it's sbenv|p2"]),
+        "{}",
+        v["set_env"]
+    );
+    assert_eq!(v["set_env_overridden"]["stdout"], json!(["request"]));
+    assert_eq!(v["set_env_session"]["stdout"], json!(["p2"]));
 
     // A bash session keeps its directory and variables; its exit code reaches the SDK.
     assert_eq!(

@@ -241,7 +241,17 @@ async def more(cfg, ep) -> dict:
     out["metrics"] = {"cpu_count": m.cpu_count, "memory_total_in_mib": m.memory_total_in_mib,
                       "timestamp": m.timestamp}
 
+    # set_env appends to the file named by EXECD_ENVS; later commands and sessions see it.
+    await cmd.set_env("PERSISTED", "it's $SB_ENV")
+    await cmd.set_env("PLAIN", "p1")
+    await cmd.set_env("PLAIN", "p2")
+    out["set_env"] = execution(await cmd.run('printf "%s|%s\\n" "$PERSISTED" "$PLAIN"'))
+    out["set_env_overridden"] = execution(
+        await cmd.run("echo $PLAIN", opts=RunCommandOpts(envs={"PLAIN": "request"}))
+    )
+
     sid = await cmd.create_session(working_directory="/tmp")
+    out["set_env_session"] = execution(await cmd.run_in_session(sid, "echo $PLAIN"))
     out["session_id"] = sid
     out["session_1"] = execution(await cmd.run_in_session(sid, "echo $PWD; cd /workspace; export Q=7"))
     out["session_2"] = execution(await cmd.run_in_session(sid, "echo $PWD $Q; exit 2"))
