@@ -343,6 +343,7 @@ fn sdk_files_upload_download_info_list_search_move_delete() {
     // Rule 6: a missing file is the SDK's API exception with our code and message.
     assert_api_exception(&v["missing_read"], 404, Some("FILE_NOT_FOUND"));
     assert_api_exception(&v["missing_info"], 404, Some("FILE_NOT_FOUND"));
+    assert_api_exception(&v["refused_upload"], 403, Some("READ_ONLY"));
 
     // What the SDK wrote is what a program in the sandbox sees.
     let r = call(
@@ -371,6 +372,8 @@ fn sdk_errors_carry_code_and_message_and_a_bad_token_is_401() {
     let v = sdk("bad_token", &sb, "not-the-token");
     assert_api_exception(&v["command"], 401, Some("UNAUTHORIZED"));
     assert_api_exception(&v["file"], 401, Some("UNAUTHORIZED"));
+    // Refused before a byte of its 4 MiB chunked body was read: still a typed 401.
+    assert_api_exception(&v["upload"], 401, Some("UNAUTHORIZED"));
     // The SDK's generated client for POST /code/context parses no 401 body: only the status
     // reaches the exception (the raw body still is {"code", "message"}, checked below).
     assert_api_exception(&v["context"], 401, None);

@@ -195,6 +195,18 @@ async def files(cfg, ep) -> dict:
         out["missing_info"] = None
     except SandboxException as e:
         out["missing_info"] = exception(e)
+    # A refusal in the middle of a chunked upload (megabytes still to come) is still the
+    # SDK's typed error, not a reset connection.
+    try:
+        await fs.write_files(
+            [
+                WriteEntry(path="/usr/refused.txt", data=b"x" * 10),
+                WriteEntry(path="/workspace/sdk/after.bin", data=b"y" * (4 << 20)),
+            ]
+        )
+        out["refused_upload"] = None
+    except SandboxException as e:
+        out["refused_upload"] = exception(e)
     return out
 
 
@@ -210,6 +222,13 @@ async def bad_token(cfg, ep) -> dict:
         out["file"] = None
     except SandboxException as e:
         out["file"] = exception(e)
+    try:
+        await AdapterFactory(cfg).create_filesystem_service(ep).write_files(
+            [WriteEntry(path="/workspace/x", data=b"z" * (4 << 20))]
+        )
+        out["upload"] = None
+    except SandboxException as e:
+        out["upload"] = exception(e)
     try:
         await CodeAdapterFactory(cfg).create_code_execution_service(ep).create_context("python")
         out["context"] = None
