@@ -301,6 +301,8 @@ fn sdk_sync_clients_read_the_same_streams() {
     assert_eq!(cmd["exit_code"], 5, "{cmd}");
     assert_eq!(cmd["error"]["value"], "5", "{cmd}");
     assert_eq!(v["health"]["exit_code"], 0, "{}", v["health"]);
+    assert_eq!(v["file"], "sync file");
+    assert_eq!(v["file_mode"], 640);
     assert_eq!(v["context"]["language"], "python");
     let code = &v["code"];
     assert_eq!(code["stdout"], json!(["sync\n"]), "{code}");

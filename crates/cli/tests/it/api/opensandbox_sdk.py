@@ -347,7 +347,12 @@ async def sync_clients(cfg, ep) -> dict:
         cmd = FactorySync(scfg).create_command_service(ep)
         codes = CodeFactorySync(scfg).create_code_execution_service(ep)
         ctx = codes.create_context("python")
+        fs = FactorySync(scfg).create_filesystem_service(ep)
+        fs.write_files([WriteEntry(path="/workspace/sync/s.txt", data="sync file", mode=640)])
+        info = fs.get_file_info(["/workspace/sync/s.txt"])["/workspace/sync/s.txt"]
         return {
+            "file": fs.read_file("/workspace/sync/s.txt"),
+            "file_mode": info.mode,
             "command": execution(cmd.run("echo sync-out; echo sync-err >&2; exit 5")),
             "health": execution(cmd.run(RUNTIME_PROCESS_CHECK_COMMAND)),
             "context": {"id": ctx.id, "language": ctx.language},
