@@ -176,6 +176,12 @@ impl Build {
     }
 }
 
+/// The loopback port of every sandbox's jail where its agent accepts connections from the
+/// start (and closes them): OpenSandbox's code-interpreter SDK probes
+/// `127.0.0.1:${JUPYTER_PORT:-44771}` from inside the sandbox before it declares it ready.
+/// Its default port, so that the probe passes with or without `JUPYTER_PORT`.
+pub const SANDBOX_READY_PORT: u16 = 44771;
+
 /// The resource budget of a sandbox: one jail whose kernel-enforced limits everything running
 /// in it shares.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -563,6 +569,7 @@ impl Engine {
             shm: TmpfsSize::mib(self.config.tmp_mb.min(64)),
             runtime: TmpfsSize::mib(16),
         });
+        cfg.loopback_listener = Some(SANDBOX_READY_PORT);
         self.pool.spawner().prepare(
             &cfg,
             &CgroupLimits {

@@ -13,7 +13,8 @@ pub mod rootfs;
 mod warm;
 
 pub use engine::{
-    Cancel, Engine, EngineConfig, OutputSink, Plan, Prebuilt, RunContext, SandboxBudget, base_env,
+    Cancel, Engine, EngineConfig, OutputSink, Plan, Prebuilt, RunContext, SANDBOX_READY_PORT,
+    SandboxBudget, base_env,
 };
 pub use judge::{CaseResult, CheckerResult, Judging, Verdict};
 pub use limits::{LimitPolicy, Limits};

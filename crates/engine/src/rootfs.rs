@@ -84,6 +84,7 @@ pub fn jail_config(languages: &[Language], prefix: &Path, workspace_mb: u64) -> 
         workspace: TmpfsSize::mib(workspace_mb),
         hostname: "runcell".into(),
         shared: None,
+        loopback_listener: None,
     }
 }
 

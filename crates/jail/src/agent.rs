@@ -217,6 +217,13 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
     if plan.loopback {
         loopback_up().map_err(|e| setup_err("network", "bring up loopback", e))?;
     }
+    let listener = match plan.config.loopback_listener {
+        Some(port) => Some(
+            loopback_listen(port)
+                .map_err(|e| setup_err("network", format!("listen on 127.0.0.1:{port}"), e))?,
+        ),
+        None => None,
+    };
     // Nobody in the jail may read our memory or open our /proc entries.
     nix::sys::prctl::set_dumpable(false).map_err(|e| setup_err("agent", "set_dumpable", e))?;
 
@@ -237,7 +244,7 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
     proto::send(ctrl, &AgentReply::Ready, &raw)
         .map_err(|e| setup_err("agent", "report ready", e))?;
     drop(dirs);
-    serve(plan, ctrl)
+    serve(plan, ctrl, listener.as_ref().map(|l| l.as_fd()))
 }
 
 fn null_stdio() -> io::Result<()> {
@@ -254,10 +261,15 @@ fn null_stdio() -> io::Result<()> {
     Ok(())
 }
 
-/// The agent's request loop: starts steps and reaps every child (steps, and orphans
-/// reparented to pid 1). Returns (ends the jail) when the control socket closes.
-fn serve(plan: &AgentPlan, ctrl: BorrowedFd<'_>) -> Result<(), JailError> {
-    serve_reaping::<AgentRequest>(ctrl, "agent", |req, fds| {
+/// The agent's request loop: starts steps, reaps every child (steps, and orphans
+/// reparented to pid 1) and accepts and closes connections to the loopback listener, if
+/// any. Returns (ends the jail) when the control socket closes.
+fn serve(
+    plan: &AgentPlan,
+    ctrl: BorrowedFd<'_>,
+    listener: Option<BorrowedFd<'_>>,
+) -> Result<(), JailError> {
+    serve_reaping::<AgentRequest>(ctrl, listener, "agent", |req, fds| {
         let reply = match req {
             AgentRequest::Start(spec) => start_step(plan, &spec, false, fds),
             AgentRequest::StartPreloaded(spec) => start_step(plan, &spec, true, fds),
@@ -270,10 +282,12 @@ fn serve(plan: &AgentPlan, ctrl: BorrowedFd<'_>) -> Result<(), JailError> {
 }
 
 /// Serves the requests that arrive on `sock` with `handle` (which sends the reply) until the
-/// socket closes, reaping every child that exits meanwhile (SIGCHLD through a signalfd).
+/// socket closes, reaping every child that exits meanwhile (SIGCHLD through a signalfd) and
+/// accepting and closing every connection to `listener` (a non-blocking listening socket).
 /// For single-threaded processes that are their children's reaper (agents, zygotes).
 pub(crate) fn serve_reaping<R: serde::de::DeserializeOwned>(
     sock: BorrowedFd<'_>,
+    listener: Option<BorrowedFd<'_>>,
     stage: &str,
     mut handle: impl FnMut(R, Vec<OwnedFd>) -> io::Result<()>,
 ) -> Result<(), JailError> {
@@ -297,9 +311,15 @@ pub(crate) fn serve_reaping<R: serde::de::DeserializeOwned>(
                 events: libc::POLLIN,
                 revents: 0,
             },
+            // A negative descriptor is ignored by poll(2).
+            libc::pollfd {
+                fd: listener.map_or(-1, |l| l.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: poll on an array we own, with its true length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -311,6 +331,11 @@ pub(crate) fn serve_reaping<R: serde::de::DeserializeOwned>(
             while let Ok(Some(_)) = sfd.read_signal() {}
             reap_all();
         }
+        if let Some(l) = listener
+            && fds[2].revents != 0
+        {
+            accept_and_close(l);
+        }
         if fds[0].revents != 0 {
             let Some((req, fds)) =
                 proto::recv::<R>(sock).map_err(|e| setup_err(stage, "read request", e))?
@@ -319,6 +344,42 @@ pub(crate) fn serve_reaping<R: serde::de::DeserializeOwned>(
             };
             handle(req, fds).map_err(|e| setup_err(stage, "send reply", e))?;
         }
+    }
+}
+
+/// Most connections accepted per wakeup, so that a flood cannot starve the agent's requests.
+const ACCEPTS_PER_WAKEUP: usize = 64;
+
+/// A non-blocking TCP listening socket on the jail's loopback (see
+/// [`JailConfig::loopback_listener`]), close-on-exec (step inits close it anyway).
+pub(crate) fn loopback_listen(port: u16) -> io::Result<OwnedFd> {
+    let l = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
+    l.set_nonblocking(true)?;
+    Ok(l.into())
+}
+
+/// Accepts the pending connections of `listener` and closes each at once (nothing is read
+/// or written: the connection succeeding is the whole answer).
+fn accept_and_close(listener: BorrowedFd<'_>) {
+    for _ in 0..ACCEPTS_PER_WAKEUP {
+        // SAFETY: accept4 on a listening socket we own, without an address buffer.
+        let c = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if c < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR | libc::ECONNABORTED) => continue,
+                // EAGAIN: drained; anything else: tried again at the next wakeup.
+                _ => return,
+            }
+        }
+        // SAFETY: the descriptor accept4 just returned, ours alone.
+        unsafe { libc::close(c) };
     }
 }
 

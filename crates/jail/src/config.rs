@@ -34,6 +34,12 @@ pub struct JailConfig {
     /// Jail-wide `/tmp`, `/dev/shm` and runtime directory, for [`StepMode::Shared`] steps
     /// (a sandbox's long-lived processes). `None` for one-shot jails, whose steps are private.
     pub shared: Option<SharedMounts>,
+    /// A TCP port on the jail's loopback (127.0.0.1) where the jail's agent listens from the
+    /// start and accepts and closes every connection, so that a readiness probe from inside
+    /// the jail (`bash -c 'exec 3<>/dev/tcp/127.0.0.1/PORT'`) succeeds. The agent is in the
+    /// jail's cgroup, so what it accepts is charged to the jail. `None`: no listener.
+    #[serde(default)]
+    pub loopback_listener: Option<u16>,
 }
 
 /// Jail-wide writable mounts of a jail that runs shared steps.
@@ -262,6 +268,11 @@ impl JailConfig {
             check_tmpfs("shared /dev/shm", &s.shm)?;
             check_tmpfs("runtime directory", &s.runtime)?;
         }
+        if self.loopback_listener == Some(0) {
+            return Err(JailError::InvalidConfig(
+                "the loopback listener needs a port, not 0".into(),
+            ));
+        }
         if self.hostname.is_empty()
             || self.hostname.len() > 64
             || !self
@@ -384,6 +395,7 @@ mod tests {
             workspace: TmpfsSize::mib(16),
             hostname: "runcell".into(),
             shared: None,
+            loopback_listener: None,
         }
     }
 
@@ -391,6 +403,16 @@ mod tests {
     fn valid_configs_pass() {
         jail().validate().unwrap();
         spec().validate().unwrap();
+        let mut j = jail();
+        j.loopback_listener = Some(44771);
+        j.validate().unwrap();
+    }
+
+    #[test]
+    fn a_loopback_listener_on_port_0_is_refused() {
+        let mut j = jail();
+        j.loopback_listener = Some(0);
+        assert!(j.validate().is_err());
     }
 
     #[test]

@@ -650,7 +650,7 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
 
 /// Serves fork requests until the spawner closes the socket, reaping forks as they end.
 fn serve(sock: BorrowedFd<'_>) -> Result<(), JailError> {
-    agent::serve_reaping::<ZygoteRequest>(sock, "zygote", |req, fds| {
+    agent::serve_reaping::<ZygoteRequest>(sock, None, "zygote", |req, fds| {
         let ZygoteRequest::Fork {
             plan,
             uid_map,

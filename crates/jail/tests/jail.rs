@@ -77,6 +77,7 @@ fn config() -> JailConfig {
         workspace: TmpfsSize::mib(64),
         hostname: "runcell".into(),
         shared: None,
+        loopback_listener: None,
     }
 }
 
@@ -1273,6 +1274,52 @@ fn shared_steps_share_tmp_and_background_processes_outlive_them() {
     );
     jail.destroy().unwrap();
     trace.assert_gone(&mounts);
+}
+
+#[test]
+fn the_loopback_listener_accepts_every_connection_and_its_port_stays_taken() {
+    let cfg = JailConfig {
+        loopback_listener: Some(44771),
+        ..shared_config()
+    };
+    let jail = spawner().prepare(&cfg, &cgroup_limits()).unwrap();
+    // Many more connections than a listen backlog holds: each is accepted and closed.
+    let probe = "import socket\n\
+        for i in range(1000):\n\
+        \x20   s = socket.create_connection(('127.0.0.1', 44771), timeout=5)\n\
+        \x20   s.close()\n\
+        try:\n\
+        \x20   socket.create_server(('127.0.0.1', 44771))\n\
+        \x20   print('bound')\n\
+        except OSError as e:\n\
+        \x20   print('taken', e.errno)\n";
+    let out = jail
+        .run(
+            &ProcessSpec {
+                mode: StepMode::Shared,
+                ..py(probe)
+            },
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(out.exit, Exit::Exited(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "taken 98\n", "{}", text(&out.stderr));
+    jail.destroy().unwrap();
+
+    // Without it, nothing listens there.
+    let jail = spawner()
+        .prepare(&shared_config(), &cgroup_limits())
+        .unwrap();
+    let out = jail
+        .run(
+            &py("import socket\ntry:\n    socket.create_connection(('127.0.0.1', 44771), timeout=5)\n    print('connected')\nexcept ConnectionRefusedError:\n    print('refused')\n"),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    assert_eq!(text(&out.stdout), "refused\n", "{}", text(&out.stderr));
+    jail.destroy().unwrap();
 }
 
 #[test]

@@ -284,6 +284,138 @@ fn exit_of(outcome: &runcell_jail::Outcome) -> (i32, Option<String>) {
 }
 
 /// An absolute working directory in the sandbox.
+/// The most of the `EXECD_ENVS` file read for a command.
+const MAX_ENV_FILE: u64 = 256 << 10;
+
+impl Sandbox {
+    /// The variables persisted in the file named by `EXECD_ENVS` (in `env`), as OpenSandbox's
+    /// SDKs write them (`commands.set_env`): read as the sandbox's user inside its own
+    /// filesystem view; a missing or unreadable file gives none, as execd does.
+    fn persisted_env(&self, env: &[(String, String)]) -> Vec<(String, String)> {
+        let Some((_, path)) = env.iter().rev().find(|(k, _)| k == ENV_FILE_VAR) else {
+            return Vec::new();
+        };
+        if path.trim().is_empty() {
+            return Vec::new();
+        }
+        let read = || -> Option<String> {
+            use std::io::Read;
+            let fs = self.jail().filesystem().ok()?;
+            let (file, _) = fs.open_read(path).ok()?;
+            let mut buf = Vec::new();
+            file.take(MAX_ENV_FILE).read_to_end(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf).into_owned())
+        };
+        read().map_or_else(Vec::new, |text| parse_env_file(&text, env))
+    }
+}
+
+/// The variable naming the file of persisted variables (execd's).
+pub const ENV_FILE_VAR: &str = "EXECD_ENVS";
+
+/// `KEY=VALUE` lines of an `EXECD_ENVS` file, later lines winning: `'…'` is literal,
+/// `"…"` takes `\\ \" \n \r \t` escapes, and an unquoted or double-quoted value expands
+/// `$NAME` and `${NAME}` from `env` and the lines before it (unset: empty). Blank lines,
+/// `#` comments and lines without a valid name are skipped.
+pub fn parse_env_file(text: &str, env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, raw)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if !is_env_name(key) {
+            continue;
+        }
+        let lookup = |name: &str| -> String {
+            out.iter()
+                .rev()
+                .chain(env.iter().rev())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let value = if raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\'') {
+            raw[1..raw.len() - 1].to_string()
+        } else if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') {
+            expand(&unescape(&raw[1..raw.len() - 1]), &lookup)
+        } else {
+            expand(raw, &lookup)
+        };
+        out.retain(|(k, _)| k != key);
+        out.push((key.to_string(), value));
+    }
+    out
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next()
+        .is_some_and(|c| c == b'_' || c.is_ascii_alphabetic())
+        && b.all(|c| c == b'_' || c.is_ascii_alphanumeric())
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some(e @ ('\\' | '"')) => out.push(e),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// `$NAME` and `${NAME}` replaced by `lookup(NAME)`; any other `$` stays.
+fn expand(s: &str, lookup: &dyn Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(body) = after.strip_prefix('{')
+            && let Some(end) = body.find('}')
+            && is_env_name(&body[..end])
+        {
+            out.push_str(&lookup(&body[..end]));
+            rest = &body[end + 1..];
+            continue;
+        }
+        let n = after
+            .bytes()
+            .enumerate()
+            .take_while(|&(j, c)| {
+                c == b'_' || c.is_ascii_alphabetic() || (j > 0 && c.is_ascii_digit())
+            })
+            .count();
+        if n == 0 {
+            out.push('$');
+            rest = after;
+        } else {
+            out.push_str(&lookup(&after[..n]));
+            rest = &after[n..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 pub fn sandbox_path(cwd: Option<&str>) -> Result<String, SandboxError> {
     let cwd = cwd.map(str::trim).filter(|c| !c.is_empty());
     let p = match cwd {
@@ -307,7 +439,12 @@ impl Sandbox {
         self.check_open()?;
         let cwd = sandbox_path(spec.cwd.as_deref())?;
         let mut env = base_env();
-        for (k, v) in self.env().iter().chain(spec.envs.iter()) {
+        for (k, v) in self.env() {
+            env.retain(|(x, _)| x != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let persisted = self.persisted_env(&env);
+        for (k, v) in persisted.iter().chain(spec.envs.iter()) {
             env.retain(|(x, _)| x != k);
             env.push((k.clone(), v.clone()));
         }
@@ -541,6 +678,30 @@ impl Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_files_as_the_sdk_writes_them() {
+        let env = vec![
+            ("PATH".to_string(), "/usr/bin".to_string()),
+            ("HOME".to_string(), "/workspace".to_string()),
+        ];
+        let text = "# a comment\n\n\
+            A='lit $HOME \\n \"q\"'\n\
+            B=\"it's \\\"x\\\" a\\nb \\\\ $HOME\"\n\
+            PATH=/opt/bin:$PATH\n\
+            C=${A}-$NOPE-$-$1x\n\
+            bad-name=1\n\
+            no equals sign\n\
+            A='again'\n";
+        let got = parse_env_file(text, &env);
+        let get = |k: &str| got.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("A"), Some("again"), "later lines win: {got:?}");
+        assert_eq!(get("B"), Some("it's \"x\" a\nb \\ /workspace"));
+        assert_eq!(get("PATH"), Some("/opt/bin:/usr/bin"));
+        assert_eq!(get("C"), Some("lit $HOME \\n \"q\"--$-$1x"));
+        assert_eq!(get("bad-name"), None);
+        assert_eq!(got.len(), 4, "{got:?}");
+    }
 
     #[test]
     fn paths_and_quotes() {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use runcell_engine::model::rfc3339;
-use runcell_engine::{Engine, SandboxBudget, base_env};
+use runcell_engine::{Engine, SANDBOX_READY_PORT, SandboxBudget, base_env};
 use runcell_jail::{Exit, Jail, Killer};
 use runcell_kernel::{Event, Kernel, KernelError, KernelSpec, ReplyStatus};
 use runcell_lang::Language;
@@ -74,7 +74,7 @@ impl Sandbox {
             engine,
             jail,
             budget,
-            env,
+            env: sandbox_env(env),
             cfg,
             next_port: AtomicU32::new(PORT_FIRST),
             contexts: Mutex::new(HashMap::new()),
@@ -162,14 +162,7 @@ impl Sandbox {
     }
 
     fn ports(&self) -> [u16; 5] {
-        let mut base = self.next_port.fetch_add(5, Ordering::SeqCst);
-        if base + 5 > PORT_LAST {
-            // Wrap around: contexts that old are long gone (and their ports with them).
-            self.next_port.store(PORT_FIRST + 5, Ordering::SeqCst);
-            base = PORT_FIRST;
-        }
-        let b = base as u16;
-        [b, b + 1, b + 2, b + 3, b + 4]
+        kernel_ports(&self.next_port)
     }
 
     /// Starts a kernel for context `ctx_id`.
@@ -391,6 +384,45 @@ impl Sandbox {
         Ok(())
     }
 }
+
+/// The next five loopback ports for a kernel, never the agent's [`SANDBOX_READY_PORT`].
+fn kernel_ports(next: &AtomicU32) -> [u16; 5] {
+    loop {
+        let mut base = next.fetch_add(5, Ordering::SeqCst);
+        if base + 5 > PORT_LAST {
+            // Wrap around: contexts that old are long gone (and their ports with them).
+            next.store(PORT_FIRST + 5, Ordering::SeqCst);
+            base = PORT_FIRST;
+        }
+        let b = base as u16;
+        let ports = [b, b + 1, b + 2, b + 3, b + 4];
+        if !ports.contains(&SANDBOX_READY_PORT) {
+            return ports;
+        }
+    }
+}
+
+/// The environment of everything started in a sandbox, before a command's own: the
+/// caller's, after `JUPYTER_PORT` naming the port where the jail's agent accepts connections
+/// (OpenSandbox's code-interpreter SDK probes it to know the sandbox ready) and `EXECD_ENVS`
+/// naming the file of persisted variables, unless the caller set them.
+fn sandbox_env(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let defaults = [
+        ("JUPYTER_PORT", SANDBOX_READY_PORT.to_string()),
+        (crate::command::ENV_FILE_VAR, ENV_FILE.to_string()),
+    ];
+    let mut out: Vec<(String, String)> = defaults
+        .into_iter()
+        .filter(|(k, _)| !env.iter().any(|(x, _)| x == k))
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    out.extend(env);
+    out
+}
+
+/// Where `commands.set_env` of OpenSandbox's SDKs persists variables for later commands
+/// (`EXECD_ENVS`): in the jail's private runtime directory, out of the workspace.
+const ENV_FILE: &str = "/run/runcell/execd.env";
 
 fn merge(into: &mut Vec<(String, String)>, more: impl IntoIterator<Item = (String, String)>) {
     for (k, v) in more {
@@ -807,5 +839,47 @@ impl Sandbox {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_ports_skip_the_ready_port_and_wrap() {
+        let next = AtomicU32::new(PORT_FIRST);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..((PORT_LAST - PORT_FIRST) / 5 + 3) {
+            let ports = kernel_ports(&next);
+            assert!(!ports.contains(&SANDBOX_READY_PORT), "{ports:?}");
+            assert!(
+                ports
+                    .iter()
+                    .all(|&p| (PORT_FIRST..PORT_LAST).contains(&(p as u32)))
+            );
+            seen.insert(ports[0]);
+        }
+        // Every block but the one holding the ready port was handed out, then it wrapped.
+        assert_eq!(seen.len() as u32, (PORT_LAST - PORT_FIRST) / 5 - 1);
+    }
+
+    #[test]
+    fn sandboxes_name_the_ready_port_unless_the_caller_did() {
+        let env = sandbox_env(vec![("A".into(), "1".into())]);
+        assert_eq!(
+            env,
+            vec![
+                ("JUPYTER_PORT".into(), SANDBOX_READY_PORT.to_string()),
+                ("EXECD_ENVS".into(), ENV_FILE.into()),
+                ("A".into(), "1".into())
+            ]
+        );
+        let own = vec![
+            ("EXECD_ENVS".to_string(), "/tmp/e".to_string()),
+            ("JUPYTER_PORT".to_string(), "8888".to_string()),
+        ];
+        assert_eq!(sandbox_env(own.clone()), own);
+        assert!(ENV_FILE.starts_with(runcell_jail::RUNTIME_DIR));
     }
 }

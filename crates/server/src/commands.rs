@@ -126,10 +126,49 @@ fn command_field(obj: &serde_json::Map<String, Value>) -> Result<String, ExecdEr
     }
 }
 
+/// A shell word that is exactly `s` (single-quoted).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The command of a `/command` body: `command` (shell text) or `argv` (an executable and
+/// its literal arguments, not shell-expanded; run as `exec -- 'argv0' 'arg1' …`), exactly one.
+fn command_or_argv(obj: &serde_json::Map<String, Value>) -> Result<String, ExecdError> {
+    let argv = match obj.get("argv") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let args = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.contains('\0') => Ok(s.as_str()),
+                    _ => Err(invalid_body(
+                        "argv must be a list of strings without NUL bytes",
+                    )),
+                })
+                .collect::<Result<Vec<&str>, ExecdError>>()?;
+            match args.first() {
+                Some(a) if !a.is_empty() => Some(args),
+                _ => return Err(invalid_body("argv needs a non-empty executable first")),
+            }
+        }
+        Some(_) => return Err(invalid_body("argv must be a list of strings")),
+    };
+    match (argv, obj.get("command").is_some_and(|c| !c.is_null())) {
+        (Some(_), true) => Err(invalid_body(
+            "give either command (shell text) or argv, not both",
+        )),
+        (Some(args), false) => {
+            let words: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+            Ok(format!("exec -- {}", words.join(" ")))
+        }
+        (None, _) => command_field(obj),
+    }
+}
+
 /// Runs a shell command in the sandbox (foreground: streamed; background: returns at once).
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/command", tag = "execd",
     params(("id" = String, Path)),
-    request_body(content = Object, description = "`{\"command\", \"cwd\"?, \"background\"?, \"timeout\"? (ms), \"envs\"?}`"),
+    request_body(content = Object, description = "`{\"command\" | \"argv\", \"cwd\"?, \"background\"?, \"timeout\"? (ms), \"envs\"?}`"),
     responses((status = 200, description = "Server-sent events"), (status = 400, body = ExecdErrorBody)),
     security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
 pub async fn run_command(
@@ -144,7 +183,7 @@ pub async fn run_command(
             "the body must be a JSON object with `command`",
         ));
     };
-    let command = command_field(&obj)?;
+    let command = command_or_argv(&obj)?;
     let background = match obj.get("background") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -326,4 +365,49 @@ pub async fn delete_session(
     let live = state.svc.sandbox(&cred, &id).await?;
     state.svc.delete_session(&live, &sid)?;
     Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> serde_json::Map<String, Value> {
+        match v {
+            Value::Object(o) => o,
+            _ => unreachable!("a test object"),
+        }
+    }
+
+    #[test]
+    fn argv_becomes_one_exec_of_literal_words() {
+        let c = command_or_argv(&obj(
+            json!({"argv": ["printf", "%s|", "a b", "it's", "$HOME"]}),
+        ))
+        .unwrap();
+        assert_eq!(c, r#"exec -- 'printf' '%s|' 'a b' 'it'\''s' '$HOME'"#);
+        let out = std::process::Command::new("bash")
+            .args(["-c", &c])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a b|it's|$HOME|");
+    }
+
+    #[test]
+    fn command_or_argv_but_not_both_nor_neither() {
+        assert_eq!(
+            command_or_argv(&obj(json!({"command": "ls"}))).unwrap(),
+            "ls"
+        );
+        for bad in [
+            json!({}),
+            json!({"command": "ls", "argv": ["ls"]}),
+            json!({"argv": []}),
+            json!({"argv": [""]}),
+            json!({"argv": ["ls", 3]}),
+            json!({"argv": ["ls", "a\0b"]}),
+            json!({"argv": "ls"}),
+        ] {
+            assert!(command_or_argv(&obj(bad.clone())).is_err(), "{bad}");
+        }
+    }
 }

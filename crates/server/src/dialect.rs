@@ -82,6 +82,9 @@ pub fn answer(path: Option<&str>, e: crate::error::ApiError) -> Response {
     match path {
         Some(p) if p.starts_with("/judge0/") => crate::judge0::J0Error::from(e).into_response(),
         Some(p) if p.starts_with("/piston/") => crate::piston::PistonError::from(e).into_response(),
+        Some(p) if crate::execd::is_execd_path(p) || p.starts_with("/opensandbox/") => {
+            crate::execd::ExecdError(e).into_response()
+        }
         _ => e.into_response(),
     }
 }

@@ -39,6 +39,29 @@ impl From<runcell_service::Error> for ExecdError {
     }
 }
 
+/// Whether `path` (a request path or a matched route) is one of the sandbox daemon's routes
+/// (`/v1/sandboxes/{id}/…` but the native `timeout`, `code/runs` and `artifacts`), whose
+/// errors, even for a route or method that does not exist, are in execd's shape.
+pub fn is_execd_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v1/sandboxes/") else {
+        return false;
+    };
+    let Some((id, sub)) = rest.split_once('/') else {
+        return false;
+    };
+    if id.is_empty() || sub.is_empty() {
+        return false;
+    }
+    let first = sub.split('/').next().unwrap_or_default();
+    let native = first == "timeout"
+        || first == "pause"
+        || first == "resume"
+        || first == "artifacts"
+        || sub == "code/runs"
+        || sub.starts_with("code/runs/");
+    !native
+}
+
 /// execd's error body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExecdErrorBody {
@@ -331,4 +354,38 @@ pub async fn interrupt_code(
     };
     state.svc.interrupt(&live, &target)?;
     Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execd_paths_are_the_daemon_routes_under_a_sandbox() {
+        for p in [
+            "/v1/sandboxes/{id}/command",
+            "/v1/sandboxes/sb_x/files/upload",
+            "/v1/sandboxes/sb_x/code",
+            "/v1/sandboxes/sb_x/code/contexts/abc",
+            "/v1/sandboxes/sb_x/no/such/route",
+            "/v1/sandboxes/sb_x/v1/isolated/capabilities",
+        ] {
+            assert!(is_execd_path(p), "{p}");
+        }
+        for p in [
+            "/v1/sandboxes",
+            "/v1/sandboxes/sb_x",
+            "/v1/sandboxes/sb_x/",
+            "/v1/sandboxes/sb_x/timeout",
+            "/v1/sandboxes/sb_x/pause",
+            "/v1/sandboxes/{id}/resume",
+            "/v1/sandboxes/{id}/code/runs",
+            "/v1/sandboxes/sb_x/code/runs/run_1/cancel",
+            "/v1/sandboxes/sb_x/artifacts",
+            "/api/v1/execute",
+            "/judge0/submissions",
+        ] {
+            assert!(!is_execd_path(p), "{p}");
+        }
+    }
 }

@@ -41,7 +41,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
@@ -243,15 +243,29 @@ pub fn router(state: AppState) -> Router {
                 .url("/openapi.json", openapi::ApiDoc::openapi()),
         )
         .merge(api)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
+        .fallback(|uri: axum::http::Uri| async move {
+            let e = ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
+            fallback_answer(uri.path(), e)
+        })
+        .method_not_allowed_fallback(|uri: axum::http::Uri| async move {
+            let e = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
                 "this route does not take that method",
-            )
+            );
+            fallback_answer(uri.path(), e)
         })
         .layer(DefaultBodyLimit::max(limit))
+}
+
+/// A fallback's error: in execd's shape under a sandbox's daemon routes (the OpenSandbox
+/// SDKs read `{"code", "message"}` there), native elsewhere.
+fn fallback_answer(path: &str, e: ApiError) -> Response {
+    if execd::is_execd_path(path) {
+        execd::ExecdError(e).into_response()
+    } else {
+        e.into_response()
+    }
 }
 
 fn install_metrics() -> Result<PrometheusHandle, ServerError> {

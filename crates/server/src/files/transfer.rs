@@ -24,21 +24,49 @@ use crate::execd::{ExecdCaller, ExecdError, ExecdErrorBody};
         (status = 408, description = "The body stalled or dripped", body = ExecdErrorBody),
         (status = 413, body = ExecdErrorBody)),
     security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
+///
+/// Every refusal (credentials, sandbox, a bad part, a full disk) reads and discards the rest
+/// of the body while it is answered ([`crate::body::drain_multipart_later`]): the SDKs write
+/// their whole chunked body before they read the answer, and would otherwise see a reset
+/// connection instead of the error.
 pub async fn upload_files(
     State(state): State<AppState>,
-    ExecdCaller(cred): ExecdCaller,
+    caller: Result<ExecdCaller, ExecdError>,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<StatusCode, ExecdError> {
-    let live = state.svc.sandbox(&cred, &id).await?;
-    let mut multipart = multipart.map_err(|e| {
-        err(
-            StatusCode::BAD_REQUEST,
-            "INVALID_FILE",
-            format!("the body must be multipart/form-data: {}", e.body_text()),
-        )
-    })?;
+    let (cred, mut multipart) = match (caller, multipart) {
+        (Err(e), Ok(m)) => {
+            crate::body::drain_multipart_later(m);
+            return Err(e);
+        }
+        (Err(e), Err(_)) => return Err(e),
+        (Ok(_), Err(e)) => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "INVALID_FILE",
+                format!("the body must be multipart/form-data: {}", e.body_text()),
+            ));
+        }
+        (Ok(ExecdCaller(cred)), Ok(m)) => (cred, m),
+    };
+    let result = upload_parts(&state, &cred, &id, &headers, &mut multipart).await;
+    if result.is_err() {
+        crate::body::drain_multipart_later(multipart);
+    }
+    result
+}
+
+/// The upload itself, reading `multipart` until its end or the first error.
+async fn upload_parts(
+    state: &AppState,
+    cred: &runcell_service::sandboxes::Cred,
+    id: &str,
+    headers: &axum::http::HeaderMap,
+    multipart: &mut Multipart,
+) -> Result<StatusCode, ExecdError> {
+    let live = state.svc.sandbox(cred, id).await?;
     let limit = state.svc.upload_limit(&live);
     // A declared body that cannot fit in the sandbox's disk (with room for the multipart
     // framing) is refused before a byte of it is written.
@@ -49,7 +77,6 @@ pub async fn upload_files(
         .and_then(|v| v.trim().parse::<u64>().ok())
         && n > room
     {
-        crate::body::drain_multipart_later(multipart);
         return Err(ExecdError(crate::body::too_large(n, room)));
     }
     let mut pending: Option<(String, Option<u32>)> = None;

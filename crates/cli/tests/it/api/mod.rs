@@ -15,6 +15,7 @@ mod judging;
 mod judging_set;
 mod multifile;
 mod opensandbox;
+mod opensandbox_execd;
 mod operations;
 mod piston;
 mod sandboxes;

@@ -760,19 +760,6 @@ fn pause_and_resume_answer_202_and_keep_the_sandbox_as_it_was() {
     assert_result(&py(&srv, id, "x"), "42");
 }
 
-/// The Python of the venv holding OpenSandbox's official SDKs, installed by `scripts/test`
-/// (`RUNCELL_OPENSANDBOX_SDK_PYTHON` overrides it).
-fn sdk_python() -> String {
-    let python = std::env::var("RUNCELL_OPENSANDBOX_SDK_PYTHON")
-        .unwrap_or_else(|_| "/opt/runcell-test/opensandbox-sdk/bin/python".into());
-    assert!(
-        std::path::Path::new(&python).exists(),
-        "{python} is missing: scripts/test installs OpenSandbox's SDKs there (pip install \
-         opensandbox==1.1.1 opensandbox-code-interpreter==1.1.1 in a venv)"
-    );
-    python
-}
-
 /// Issue 13's flow, exactly as the official Python SDKs run it (`sdk/opensandbox_flow.py`):
 /// create with an image and an entrypoint (both endpoint lookups, ping, telemetry), commands
 /// with the sandbox's environment and a failing exit, files, a code context, renewal, a
@@ -785,7 +772,7 @@ fn the_official_python_sdk_drives_a_sandbox_end_to_end() {
         "/tests/it/sdk/opensandbox_flow.py"
     );
     let domain = format!("{}/opensandbox", srv.url.strip_prefix("http://").unwrap());
-    let out = std::process::Command::new(sdk_python())
+    let out = std::process::Command::new(super::opensandbox_execd::sdk_python())
         .args([script, &domain, KEY_A])
         .env("OPENSANDBOX_DISABLE_METRICS", "0")
         .output()
