@@ -56,6 +56,7 @@ pub fn is_execd_path(path: &str) -> bool {
     let native = first == "timeout"
         || first == "pause"
         || first == "resume"
+        || first == "metadata"
         || first == "artifacts"
         || sub == "code/runs"
         || sub.starts_with("code/runs/");

@@ -42,7 +42,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, delete, get, patch, post};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
 
@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
             get(sb::get_sandbox).delete(sb::delete_sandbox),
         )
         .route("/v1/sandboxes/{id}/timeout", post(sb::renew_sandbox))
+        .route("/v1/sandboxes/{id}/metadata", patch(sb::patch_metadata))
         .route("/v1/sandboxes/{id}/pause", post(sb::pause_sandbox))
         .route("/v1/sandboxes/{id}/resume", post(sb::resume_sandbox))
         .route(

@@ -36,6 +36,7 @@ use crate::{commands, error, execd, executions, files, operations, runs, sandbox
         sandboxes::delete_sandbox,
         sandboxes::renew_sandbox,
         sandboxes::pause_sandbox,
+        sandboxes::patch_metadata,
         sandboxes::resume_sandbox,
         runs::create_run,
         runs::list_runs,

@@ -179,6 +179,23 @@ pub async fn resume_sandbox(
     Ok(Json(state.svc.resume_sandbox(&live).await?))
 }
 
+/// Changes a sandbox's metadata with a JSON merge patch (a string adds or replaces its key,
+/// `null` removes it).
+#[utoipa::path(patch, path = "/v1/sandboxes/{id}/metadata", tag = "sandboxes",
+    params(("id" = String, Path)), request_body = Object,
+    responses((status = 200, body = SandboxObject), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn patch_metadata(
+    State(state): State<AppState>,
+    Caller(cred): Caller,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<Value>,
+) -> Result<Json<SandboxObject>, ApiError> {
+    let live = state.svc.sandbox_lifecycle(&cred, &id).await?;
+    Ok(Json(state.svc.patch_sandbox_metadata(&live, &patch).await?))
+}
+
 /// The sandbox's CPU and memory use against its own budget (CPU over a short sample).
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", tag = "execd",
     params(("id" = String, Path)),

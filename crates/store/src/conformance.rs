@@ -1133,6 +1133,17 @@ pub(crate) async fn renew_only_running_and_end_is_idempotent<B: Backend>() {
         20_000
     );
     assert!(!s.renew_sandbox("t", "sb_missing", 20_000).await.unwrap());
+    // The spec (its metadata) of a running sandbox of the tenant may change.
+    assert!(
+        !s.set_sandbox_spec("other", "sb_1", "{\"x\":1}")
+            .await
+            .unwrap()
+    );
+    assert!(s.set_sandbox_spec("t", "sb_1", "{\"x\":2}").await.unwrap());
+    assert_eq!(
+        s.get_sandbox("t", "sb_1").await.unwrap().unwrap().spec,
+        "{\"x\":2}"
+    );
 
     assert!(s.end_sandbox("sb_1", 15_000, "deleted").await.unwrap());
     let ended = s.get_sandbox("t", "sb_1").await.unwrap().unwrap();
@@ -1143,6 +1154,7 @@ pub(crate) async fn renew_only_running_and_end_is_idempotent<B: Backend>() {
     // A second end changes nothing; a terminated sandbox is not renewed.
     assert!(!s.end_sandbox("sb_1", 16_000, "expired").await.unwrap());
     assert!(!s.renew_sandbox("t", "sb_1", 90_000).await.unwrap());
+    assert!(!s.set_sandbox_spec("t", "sb_1", "{}").await.unwrap());
     assert_eq!(s.get_sandbox("t", "sb_1").await.unwrap().unwrap(), ended);
     assert!(!s.end_sandbox("sb_missing", 1, "x").await.unwrap());
 }

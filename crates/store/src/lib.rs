@@ -481,6 +481,10 @@ pub trait Store: Send + Sync + 'static {
     /// not running (or not the tenant's).
     async fn renew_sandbox(&self, tenant: &str, id: &str, expires_at: i64) -> Result<bool>;
 
+    /// Replaces a `Running` sandbox's `spec` (its metadata was changed). Returns false (and
+    /// changes nothing) when it is not running (or not the tenant's).
+    async fn set_sandbox_spec(&self, tenant: &str, id: &str, spec: &str) -> Result<bool>;
+
     /// Moves a `Running` sandbox to `Terminated` with `ended_at` and `reason`. Returns false
     /// (and changes nothing) when it was not running or does not exist, so a second call is a
     /// harmless no-op. Any tenant's (the caller has already authorized it).

@@ -983,6 +983,19 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn set_sandbox_spec(&self, tenant: &str, id: &str, spec: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sandboxes SET spec = ?3 WHERE id = ?1 AND tenant = ?2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(spec)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn end_sandbox(&self, id: &str, ended_at: i64, reason: &str) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE sandboxes SET status = 'terminated', ended_at = ?2, end_reason = ?3 \

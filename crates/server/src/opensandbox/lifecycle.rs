@@ -537,6 +537,24 @@ pub async fn resume(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// `PATCH /sandboxes/{id}/metadata`: a JSON merge patch of the metadata; the sandbox.
+pub async fn patch_metadata(
+    State(state): State<AppState>,
+    OsAuth(tenant): OsAuth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ExecdError> {
+    let l = live(&state, &tenant, &id).await?;
+    let patch = optional_json(&body)
+        .map_err(|mut e| {
+            e.code = "INVALID_REQUEST";
+            ExecdError(e)
+        })?
+        .unwrap_or_else(|| json!({}));
+    let o = state.svc.patch_sandbox_metadata(&l, &patch).await?;
+    Ok(Json(document(o, true)).into_response())
+}
+
 /// `GET /sandboxes/{id}/endpoints/{port}[?use_server_proxy=true]`: where the SDK reaches a
 /// port of the sandbox, without a scheme (the SDK adds its own): execd's port is the
 /// sandbox's routes on this server, any other port the proxy to it. Direct mode hands out the

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 
 use runcell_service::Tenant;
 
@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/sandboxes", post(l::create).get(l::list))
         .route("/sandboxes/{id}", get(l::get).delete(l::delete))
         .route("/sandboxes/{id}/renew-expiration", post(l::renew))
+        .route("/sandboxes/{id}/metadata", patch(l::patch_metadata))
         .route("/sandboxes/{id}/pause", post(l::pause))
         .route("/sandboxes/{id}/resume", post(l::resume))
         .route("/sandboxes/{id}/endpoints/{port}", get(l::endpoint))

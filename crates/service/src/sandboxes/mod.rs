@@ -154,6 +154,8 @@ pub struct Live {
     runs: Mutex<HashMap<String, Arc<Run>>>,
     /// What became of the entrypoint, once it was looked for.
     entrypoint: Mutex<Option<entrypoint::Entrypoint>>,
+    /// Its metadata as it is now (`spec.metadata` is the one it was created with).
+    metadata: Mutex<Map<String, Value>>,
     /// Held by a pause, a resume and a renewal from their change in memory to their record,
     /// so that records are written in the order of the changes.
     ops: tokio::sync::Mutex<()>,
@@ -199,7 +201,11 @@ impl Live {
             paused_at: paused_at.map(ms_rfc3339),
             timeout_secs: self.spec.timeout_secs,
             limits: self.spec.limits,
-            metadata: self.spec.metadata.clone(),
+            metadata: self
+                .metadata
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             network: false,
             ended_at: None,
             end_reason: None,
@@ -283,6 +289,7 @@ mod entrypoint;
 mod files;
 mod lifetime;
 mod links;
+mod metadata;
 mod query;
 mod records;
 mod runs;
@@ -456,6 +463,7 @@ impl Sandboxes {
         let token = self.access_token(sandbox.id());
         let now = now_ms();
         let expires = now + spec.timeout_secs as i64 * 1000;
+        let metadata = spec.metadata.clone();
         let live = Arc::new(Live {
             sandbox,
             tenant: tenant.to_string(),
@@ -465,6 +473,7 @@ impl Sandboxes {
             spec,
             runs: Mutex::new(HashMap::new()),
             entrypoint: Mutex::new(None),
+            metadata: Mutex::new(metadata),
             ops: tokio::sync::Mutex::new(()),
         });
         let inserted = self

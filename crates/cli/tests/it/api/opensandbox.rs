@@ -477,6 +477,54 @@ fn listing_filters_by_state_and_metadata_in_numbered_pages_and_renewal_and_delet
         error(&r, 400, Some("INVALID_REQUEST"));
     }
 
+    // Metadata changed with a JSON merge patch (OpenSandbox's PATCH, the native one alike).
+    let r = os(
+        &srv,
+        "PATCH",
+        &format!("/sandboxes/{}/metadata", ids[2]),
+        Some(KEY_A),
+        Some(&json!({"team": "green", "note": null, "stage": "b"})),
+    );
+    let v = r.expect(200).json();
+    assert_eq!(v["metadata"], json!({"team": "green", "stage": "b"}), "{v}");
+    assert_eq!(ids_of(&list("?metadata=team%3Dgreen")), [ids[2].clone()]);
+    assert_eq!(ids_of(&list("?metadata=team%3Dred")), [ids[0].clone()]);
+    let r = Resp::of(
+        srv.req(
+            "PATCH",
+            &format!("/v1/sandboxes/{}/metadata", ids[2]),
+            Some(KEY_A),
+        )
+        .body(json!({"stage": null}).to_string())
+        .send(),
+    );
+    assert_eq!(r.expect(200).json()["metadata"], json!({"team": "green"}));
+    for bad in [
+        json!({"n": 1}),
+        json!({"opensandbox.io/x": "y"}),
+        json!([1]),
+    ] {
+        let r = os(
+            &srv,
+            "PATCH",
+            &format!("/sandboxes/{}/metadata", ids[2]),
+            Some(KEY_A),
+            Some(&bad),
+        );
+        error(&r, 400, Some("INVALID_REQUEST"));
+    }
+    error(
+        &os(
+            &srv,
+            "PATCH",
+            &format!("/sandboxes/{}/metadata", ids[2]),
+            Some(KEY_B),
+            Some(&json!({"team": "b"})),
+        ),
+        404,
+        None,
+    );
+
     // Deletion: 204, then 404 everywhere; the ended sandbox is listed under Terminated.
     let r = os(
         &srv,
@@ -812,6 +860,11 @@ fn the_official_python_sdk_drives_a_sandbox_end_to_end() {
     assert_eq!(seen["code_stdout"], json!(["printed\n"]), "{seen}");
     assert_eq!(seen["code_env"], json!(["'hello from the sdk'"]), "{seen}");
     assert_eq!(seen["code_error"], "ZeroDivisionError", "{seen}");
+    assert_eq!(
+        seen["patched"],
+        json!({"suite": "sdk-flow", "stage": "patched"}),
+        "{seen}"
+    );
     assert_eq!(seen["listed"], json!([id]), "{seen}");
     assert_eq!(seen["paused_state"], "Paused", "{seen}");
     assert_eq!(seen["resumed_state"], "Running", "{seen}");

@@ -63,10 +63,13 @@ seen["code_env"] = [res.text for res in r.result]
 r = ci.codes.run("1/0", context=ctx)
 seen["code_error"] = r.error.name if r.error else None
 
-# Lifecycle: renew, list by metadata, pause and resume (the context keeps x), kill.
+# Lifecycle: renew, metadata patched, list by state and metadata, pause and resume (the context keeps x), kill.
 seen["renewed"] = sb.renew(timedelta(minutes=10)).expires_at.isoformat()
+seen["patched"] = sb.patch_metadata({"stage": "patched"}).metadata
 manager = SandboxManagerSync.create(connection_config=config)
-page = manager.list_sandbox_infos(SandboxFilter(metadata={"suite": "sdk-flow"}))
+page = manager.list_sandbox_infos(
+    SandboxFilter(states=["Running"], metadata={"suite": "sdk-flow", "stage": "patched"})
+)
 seen["listed"] = [s.id for s in page.sandbox_infos]
 sb.pause()
 seen["paused_state"] = str(sb.get_info().status.state)
