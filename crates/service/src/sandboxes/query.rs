@@ -170,7 +170,7 @@ mod tests {
     fn metadata_filters_need_every_pair() {
         let mut o = SandboxObject {
             id: "sb_x".into(),
-            status: super::SandboxState::Running,
+            status: crate::sandboxes::SandboxState::Running,
             paused_at: None,
             access_token: None,
             created_at: String::new(),
