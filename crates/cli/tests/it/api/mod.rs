@@ -17,6 +17,7 @@ mod multifile;
 mod opensandbox;
 mod operations;
 mod piston;
+mod postgres;
 mod sandboxes;
 mod sandboxes_pause;
 mod seeds;
