@@ -415,6 +415,41 @@ async fn a_bad_url_or_an_unreachable_server_is_a_sentence_without_the_password()
     }
 }
 
+/// `sslmode` in the URL is obeyed: TLS when asked for (the test server has a self-signed
+/// certificate), and a certificate no known authority signed is refused by `verify-full`.
+#[tokio::test]
+async fn tls_as_the_url_asks() {
+    use sqlx::postgres::PgSslMode;
+    let schema = Schema::new().await;
+    let s = PgStore::connect_with(schema.options.clone().ssl_mode(PgSslMode::Require))
+        .await
+        .expect("connect with TLS");
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert!(ssl, "sslmode=require: the connection is encrypted");
+    s.insert_execution(&new_exec("e", "t", ExecStatus::Pending))
+        .await
+        .unwrap();
+    s.close().await;
+    let plain = PgStore::connect_with(schema.options.clone().ssl_mode(PgSslMode::Disable))
+        .await
+        .expect("connect without TLS");
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&plain.pool)
+        .await
+        .unwrap();
+    assert!(!ssl, "sslmode=disable: plain");
+    plain.close().await;
+    match PgStore::connect_with(schema.options.clone().ssl_mode(PgSslMode::VerifyFull)).await {
+        Err(e @ StoreError::Connect(_)) => {
+            assert!(e.to_string().contains("cannot connect to PostgreSQL"), "{e}")
+        }
+        other => panic!("a self-signed certificate passed verify-full: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn unknown_status_or_state_is_corrupt() {
     let schema = Schema::new().await;
