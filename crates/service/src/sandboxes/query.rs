@@ -44,7 +44,7 @@ fn matches(o: &SandboxObject, pairs: &[(String, String)]) -> bool {
 
 /// The native name of a sandbox's status (`running`, `terminated`, …).
 pub fn status_name(o: &SandboxObject) -> String {
-    match serde_json::to_value(&o.status) {
+    match serde_json::to_value(o.status) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
     }
