@@ -170,6 +170,17 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// PostgreSQL's `text` cannot hold U+0000, so no stored key contains it: a lookup by such a key
+/// finds nothing (as on SQLite) without asking the server, which would refuse the parameter.
+/// `$absent` is what the method answers for a missing row.
+macro_rules! absent_if_nul {
+    ($absent:expr; $($key:expr),+) => {
+        if $($key.contains('\0'))||+ {
+            return Ok($absent);
+        }
+    };
+}
+
 /// Columns of an execution row, read by name by [`exec_row`].
 macro_rules! exec_cols {
     () => {
@@ -363,6 +374,18 @@ fn ids_by_seq(rows: &[PgRow]) -> Result<Vec<String>> {
     Ok(out.into_iter().map(|(_, id)| id).collect())
 }
 
+/// Refuses to store `what` when one of its texts holds U+0000, which PostgreSQL's `text` cannot
+/// (SQLite can): a sentence rather than the server's encoding error.
+fn storable(what: &str, texts: &[&str]) -> Result<()> {
+    if texts.iter().any(|t| t.contains('\0')) {
+        return Err(StoreError::Database(format!(
+            "cannot store {what}: a text of it contains a NUL character (U+0000), which \
+             PostgreSQL cannot hold"
+        )));
+    }
+    Ok(())
+}
+
 fn count(n: i64) -> Result<u64> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")))
 }
@@ -426,18 +449,20 @@ async fn migrate(conn: &mut PgConnection) -> Result<()> {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS runcell_schema (\
-         singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton), \
-         version BIGINT NOT NULL)",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM runcell_schema")
-        .fetch_optional(&mut *tx)
+    // Looked up rather than `CREATE TABLE IF NOT EXISTS`, which needs the CREATE privilege
+    // even when the table exists: a role without it can run an up-to-date schema.
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('runcell_schema') IS NOT NULL")
+        .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
+    let version: Option<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM runcell_schema")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+    } else {
+        None
+    };
     let version = version.unwrap_or(0);
     if version > SCHEMA_VERSION {
         return Err(StoreError::Database(format!(
@@ -450,6 +475,16 @@ async fn migrate(conn: &mut PgConnection) -> Result<()> {
     }
     if version == SCHEMA_VERSION {
         return Ok(());
+    }
+    if !exists {
+        sqlx::raw_sql(
+            "CREATE TABLE runcell_schema (\
+             singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton), \
+             version BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
     }
     for step in MIGRATIONS.iter().skip(version as usize) {
         sqlx::raw_sql(*step).execute(&mut *tx).await.map_err(db)?;
@@ -504,8 +539,9 @@ impl PgStore {
     pub(crate) async fn connect_with(options: PgConnectOptions) -> Result<PgStore> {
         let options = options.application_name("runcell");
         let target = describe(&options);
-        let unreachable =
-            |e: String| StoreError::Connect(format!("cannot connect to PostgreSQL at {target}: {e}"));
+        let unreachable = |e: String| {
+            StoreError::Connect(format!("cannot connect to PostgreSQL at {target}: {e}"))
+        };
         // The migration runs on a connection of its own, before the pool opens any: that
         // connection is also the check that the database is there.
         let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
@@ -544,6 +580,17 @@ impl PgStore {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn insert_execution(&self, e: &NewExecution) -> Result<()> {
+        storable(
+            "an execution",
+            &[
+                &e.id,
+                &e.tenant,
+                &e.language,
+                e.session_id.as_deref().unwrap_or(""),
+                &e.request,
+                e.callback_url.as_deref().unwrap_or(""),
+            ],
+        )?;
         sqlx::query(
             "INSERT INTO executions (id, tenant, status, language, session_id, request, \
              callback_url, created_at, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -573,6 +620,7 @@ impl Store for PgStore {
     }
 
     async fn claim_next_pending_of(&self, tenant: &str, now: i64) -> Result<Option<ExecutionRow>> {
+        absent_if_nul!(None; tenant);
         let row = sqlx::query(claim!(" AND tenant = $2"))
             .bind(now)
             .bind(tenant)
@@ -583,6 +631,14 @@ impl Store for PgStore {
     }
 
     async fn finish_execution(&self, id: &str, f: &Finish) -> Result<bool> {
+        absent_if_nul!(false; id);
+        storable(
+            "an execution's end",
+            &[
+                f.result.as_deref().unwrap_or(""),
+                f.failure_reason.as_deref().unwrap_or(""),
+            ],
+        )?;
         if !f.status.is_final() {
             return Err(StoreError::Database(format!(
                 "finish_execution with non-final status {}",
@@ -614,6 +670,7 @@ impl Store for PgStore {
         id: &str,
         now: i64,
     ) -> Result<Option<ExecutionRow>> {
+        absent_if_nul!(None; tenant, id);
         let row = sqlx::query(concat!(
             "SELECT ",
             exec_cols!(),
@@ -635,6 +692,7 @@ impl Store for PgStore {
         filter: &ListFilter,
         now: i64,
     ) -> Result<Vec<ExecutionRow>> {
+        absent_if_nul!(Vec::new(); tenant, filter.session_id.as_deref().unwrap_or(""));
         // Only the conditions in use are in the SQL, so the planner can pick the
         // (tenant, session_id, seq) or (tenant, seq) index.
         let mut sql = String::from(concat!(
@@ -677,6 +735,14 @@ impl Store for PgStore {
     }
 
     async fn cancel_pending(&self, tenant: &str, id: &str, f: &Finish) -> Result<bool> {
+        absent_if_nul!(false; tenant, id);
+        storable(
+            "an execution's end",
+            &[
+                f.result.as_deref().unwrap_or(""),
+                f.failure_reason.as_deref().unwrap_or(""),
+            ],
+        )?;
         // A claimer that holds the row (FOR UPDATE) makes this wait; once it has marked the
         // row running, the re-checked condition fails and nothing changes.
         let done = sqlx::query(
@@ -727,8 +793,9 @@ impl Store for PgStore {
 
     async fn count_pending_by_tenant(&self) -> Result<Vec<(String, u64)>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
+            // Byte order, as SQLite sorts, whatever the database's collation.
             "SELECT tenant, COUNT(*) FROM executions WHERE status = 'pending' \
-             GROUP BY tenant ORDER BY tenant",
+             GROUP BY tenant ORDER BY tenant COLLATE \"C\"",
         )
         .fetch_all(&self.pool)
         .await
@@ -755,6 +822,7 @@ impl Store for PgStore {
     }
 
     async fn delete_execution(&self, tenant: &str, id: &str) -> Result<bool> {
+        absent_if_nul!(false; tenant, id);
         let n: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM executions WHERE id = $1 AND tenant = $2 \
                            AND status IN ('completed', 'failed') RETURNING tenant, id), \
@@ -771,6 +839,7 @@ impl Store for PgStore {
     }
 
     async fn webhook_secret(&self, tenant: &str, generate: String) -> Result<String> {
+        storable("a tenant", &[tenant, &generate])?;
         const SELECT: &str = "SELECT webhook_secret FROM tenants WHERE tenant = $1";
         // The common case reads only.
         let existing: Option<String> = sqlx::query_scalar(SELECT)
@@ -812,6 +881,7 @@ impl Store for PgStore {
     }
 
     async fn insert_api_key(&self, key_hash: &str, tenant: &str, created_at: i64) -> Result<()> {
+        storable("an API key", &[key_hash, tenant])?;
         sqlx::query("INSERT INTO api_keys (key_hash, tenant, created_at) VALUES ($1, $2, $3)")
             .bind(key_hash)
             .bind(tenant)
@@ -823,6 +893,17 @@ impl Store for PgStore {
     }
 
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<()> {
+        storable(
+            "a delivery",
+            &[
+                &d.id,
+                &d.execution_id,
+                &d.tenant,
+                &d.url,
+                &d.method,
+                &d.payload,
+            ],
+        )?;
         sqlx::query(
             "INSERT INTO deliveries (id, execution_id, tenant, url, payload, state, created_at, \
              next_attempt_at, method) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) \
@@ -870,6 +951,11 @@ impl Store for PgStore {
         state: DeliveryState,
         next_attempt_at: Option<i64>,
     ) -> Result<()> {
+        absent_if_nul!((); delivery_id);
+        storable(
+            "a delivery attempt",
+            &[attempt.error.as_deref().unwrap_or("")],
+        )?;
         let next = match state {
             DeliveryState::Pending => Some(next_attempt_at.ok_or_else(|| {
                 StoreError::Database(
@@ -900,6 +986,7 @@ impl Store for PgStore {
     }
 
     async fn list_deliveries(&self, tenant: &str, execution_id: &str) -> Result<Vec<DeliveryRow>> {
+        absent_if_nul!(Vec::new(); tenant, execution_id);
         let rows = sqlx::query(delivery_select!(
             "WHERE tenant = $1 AND execution_id = $2",
             "d.created_at"
@@ -913,6 +1000,10 @@ impl Store for PgStore {
     }
 
     async fn insert_sandbox(&self, s: &NewSandbox) -> Result<()> {
+        storable(
+            "a sandbox",
+            &[&s.id, &s.tenant, &s.access_token_hash, &s.spec],
+        )?;
         sqlx::query(
             "INSERT INTO sandboxes (id, tenant, status, access_token_hash, spec, created_at, \
              expires_at) VALUES ($1, $2, 'running', $3, $4, $5, $6)",
@@ -930,6 +1021,7 @@ impl Store for PgStore {
     }
 
     async fn get_sandbox(&self, tenant: &str, id: &str) -> Result<Option<SandboxRow>> {
+        absent_if_nul!(None; tenant, id);
         let row = sqlx::query(concat!(
             "SELECT ",
             sandbox_cols!(),
@@ -944,6 +1036,7 @@ impl Store for PgStore {
     }
 
     async fn get_sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRow>> {
+        absent_if_nul!(None; id);
         let row = sqlx::query(concat!(
             "SELECT ",
             sandbox_cols!(),
@@ -957,6 +1050,7 @@ impl Store for PgStore {
     }
 
     async fn list_sandboxes(&self, tenant: &str, f: &SandboxFilter) -> Result<Vec<SandboxRow>> {
+        absent_if_nul!(Vec::new(); tenant);
         let mut sql = String::from(concat!(
             "SELECT ",
             sandbox_cols!(),
@@ -989,6 +1083,7 @@ impl Store for PgStore {
     }
 
     async fn renew_sandbox(&self, tenant: &str, id: &str, expires_at: i64) -> Result<bool> {
+        absent_if_nul!(false; tenant, id);
         let done = sqlx::query(
             "UPDATE sandboxes SET expires_at = $3 \
              WHERE id = $1 AND tenant = $2 AND status = 'running'",
@@ -1003,6 +1098,8 @@ impl Store for PgStore {
     }
 
     async fn end_sandbox(&self, id: &str, ended_at: i64, reason: &str) -> Result<bool> {
+        absent_if_nul!(false; id);
+        storable("a sandbox's end", &[reason])?;
         let done = sqlx::query(
             "UPDATE sandboxes SET status = 'terminated', ended_at = $2, end_reason = $3 \
              WHERE id = $1 AND status = 'running'",
@@ -1093,6 +1190,10 @@ impl Store for PgStore {
     }
 
     async fn insert_code_run(&self, r: &CodeRunRow) -> Result<()> {
+        storable(
+            "a code run",
+            &[&r.id, &r.tenant, &r.sandbox_id, &r.context_id, &r.doc],
+        )?;
         sqlx::query(
             "INSERT INTO code_runs (id, tenant, sandbox_id, context_id, status, doc, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1111,6 +1212,8 @@ impl Store for PgStore {
     }
 
     async fn update_code_run(&self, id: &str, status: RunStatus, doc: &str) -> Result<bool> {
+        absent_if_nul!(false; id);
+        storable("a code run", &[doc])?;
         // Concurrent updates of one run are serialized by its row lock; each re-checks that
         // the status is not final yet.
         let done = sqlx::query(
@@ -1132,6 +1235,7 @@ impl Store for PgStore {
         sandbox_id: &str,
         id: &str,
     ) -> Result<Option<CodeRunRow>> {
+        absent_if_nul!(None; tenant, sandbox_id, id);
         let row = sqlx::query(concat!(
             "SELECT ",
             run_cols!(),
@@ -1153,6 +1257,7 @@ impl Store for PgStore {
         before_seq: Option<i64>,
         limit: u32,
     ) -> Result<Vec<CodeRunRow>> {
+        absent_if_nul!(Vec::new(); tenant, sandbox_id);
         // Separate statements rather than `($3 IS NULL OR seq < $3)`, so that the cursor is a
         // range on the (tenant, sandbox_id, seq) index rather than a filter.
         let rows = match before_seq {
@@ -1189,6 +1294,7 @@ impl Store for PgStore {
     }
 
     async fn unfinished_code_runs(&self, sandbox_id: Option<&str>) -> Result<Vec<CodeRunRow>> {
+        absent_if_nul!(Vec::new(); sandbox_id.unwrap_or(""));
         let rows = match sandbox_id {
             Some(sandbox_id) => {
                 sqlx::query(concat!(
@@ -1216,6 +1322,22 @@ impl Store for PgStore {
     }
 
     async fn insert_artifacts(&self, a: &[ArtifactRow]) -> Result<()> {
+        for art in a {
+            storable(
+                "an artifact",
+                &[
+                    &art.id,
+                    &art.tenant,
+                    &art.sandbox_id,
+                    &art.run_id,
+                    &art.context_id,
+                    &art.name,
+                    &art.mime_type,
+                    &art.sha256,
+                    &art.metadata,
+                ],
+            )?;
+        }
         if a.is_empty() {
             return Ok(());
         }
@@ -1248,6 +1370,7 @@ impl Store for PgStore {
     }
 
     async fn get_artifact(&self, tenant: &str, id: &str) -> Result<Option<ArtifactRow>> {
+        absent_if_nul!(None; tenant, id);
         let row = sqlx::query(concat!(
             "SELECT ",
             artifact_cols!(),
@@ -1262,6 +1385,7 @@ impl Store for PgStore {
     }
 
     async fn get_artifact_by_id(&self, id: &str) -> Result<Option<ArtifactRow>> {
+        absent_if_nul!(None; id);
         let row = sqlx::query(concat!(
             "SELECT ",
             artifact_cols!(),
@@ -1280,6 +1404,7 @@ impl Store for PgStore {
         sandbox_id: &str,
         run_id: Option<&str>,
     ) -> Result<Vec<ArtifactRow>> {
+        absent_if_nul!(Vec::new(); tenant, sandbox_id, run_id.unwrap_or(""));
         let rows = match run_id {
             Some(run_id) => {
                 sqlx::query(concat!(

@@ -33,13 +33,15 @@ fn test_options() -> PgConnectOptions {
 
 async fn admin() -> PgConnection {
     let options = test_options();
-    PgConnection::connect_with(&options).await.unwrap_or_else(|e| {
-        panic!(
-            "cannot connect to the test database {} ({URL_VAR}): {e}; is it running? \
+    PgConnection::connect_with(&options)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to the test database {} ({URL_VAR}): {e}; is it running? \
              (`eval \"$(scripts/test-postgres)\"` starts it)",
-            describe(&options)
-        )
-    })
+                describe(&options)
+            )
+        })
 }
 
 /// A schema of its own in the test database, dropped (with everything in it) when this is.
@@ -176,10 +178,53 @@ async fn schema_version_and_a_newer_schema_is_refused() {
     again.close().await;
     match PgStore::connect_with(schema.options.clone()).await {
         Err(StoreError::Database(msg)) => {
-            assert!(msg.contains("99") && msg.contains("upgrade runcell"), "{msg}")
+            assert!(
+                msg.contains("99") && msg.contains("upgrade runcell"),
+                "{msg}"
+            )
         }
         other => panic!("expected a version error, got {other:?}"),
     }
+}
+
+/// Once the schema is up to date, a role that may read and write the tables but not create
+/// anything can run on it (least privilege after the first start or an upgrade).
+#[tokio::test]
+async fn an_up_to_date_schema_needs_no_create_privilege() {
+    let schema = Schema::new().await;
+    schema.store().await.close().await;
+    let role = format!("{}_dml", schema.name);
+    let mut a = admin().await;
+    let grants = format!(
+        "CREATE ROLE {role} LOGIN; \
+         GRANT USAGE ON SCHEMA {s} TO {role}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role}; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {role};",
+        s = schema.name
+    );
+    sqlx::raw_sql(AssertSqlSafe(grants))
+        .execute(&mut a)
+        .await
+        .unwrap();
+    let started = PgStore::connect_with(schema.options.clone().username(&role)).await;
+    let used = match &started {
+        Ok(s) => {
+            let r = s
+                .insert_execution(&new_exec("e", "t", ExecStatus::Pending))
+                .await
+                .and(s.claim_next_pending(1).await);
+            s.close().await;
+            r.map(|row| row.map(|r| r.id))
+        }
+        Err(e) => Err(StoreError::Database(e.to_string())),
+    };
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP OWNED BY {role}; DROP ROLE {role}"
+    )))
+    .execute(&mut a)
+    .await
+    .unwrap();
+    assert_eq!(used.expect("a role without CREATE runs"), Some("e".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -444,10 +489,31 @@ async fn tls_as_the_url_asks() {
     plain.close().await;
     match PgStore::connect_with(schema.options.clone().ssl_mode(PgSslMode::VerifyFull)).await {
         Err(e @ StoreError::Connect(_)) => {
-            assert!(e.to_string().contains("cannot connect to PostgreSQL"), "{e}")
+            assert!(
+                e.to_string().contains("cannot connect to PostgreSQL"),
+                "{e}"
+            )
         }
         other => panic!("a self-signed certificate passed verify-full: {other:?}"),
     }
+}
+
+/// PostgreSQL's text cannot hold U+0000: storing one is a sentence, not the server's encoding
+/// error (lookups by such keys find nothing, as the conformance suite checks).
+#[tokio::test]
+async fn a_nul_character_cannot_be_stored() {
+    let schema = Schema::new().await;
+    let s = schema.store().await;
+    let mut e = new_exec("e", "t", ExecStatus::Pending);
+    e.session_id = Some("a\0b".into());
+    match s.insert_execution(&e).await {
+        Err(StoreError::Database(msg)) => {
+            assert!(msg.contains("NUL character"), "{msg}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(s.count_pending().await.unwrap(), 0);
+    s.close().await;
 }
 
 #[tokio::test]
