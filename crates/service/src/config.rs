@@ -491,10 +491,17 @@ mod tests {
             (k == "RUNCELL_DATABASE_URL").then(|| " postgresql://b@db2/runcell ".to_string())
         };
         let c = Config::load(Some(&f), env).unwrap();
-        assert_eq!(c.database_url.as_deref(), Some("postgresql://b@db2/runcell"));
+        assert_eq!(
+            c.database_url.as_deref(),
+            Some("postgresql://b@db2/runcell")
+        );
         let empty = |k: &str| (k == "RUNCELL_DATABASE_URL").then(String::new);
         assert_eq!(Config::load(Some(&f), empty).unwrap().database_url, None);
-        for bad in ["mysql://db/runcell", "/var/lib/runcell/runcell.db", "sqlite://x.db"] {
+        for bad in [
+            "mysql://db/runcell",
+            "/var/lib/runcell/runcell.db",
+            "sqlite://x.db",
+        ] {
             let env = |k: &str| (k == "RUNCELL_DATABASE_URL").then(|| bad.to_string());
             let err = Config::load(None, env).unwrap().validate().unwrap_err();
             assert!(err.to_string().contains("postgres://"), "{bad}: {err}");

@@ -51,12 +51,14 @@ fn with_database(url: &str, db: &str) -> String {
 async fn connect(url: &str) -> PgConnection {
     let options = PgConnectOptions::from_str(url)
         .unwrap_or_else(|e| panic!("{URL_VAR} is not a PostgreSQL URL: {e}"));
-    PgConnection::connect_with(&options).await.unwrap_or_else(|e| {
-        panic!(
-            "cannot connect to the test PostgreSQL ({URL_VAR}={url}): {e}; \
+    PgConnection::connect_with(&options)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to the test PostgreSQL ({URL_VAR}={url}): {e}; \
              `eval \"$(scripts/test-postgres)\"` starts it"
-        )
-    })
+            )
+        })
 }
 
 async fn admin(sql: String) {

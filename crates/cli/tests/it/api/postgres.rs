@@ -121,6 +121,9 @@ fn an_unusable_database_is_a_sentence_at_start() {
         assert_eq!(out.status.code(), Some(125), "{url}: {stderr}");
         assert!(stderr.contains(says), "{url}: {stderr}");
         assert!(!stderr.contains("panicked"), "{url}: {stderr}");
-        assert!(!stderr.contains("s3cret"), "the password is not shown: {stderr}");
+        assert!(
+            !stderr.contains("s3cret"),
+            "the password is not shown: {stderr}"
+        );
     }
 }
