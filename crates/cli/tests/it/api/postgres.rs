@@ -1,15 +1,17 @@
 //! The whole service on PostgreSQL (`runcell serve --database-url`): a synchronous execution,
 //! an async one through the queue, a sandbox with a code run, each read back from the database
 //! itself; a restart on another data directory finds them (the records live in PostgreSQL, not
-//! in the data directory). And a database that cannot be used is a sentence at start.
+//! in the data directory); queued work outlives a node killed with SIGKILL. And a database that
+//! cannot be used is a sentence at start.
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::pg::TestDatabase;
-use crate::server::{KEY_A, Opts, Server};
+use crate::server::{KEY_A, Opts, Server, eventually};
 
 #[test]
 fn the_service_runs_on_postgresql() {
@@ -92,6 +94,67 @@ fn the_service_runs_on_postgresql() {
     }
     let gone = again.get(&format!("/v1/sandboxes/{sb_id}"), Some(KEY_A));
     gone.error(404, Some("SANDBOX_DELETED"));
+}
+
+/// Queued work accepted by a node killed with SIGKILL is run by the next node on the database
+/// (with another data directory): none lost, at most the running one failed with a reason.
+#[test]
+fn queued_work_survives_kill_9_on_postgresql() {
+    const JOBS: usize = 12;
+    let db = TestDatabase::create();
+    let one_slot = || {
+        Opts::new()
+            .database_url(&db.url)
+            .env("RUNCELL_CONCURRENCY", "1")
+    };
+    let mut first = Server::with(one_slot());
+    let mut expected = HashMap::new();
+    for i in 0..JOBS {
+        let id = first.submit(
+            KEY_A,
+            &json!({"language": "python",
+                    "code": format!("import time\ntime.sleep(0.2)\nprint({i})")}),
+        );
+        expected.insert(id, format!("{i}\n"));
+    }
+    eventually(
+        Duration::from_secs(60),
+        "a first execution to finish",
+        || (!first.list_all(KEY_A, "&status=completed").is_empty()).then_some(()),
+    );
+    first.kill9();
+    let pending = db.rows("SELECT id, status FROM executions WHERE status = 'pending'");
+    assert!(
+        pending.len() >= 5,
+        "work is still queued when the node dies ({})",
+        pending.len()
+    );
+
+    let second = Server::with(one_slot());
+    let all = eventually(Duration::from_secs(90), "every execution to finish", || {
+        let all = second.list_all(KEY_A, "");
+        all.iter()
+            .all(|e| matches!(e["status"].as_str(), Some("completed" | "failed")))
+            .then_some(all)
+    });
+    assert_eq!(all.len(), JOBS, "none lost, none added");
+    let mut failed = 0;
+    for e in &all {
+        let id = e["execution_id"].as_str().expect("an id");
+        match e["status"].as_str() {
+            Some("completed") => {
+                assert_eq!(e["result"]["stdout"], expected[id].as_str(), "{e:#}")
+            }
+            _ => {
+                failed += 1;
+                assert!(
+                    e["failure_reason"].as_str().is_some_and(|s| !s.is_empty()),
+                    "a failure says why: {e:#}"
+                );
+            }
+        }
+    }
+    assert!(failed <= 1, "{failed} executions failed");
 }
 
 /// `runcell serve` with a database it cannot use stops at once with a sentence, not a panic.
