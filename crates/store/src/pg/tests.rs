@@ -544,3 +544,48 @@ async fn unknown_status_or_state_is_corrupt() {
     ));
     s.close().await;
 }
+
+/// The same measurement as SQLite's `cost_of_insert_and_finish`, plus the queue's claim, on
+/// the test server (loopback; with its durability off, so a commit costs no fsync here).
+#[tokio::test]
+#[ignore = "timing, run by hand"]
+async fn cost_of_insert_claim_and_finish() {
+    let schema = Schema::new().await;
+    let s = schema.store().await;
+    let n = 2_000;
+    let (mut insert, mut claim, mut fin) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut claims = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{i:08x}-0000-4000-8000-000000000000");
+        let t = std::time::Instant::now();
+        s.insert_execution(&new_exec(&id, "tenant", ExecStatus::Pending))
+            .await
+            .unwrap();
+        insert += t.elapsed();
+        let t = std::time::Instant::now();
+        let row = s.claim_next_pending_of("tenant", 2).await.unwrap().unwrap();
+        let took = t.elapsed();
+        claim += took;
+        claims.push(took);
+        assert_eq!(row.id, id);
+        let t = std::time::Instant::now();
+        assert!(
+            s.finish_execution(&id, &finish(ExecStatus::Completed, 2, 3))
+                .await
+                .unwrap()
+        );
+        fin += t.elapsed();
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    claims.sort();
+    println!(
+        "insert_execution {:.0} µs + claim_next_pending_of {:.0} µs (p50 {:.0} µs, p99 {:.0} µs) \
+         + finish_execution {:.0} µs per execution ({n})",
+        us(insert),
+        us(claim),
+        claims[n / 2].as_secs_f64() * 1e6,
+        claims[n * 99 / 100].as_secs_f64() * 1e6,
+        us(fin),
+    );
+    s.close().await;
+}
