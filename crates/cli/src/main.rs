@@ -45,7 +45,8 @@ pub struct Global {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start the HTTP API server (SQLite store under the data directory; no other service).
+    /// Start the HTTP API server (SQLite store under the data directory, or PostgreSQL with
+    /// --database-url).
     Serve(serve::ServeArgs),
     /// Run a source file in a jail and print its output; the exit code mirrors the program's.
     Run(run::RunArgs),

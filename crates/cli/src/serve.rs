@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// Directory of the SQLite database and the generated API key (default /var/lib/runcell).
     #[arg(long, env = "RUNCELL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep the records in this PostgreSQL database (postgres://user:password@host:port/db)
+    /// instead of the SQLite database in the data directory.
+    #[arg(long, env = "RUNCELL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// TOML configuration file (see docs/configuration.md); environment variables and flags
     /// override it.
     #[arg(long, env = "RUNCELL_CONFIG")]
@@ -34,6 +38,9 @@ pub fn serve(global: &Global, args: ServeArgs) -> Result<i32> {
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
+    }
+    if let Some(url) = args.database_url.filter(|u| !u.trim().is_empty()) {
+        config.database_url = Some(url.trim().to_string());
     }
     if let Some(p) = &global.prefix {
         config.engine.prefix = p.clone();

@@ -16,8 +16,12 @@ pub use crate::webhooks::WebhookConfig;
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Directory of the SQLite database and the generated API key.
+    /// Directory of the SQLite database (unless `database_url` is set), the generated API key,
+    /// the compile cache and the sandboxes' files.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database to keep the records in (`postgres://user:password@host:port/db`)
+    /// instead of the embedded SQLite database in `data_dir`.
+    pub database_url: Option<String>,
     /// API keys; each is a tenant. Empty: a key is generated on first start, stored (hashed)
     /// in the database and printed.
     pub api_keys: Vec<String>,
@@ -171,6 +175,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8002)),
             data_dir: PathBuf::from("/var/lib/runcell"),
+            database_url: None,
             api_keys: Vec::new(),
             rate_limit_per_minute: 6000,
             concurrency: cpus * 2,
@@ -232,8 +237,8 @@ impl Config {
     }
 
     /// Defaults, overridden by the TOML file (if any), then by environment variables
-    /// (`RUNCELL_LISTEN`, `RUNCELL_DATA_DIR`, `RUNCELL_API_KEYS`, `RUNCELL_WEBHOOK_ALLOW`,
-    /// `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
+    /// (`RUNCELL_LISTEN`, `RUNCELL_DATA_DIR`, `RUNCELL_DATABASE_URL`, `RUNCELL_API_KEYS`,
+    /// `RUNCELL_WEBHOOK_ALLOW`, `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
     /// `RUNCELL_TENANT_MAX_RUNNING`, `RUNCELL_TENANT_MAX_QUEUED`, `RUNCELL_BODY_TIMEOUT_SECS`,
     /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`, `RUNCELL_WARM_POOL_SIZE`, `RUNCELL_ZYGOTES`, `RUNCELL_ZYGOTE_MAX_FORKS`,
     /// `RUNCELL_SANDBOX_POOL_SIZE`).
@@ -262,6 +267,10 @@ impl Config {
         }
         if let Some(v) = env("RUNCELL_DATA_DIR") {
             c.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("RUNCELL_DATABASE_URL") {
+            // Set but empty: the default (SQLite), as if unset.
+            c.database_url = Some(v.trim().to_string()).filter(|v| !v.is_empty());
         }
         if let Some(v) = env("RUNCELL_API_KEYS") {
             c.api_keys = comma_list(&v);
@@ -316,6 +325,15 @@ impl Config {
         }
         if self.concurrency == 0 {
             return bad("concurrency must be at least 1");
+        }
+        if let Some(url) = &self.database_url {
+            let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+                return bad(
+                    "database_url must be a postgres:// or postgresql:// URL (leave it out \
+                     for the embedded SQLite database in data_dir)",
+                );
+            }
         }
         if self.max_queue == 0 {
             return bad("max_queue must be at least 1");
@@ -457,6 +475,37 @@ mod tests {
         let c = Config::load(Some(&f), no_env).unwrap();
         assert_eq!(c.engine.limits, runcell_engine::LimitPolicy::default());
         assert_eq!(c.webhooks, WebhookConfig::default());
+    }
+
+    #[test]
+    fn database_url_from_the_file_or_the_environment() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.database_url, None, "SQLite by default");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("runcell.toml");
+        std::fs::write(&f, "database_url = \"postgres://a@db1/runcell\"\n").unwrap();
+        let c = Config::load(Some(&f), no_env).unwrap();
+        assert_eq!(c.database_url.as_deref(), Some("postgres://a@db1/runcell"));
+        c.validate().unwrap();
+        let env = |k: &str| {
+            (k == "RUNCELL_DATABASE_URL").then(|| " postgresql://b@db2/runcell ".to_string())
+        };
+        let c = Config::load(Some(&f), env).unwrap();
+        assert_eq!(
+            c.database_url.as_deref(),
+            Some("postgresql://b@db2/runcell")
+        );
+        let empty = |k: &str| (k == "RUNCELL_DATABASE_URL").then(String::new);
+        assert_eq!(Config::load(Some(&f), empty).unwrap().database_url, None);
+        for bad in [
+            "mysql://db/runcell",
+            "/var/lib/runcell/runcell.db",
+            "sqlite://x.db",
+        ] {
+            let env = |k: &str| (k == "RUNCELL_DATABASE_URL").then(|| bad.to_string());
+            let err = Config::load(None, env).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains("postgres://"), "{bad}: {err}");
+        }
     }
 
     #[test]

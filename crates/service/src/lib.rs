@@ -32,7 +32,7 @@ use std::time::Duration;
 use runcell_engine::Engine;
 use runcell_jail::Spawner;
 use runcell_lang::Registry;
-use runcell_store::{SqliteStore, Store};
+use runcell_store::{PgStore, SqliteStore, Store};
 
 pub use config::Config;
 pub use error::{Error, Kind, Result};
@@ -133,8 +133,7 @@ impl Service {
             what: format!("create {}", config.data_dir.display()),
             source: e,
         })?;
-        let store = Arc::new(SqliteStore::open(&config.data_dir.join("runcell.db")).await?);
-        let store: Arc<dyn Store> = store;
+        let store = open_store(&config).await?;
         let tenants = tenants::Tenants::load(&config, &*store).await?;
         let mut engine_config = config.engine.clone();
         if engine_config.compile_cache_dir.is_none() {
@@ -217,6 +216,23 @@ impl Service {
             sandbox_pool_ready: self.sandboxes.pool_ready(),
         }
     }
+}
+
+/// The store the configuration names: PostgreSQL at `database_url`, else the embedded SQLite
+/// database in the data directory. Either is migrated to this build's schema.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    Ok(match &config.database_url {
+        Some(url) => {
+            let store = PgStore::connect(url).await?;
+            tracing::info!("store: PostgreSQL at {}", store.target());
+            Arc::new(store)
+        }
+        None => {
+            let store = SqliteStore::open(&config.data_dir.join("runcell.db")).await?;
+            tracing::info!("store: SQLite at {}", store.path().display());
+            Arc::new(store)
+        }
+    })
 }
 
 /// Writes a file only root can read (0600), replacing it.

@@ -140,6 +140,10 @@ macro_rules! conformance_suite {
                 $crate::conformance::delete_expired_artifacts_returns_their_ids::<$backend>().await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn keys_with_a_nul_character_are_missing() {
+                $crate::conformance::keys_with_a_nul_character_are_missing::<$backend>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn purge_sandboxes_cascades_runs_and_artifacts() {
                 $crate::conformance::purge_sandboxes_cascades_runs_and_artifacts::<$backend>().await;
             }
@@ -1725,4 +1729,104 @@ pub(crate) async fn purge_sandboxes_cascades_runs_and_artifacts<B: Backend>() {
         1
     );
     assert!(s.purge_sandboxes(i64::MAX).await.unwrap().is_empty());
+}
+
+/// Ids and filters come from request paths and bodies as they are: one with a NUL character
+/// (`%00`) names nothing, and changes nothing.
+pub(crate) async fn keys_with_a_nul_character_are_missing<B: Backend>() {
+    let b = B::fresh().await;
+    let s = b.store();
+    s.insert_execution(&new_exec("e", "t", ExecStatus::Pending))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("msg", "e", "t", 10))
+        .await
+        .unwrap();
+    s.insert_sandbox(&new_sandbox("sb", "t", 1_000))
+        .await
+        .unwrap();
+    s.insert_code_run(&new_run("run", "t", "sb", RunStatus::Queued))
+        .await
+        .unwrap();
+    s.insert_artifacts(&[new_artifact("art", "t", "sb", "run")])
+        .await
+        .unwrap();
+    let f = finish(ExecStatus::Failed, 5, 100);
+    for nul in ["e\0", "\0", "t\0x"] {
+        assert!(s.get_execution("t", nul, 0).await.unwrap().is_none());
+        assert!(s.get_execution(nul, "e", 0).await.unwrap().is_none());
+        let session = ListFilter {
+            session_id: Some(nul.into()),
+            limit: 10,
+            ..ListFilter::default()
+        };
+        assert!(
+            s.list_executions("t", &session, 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.list_executions(nul, &all(10), 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!s.cancel_pending("t", nul, &f).await.unwrap());
+        assert!(!s.finish_execution(nul, &f).await.unwrap());
+        assert!(!s.delete_execution("t", nul).await.unwrap());
+        assert!(s.claim_next_pending_of(nul, 1).await.unwrap().is_none());
+        assert!(s.list_deliveries("t", nul).await.unwrap().is_empty());
+        s.record_attempt(
+            nul,
+            &attempt(1, Some(200), None),
+            DeliveryState::Delivered,
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(s.get_sandbox("t", nul).await.unwrap().is_none());
+        assert!(s.get_sandbox_by_id(nul).await.unwrap().is_none());
+        assert!(
+            s.list_sandboxes(nul, &sandboxes(10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!s.renew_sandbox("t", nul, 5_000).await.unwrap());
+        assert!(!s.end_sandbox(nul, 5, "deleted").await.unwrap());
+        assert!(s.get_code_run("t", "sb", nul).await.unwrap().is_none());
+        assert!(s.get_code_run("t", nul, "run").await.unwrap().is_none());
+        assert!(
+            s.list_code_runs("t", nul, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            !s.update_code_run(nul, RunStatus::Failed, "{}")
+                .await
+                .unwrap()
+        );
+        assert!(s.unfinished_code_runs(Some(nul)).await.unwrap().is_empty());
+        assert!(s.get_artifact("t", nul).await.unwrap().is_none());
+        assert!(s.get_artifact_by_id(nul).await.unwrap().is_none());
+        assert!(s.list_artifacts("t", nul, None).await.unwrap().is_empty());
+        assert!(
+            s.list_artifacts("t", "sb", Some(nul))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // Everything is as it was.
+    assert_eq!(s.count_pending().await.unwrap(), 1);
+    assert_eq!(
+        s.list_deliveries("t", "e").await.unwrap()[0].attempts.len(),
+        0
+    );
+    let sb = s.get_sandbox("t", "sb").await.unwrap().unwrap();
+    assert_eq!((sb.status, sb.expires_at), (SandboxStatus::Running, 1_000));
+    assert_eq!(s.unfinished_code_runs(None).await.unwrap().len(), 1);
+    assert_eq!(s.list_artifacts("t", "sb", None).await.unwrap().len(), 1);
 }

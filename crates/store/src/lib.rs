@@ -1,5 +1,6 @@
-//! runcell's durable state behind one trait, [`Store`], with an embedded SQLite (WAL)
-//! implementation, [`SqliteStore`]. Knows nothing of HTTP or jails: it stores executions (the
+//! runcell's durable state behind one trait, [`Store`], with two implementations: an embedded
+//! SQLite (WAL) database, [`SqliteStore`] (the default), and a PostgreSQL database,
+//! [`PgStore`]. Both pass the same conformance suite (`conformance.rs`). Knows nothing of HTTP or jails: it stores executions (the
 //! durable queue of async work and the results), tenants' webhook secrets and API key hashes,
 //! webhook deliveries with their attempts, and the records of long-lived sandboxes: the
 //! sandboxes themselves (lifecycle, expiry, access token hash), the code runs made in them, and
@@ -14,8 +15,10 @@
 
 #[cfg(test)]
 mod conformance;
+mod pg;
 mod sqlite;
 
+pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Storage errors.
@@ -25,6 +28,10 @@ pub enum StoreError {
     Database(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database could not be reached or its address is not understood (a sentence that
+    /// names the server, never a password).
+    #[error("{0}")]
+    Connect(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

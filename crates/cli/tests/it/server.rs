@@ -27,6 +27,7 @@ pub const KEY_B: &str = "it-key-tenant-b-0123456789abcdef";
 const SERVER_ENV: &[&str] = &[
     "RUNCELL_LISTEN",
     "RUNCELL_DATA_DIR",
+    "RUNCELL_DATABASE_URL",
     "RUNCELL_CONFIG",
     "RUNCELL_API_KEYS",
     "RUNCELL_WEBHOOK_ALLOW",
@@ -47,6 +48,7 @@ pub struct Opts {
     env: Vec<(String, String)>,
     config: Option<String>,
     data_dir: Option<PathBuf>,
+    database_url: Option<String>,
 }
 
 impl Opts {
@@ -69,6 +71,13 @@ impl Opts {
     /// An existing data directory (to restart on the data of an earlier server).
     pub fn data_dir(mut self, dir: &Path) -> Opts {
         self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// A PostgreSQL database to keep the records in (`--database-url`; see
+    /// [`crate::pg::TestDatabase`]) instead of SQLite in the data directory.
+    pub fn database_url(mut self, url: &str) -> Opts {
+        self.database_url = Some(url.into());
         self
     }
 }
@@ -121,6 +130,9 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_runcell"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir);
+        if let Some(url) = &opts.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
         for k in SERVER_ENV {
             cmd.env_remove(k);
         }

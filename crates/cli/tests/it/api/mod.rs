@@ -18,6 +18,7 @@ mod opensandbox;
 mod opensandbox_execd;
 mod operations;
 mod piston;
+mod postgres;
 mod sandboxes;
 mod sandboxes_pause;
 mod seeds;
