@@ -16,6 +16,8 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     fn shared(&self) -> Arc<dyn Store>;
     /// The store.
     fn store(&self) -> &dyn Store;
+    /// The same database as another node sees it.
+    fn as_node(&self, owner: Owner) -> Arc<dyn Store>;
     /// Drops the store without closing it (as a killed process would) and opens it again on
     /// the same data.
     async fn reopen(&mut self);
@@ -102,6 +104,14 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sandbox_round_trip_and_tenant_isolation() {
                 $crate::conformance::sandbox_round_trip_and_tenant_isolation::<$backend>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn leases_are_their_nodes_and_expire_unless_renewed() {
+                $crate::conformance::leases_are_their_nodes_and_expire_unless_renewed::<$backend>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn a_node_recovers_its_own_work_and_ends_sandboxes_of_silent_nodes() {
+                $crate::conformance::a_node_recovers_its_own_work_and_ends_sandboxes_of_silent_nodes::<$backend>().await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn renew_only_running_and_end_is_idempotent() {
@@ -1119,6 +1129,200 @@ pub(crate) async fn sandbox_round_trip_and_tenant_isolation<B: Backend>() {
         s.insert_sandbox(&new_sandbox("sb_1", "bob", 1)).await,
         Err(StoreError::Database(_))
     ));
+}
+
+fn owner(node: &str) -> Owner {
+    Owner {
+        node: node.into(),
+        lease_ms: 15_000,
+    }
+}
+
+fn beat(address: &str) -> NodeBeat {
+    NodeBeat {
+        address: address.into(),
+        started_at: 1,
+        running: 2,
+        queued: 3,
+        sandboxes: 4,
+    }
+}
+
+fn pending(id: &str, tenant: &str, created_at: i64) -> NewExecution {
+    NewExecution {
+        id: id.into(),
+        tenant: tenant.into(),
+        status: ExecStatus::Pending,
+        language: "python".into(),
+        session_id: None,
+        request: "{}".into(),
+        callback_url: None,
+        created_at,
+        started_at: None,
+    }
+}
+
+pub(crate) async fn leases_are_their_nodes_and_expire_unless_renewed<B: Backend>() {
+    let b = B::fresh().await;
+    let a = b.as_node(owner("node-a"));
+    let other = b.as_node(owner("node-b"));
+    a.insert_execution(&pending("e1", "t", 1)).await.unwrap();
+    a.insert_execution(&pending("e2", "t", 2)).await.unwrap();
+    // Claimed by a at 1_000 and by b at 2_000: leases until 16_000 and 17_000.
+    assert_eq!(a.claim_next_pending(1_000).await.unwrap().unwrap().id, "e1");
+    assert_eq!(
+        other
+            .claim_next_pending_of("t", 2_000)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "e2"
+    );
+    // A synchronous run starts running on a at 3_000: until 18_000.
+    a.insert_execution(&NewExecution {
+        status: ExecStatus::Running,
+        started_at: Some(3_000),
+        ..pending("e3", "t", 3_000)
+    })
+    .await
+    .unwrap();
+    let fail = |s: Arc<dyn Store>, now: i64| async move {
+        let rows = s.fail_expired_leases("lost", now, now + 100).await.unwrap();
+        rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    assert!(fail(b.shared(), 15_999).await.is_empty());
+    // a's heartbeat at 10_000 renews its leases (e1 and e3) to 25_000, not b's.
+    assert_eq!(a.heartbeat(10_000, &beat("http://a")).await.unwrap(), 2);
+    assert_eq!(fail(b.shared(), 17_001).await, ["e2"]);
+    let e2 = a.get_execution("t", "e2", 17_001).await.unwrap().unwrap();
+    assert_eq!(e2.status, ExecStatus::Failed);
+    assert_eq!(e2.failure_reason.as_deref(), Some("lost"));
+    // A finished execution keeps no lease.
+    assert!(
+        a.finish_execution(
+            "e1",
+            &Finish {
+                status: ExecStatus::Completed,
+                result: Some("{}".into()),
+                failure_reason: None,
+                completed_at: 20_000,
+                expires_at: 90_000,
+            }
+        )
+        .await
+        .unwrap()
+    );
+    assert!(fail(b.shared(), 24_999).await.is_empty());
+    assert_eq!(fail(b.shared(), 25_001).await, ["e3"]);
+    // The registry.
+    other.heartbeat(11_000, &beat("http://b")).await.unwrap();
+    a.heartbeat(12_000, &beat("http://a2")).await.unwrap();
+    let nodes = b.store().list_nodes().await.unwrap();
+    assert_eq!(
+        nodes,
+        [
+            NodeRow {
+                id: "node-a".into(),
+                address: "http://a2".into(),
+                started_at: 1,
+                heartbeat_at: 12_000,
+                running: 2,
+                queued: 3,
+                sandboxes: 4,
+            },
+            NodeRow {
+                id: "node-b".into(),
+                address: "http://b".into(),
+                started_at: 1,
+                heartbeat_at: 11_000,
+                running: 2,
+                queued: 3,
+                sandboxes: 4,
+            }
+        ]
+    );
+}
+
+pub(crate) async fn a_node_recovers_its_own_work_and_ends_sandboxes_of_silent_nodes<B: Backend>() {
+    let b = B::fresh().await;
+    let a = b.as_node(owner("node-a"));
+    let other = b.as_node(owner("node-b"));
+    a.insert_execution(&pending("ea", "t", 1)).await.unwrap();
+    other
+        .insert_execution(&pending("eb", "t", 2))
+        .await
+        .unwrap();
+    assert_eq!(a.claim_next_pending(10).await.unwrap().unwrap().id, "ea");
+    assert_eq!(
+        other.claim_next_pending(10).await.unwrap().unwrap().id,
+        "eb"
+    );
+    // node-a restarts: its own running work fails at once, node-b's is left alone.
+    let failed = a.fail_interrupted("restarted", 20, 100).await.unwrap();
+    assert_eq!(
+        failed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["ea"]
+    );
+    assert_eq!(
+        a.get_execution("t", "eb", 20)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        ExecStatus::Running
+    );
+
+    a.insert_sandbox(&new_sandbox("sb_a", "t", 50_000))
+        .await
+        .unwrap();
+    other
+        .insert_sandbox(&new_sandbox("sb_b", "t", 50_000))
+        .await
+        .unwrap();
+    other
+        .heartbeat(1_000, &beat("http://b:8002"))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.sandbox_node("sb_b").await.unwrap(),
+        Some(("node-b".into(), "http://b:8002".into()))
+    );
+    assert_eq!(
+        other.sandbox_node("sb_a").await.unwrap(),
+        Some(("node-a".into(), String::new()))
+    );
+    assert_eq!(a.sandbox_node("sb_missing").await.unwrap(), None);
+    // node-a restarts: its sandboxes end, node-b's stay.
+    assert_eq!(
+        a.end_all_sandboxes(30, "restarted").await.unwrap(),
+        ["sb_a"]
+    );
+    assert_eq!(a.sandbox_node("sb_a").await.unwrap(), None);
+    // node-b heart-beat at 1_000: silent since 1_001, not since 1_000.
+    assert!(
+        a.end_sandboxes_of_silent_nodes(1_000, 40, "gone")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A node never ends its own sandboxes this way.
+    assert!(
+        other
+            .end_sandboxes_of_silent_nodes(5_000, 40, "gone")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        a.end_sandboxes_of_silent_nodes(1_001, 40, "gone")
+            .await
+            .unwrap(),
+        ["sb_b"]
+    );
+    let row = a.get_sandbox("t", "sb_b").await.unwrap().unwrap();
+    assert_eq!(row.status, SandboxStatus::Terminated);
+    assert_eq!(row.end_reason.as_deref(), Some("gone"));
 }
 
 pub(crate) async fn renew_only_running_and_end_is_idempotent<B: Backend>() {

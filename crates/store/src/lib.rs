@@ -19,6 +19,40 @@ mod pg;
 mod sqlite;
 
 pub use pg::PgStore;
+
+/// The node stamped on a new execution: its store's when it starts `Running`.
+pub(crate) fn running_node(owner: &Owner, e: &NewExecution) -> Option<String> {
+    (e.status == ExecStatus::Running).then(|| owner.node.clone())
+}
+
+/// The lease of a new execution that starts `Running`: from its start.
+pub(crate) fn running_lease(owner: &Owner, e: &NewExecution) -> Option<i64> {
+    (e.status == ExecStatus::Running).then(|| e.started_at.unwrap_or(e.created_at) + owner.lease_ms)
+}
+
+/// A node row from its columns.
+pub(crate) fn node_row(
+    (id, address, started_at, heartbeat_at, running, queued, sandboxes): (
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ),
+) -> NodeRow {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    NodeRow {
+        id,
+        address,
+        started_at,
+        heartbeat_at,
+        running: n(running),
+        queued: n(queued),
+        sandboxes: n(sandboxes),
+    }
+}
 pub use sqlite::SqliteStore;
 
 /// Storage errors.
@@ -274,6 +308,52 @@ pub struct SandboxRow {
     pub seq: i64,
 }
 
+/// The node a store works for: executions it claims or runs and sandboxes it creates are
+/// stamped with `node`, and its claims on running executions (leases) last `lease_ms` unless
+/// its heartbeat renews them. A node's id is stable across its restarts (the service keeps it
+/// in its data directory), so a restarting node recovers its own work at once, and work of a
+/// node that never comes back once its leases run out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub lease_ms: i64,
+}
+
+impl Default for Owner {
+    /// One node alone (an embedded database): `local`, 15 s leases.
+    fn default() -> Self {
+        Owner {
+            node: "local".into(),
+            lease_ms: 15_000,
+        }
+    }
+}
+
+/// What a node says of itself in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBeat {
+    /// Where other nodes reach its HTTP API (`http://10.0.0.5:8002`).
+    pub address: String,
+    pub started_at: i64,
+    /// Executions it runs now, and waiting in its scheduler.
+    pub running: u64,
+    pub queued: u64,
+    /// Sandboxes alive on it.
+    pub sandboxes: u64,
+}
+
+/// A node as the registry shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub id: String,
+    pub address: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    pub running: u64,
+    pub queued: u64,
+    pub sandboxes: u64,
+}
+
 /// Filter of [`Store::list_sandboxes`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SandboxFilter {
@@ -409,9 +489,20 @@ pub trait Store: Send + Sync + 'static {
     /// never run). Returns false when it is not pending (or not the tenant's).
     async fn cancel_pending(&self, tenant: &str, id: &str, f: &Finish) -> Result<bool>;
 
-    /// At start-up: every execution still `Running` (its worker died with the previous
-    /// process) becomes `Failed` with `reason`. Returns their ids and tenants.
+    /// At start-up: every execution of this store's node (or of no node: rows written before
+    /// nodes existed) still `Running` (its worker died with the node's previous process)
+    /// becomes `Failed` with `reason`. Returns them, oldest first.
     async fn fail_interrupted(
+        &self,
+        reason: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Vec<ExecutionRow>>;
+
+    /// Running executions of any node whose lease ran out before `now` (their node died, or
+    /// lost the database, and stopped renewing it) become `Failed` with `reason`. Returns
+    /// them, oldest first.
+    async fn fail_expired_leases(
         &self,
         reason: &str,
         now: i64,
@@ -498,8 +589,35 @@ pub trait Store: Send + Sync + 'static {
     async fn end_sandbox(&self, id: &str, ended_at: i64, reason: &str) -> Result<bool>;
 
     /// At start-up, when sandbox processes could not survive the previous process: every
-    /// `Running` sandbox becomes `Terminated` with `reason`. Returns their ids, oldest first.
+    /// `Running` sandbox of this store's node (or of no node) becomes `Terminated` with
+    /// `reason`. Returns their ids, oldest first.
     async fn end_all_sandboxes(&self, ended_at: i64, reason: &str) -> Result<Vec<String>>;
+
+    /// `Running` sandboxes of other nodes that have not heart-beat since `silent_since` (or
+    /// never did) become `Terminated` with `reason`: their processes died with their node.
+    /// Returns their ids, oldest first.
+    async fn end_sandboxes_of_silent_nodes(
+        &self,
+        silent_since: i64,
+        ended_at: i64,
+        reason: &str,
+    ) -> Result<Vec<String>>;
+
+    /// The node a `Running` sandbox lives on, and the address it last advertised (empty when
+    /// it never heart-beat); `None` when the sandbox is not running.
+    async fn sandbox_node(&self, id: &str) -> Result<Option<(String, String)>>;
+
+    // --- nodes --------------------------------------------------------------------------------
+
+    /// The node this store works for.
+    fn owner(&self) -> &Owner;
+
+    /// Records this store's node's heartbeat at `now` and renews the lease of every
+    /// execution it runs to `now + lease`. Returns how many leases were renewed.
+    async fn heartbeat(&self, now: i64, beat: &NodeBeat) -> Result<u64>;
+
+    /// Every node that has heart-beat, by id.
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>>;
 
     /// Ids of the `Running` sandboxes (of every tenant) whose `expires_at <= now`, for the
     /// expiry reaper; soonest expired first.

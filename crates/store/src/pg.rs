@@ -24,12 +24,13 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::{
     ArtifactRow, Attempt, CodeRunRow, DeliveryRow, DeliveryState, ExecStatus, ExecutionRow, Finish,
-    ListFilter, NewDelivery, NewExecution, NewSandbox, Result, RunStatus, SandboxFilter,
-    SandboxRow, SandboxStatus, Store, StoreError,
+    ListFilter, NewDelivery, NewExecution, NewSandbox, NodeBeat, NodeRow, Owner, Result, RunStatus,
+    SandboxFilter, SandboxRow, SandboxStatus, Store, StoreError, node_row, running_lease,
+    running_node,
 };
 
 /// The schema version this build writes (the row of `runcell_schema`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 // One migration per version step.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -168,6 +169,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX artifacts_tenant_sandbox_run ON artifacts (tenant, sandbox_id, run_id, seq);
     CREATE INDEX artifacts_expires_at ON artifacts (expires_at);
     "#,
+    // 1 -> 2: nodes, and which node runs an execution (with its lease) or a sandbox.
+    r#"
+    ALTER TABLE executions ADD COLUMN node TEXT;
+    ALTER TABLE executions ADD COLUMN lease_until BIGINT;
+    CREATE INDEX executions_running_lease ON executions (lease_until) WHERE status = 'running';
+    CREATE INDEX executions_running_node ON executions (node) WHERE status = 'running';
+    ALTER TABLE sandboxes ADD COLUMN node TEXT;
+    CREATE TABLE nodes (
+        id           TEXT   PRIMARY KEY,
+        address      TEXT   NOT NULL,
+        started_at   BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL,
+        running      BIGINT NOT NULL,
+        queued       BIGINT NOT NULL,
+        sandboxes    BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// PostgreSQL's `text` cannot hold U+0000, so no stored key contains it: a lookup by such a key
@@ -217,13 +235,16 @@ macro_rules! artifact_cols {
 /// that no other claimer holds (re-checking it is still pending once locked), and the `UPDATE`
 /// marks that row running in the same statement.
 macro_rules! claim {
-    ($cond:expr) => {
+    ($cond:expr, $node:expr, $lease:expr) => {
         concat!(
             "WITH next AS (SELECT seq FROM executions WHERE status = 'pending'",
             $cond,
             " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             UPDATE executions e SET status = 'running', started_at = $1 FROM next \
-             WHERE e.seq = next.seq RETURNING ",
+             UPDATE executions e SET status = 'running', started_at = $1, node = ",
+            $node,
+            ", lease_until = ",
+            $lease,
+            " FROM next WHERE e.seq = next.seq RETURNING ",
             "e.seq, e.id, e.tenant, e.status, e.language, e.session_id, e.request, e.result, \
              e.failure_reason, e.callback_url, e.created_at, e.started_at, e.completed_at, \
              e.expires_at"
@@ -254,7 +275,11 @@ pub struct PgStore {
     pool: PgPool,
     /// Where it is connected, without credentials (for messages).
     target: String,
+    owner: Owner,
 }
+
+/// The channel on which a new pending execution's tenant is announced.
+const QUEUE_CHANNEL: &str = "runcell_queue";
 
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -563,7 +588,55 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        Ok(PgStore { pool, target })
+        Ok(PgStore {
+            pool,
+            target,
+            owner: Owner::default(),
+        })
+    }
+
+    /// The store working for `owner` (see [`Owner`]); [`Owner::default`] until then.
+    pub fn with_owner(mut self, owner: Owner) -> PgStore {
+        self.owner = owner;
+        self
+    }
+
+    /// The tenants of executions queued from now on by any node (PostgreSQL's
+    /// `LISTEN`/`NOTIFY`), so that an idle node claims them at once instead of polling. The
+    /// listener reconnects by itself; a notification may be lost while it does, so the
+    /// receiver must also look at the queue now and then.
+    pub async fn listen_queue(&self) -> Result<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db)?;
+        listener.listen(QUEUE_CHANNEL).await.map_err(db)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            return;
+                        }
+                    }
+                    // The connection was lost and is re-established: say so with an empty
+                    // tenant (look at the whole queue).
+                    Ok(None) => {
+                        if tx.send(String::new()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        // Not connected (the listener retries on the next call).
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// Where the store is connected (`host:port/database as user`).
@@ -593,7 +666,8 @@ impl Store for PgStore {
         )?;
         sqlx::query(
             "INSERT INTO executions (id, tenant, status, language, session_id, request, \
-             callback_url, created_at, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             callback_url, created_at, started_at, node, lease_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&e.id)
         .bind(&e.tenant)
@@ -604,15 +678,28 @@ impl Store for PgStore {
         .bind(&e.callback_url)
         .bind(e.created_at)
         .bind(e.started_at)
+        .bind(running_node(&self.owner, e))
+        .bind(running_lease(&self.owner, e))
         .execute(&self.pool)
         .await
         .map_err(db)?;
+        if e.status == ExecStatus::Pending {
+            // Wakes the dispatchers of the other nodes (`listen_queue`); delivered on commit.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(QUEUE_CHANNEL)
+                .bind(&e.tenant)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        }
         Ok(())
     }
 
     async fn claim_next_pending(&self, now: i64) -> Result<Option<ExecutionRow>> {
-        let row = sqlx::query(claim!(""))
+        let row = sqlx::query(claim!("", "$2", "$3"))
             .bind(now)
+            .bind(&self.owner.node)
+            .bind(now + self.owner.lease_ms)
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
@@ -621,9 +708,11 @@ impl Store for PgStore {
 
     async fn claim_next_pending_of(&self, tenant: &str, now: i64) -> Result<Option<ExecutionRow>> {
         absent_if_nul!(None; tenant);
-        let row = sqlx::query(claim!(" AND tenant = $2"))
+        let row = sqlx::query(claim!(" AND tenant = $2", "$3", "$4"))
             .bind(now)
             .bind(tenant)
+            .bind(&self.owner.node)
+            .bind(now + self.owner.lease_ms)
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
@@ -771,7 +860,31 @@ impl Store for PgStore {
     ) -> Result<Vec<ExecutionRow>> {
         let rows = sqlx::query(concat!(
             "UPDATE executions SET status = 'failed', failure_reason = $1, completed_at = $2, \
-             expires_at = $3 WHERE status = 'running' RETURNING ",
+             expires_at = $3, lease_until = NULL \
+             WHERE status = 'running' AND (node = $4 OR node IS NULL) RETURNING ",
+            exec_cols!()
+        ))
+        .bind(reason)
+        .bind(now)
+        .bind(expires_at)
+        .bind(&self.owner.node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        exec_rows_by_seq(&rows)
+    }
+
+    async fn fail_expired_leases(
+        &self,
+        reason: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Vec<ExecutionRow>> {
+        storable("a failure reason", &[reason])?;
+        let rows = sqlx::query(concat!(
+            "UPDATE executions SET status = 'failed', failure_reason = $1, completed_at = $2, \
+             expires_at = $3, lease_until = NULL \
+             WHERE status = 'running' AND lease_until < $2 RETURNING ",
             exec_cols!()
         ))
         .bind(reason)
@@ -1006,7 +1119,7 @@ impl Store for PgStore {
         )?;
         sqlx::query(
             "INSERT INTO sandboxes (id, tenant, status, access_token_hash, spec, created_at, \
-             expires_at) VALUES ($1, $2, 'running', $3, $4, $5, $6)",
+             expires_at, node) VALUES ($1, $2, 'running', $3, $4, $5, $6, $7)",
         )
         .bind(&s.id)
         .bind(&s.tenant)
@@ -1014,6 +1127,7 @@ impl Store for PgStore {
         .bind(&s.spec)
         .bind(s.created_at)
         .bind(s.expires_at)
+        .bind(&self.owner.node)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -1130,14 +1244,100 @@ impl Store for PgStore {
     async fn end_all_sandboxes(&self, ended_at: i64, reason: &str) -> Result<Vec<String>> {
         let rows = sqlx::query(
             "UPDATE sandboxes SET status = 'terminated', ended_at = $1, end_reason = $2 \
-             WHERE status = 'running' RETURNING seq, id",
+             WHERE status = 'running' AND (node = $3 OR node IS NULL) RETURNING seq, id",
         )
         .bind(ended_at)
         .bind(reason)
+        .bind(&self.owner.node)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
         ids_by_seq(&rows)
+    }
+
+    async fn end_sandboxes_of_silent_nodes(
+        &self,
+        silent_since: i64,
+        ended_at: i64,
+        reason: &str,
+    ) -> Result<Vec<String>> {
+        storable("an end reason", &[reason])?;
+        let rows = sqlx::query(
+            "UPDATE sandboxes SET status = 'terminated', ended_at = $2, end_reason = $3 \
+             WHERE status = 'running' AND node IS NOT NULL AND node <> $4 AND node NOT IN \
+             (SELECT id FROM nodes WHERE heartbeat_at >= $1) RETURNING seq, id",
+        )
+        .bind(silent_since)
+        .bind(ended_at)
+        .bind(reason)
+        .bind(&self.owner.node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        ids_by_seq(&rows)
+    }
+
+    async fn sandbox_node(&self, id: &str) -> Result<Option<(String, String)>> {
+        absent_if_nul!(None; id);
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT s.node, n.address FROM sandboxes s LEFT JOIN nodes n ON n.id = s.node \
+             WHERE s.id = $1 AND s.status = 'running'",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.map(|(node, address)| {
+            (
+                node.unwrap_or_else(|| self.owner.node.clone()),
+                address.unwrap_or_default(),
+            )
+        }))
+    }
+
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    async fn heartbeat(&self, now: i64, beat: &NodeBeat) -> Result<u64> {
+        storable("a node's address", &[&beat.address])?;
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO nodes (id, address, started_at, heartbeat_at, running, queued, \
+             sandboxes) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
+             address = $2, started_at = $3, heartbeat_at = $4, running = $5, queued = $6, \
+             sandboxes = $7",
+        )
+        .bind(&self.owner.node)
+        .bind(&beat.address)
+        .bind(beat.started_at)
+        .bind(now)
+        .bind(count(beat.running))
+        .bind(count(beat.queued))
+        .bind(count(beat.sandboxes))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE executions SET lease_until = $2 WHERE status = 'running' AND node = $1",
+        )
+        .bind(&self.owner.node)
+        .bind(now + self.owner.lease_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
+        let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, address, started_at, heartbeat_at, running, queued, sandboxes \
+             FROM nodes ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows.into_iter().map(node_row).collect())
     }
 
     async fn expired_sandboxes(&self, now: i64) -> Result<Vec<String>> {

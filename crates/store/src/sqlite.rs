@@ -21,12 +21,13 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::{
     ArtifactRow, Attempt, CodeRunRow, DeliveryRow, DeliveryState, ExecStatus, ExecutionRow, Finish,
-    ListFilter, NewDelivery, NewExecution, NewSandbox, Result, RunStatus, SandboxFilter,
-    SandboxRow, SandboxStatus, Store, StoreError,
+    ListFilter, NewDelivery, NewExecution, NewSandbox, NodeBeat, NodeRow, Owner, Result, RunStatus,
+    SandboxFilter, SandboxRow, SandboxStatus, Store, StoreError, node_row, running_lease,
+    running_node,
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 // One migration per version step.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -154,6 +155,22 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE deliveries ADD COLUMN method TEXT NOT NULL DEFAULT 'POST';
     "#,
+    // 4 -> 5: nodes, and which node runs an execution (with its lease) or a sandbox.
+    r#"
+    ALTER TABLE executions ADD COLUMN node TEXT;
+    ALTER TABLE executions ADD COLUMN lease_until INTEGER;
+    CREATE INDEX executions_running_lease ON executions (status, lease_until);
+    ALTER TABLE sandboxes ADD COLUMN node TEXT;
+    CREATE TABLE nodes (
+        id           TEXT    PRIMARY KEY,
+        address      TEXT    NOT NULL,
+        started_at   INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL,
+        running      INTEGER NOT NULL,
+        queued       INTEGER NOT NULL,
+        sandboxes    INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Columns of an execution row, in the order [`exec_row`] reads them by name.
@@ -217,6 +234,7 @@ macro_rules! delivery_select {
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
+    owner: Owner,
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -479,7 +497,14 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             path: path.to_path_buf(),
+            owner: Owner::default(),
         })
+    }
+
+    /// The store working for `owner` (see [`Owner`]); [`Owner::default`] until then.
+    pub fn with_owner(mut self, owner: Owner) -> SqliteStore {
+        self.owner = owner;
+        self
     }
 
     /// The database file.
@@ -499,7 +524,8 @@ impl Store for SqliteStore {
     async fn insert_execution(&self, e: &NewExecution) -> Result<()> {
         sqlx::query(
             "INSERT INTO executions (id, tenant, status, language, session_id, request, \
-             callback_url, created_at, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             callback_url, created_at, started_at, node, lease_until) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .bind(&e.id)
         .bind(&e.tenant)
@@ -510,6 +536,8 @@ impl Store for SqliteStore {
         .bind(&e.callback_url)
         .bind(e.created_at)
         .bind(e.started_at)
+        .bind(running_node(&self.owner, e))
+        .bind(running_lease(&self.owner, e))
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -520,12 +548,15 @@ impl Store for SqliteStore {
         // One statement: SQLite takes the write lock before evaluating the subquery, so two
         // claimers can never take the same row.
         let rows = sqlx::query(concat!(
-            "UPDATE executions SET status = 'running', started_at = ?1 WHERE seq = \
+            "UPDATE executions SET status = 'running', started_at = ?1, node = ?2, \
+             lease_until = ?3 WHERE seq = \
              (SELECT seq FROM executions WHERE status = 'pending' ORDER BY seq LIMIT 1) \
              RETURNING ",
             exec_cols!()
         ))
         .bind(now)
+        .bind(&self.owner.node)
+        .bind(now + self.owner.lease_ms)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -534,7 +565,8 @@ impl Store for SqliteStore {
 
     async fn claim_next_pending_of(&self, tenant: &str, now: i64) -> Result<Option<ExecutionRow>> {
         let rows = sqlx::query(concat!(
-            "UPDATE executions SET status = 'running', started_at = ?1 WHERE seq = \
+            "UPDATE executions SET status = 'running', started_at = ?1, node = ?3, \
+             lease_until = ?4 WHERE seq = \
              (SELECT seq FROM executions WHERE status = 'pending' AND tenant = ?2 \
               ORDER BY seq LIMIT 1) \
              RETURNING ",
@@ -542,6 +574,8 @@ impl Store for SqliteStore {
         ))
         .bind(now)
         .bind(tenant)
+        .bind(&self.owner.node)
+        .bind(now + self.owner.lease_ms)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -662,7 +696,32 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ExecutionRow>> {
         let rows = sqlx::query(concat!(
             "UPDATE executions SET status = 'failed', failure_reason = ?1, completed_at = ?2, \
-             expires_at = ?3 WHERE status = 'running' RETURNING ",
+             expires_at = ?3, lease_until = NULL \
+             WHERE status = 'running' AND (node = ?4 OR node IS NULL) RETURNING ",
+            exec_cols!()
+        ))
+        .bind(reason)
+        .bind(now)
+        .bind(expires_at)
+        .bind(&self.owner.node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut rows = exec_rows(&rows)?;
+        rows.sort_by_key(|r| r.seq);
+        Ok(rows)
+    }
+
+    async fn fail_expired_leases(
+        &self,
+        reason: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Vec<ExecutionRow>> {
+        let rows = sqlx::query(concat!(
+            "UPDATE executions SET status = 'failed', failure_reason = ?1, completed_at = ?2, \
+             expires_at = ?3, lease_until = NULL \
+             WHERE status = 'running' AND lease_until < ?2 RETURNING ",
             exec_cols!()
         ))
         .bind(reason)
@@ -897,7 +956,7 @@ impl Store for SqliteStore {
     async fn insert_sandbox(&self, s: &NewSandbox) -> Result<()> {
         sqlx::query(
             "INSERT INTO sandboxes (id, tenant, status, access_token_hash, spec, created_at, \
-             expires_at) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
+             expires_at, node) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
         )
         .bind(&s.id)
         .bind(&s.tenant)
@@ -905,6 +964,7 @@ impl Store for SqliteStore {
         .bind(&s.spec)
         .bind(s.created_at)
         .bind(s.expires_at)
+        .bind(&self.owner.node)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -1013,14 +1073,97 @@ impl Store for SqliteStore {
     async fn end_all_sandboxes(&self, ended_at: i64, reason: &str) -> Result<Vec<String>> {
         let rows = sqlx::query(
             "UPDATE sandboxes SET status = 'terminated', ended_at = ?1, end_reason = ?2 \
-             WHERE status = 'running' RETURNING seq, id",
+             WHERE status = 'running' AND (node = ?3 OR node IS NULL) RETURNING seq, id",
         )
         .bind(ended_at)
         .bind(reason)
+        .bind(&self.owner.node)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
         ids_by_seq(&rows)
+    }
+
+    async fn end_sandboxes_of_silent_nodes(
+        &self,
+        silent_since: i64,
+        ended_at: i64,
+        reason: &str,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "UPDATE sandboxes SET status = 'terminated', ended_at = ?2, end_reason = ?3 \
+             WHERE status = 'running' AND node IS NOT NULL AND node != ?4 AND node NOT IN \
+             (SELECT id FROM nodes WHERE heartbeat_at >= ?1) RETURNING seq, id",
+        )
+        .bind(silent_since)
+        .bind(ended_at)
+        .bind(reason)
+        .bind(&self.owner.node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        ids_by_seq(&rows)
+    }
+
+    async fn sandbox_node(&self, id: &str) -> Result<Option<(String, String)>> {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT s.node, n.address FROM sandboxes s LEFT JOIN nodes n ON n.id = s.node \
+             WHERE s.id = ?1 AND s.status = 'running'",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.map(|(node, address)| {
+            (
+                node.unwrap_or_else(|| self.owner.node.clone()),
+                address.unwrap_or_default(),
+            )
+        }))
+    }
+
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    async fn heartbeat(&self, now: i64, beat: &NodeBeat) -> Result<u64> {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO nodes (id, address, started_at, heartbeat_at, running, queued, \
+             sandboxes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
+             address = ?2, started_at = ?3, heartbeat_at = ?4, running = ?5, queued = ?6, \
+             sandboxes = ?7",
+        )
+        .bind(&self.owner.node)
+        .bind(&beat.address)
+        .bind(beat.started_at)
+        .bind(now)
+        .bind(count(beat.running))
+        .bind(count(beat.queued))
+        .bind(count(beat.sandboxes))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE executions SET lease_until = ?2 WHERE status = 'running' AND node = ?1",
+        )
+        .bind(&self.owner.node)
+        .bind(now + self.owner.lease_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
+        let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, address, started_at, heartbeat_at, running, queued, sandboxes \
+             FROM nodes ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows.into_iter().map(node_row).collect())
     }
 
     async fn expired_sandboxes(&self, now: i64) -> Result<Vec<String>> {

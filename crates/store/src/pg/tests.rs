@@ -139,6 +139,10 @@ impl Backend for Pg {
         &*self.store
     }
 
+    fn as_node(&self, owner: Owner) -> Arc<dyn Store> {
+        Arc::new((*self.store).clone().with_owner(owner))
+    }
+
     async fn reopen(&mut self) {
         // Only this handle is dropped; its pool's connections go with it, unclosed.
         self.store = Arc::new(self.schema.store().await);

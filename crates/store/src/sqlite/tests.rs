@@ -28,6 +28,10 @@ impl Backend for Sqlite {
         &*self.store
     }
 
+    fn as_node(&self, owner: Owner) -> Arc<dyn Store> {
+        Arc::new((*self.store).clone().with_owner(owner))
+    }
+
     async fn reopen(&mut self) {
         let path = self.dir.path().join("state/runcell.db");
         // Only this handle is dropped; the pool's connections go with it, unclosed.
