@@ -24,6 +24,7 @@ pub mod error;
 pub mod execd;
 pub mod executions;
 pub mod files;
+pub mod forward;
 pub mod judge0;
 pub mod openapi;
 pub mod opensandbox;
@@ -231,12 +232,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/metrics", get(sb::sandbox_metrics))
         .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))
         .route("/health", get(ops::health))
+        .route("/cluster", get(ops::cluster))
         .route("/metrics", get(ops::metrics))
         .nest("/judge0", judge0::routes())
         .nest("/piston", piston::routes())
         .nest("/opensandbox/v1", opensandbox::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), body::guard))
         .route_layer(middleware::from_fn(track))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::forward,
+        ))
         .with_state(state);
     Router::new()
         .merge(
@@ -304,6 +310,7 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServerError> {
         what: "read the listening address".into(),
         source: e,
     })?;
+    svc.listening_on(addr).await;
     eprintln!(
         "runcell: listening on http://{addr} ({} key(s), {} languages, concurrency {} ({} per \
          key), data in {})",

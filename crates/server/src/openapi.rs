@@ -29,6 +29,7 @@ use crate::{commands, error, execd, executions, files, operations, runs, sandbox
         executions::webhook_secret,
         operations::languages,
         operations::health,
+        operations::cluster,
         operations::metrics,
         sandboxes::create_sandbox,
         sandboxes::list_sandboxes,

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -14,15 +14,64 @@ use crate::auth::Auth;
 /// `GET /health`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
+    /// `ok`, or `degraded` when the database does not answer (the node claims no work then).
     pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
-/// Liveness: 200 once the server accepts requests.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
-pub async fn health() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
+/// Liveness: 200 `{"status": "ok"}` once the server accepts requests; 503 `degraded` with a
+/// sentence while the database does not answer this node's heartbeat (a load balancer then
+/// sends its requests elsewhere).
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn health(State(state): State<AppState>) -> Response {
+    let db = state.svc.database_health();
+    if db.ok {
+        return Json(Health {
+            status: "ok".into(),
+            detail: None,
+        })
+        .into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Health {
+            status: "degraded".into(),
+            detail: db.detail,
+        }),
+    )
+        .into_response()
+}
+
+/// The nodes sharing this server's database: their addresses, heartbeats and load
+/// (docs/cluster.md). Needs an operator key (`cluster.admin_keys`).
+#[utoipa::path(get, path = "/cluster", tag = "operations",
+    responses((status = 200, body = runcell_service::cluster::ClusterObject),
+        (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .or_else(|| {
+            let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+            let (scheme, token) = auth.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return crate::error::ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing operator key: send it as `X-API-Key: <key>`",
+        )
+        .into_response();
+    };
+    match state.svc.cluster(key).await {
+        Ok(c) => Json(c).into_response(),
+        Err(e) => crate::error::ApiError::from(e).into_response(),
+    }
 }
 
 /// Prometheus metrics.

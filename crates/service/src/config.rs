@@ -53,6 +53,33 @@ pub struct Config {
     pub sandboxes: SandboxesConfig,
     /// Limits, runtime prefix, jail pool.
     pub engine: EngineConfig,
+    /// Several nodes on one PostgreSQL database (docs/cluster.md).
+    pub cluster: ClusterConfig,
+}
+
+/// Nodes sharing one database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// How long a node's claim on an execution lasts without its heartbeat (which renews it
+    /// every third of this); a node silent this long has its running executions failed and
+    /// its sandboxes ended by the others. Seconds, 3 to 300.
+    pub lease_secs: u64,
+    /// Where the other nodes reach this node's HTTP API (`http://10.0.0.5:8002`); default
+    /// `http://` and the listening address.
+    pub advertise: String,
+    /// Keys that may read `GET /cluster` (operators; they need not be tenants' keys).
+    pub admin_keys: Vec<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            lease_secs: 15,
+            advertise: String::new(),
+            admin_keys: Vec::new(),
+        }
+    }
 }
 
 /// A sandbox's resource budget (defaults and maxima).
@@ -195,6 +222,7 @@ impl Default for Config {
                 warm_pool_size: 2,
                 ..EngineConfig::default()
             },
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -275,6 +303,15 @@ impl Config {
         if let Some(v) = env("RUNCELL_API_KEYS") {
             c.api_keys = comma_list(&v);
         }
+        if let Some(v) = env("RUNCELL_ADMIN_KEYS") {
+            c.cluster.admin_keys = comma_list(&v);
+        }
+        if let Some(v) = env("RUNCELL_ADVERTISE") {
+            c.cluster.advertise = v.trim().to_string();
+        }
+        if let Some(v) = env("RUNCELL_LEASE_SECS") {
+            c.cluster.lease_secs = parse("RUNCELL_LEASE_SECS", v)?;
+        }
         if let Some(v) = env("RUNCELL_WEBHOOK_ALLOW") {
             c.webhooks.allow = comma_list(&v);
         }
@@ -325,6 +362,13 @@ impl Config {
         }
         if self.concurrency == 0 {
             return bad("concurrency must be at least 1");
+        }
+        if !(3..=300).contains(&self.cluster.lease_secs) {
+            return bad("cluster.lease_secs must be from 3 to 300 (seconds)");
+        }
+        let adv = &self.cluster.advertise;
+        if !(adv.is_empty() || adv.starts_with("http://") || adv.starts_with("https://")) {
+            return bad("cluster.advertise must be an http:// or https:// URL of this node");
         }
         if let Some(url) = &self.database_url {
             let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());

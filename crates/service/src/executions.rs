@@ -146,6 +146,11 @@ impl Jobs {
         self.fair.queued() as u64
     }
 
+    /// Executions running on this node.
+    pub fn running(&self) -> usize {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn register(&self, id: &str, cancel: Cancel) {
         self.running
             .lock()
@@ -736,7 +741,7 @@ impl Service {
     }
 
     /// Queues the `execution.completed` webhook of a finished execution (once per execution).
-    async fn enqueue_webhook(&self, tenant: &str, id: &str, url: &str) {
+    pub(crate) async fn enqueue_webhook(&self, tenant: &str, id: &str, url: &str) {
         let row = match self.store.get_execution(tenant, id, now_ms()).await {
             Ok(Some(r)) => r,
             Ok(None) => return,

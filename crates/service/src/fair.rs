@@ -224,6 +224,50 @@ impl Fair {
         self.pump(st);
     }
 
+    /// Makes each tenant's count of queued async executions `counts` (the database's, which
+    /// other nodes add to), adding places at the end of a tenant's line or removing its last
+    /// async ones; tenants not in `counts` have none.
+    pub fn sync_async(self: &Arc<Self>, counts: &[(String, usize)]) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut names: Vec<String> = st.tenants.keys().cloned().collect();
+        for (t, _) in counts {
+            if !st.tenants.contains_key(t) {
+                names.push(t.clone());
+            }
+        }
+        for name in names {
+            let want = counts
+                .iter()
+                .find(|(t, _)| *t == name)
+                .map_or(0, |(_, n)| *n);
+            let have = st.tenants.get(&name).map_or(0, |t| {
+                t.waiting
+                    .iter()
+                    .filter(|w| matches!(w, Waiter::Async))
+                    .count()
+            });
+            if want > have {
+                for _ in have..want {
+                    self.push(st, &name, Waiter::Async);
+                }
+            } else if have > want
+                && let Some(t) = st.tenants.get_mut(&name)
+            {
+                for _ in want..have {
+                    if let Some(i) = t.waiting.iter().rposition(|w| matches!(w, Waiter::Async)) {
+                        t.waiting.remove(i);
+                        st.queued -= 1;
+                    }
+                }
+                if t.waiting.is_empty() && t.running == 0 {
+                    st.tenants.remove(&name);
+                }
+            }
+        }
+        self.pump(guard);
+    }
+
     /// One queued async execution of `tenant` left the queue without running (cancelled).
     pub fn dequeued_async(&self, tenant: &str) {
         let mut guard = self.lock();
@@ -367,6 +411,30 @@ mod tests {
             max_queued: 100,
             tenant_queued: 10,
         }
+    }
+
+    #[test]
+    fn the_queue_follows_the_databases_counts() {
+        // No free slot: what is queued stays visible.
+        let (fair, _grants) = Fair::new(limits(1, 1));
+        let _busy = match fair.enter_sync("x").unwrap() {
+            SyncTicket::Now(s) => s,
+            SyncTicket::Later(_) => panic!("a free slot"),
+        };
+        fair.queued_async("a", 3);
+        // Other nodes queued 2 for b; a's line is down to 1 (claimed elsewhere).
+        fair.sync_async(&[("a".into(), 1), ("b".into(), 2)]);
+        let snap = fair.snapshot();
+        assert_eq!(snap.queued, 3);
+        assert_eq!(
+            snap.tenants,
+            [("a".into(), 0, 1), ("b".into(), 0, 2), ("x".into(), 1, 0)]
+        );
+        // Nothing queued anywhere: the lines empty, the running tenant stays.
+        fair.sync_async(&[]);
+        let snap = fair.snapshot();
+        assert_eq!(snap.queued, 0);
+        assert_eq!(snap.tenants, [("x".into(), 1, 0)]);
     }
 
     fn now(t: SyncTicket) -> Slot {

@@ -15,6 +15,7 @@
 //! over HTTP is tested by starting the real binary, in the CLI's integration tests
 //! (`crates/cli/tests/it/api/`, `cargo test -p runcell --test it`).
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod executions;
@@ -107,6 +108,7 @@ pub struct Service {
     languages: Vec<LanguageInfo>,
     sandboxes: Arc<sandboxes::Sandboxes>,
     callbacks: CallbackFormats,
+    node: cluster::Node,
 }
 
 impl Service {
@@ -133,7 +135,8 @@ impl Service {
             what: format!("create {}", config.data_dir.display()),
             source: e,
         })?;
-        let store = open_store(&config).await?;
+        let node = cluster::Node::of(&config)?;
+        let (store, listener) = open_store(&config, node.owner()).await?;
         let tenants = tenants::Tenants::load(&config, &*store).await?;
         let mut engine_config = config.engine.clone();
         if engine_config.compile_cache_dir.is_none() {
@@ -178,8 +181,10 @@ impl Service {
             languages,
             sandboxes,
             callbacks,
+            node,
         });
         executions::resume(&svc, recovered).await;
+        tokio::spawn(cluster::run(Arc::clone(&svc), listener));
         tokio::spawn(webhooks.run(store));
         tokio::spawn(workspaces::reaper(Arc::clone(&svc)));
         Ok(svc)
@@ -218,19 +223,25 @@ impl Service {
     }
 }
 
-/// The store the configuration names: PostgreSQL at `database_url`, else the embedded SQLite
-/// database in the data directory. Either is migrated to this build's schema.
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+/// The store the configuration names: PostgreSQL at `database_url` (and a second handle to
+/// listen for queued work on), else the embedded SQLite database in the data directory. Either
+/// is migrated to this build's schema and works for `owner`.
+async fn open_store(
+    config: &Config,
+    owner: runcell_store::Owner,
+) -> Result<(Arc<dyn Store>, Option<PgStore>), StartError> {
     Ok(match &config.database_url {
         Some(url) => {
-            let store = PgStore::connect(url).await?;
+            let store = PgStore::connect(url).await?.with_owner(owner);
             tracing::info!("store: PostgreSQL at {}", store.target());
-            Arc::new(store)
+            (Arc::new(store.clone()), Some(store))
         }
         None => {
-            let store = SqliteStore::open(&config.data_dir.join("runcell.db")).await?;
+            let store = SqliteStore::open(&config.data_dir.join("runcell.db"))
+                .await?
+                .with_owner(owner);
             tracing::info!("store: SQLite at {}", store.path().display());
-            Arc::new(store)
+            (Arc::new(store), None)
         }
     })
 }

@@ -40,6 +40,9 @@ const SERVER_ENV: &[&str] = &[
     "RUNCELL_RETENTION_SECS",
     "RUNCELL_POOL_SIZE",
     "RUNCELL_SANDBOX_POOL_SIZE",
+    "RUNCELL_ADMIN_KEYS",
+    "RUNCELL_ADVERTISE",
+    "RUNCELL_LEASE_SECS",
 ];
 
 /// How a test server is started.

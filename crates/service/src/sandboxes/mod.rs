@@ -301,7 +301,8 @@ pub use query::{SandboxPage, SandboxQuery, status_name};
 pub use runs::{ArtifactContent, CodeRunRequest, RunList};
 
 use lifetime::{Lifetime, Phase};
-use links::{constant_time_eq, signing_key};
+pub(crate) use links::constant_time_eq;
+use links::signing_key;
 pub use links::{parse_rfc3339_ms, parse_rfc3339_secs};
 use records::{Observer, Write, writer};
 
@@ -396,6 +397,11 @@ impl Sandboxes {
         self.pool.ready()
     }
 
+    /// Whether sandbox `id` lives in this process.
+    pub(crate) fn is_live(&self, id: &str) -> bool {
+        self.live(id).is_some()
+    }
+
     fn live(&self, id: &str) -> Option<Arc<Live>> {
         self.live
             .lock()
@@ -423,6 +429,21 @@ impl Sandboxes {
             return Ok(l);
         }
         match self.store.get_sandbox_by_id(id).await? {
+            Some(row)
+                if allowed(&row.tenant, &row.access_token_hash)
+                    && row.status == SandboxStatus::Running =>
+            {
+                // Running, but not here: on another node of the cluster, which this request
+                // did not reach (forwarding failed or was refused).
+                Err(Error::busy(
+                    "SANDBOX_ON_ANOTHER_NODE",
+                    format!(
+                        "sandbox {id} lives on another node of this cluster, which did not take \
+                         this request; retry, or send it to that node"
+                    ),
+                )
+                .retry_after(1))
+            }
             Some(row) if allowed(&row.tenant, &row.access_token_hash) => Err(gone(&row)),
             _ => Err(not_found(id)),
         }

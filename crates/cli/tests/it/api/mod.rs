@@ -4,6 +4,7 @@
 //! Needs root and the toolchains, like the CLI tests.
 
 mod auth;
+mod cluster;
 mod commands;
 mod durability;
 mod executions;
