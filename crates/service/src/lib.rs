@@ -147,8 +147,12 @@ impl Service {
                 .map_err(|e| StartError::Other(format!("probing languages: {e}")))?
         };
         let recovered = executions::recover(&config, &*store).await?;
-        let webhooks =
-            Arc::new(webhooks::Webhooks::new(config.webhooks.clone()).map_err(StartError::Other)?);
+        // The node's id for its claims on webhook deliveries: one per process, until nodes
+        // are registered in the database.
+        let node = uuid::Uuid::new_v4().to_string();
+        let webhooks = Arc::new(
+            webhooks::Webhooks::new(config.webhooks.clone(), node).map_err(StartError::Other)?,
+        );
         let sandboxes = sandboxes::Sandboxes::start(
             config.sandboxes.clone(),
             Arc::clone(&engine),
