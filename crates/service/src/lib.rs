@@ -150,8 +150,11 @@ impl Service {
                 .map_err(|e| StartError::Other(format!("probing languages: {e}")))?
         };
         let recovered = executions::recover(&config, &*store).await?;
-        let webhooks =
-            Arc::new(webhooks::Webhooks::new(config.webhooks.clone()).map_err(StartError::Other)?);
+        // Its claims on webhook deliveries are the node's too.
+        let webhooks = Arc::new(
+            webhooks::Webhooks::new(config.webhooks.clone(), node.id.clone())
+                .map_err(StartError::Other)?,
+        );
         let sandboxes = sandboxes::Sandboxes::start(
             config.sandboxes.clone(),
             Arc::clone(&engine),

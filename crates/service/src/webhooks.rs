@@ -6,6 +6,12 @@
 //! addresses are checked before every attempt and the connection is pinned to a checked
 //! address, so DNS cannot move a delivery onto a private network between check and connect;
 //! redirects are not followed.
+//!
+//! Several nodes may share one database (docs/cluster.md): each attempt is made under a claim
+//! of the delivery by this node ([`Store::claim_due_deliveries`]) with a lease of
+//! [`Webhooks::lease`], twice the longest an attempt may take, and recording the attempt
+//! releases the claim. A node that dies mid-attempt loses its claims when their leases pass,
+//! and another node makes the attempt; the lost one is not recorded (it counts as not made).
 
 use runcell_engine::model::now_ms;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -231,20 +237,59 @@ pub fn new_secret() -> String {
     )
 }
 
+/// What an attempt may take besides the POST's own timeout: resolving the target (at most
+/// 5 s), reading the tenant's secret, and slack.
+const ATTEMPT_OVERHEAD: Duration = Duration::from_secs(15);
+
+/// Deliveries claimed at once (attempted concurrently).
+const CLAIM_BATCH: u32 = 32;
+
 /// The delivery loop's handle.
 pub struct Webhooks {
     pub config: WebhookConfig,
     pub allow: AllowList,
     pub wake: Notify,
+    /// The node whose claims this loop makes (its registered id, `crate::cluster`).
+    node: String,
+    /// The POST's timeout (`config.timeout_secs`).
+    post_timeout: Duration,
+    /// The most one attempt may take (the POST's timeout and [`ATTEMPT_OVERHEAD`]): an
+    /// attempt still under way then is abandoned and recorded as failed.
+    attempt_limit: Duration,
 }
 
 impl Webhooks {
-    pub fn new(config: WebhookConfig) -> Result<Webhooks, String> {
+    /// `node` identifies this process among the nodes sharing the database: its claims on
+    /// deliveries carry it.
+    pub fn new(config: WebhookConfig, node: String) -> Result<Webhooks, String> {
+        let post_timeout = Duration::try_from_secs_f64(config.timeout_secs)
+            .map_err(|e| format!("webhooks.timeout_secs {}: {e}", config.timeout_secs))?;
+        let attempt_limit = post_timeout
+            .checked_add(ATTEMPT_OVERHEAD)
+            .filter(|l| {
+                l.checked_mul(2)
+                    .is_some_and(|lease| lease.as_millis() < (1 << 40))
+            })
+            .ok_or_else(|| format!("webhooks.timeout_secs {} is too long", config.timeout_secs))?;
         Ok(Webhooks {
             allow: AllowList::new(&config.allow)?,
             config,
             wake: Notify::new(),
+            node,
+            post_timeout,
+            attempt_limit,
         })
+    }
+
+    /// The node whose claims this loop makes.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// How long a claim lasts: twice the most one attempt may take (50 s with the default
+    /// 10 s timeout), so an attempt always ends, and is recorded, within its claim's lease.
+    pub fn lease(&self) -> Duration {
+        self.attempt_limit * 2
     }
 
     /// Wait before attempt number `attempt` (1-based: the wait after the first failure is
@@ -263,7 +308,11 @@ impl Webhooks {
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
         loop {
             let now = now_ms();
-            match store.due_deliveries(now, 32).await {
+            let lease_until = now + self.lease().as_millis() as i64;
+            match store
+                .claim_due_deliveries(&self.node, now, lease_until, CLAIM_BATCH)
+                .await
+            {
                 Ok(due) if !due.is_empty() => {
                     let mut tasks = Vec::new();
                     for d in due {
@@ -277,7 +326,7 @@ impl Webhooks {
                     continue;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!("reading due webhook deliveries: {e}"),
+                Err(e) => tracing::warn!("claiming due webhook deliveries: {e}"),
             }
             let wait = match store.next_delivery_due().await {
                 Ok(Some(t)) => Duration::from_millis((t - now_ms()).clamp(10, 60_000) as u64),
@@ -293,7 +342,18 @@ impl Webhooks {
     async fn attempt(&self, store: &dyn Store, d: DeliveryRow) {
         let started = std::time::Instant::now();
         let at = now_ms();
-        let (status_code, error, permanent) = match self.post(store, &d).await {
+        let posted = tokio::time::timeout(self.attempt_limit, self.post(store, &d))
+            .await
+            .unwrap_or_else(|_| {
+                Err((
+                    format!(
+                        "the attempt took longer than {} s",
+                        self.attempt_limit.as_secs_f64()
+                    ),
+                    false,
+                ))
+            });
+        let (status_code, error, permanent) = match posted {
             Ok(code) => (Some(code), None, code == 410),
             Err((e, permanent)) => (None, Some(e), permanent),
         };
@@ -313,8 +373,19 @@ impl Webhooks {
             error,
             duration_ms: started.elapsed().as_millis() as i64,
         };
-        if let Err(e) = store.record_attempt(&d.id, &attempt, state, next).await {
-            tracing::warn!("recording webhook attempt {}: {e}", d.id);
+        match store
+            .record_attempt(&self.node, &d.id, &attempt, state, next)
+            .await
+        {
+            Ok(true) => {}
+            // Deleted with its execution, or this node's claim lapsed and another node took
+            // the delivery: that node's attempt counts, not this one.
+            Ok(false) => tracing::info!(
+                "webhook attempt {} not recorded: the delivery is gone or no longer claimed by \
+                 this node",
+                d.id
+            ),
+            Err(e) => tracing::warn!("recording webhook attempt {}: {e}", d.id),
         }
     }
 
@@ -332,7 +403,7 @@ impl Webhooks {
         let client = reqwest::Client::builder()
             .resolve_to_addrs(&target.host, &target.addrs)
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs_f64(self.config.timeout_secs))
+            .timeout(self.post_timeout)
             .user_agent("runcell-webhooks/1")
             .build()
             .map_err(|e| (format!("http client: {e}"), false))?;

@@ -94,6 +94,14 @@ macro_rules! conformance_suite {
                 $crate::conformance::deliveries_due_ordering_attempts_and_states::<$backend>().await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn delivery_claims_are_exclusive_until_released_or_expired() {
+                $crate::conformance::delivery_claims_are_exclusive_until_released_or_expired::<$backend>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_delivery_claims_take_each_delivery_exactly_once() {
+                $crate::conformance::concurrent_delivery_claims_take_each_delivery_exactly_once::<$backend>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn several_deliveries_of_one_execution_listed_with_their_attempts() {
                 $crate::conformance::several_deliveries_of_one_execution_listed_with_their_attempts::<$backend>().await;
             }
@@ -205,6 +213,17 @@ pub(crate) fn attempt(at: i64, status_code: Option<u16>, error: Option<&str>) ->
         error: error.map(str::to_string),
         duration_ms: 12,
     }
+}
+
+/// Claims for `node` the deliveries due at `now` (a lease of 1 s), as the delivery loop does
+/// before its attempts, and returns their ids.
+pub(crate) async fn claim_due(s: &dyn Store, node: &str, now: i64) -> Vec<String> {
+    s.claim_due_deliveries(node, now, now + 1_000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
 }
 
 pub(crate) fn all(limit: u32) -> ListFilter {
@@ -337,14 +356,18 @@ pub(crate) async fn expiry_hides_and_delete_expired_removes_rows_and_deliveries<
     s.insert_delivery(&new_delivery("msg_old", "old", "t", 50))
         .await
         .unwrap();
-    s.record_attempt(
-        "msg_old",
-        &attempt(50, Some(500), None),
-        DeliveryState::Pending,
-        Some(60),
-    )
-    .await
-    .unwrap();
+    assert_eq!(claim_due(s, "n1", 50).await, ["msg_old"]);
+    assert!(
+        s.record_attempt(
+            "n1",
+            "msg_old",
+            &attempt(50, Some(500), None),
+            DeliveryState::Pending,
+            Some(60),
+        )
+        .await
+        .unwrap()
+    );
     s.insert_delivery(&new_delivery("msg_new", "new", "t", 50))
         .await
         .unwrap();
@@ -381,14 +404,17 @@ pub(crate) async fn expiry_hides_and_delete_expired_removes_rows_and_deliveries<
     assert_eq!(b.count_rows("executions").await, 2);
     assert!(s.get_execution("t", "old", 0).await.unwrap().is_none());
     // A late attempt on a deleted delivery is dropped quietly.
-    s.record_attempt(
-        "msg_old",
-        &attempt(70, Some(200), None),
-        DeliveryState::Delivered,
-        None,
-    )
-    .await
-    .unwrap();
+    assert!(
+        !s.record_attempt(
+            "n1",
+            "msg_old",
+            &attempt(70, Some(200), None),
+            DeliveryState::Delivered,
+            None,
+        )
+        .await
+        .unwrap()
+    );
 
     assert_eq!(s.delete_expired(1_000).await.unwrap(), 1);
     assert!(s.list_deliveries("t", "new").await.unwrap().is_empty());
@@ -413,14 +439,18 @@ pub(crate) async fn delete_execution_takes_finished_ones_of_their_tenant_only<B:
     s.insert_delivery(&new_delivery("msg_done", "done", "t", 50))
         .await
         .unwrap();
-    s.record_attempt(
-        "msg_done",
-        &attempt(50, Some(500), None),
-        DeliveryState::Pending,
-        Some(60),
-    )
-    .await
-    .unwrap();
+    assert_eq!(claim_due(s, "n1", 50).await, ["msg_done"]);
+    assert!(
+        s.record_attempt(
+            "n1",
+            "msg_done",
+            &attempt(50, Some(500), None),
+            DeliveryState::Pending,
+            Some(60),
+        )
+        .await
+        .unwrap()
+    );
     // Another tenant's, unfinished ones and missing ones are not deleted.
     assert!(!s.delete_execution("other", "done").await.unwrap());
     assert!(!s.delete_execution("t", "waiting").await.unwrap());
@@ -853,11 +883,23 @@ pub(crate) async fn deliveries_due_ordering_attempts_and_states<B: Backend>() {
         .collect();
     assert_eq!(ids, ["msg_a", "msg_b"], "limit");
 
+    // Each attempt is made under a claim (the claim itself is tested below).
     // msg_a: fails twice (retry later), then succeeds.
+    assert_eq!(
+        s.claim_due_deliveries("n1", 100, 150, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        ["msg_a"]
+    );
     let a1 = attempt(100, Some(500), None);
-    s.record_attempt("msg_a", &a1, DeliveryState::Pending, Some(400))
-        .await
-        .unwrap();
+    assert!(
+        s.record_attempt("n1", "msg_a", &a1, DeliveryState::Pending, Some(400))
+            .await
+            .unwrap()
+    );
     assert_eq!(s.next_delivery_due().await.unwrap(), Some(200));
     let due: Vec<String> = s
         .due_deliveries(350, 10)
@@ -872,46 +914,69 @@ pub(crate) async fn deliveries_due_ordering_attempts_and_states<B: Backend>() {
     assert_eq!(ids, ["msg_b", "msg_c", "msg_a"]);
     assert_eq!(due[2].attempts, std::slice::from_ref(&a1));
     assert_eq!(due[2].next_attempt_at, Some(400));
-
-    let a2 = attempt(400, None, Some("connect timeout"));
-    s.record_attempt("msg_a", &a2, DeliveryState::Pending, Some(900))
-        .await
-        .unwrap();
-    let a3 = attempt(900, Some(204), None);
-    // next_attempt_at is ignored for a final state.
-    s.record_attempt("msg_a", &a3, DeliveryState::Delivered, Some(5_000))
-        .await
-        .unwrap();
-    let listed = s.list_deliveries("t", "ea").await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].state, DeliveryState::Delivered);
-    assert_eq!(listed[0].next_attempt_at, None);
-    assert_eq!(listed[0].attempts, [a1, a2, a3]);
+    assert_eq!(
+        (due[2].claimed_by.as_deref(), due[2].lease_until),
+        (None, None)
+    );
 
     // msg_b: refused permanently.
-    let b1 = attempt(500, Some(410), None);
-    s.record_attempt("msg_b", &b1, DeliveryState::Failed, None)
-        .await
-        .unwrap();
+    assert_eq!(claim_due(s, "n1", 200).await, ["msg_b"]);
+    let b1 = attempt(200, Some(410), None);
+    assert!(
+        s.record_attempt("n1", "msg_b", &b1, DeliveryState::Failed, None)
+            .await
+            .unwrap()
+    );
     let b = &s.list_deliveries("t", "eb").await.unwrap()[0];
     assert_eq!(
         (b.state, b.next_attempt_at, b.attempts.as_slice()),
         (DeliveryState::Failed, None, [b1].as_slice())
     );
 
-    // Only msg_c is still pending.
+    assert_eq!(claim_due(s, "n1", 400).await, ["msg_c", "msg_a"]);
+    let a2 = attempt(400, None, Some("connect timeout"));
+    assert!(
+        s.record_attempt("n1", "msg_a", &a2, DeliveryState::Pending, Some(900))
+            .await
+            .unwrap()
+    );
+    // msg_c's claim (lease until 1400) has passed by 1500; msg_a is due again at 900.
+    assert_eq!(claim_due(s, "n1", 1_500).await, ["msg_c", "msg_a"]);
+    let a3 = attempt(1_500, Some(204), None);
+    // next_attempt_at is ignored for a final state.
+    assert!(
+        s.record_attempt("n1", "msg_a", &a3, DeliveryState::Delivered, Some(5_000))
+            .await
+            .unwrap()
+    );
+    let listed = s.list_deliveries("t", "ea").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, DeliveryState::Delivered);
+    assert_eq!(listed[0].next_attempt_at, None);
+    assert_eq!(listed[0].attempts, [a1, a2, a3]);
+    assert_eq!(
+        (listed[0].claimed_by.as_deref(), listed[0].lease_until),
+        (None, None),
+        "recording releases the claim"
+    );
+    // A delivered or failed delivery is never claimed again.
+    assert!(claim_due(s, "n2", 2_499).await.is_empty());
+
+    // Only msg_c is still pending, claimed by n1 until 2500: it is due for nobody before.
+    assert!(s.due_deliveries(2_499, 10).await.unwrap().is_empty());
     let due: Vec<String> = s
-        .due_deliveries(i64::MAX, 10)
+        .due_deliveries(2_500, 10)
         .await
         .unwrap()
         .into_iter()
         .map(|d| d.id)
         .collect();
     assert_eq!(due, ["msg_c"]);
-    assert_eq!(s.next_delivery_due().await.unwrap(), Some(300));
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(2_500));
     // A pending state without a next attempt time is refused (it would never be retried).
     assert!(
         s.record_attempt(
+            "n1",
             "msg_c",
             &attempt(1, None, None),
             DeliveryState::Pending,
@@ -920,11 +985,220 @@ pub(crate) async fn deliveries_due_ordering_attempts_and_states<B: Backend>() {
         .await
         .is_err()
     );
-    assert!(
-        s.list_deliveries("t", "ec").await.unwrap()[0]
-            .attempts
-            .is_empty()
+    let c = &s.list_deliveries("t", "ec").await.unwrap()[0];
+    assert!(c.attempts.is_empty());
+    assert_eq!(
+        (c.claimed_by.as_deref(), c.lease_until),
+        (Some("n1"), Some(2_500))
     );
+}
+
+/// A due delivery is claimed by one node at a time, for one attempt: the claim is released
+/// by recording the attempt, or lapses when its lease passes (then another node takes it and
+/// the first one's attempt is not recorded: it counts as not made).
+pub(crate) async fn delivery_claims_are_exclusive_until_released_or_expired<B: Backend>() {
+    let b = B::fresh().await;
+    let s = b.store();
+    s.insert_delivery(&new_delivery("d1", "e1", "t", 100))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("d2", "e2", "t", 100))
+        .await
+        .unwrap();
+    s.insert_delivery(&new_delivery("d3", "e3", "t", 500))
+        .await
+        .unwrap();
+
+    let got = s.claim_due_deliveries("n1", 100, 1_000, 1).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, "d1");
+    assert_eq!(
+        (got[0].claimed_by.as_deref(), got[0].lease_until),
+        (Some("n1"), Some(1_000))
+    );
+    assert_eq!(got[0].state, DeliveryState::Pending);
+    assert_eq!(got[0].payload, new_delivery("d1", "e1", "t", 0).payload);
+    // Another node takes what is left due, never n1's.
+    let got = s.claim_due_deliveries("n2", 100, 1_000, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["d2"]
+    );
+    // Claimed deliveries are due for nobody while their leases last; d3 is not due yet.
+    assert!(claim_due(s, "n3", 200).await.is_empty());
+    assert!(claim_due(s, "n1", 200).await.is_empty());
+    assert!(s.due_deliveries(200, 10).await.unwrap().is_empty());
+    let listed = s.list_deliveries("t", "e1").await.unwrap();
+    assert_eq!(
+        (listed[0].claimed_by.as_deref(), listed[0].lease_until),
+        (Some("n1"), Some(1_000))
+    );
+    // The earliest a delivery can be claimed: d3 at 500 (d1 and d2 are claimed until 1000).
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(500));
+
+    // Only the claim's holder records an attempt.
+    assert!(
+        !s.record_attempt(
+            "n2",
+            "d1",
+            &attempt(150, Some(200), None),
+            DeliveryState::Delivered,
+            None
+        )
+        .await
+        .unwrap()
+    );
+    let d1 = &s.list_deliveries("t", "e1").await.unwrap()[0];
+    assert_eq!(d1.state, DeliveryState::Pending);
+    assert!(d1.attempts.is_empty());
+    assert_eq!(d1.claimed_by.as_deref(), Some("n1"));
+    assert!(
+        s.record_attempt(
+            "n1",
+            "d1",
+            &attempt(150, Some(500), None),
+            DeliveryState::Pending,
+            Some(300)
+        )
+        .await
+        .unwrap()
+    );
+    let d1 = &s.list_deliveries("t", "e1").await.unwrap()[0];
+    assert_eq!((d1.claimed_by.as_deref(), d1.lease_until), (None, None));
+    assert_eq!(d1.next_attempt_at, Some(300));
+    assert_eq!(d1.attempts.len(), 1);
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(300));
+    // Released: recording again under the old claim is refused.
+    assert!(
+        !s.record_attempt(
+            "n1",
+            "d1",
+            &attempt(160, Some(200), None),
+            DeliveryState::Delivered,
+            None
+        )
+        .await
+        .unwrap()
+    );
+
+    // At 1000 n2's lease on d2 has passed: n3 takes it, with d1 and d3.
+    let got = s
+        .claim_due_deliveries("n3", 1_000, 2_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["d2", "d1", "d3"]
+    );
+    assert!(
+        got.iter()
+            .all(|d| d.claimed_by.as_deref() == Some("n3") && d.lease_until == Some(2_000))
+    );
+    assert_eq!(
+        got[1].attempts.len(),
+        1,
+        "a claim returns the attempts so far"
+    );
+    // n2, late, cannot record its attempt: it is not made, d2 stays n3's.
+    assert!(
+        !s.record_attempt(
+            "n2",
+            "d2",
+            &attempt(1_100, Some(200), None),
+            DeliveryState::Delivered,
+            None
+        )
+        .await
+        .unwrap()
+    );
+    let d2 = &s.list_deliveries("t", "e2").await.unwrap()[0];
+    assert!(d2.attempts.is_empty());
+    assert_eq!(
+        (d2.state, d2.claimed_by.as_deref()),
+        (DeliveryState::Pending, Some("n3"))
+    );
+    assert!(
+        s.record_attempt(
+            "n3",
+            "d2",
+            &attempt(1_200, Some(200), None),
+            DeliveryState::Delivered,
+            None
+        )
+        .await
+        .unwrap()
+    );
+    // A lapsed claim nobody took is still its node's: the attempt is recorded.
+    assert!(
+        s.record_attempt(
+            "n3",
+            "d3",
+            &attempt(2_500, Some(410), None),
+            DeliveryState::Failed,
+            None
+        )
+        .await
+        .unwrap()
+    );
+    let d2 = &s.list_deliveries("t", "e2").await.unwrap()[0];
+    assert_eq!(
+        (d2.state, d2.attempts.len(), d2.claimed_by.as_deref()),
+        (DeliveryState::Delivered, 1, None)
+    );
+    // Only d1 is left to deliver, claimed by n3 until 2000.
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(2_000));
+    assert!(claim_due(s, "n1", 1_999).await.is_empty());
+    assert_eq!(claim_due(s, "n1", 2_000).await, ["d1"]);
+}
+
+/// Claimers racing on one store each take different deliveries: every due delivery is
+/// claimed exactly once while the leases last.
+pub(crate) async fn concurrent_delivery_claims_take_each_delivery_exactly_once<B: Backend>() {
+    let b = B::fresh().await;
+    let s = b.shared();
+    const N: usize = 60;
+    for i in 0..N {
+        s.insert_delivery(&new_delivery(
+            &format!("d{i:03}"),
+            &format!("e{i}"),
+            "t",
+            10,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for n in 0..6 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let node = format!("n{n}");
+            let mut mine = Vec::new();
+            // Bounded: claims that never run out fail the test rather than hang it.
+            for _ in 0..=N {
+                let got = s
+                    .claim_due_deliveries(&node, 100, 1_000_000, 4)
+                    .await
+                    .expect("claim");
+                if got.is_empty() {
+                    break;
+                }
+                for d in got {
+                    assert_eq!(d.claimed_by.as_deref(), Some(node.as_str()));
+                    mine.push(d.id);
+                }
+                tokio::task::yield_now().await;
+            }
+            mine
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    let unique: HashSet<_> = claimed.iter().collect();
+    assert_eq!(unique.len(), claimed.len(), "a delivery was claimed twice");
+    assert_eq!(claimed.len(), N, "every delivery claimed");
+    assert!(s.due_deliveries(100, 100).await.unwrap().is_empty());
 }
 
 pub(crate) async fn several_deliveries_of_one_execution_listed_with_their_attempts<B: Backend>() {
@@ -937,22 +1211,29 @@ pub(crate) async fn several_deliveries_of_one_execution_listed_with_their_attemp
     s.insert_delivery(&d2).await.unwrap();
     s.insert_delivery(&d1).await.unwrap();
     for i in 0..3 {
-        s.record_attempt(
-            "msg_2",
-            &attempt(i, Some(500), None),
-            DeliveryState::Pending,
-            Some(10),
-        )
-        .await
-        .unwrap();
-        s.record_attempt(
-            "msg_1",
-            &attempt(100 + i, None, Some("refused")),
-            DeliveryState::Pending,
-            Some(10),
-        )
-        .await
-        .unwrap();
+        assert_eq!(claim_due(s, "n1", 10).await.len(), 2);
+        assert!(
+            s.record_attempt(
+                "n1",
+                "msg_2",
+                &attempt(i, Some(500), None),
+                DeliveryState::Pending,
+                Some(10),
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            s.record_attempt(
+                "n1",
+                "msg_1",
+                &attempt(100 + i, None, Some("refused")),
+                DeliveryState::Pending,
+                Some(10),
+            )
+            .await
+            .unwrap()
+        );
     }
     let listed = s.list_deliveries("t", "e").await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -984,14 +1265,22 @@ pub(crate) async fn durable_across_reopen<B: Backend>() {
         s.insert_delivery(&new_delivery("msg", "r", "t", 10))
             .await
             .unwrap();
-        s.record_attempt(
-            "msg",
-            &attempt(10, Some(503), None),
-            DeliveryState::Pending,
-            Some(20),
-        )
-        .await
-        .unwrap();
+        assert_eq!(claim_due(s, "n1", 10).await, ["msg"]);
+        assert!(
+            s.record_attempt(
+                "n1",
+                "msg",
+                &attempt(10, Some(503), None),
+                DeliveryState::Pending,
+                Some(20),
+            )
+            .await
+            .unwrap()
+        );
+        s.insert_delivery(&new_delivery("msg_claimed", "p", "t", 10))
+            .await
+            .unwrap();
+        assert_eq!(claim_due(s, "n1", 15).await, ["msg_claimed"]);
         s.insert_api_key("h", "t", 1).await.unwrap();
         assert_eq!(
             s.webhook_secret("t", "whsec_1".into()).await.unwrap(),
@@ -1012,6 +1301,14 @@ pub(crate) async fn durable_across_reopen<B: Backend>() {
     let d = s.due_deliveries(20, 10).await.unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].attempts.len(), 1);
+    // A claim outlives the process that made it, until its lease passes.
+    let c = &s.list_deliveries("t", "p").await.unwrap()[0];
+    assert_eq!(
+        (c.claimed_by.as_deref(), c.lease_until),
+        (Some("n1"), Some(1_015))
+    );
+    assert_eq!(claim_due(s, "n2", 1_014).await, ["msg"]);
+    assert_eq!(claim_due(s, "n2", 1_015).await, ["msg_claimed"]);
     assert_eq!(s.api_keys().await.unwrap(), [("h".into(), "t".into())]);
     assert_eq!(
         s.webhook_secret("t", "whsec_2".into()).await.unwrap(),
@@ -1981,14 +2278,17 @@ pub(crate) async fn keys_with_a_nul_character_are_missing<B: Backend>() {
         assert!(!s.delete_execution("t", nul).await.unwrap());
         assert!(s.claim_next_pending_of(nul, 1).await.unwrap().is_none());
         assert!(s.list_deliveries("t", nul).await.unwrap().is_empty());
-        s.record_attempt(
-            nul,
-            &attempt(1, Some(200), None),
-            DeliveryState::Delivered,
-            None,
-        )
-        .await
-        .unwrap();
+        assert!(
+            !s.record_attempt(
+                "n1",
+                nul,
+                &attempt(1, Some(200), None),
+                DeliveryState::Delivered,
+                None,
+            )
+            .await
+            .unwrap()
+        );
         assert!(s.get_sandbox("t", nul).await.unwrap().is_none());
         assert!(s.get_sandbox_by_id(nul).await.unwrap().is_none());
         assert!(

@@ -244,6 +244,10 @@ pub struct DeliveryRow {
     pub created_at: i64,
     /// When the next attempt is due (`Pending` only).
     pub next_attempt_at: Option<i64>,
+    /// The node holding the delivery's claim (while one of its attempts is under way), if any.
+    pub claimed_by: Option<String>,
+    /// When that claim's lease ends: after it, another node may claim the delivery.
+    pub lease_until: Option<i64>,
     /// Oldest first.
     pub attempts: Vec<Attempt>,
 }
@@ -541,21 +545,42 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a delivery (a duplicate id is ignored: one message per execution).
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<()>;
 
-    /// `Pending` deliveries due at `now`, oldest due first.
+    /// `Pending` deliveries due at `now` that no node holds a live claim on, oldest due first.
+    /// A read: nothing is claimed (the delivery loop uses [`Store::claim_due_deliveries`]).
     async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<DeliveryRow>>;
 
-    /// The earliest `next_attempt_at` of any pending delivery.
+    /// Claims for `node`, until `lease_until`, at most `limit` `Pending` deliveries due at
+    /// `now` that no node holds a live claim on (never claimed, released by
+    /// [`Store::record_attempt`], or whose lease has passed: `lease_until <= now`), oldest due
+    /// first, and returns them with their attempts. Atomic: concurrent claimers, in this
+    /// process or in others on the same database, never take the same delivery while its
+    /// claim is live, and never wait for each other's claims.
+    async fn claim_due_deliveries(
+        &self,
+        node: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>>;
+
+    /// The earliest time a pending delivery can be claimed: its `next_attempt_at`, or the end
+    /// of a claim's lease if that is later.
     async fn next_delivery_due(&self) -> Result<Option<i64>>;
 
-    /// Records an attempt and the delivery's new state; `next_attempt_at` is the next try for
-    /// `Pending`, ignored otherwise.
+    /// Records an attempt made under `node`'s claim, the delivery's new state, and releases
+    /// the claim, in one step; `next_attempt_at` is the next try for `Pending`, ignored
+    /// otherwise. Returns false, recording nothing, when the delivery is gone (deleted with its
+    /// execution) or `node` no longer holds its claim (the lease passed and another node
+    /// claimed it, or released it with an attempt of its own). A claim whose lease passed is
+    /// still `node`'s until another node takes it, and its attempt is then recorded.
     async fn record_attempt(
         &self,
+        node: &str,
         delivery_id: &str,
         attempt: &Attempt,
         state: DeliveryState,
         next_attempt_at: Option<i64>,
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
     /// The deliveries of one of `tenant`'s executions, with attempts.
     async fn list_deliveries(&self, tenant: &str, execution_id: &str) -> Result<Vec<DeliveryRow>>;

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// The schema version this build writes (the row of `runcell_schema`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 // One migration per version step.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -169,7 +169,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX artifacts_tenant_sandbox_run ON artifacts (tenant, sandbox_id, run_id, seq);
     CREATE INDEX artifacts_expires_at ON artifacts (expires_at);
     "#,
-    // 1 -> 2: nodes, and which node runs an execution (with its lease) or a sandbox.
+    // 1 -> 2 (SQLite's 4 -> 5): a delivery is claimed by one node for one attempt, with a
+    // lease (both NULL when unclaimed).
+    r#"
+    ALTER TABLE deliveries
+        ADD COLUMN claimed_by  TEXT,
+        ADD COLUMN lease_until BIGINT,
+        ADD CONSTRAINT deliveries_claim_has_lease
+            CHECK ((claimed_by IS NULL) = (lease_until IS NULL));
+    "#,
+    // 2 -> 3 (SQLite's 5 -> 6): nodes, and which node runs an execution (with its lease) or a sandbox.
     r#"
     ALTER TABLE executions ADD COLUMN node TEXT;
     ALTER TABLE executions ADD COLUMN lease_until BIGINT;
@@ -257,10 +266,11 @@ macro_rules! delivery_select {
     ($where_order_limit:expr, $order:expr) => {
         concat!(
             "WITH d AS (SELECT seq AS drow, id, execution_id, tenant, url, method, payload, \
-             state, created_at, next_attempt_at FROM deliveries ",
+             state, created_at, next_attempt_at, claimed_by, lease_until FROM deliveries ",
             $where_order_limit,
             ") SELECT d.drow, d.id, d.execution_id, d.tenant, d.url, d.method, d.payload, \
-             d.state, d.created_at, d.next_attempt_at, a.seq AS a_seq, a.at AS a_at, \
+             d.state, d.created_at, d.next_attempt_at, d.claimed_by, d.lease_until, \
+             a.seq AS a_seq, a.at AS a_at, \
              a.status_code AS a_status_code, a.error AS a_error, a.duration_ms AS a_duration_ms \
              FROM d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id ORDER BY ",
             $order,
@@ -437,6 +447,8 @@ fn collect_deliveries(rows: &[PgRow]) -> Result<Vec<DeliveryRow>> {
                     state,
                     created_at: get(row, "created_at")?,
                     next_attempt_at: get(row, "next_attempt_at")?,
+                    claimed_by: get(row, "claimed_by")?,
+                    lease_until: get(row, "lease_until")?,
                     attempts: Vec::new(),
                 },
             ));
@@ -1039,6 +1051,7 @@ impl Store for PgStore {
     async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<DeliveryRow>> {
         let rows = sqlx::query(delivery_select!(
             "WHERE state = 'pending' AND next_attempt_at <= $1 \
+             AND (claimed_by IS NULL OR lease_until <= $1) \
              ORDER BY next_attempt_at, seq LIMIT $2",
             "d.next_attempt_at"
         ))
@@ -1050,21 +1063,64 @@ impl Store for PgStore {
         collect_deliveries(&rows)
     }
 
+    async fn claim_due_deliveries(
+        &self,
+        node: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>> {
+        storable("a delivery's claim", &[node])?;
+        // One statement: the due rows are locked, skipping the ones another claimer has
+        // locked (it is claiming them), their condition re-checked on their newest version,
+        // then claimed and returned with their attempts. MATERIALIZED keeps the locking
+        // SELECT from being folded into the UPDATE.
+        let rows = sqlx::query(
+            "WITH next AS MATERIALIZED (SELECT seq FROM deliveries \
+                 WHERE state = 'pending' AND next_attempt_at <= $2 \
+                 AND (claimed_by IS NULL OR lease_until <= $2) \
+                 ORDER BY next_attempt_at, seq LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             d AS (UPDATE deliveries SET claimed_by = $1, lease_until = $3 FROM next \
+                 WHERE deliveries.seq = next.seq \
+                 RETURNING deliveries.seq AS drow, id, execution_id, tenant, url, method, \
+                 payload, state, created_at, next_attempt_at, claimed_by, lease_until) \
+             SELECT d.drow, d.id, d.execution_id, d.tenant, d.url, d.method, d.payload, \
+             d.state, d.created_at, d.next_attempt_at, d.claimed_by, d.lease_until, \
+             a.seq AS a_seq, a.at AS a_at, a.status_code AS a_status_code, a.error AS a_error, \
+             a.duration_ms AS a_duration_ms \
+             FROM d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id \
+             ORDER BY d.next_attempt_at, d.drow, a.seq",
+        )
+        .bind(node)
+        .bind(now)
+        .bind(lease_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        collect_deliveries(&rows)
+    }
+
     async fn next_delivery_due(&self) -> Result<Option<i64>> {
-        sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db)
+        sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN claimed_by IS NULL THEN next_attempt_at \
+             ELSE GREATEST(next_attempt_at, lease_until) END) \
+             FROM deliveries WHERE state = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
     }
 
     async fn record_attempt(
         &self,
+        node: &str,
         delivery_id: &str,
         attempt: &Attempt,
         state: DeliveryState,
         next_attempt_at: Option<i64>,
-    ) -> Result<()> {
-        absent_if_nul!((); delivery_id);
+    ) -> Result<bool> {
+        absent_if_nul!(false; node, delivery_id);
         storable(
             "a delivery attempt",
             &[attempt.error.as_deref().unwrap_or("")],
@@ -1078,14 +1134,18 @@ impl Store for PgStore {
             DeliveryState::Delivered | DeliveryState::Failed => None,
         };
         // One statement: the attempt is recorded only if the delivery still exists (it is
-        // deleted with its expired execution), together with its new state.
-        sqlx::query(
-            "WITH d AS (UPDATE deliveries SET state = $2, next_attempt_at = $3 WHERE id = $1 \
-                        RETURNING id) \
+        // deleted with its expired execution) and is still `node`'s (a concurrent claim by
+        // another node is waited for and the condition re-checked), together with its new
+        // state and the claim's release.
+        let recorded = sqlx::query(
+            "WITH d AS (UPDATE deliveries SET state = $3, next_attempt_at = $4, \
+                        claimed_by = NULL, lease_until = NULL \
+                        WHERE id = $1 AND claimed_by = $2 RETURNING id) \
              INSERT INTO delivery_attempts (delivery_id, at, status_code, error, duration_ms) \
-             SELECT id, $4, $5, $6, $7 FROM d",
+             SELECT id, $5, $6, $7, $8 FROM d",
         )
         .bind(delivery_id)
+        .bind(node)
         .bind(state.as_str())
         .bind(next)
         .bind(attempt.at)
@@ -1095,7 +1155,7 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        Ok(())
+        Ok(recorded.rows_affected() == 1)
     }
 
     async fn list_deliveries(&self, tenant: &str, execution_id: &str) -> Result<Vec<DeliveryRow>> {

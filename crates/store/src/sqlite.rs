@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 // One migration per version step.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -155,7 +155,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE deliveries ADD COLUMN method TEXT NOT NULL DEFAULT 'POST';
     "#,
-    // 4 -> 5: nodes, and which node runs an execution (with its lease) or a sandbox.
+    // 4 -> 5: a delivery is claimed by one node for one attempt, with a lease (both NULL
+    // when unclaimed).
+    r#"
+    ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;
+    ALTER TABLE deliveries ADD COLUMN lease_until INTEGER;
+    "#,
+    // 5 -> 6: nodes, and which node runs an execution (with its lease) or a sandbox.
     r#"
     ALTER TABLE executions ADD COLUMN node TEXT;
     ALTER TABLE executions ADD COLUMN lease_until INTEGER;
@@ -217,10 +223,11 @@ macro_rules! delivery_select {
     ($where_order_limit:expr, $order:expr) => {
         concat!(
             "WITH d AS (SELECT rowid AS drow, id, execution_id, tenant, url, method, payload, \
-             state, created_at, next_attempt_at FROM deliveries ",
+             state, created_at, next_attempt_at, claimed_by, lease_until FROM deliveries ",
             $where_order_limit,
             ") SELECT d.drow, d.id, d.execution_id, d.tenant, d.url, d.method, d.payload, \
-             d.state, d.created_at, d.next_attempt_at, a.seq AS a_seq, a.at AS a_at, \
+             d.state, d.created_at, d.next_attempt_at, d.claimed_by, d.lease_until, \
+             a.seq AS a_seq, a.at AS a_at, \
              a.status_code AS a_status_code, a.error AS a_error, a.duration_ms AS a_duration_ms \
              FROM d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id ORDER BY ",
             $order,
@@ -374,6 +381,8 @@ fn collect_deliveries(rows: &[SqliteRow]) -> Result<Vec<DeliveryRow>> {
                     state,
                     created_at: get(row, "created_at")?,
                     next_attempt_at: get(row, "next_attempt_at")?,
+                    claimed_by: get(row, "claimed_by")?,
+                    lease_until: get(row, "lease_until")?,
                     attempts: Vec::new(),
                 },
             ));
@@ -878,6 +887,7 @@ impl Store for SqliteStore {
     async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<DeliveryRow>> {
         let rows = sqlx::query(delivery_select!(
             "WHERE state = 'pending' AND next_attempt_at <= ?1 \
+             AND (claimed_by IS NULL OR lease_until <= ?1) \
              ORDER BY next_attempt_at, rowid LIMIT ?2",
             "d.next_attempt_at"
         ))
@@ -889,20 +899,66 @@ impl Store for SqliteStore {
         collect_deliveries(&rows)
     }
 
+    async fn claim_due_deliveries(
+        &self,
+        node: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>> {
+        // One writer: the claim is one UPDATE, and the claimed rows are read back with their
+        // attempts in the same transaction.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let claimed: Vec<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET claimed_by = ?1, lease_until = ?3 WHERE rowid IN \
+             (SELECT rowid FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?2 \
+              AND (claimed_by IS NULL OR lease_until <= ?2) \
+              ORDER BY next_attempt_at, rowid LIMIT ?4) \
+             RETURNING rowid",
+        )
+        .bind(node)
+        .bind(now)
+        .bind(lease_until)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if claimed.is_empty() {
+            tx.rollback().await.map_err(db)?;
+            return Ok(Vec::new());
+        }
+        let rowids = serde_json::to_string(&claimed)
+            .map_err(|e| StoreError::Database(format!("claimed deliveries: {e}")))?;
+        let rows = sqlx::query(delivery_select!(
+            "WHERE rowid IN (SELECT value FROM json_each(?1))",
+            "d.next_attempt_at"
+        ))
+        .bind(rowids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        collect_deliveries(&rows)
+    }
+
     async fn next_delivery_due(&self) -> Result<Option<i64>> {
-        sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db)
+        sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN claimed_by IS NOT NULL AND lease_until > next_attempt_at \
+             THEN lease_until ELSE next_attempt_at END) FROM deliveries WHERE state = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
     }
 
     async fn record_attempt(
         &self,
+        node: &str,
         delivery_id: &str,
         attempt: &Attempt,
         state: DeliveryState,
         next_attempt_at: Option<i64>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let next = match state {
             DeliveryState::Pending => Some(next_attempt_at.ok_or_else(|| {
                 StoreError::Database(
@@ -912,18 +968,21 @@ impl Store for SqliteStore {
             DeliveryState::Delivered | DeliveryState::Failed => None,
         };
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        let updated =
-            sqlx::query("UPDATE deliveries SET state = ?2, next_attempt_at = ?3 WHERE id = ?1")
-                .bind(delivery_id)
-                .bind(state.as_str())
-                .bind(next)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+        let updated = sqlx::query(
+            "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, claimed_by = NULL, \
+             lease_until = NULL WHERE id = ?1 AND claimed_by = ?2",
+        )
+        .bind(delivery_id)
+        .bind(node)
+        .bind(state.as_str())
+        .bind(next)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         if updated.rows_affected() == 0 {
-            // Deleted meanwhile (its execution expired): nothing to record.
+            // Deleted meanwhile (its execution expired), or no longer this node's.
             tx.rollback().await.map_err(db)?;
-            return Ok(());
+            return Ok(false);
         }
         sqlx::query(
             "INSERT INTO delivery_attempts (delivery_id, at, status_code, error, duration_ms) \
@@ -937,7 +996,8 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(db)?;
+        Ok(true)
     }
 
     async fn list_deliveries(&self, tenant: &str, execution_id: &str) -> Result<Vec<DeliveryRow>> {

@@ -572,15 +572,24 @@ fn read_request(stream: &mut TcpStream) -> std::io::Result<Hook> {
     })
 }
 
+/// How a [`Receiver`] answers: the status for a request, given the ones before it.
+type Answer = Box<dyn Fn(&[Hook], &Hook) -> u16 + Send>;
+
 impl Receiver {
     /// Answers the n-th request with `statuses[n]`, and 200 after them.
     pub fn start(statuses: &[u16]) -> Receiver {
+        let statuses = statuses.to_vec();
+        Receiver::answering(move |before, _| statuses.get(before.len()).copied().unwrap_or(200))
+    }
+
+    /// Answers each request with `answer(requests before it, the request)`.
+    pub fn answering(answer: impl Fn(&[Hook], &Hook) -> u16 + Send + 'static) -> Receiver {
+        let answer: Answer = Box::new(answer);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
         let port = listener.local_addr().unwrap().port();
         let hooks = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s) = (Arc::clone(&hooks), Arc::clone(&stop));
-        let statuses = statuses.to_vec();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -590,12 +599,12 @@ impl Receiver {
                 let Ok(hook) = read_request(&mut stream) else {
                     continue;
                 };
-                let n = {
+                let status = {
                     let mut hooks = h.lock().unwrap();
+                    let status = answer(&hooks, &hook);
                     hooks.push(hook);
-                    hooks.len()
+                    status
                 };
-                let status = statuses.get(n - 1).copied().unwrap_or(200);
                 let _ = write!(
                     stream,
                     "HTTP/1.1 {status} Scripted\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"

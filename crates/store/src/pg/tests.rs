@@ -385,6 +385,176 @@ async fn claimers_of_two_stores_take_each_row_exactly_once() {
     assert_eq!(running, N as i64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_claim_skips_a_row_another_session_holds_instead_of_waiting() {
+    let schema = Schema::new().await;
+    let s = schema.store().await;
+    for id in ["a", "b"] {
+        s.insert_delivery(&new_delivery(id, id, "t", 10))
+            .await
+            .unwrap();
+    }
+    let mut other = schema.conn().await;
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT seq FROM deliveries WHERE id = 'a' FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.claim_due_deliveries("n1", 10, 1_000, 10),
+    )
+    .await
+    .expect("a claim waited for a locked row")
+    .unwrap();
+    assert_eq!(
+        claimed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(claim_due(&s, "n2", 20).await, ["a"]);
+}
+
+/// Two stores on one database, as two nodes: their delivery claimers together take every due
+/// delivery exactly once; when the leases have passed, the old holders' late attempts race
+/// new claims and attempts, and every delivery ends with exactly one recorded attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivery_claimers_of_two_stores_never_overlap() {
+    let schema = Schema::new().await;
+    let a: Arc<dyn Store> = Arc::new(schema.store().await);
+    let b: Arc<dyn Store> = Arc::new(schema.store().await);
+    const N: usize = 300;
+    for i in 0..N {
+        a.insert_delivery(&new_delivery(
+            &format!("d{i:04}"),
+            &format!("e{i}"),
+            "t",
+            10,
+        ))
+        .await
+        .unwrap();
+    }
+    // Round 1: eight claimers (nodes n0..n7, alternately on each store) at time 100, leases
+    // until 1000; each remembers what it holds.
+    let mut tasks = Vec::new();
+    for (n, store) in [&a, &b, &a, &b, &a, &b, &a, &b].into_iter().enumerate() {
+        let store = Arc::clone(store);
+        tasks.push(tokio::spawn(async move {
+            let node = format!("n{n}");
+            let mut mine = Vec::new();
+            // Bounded: claims that never run out fail the test rather than hang it.
+            for _ in 0..=N {
+                let got = store
+                    .claim_due_deliveries(&node, 100, 1_000, 7)
+                    .await
+                    .expect("claim");
+                if got.is_empty() {
+                    break;
+                }
+                mine.extend(got.into_iter().map(|d| d.id));
+            }
+            (node, mine)
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap());
+    }
+    let claimed: Vec<&String> = held.iter().flat_map(|(_, ids)| ids).collect();
+    let unique: HashSet<_> = claimed.iter().collect();
+    assert_eq!(unique.len(), claimed.len(), "a delivery was claimed twice");
+    assert_eq!(claimed.len(), N, "every delivery claimed");
+
+    // Round 2, at 2000: the old holders record their attempts late while new claimers
+    // (m0..m3) take the lapsed claims and record attempts of their own.
+    let mut tasks = Vec::new();
+    for (n, (node, ids)) in held.into_iter().enumerate() {
+        let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
+        tasks.push(tokio::spawn(async move {
+            let mut recorded = 0;
+            for id in ids {
+                let done = store
+                    .record_attempt(
+                        &node,
+                        &id,
+                        &attempt(2_000, Some(200), None),
+                        DeliveryState::Delivered,
+                        None,
+                    )
+                    .await
+                    .expect("late record");
+                recorded += usize::from(done);
+                tokio::task::yield_now().await;
+            }
+            recorded
+        }));
+    }
+    for (n, store) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let store = Arc::clone(store);
+        tasks.push(tokio::spawn(async move {
+            let node = format!("m{n}");
+            let mut recorded = 0;
+            // Bounded: claims that never run out fail the test rather than hang it.
+            for _ in 0..=N {
+                let got = store
+                    .claim_due_deliveries(&node, 2_000, 3_000, 5)
+                    .await
+                    .expect("claim");
+                if got.is_empty() {
+                    break;
+                }
+                for d in got {
+                    assert!(
+                        d.attempts.is_empty(),
+                        "{} was claimed after its attempt",
+                        d.id
+                    );
+                    let done = store
+                        .record_attempt(
+                            &node,
+                            &d.id,
+                            &attempt(2_001, Some(200), None),
+                            DeliveryState::Delivered,
+                            None,
+                        )
+                        .await
+                        .expect("record");
+                    assert!(done, "{node} lost its live claim on {}", d.id);
+                    recorded += 1;
+                }
+            }
+            recorded
+        }));
+    }
+    let mut recorded = 0;
+    for t in tasks {
+        recorded += t.await.unwrap();
+    }
+    assert_eq!(recorded, N, "one attempt recorded per delivery");
+    let mut pg = schema.conn().await;
+    let (attempts, delivered, claimed): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM delivery_attempts), \
+         (SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'), \
+         (SELECT COUNT(*) FROM deliveries WHERE claimed_by IS NOT NULL)",
+    )
+    .fetch_one(&mut pg)
+    .await
+    .unwrap();
+    assert_eq!((attempts, delivered, claimed), (N as i64, N as i64, 0));
+    let per_delivery: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT delivery_id FROM delivery_attempts \
+         GROUP BY delivery_id HAVING COUNT(*) <> 1) x",
+    )
+    .fetch_one(&mut pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        per_delivery, 0,
+        "a delivery has more or fewer than one attempt"
+    );
+    pg.close().await.unwrap();
+}
+
 /// A cancel racing claims (from another store): each pending row is either claimed or
 /// cancelled, never both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -476,4 +476,12 @@ async fn version_3_deliveries_migrate_to_4_as_posts() {
     let due = s.due_deliveries(10, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].method, "POST");
+    // Version 5 adds the claim: an old delivery is unclaimed, and claimable.
+    assert_eq!(
+        (due[0].claimed_by.as_deref(), due[0].lease_until),
+        (None, None)
+    );
+    let claimed = s.claim_due_deliveries("n1", 10, 20, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].claimed_by.as_deref(), Some("n1"));
 }

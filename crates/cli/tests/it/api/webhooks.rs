@@ -1,10 +1,13 @@
 //! Webhooks: retries with a stable id, Standard Webhooks signatures checked by the reference
-//! implementation, the delivery log, and the SSRF guard.
+//! implementation, the delivery log, and the SSRF guard; and two nodes on one PostgreSQL
+//! making each attempt once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::pg::TestDatabase;
 use crate::server::{KEY_A, KEY_B, Opts, Receiver, Server, eventually};
 
 const FAST_RETRIES: &str = "[webhooks]\nbackoff_secs = [0.3]\nmax_attempts = 3\n";
@@ -277,4 +280,94 @@ fn a_pending_delivery_survives_a_restart() {
     assert_eq!(codes, [&json!(500), &json!(200)], "{v:#}");
     let body: Value = serde_json::from_slice(&hooks[1].body).unwrap();
     assert_eq!(body["data"]["result"]["stdout"], "durable\n");
+}
+
+/// Two nodes on one PostgreSQL, both running the delivery loop: every attempt of every
+/// delivery is one POST, whichever node makes it. Some targets fail their first attempt (500),
+/// and the retry, due at the same moment for both nodes, is made once too.
+#[test]
+fn two_nodes_on_one_database_make_each_attempt_once() {
+    const N: usize = 30;
+    // Executions whose target answers 500 to the first attempt: 0, 5, 10, … (6 of 30).
+    let fails_first = |i: usize| i.is_multiple_of(5);
+    let receiver = Receiver::answering(move |before, hook| {
+        let i: usize = hook
+            .path
+            .strip_prefix("/h/")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(usize::MAX);
+        let seen = before
+            .iter()
+            .any(|h| h.header("webhook-id") == hook.header("webhook-id"));
+        if fails_first(i) && !seen { 500 } else { 200 }
+    });
+    let db = TestDatabase::create();
+    let opts = || {
+        Opts::new()
+            .database_url(&db.url)
+            .env("RUNCELL_WEBHOOK_ALLOW", "127.0.0.1")
+            .config("[webhooks]\nbackoff_secs = [1.0]\nmax_attempts = 3\n")
+    };
+    // Both nodes are up before anything is submitted (a starting node's recovery treats the
+    // database as its own).
+    let a = Server::with(opts());
+    let b = Server::with(opts());
+    let nodes = [&a, &b];
+    let ids: Vec<String> = (0..N)
+        .map(|i| {
+            nodes[i % 2].submit(
+                KEY_A,
+                &json!({"language": "bash", "code": format!("echo {i}"),
+                        "callback_url": receiver.url(&format!("/h/{i}"))}),
+            )
+        })
+        .collect();
+    let failing = (0..N).filter(|i| fails_first(*i)).count();
+    receiver.wait_for(N + failing, Duration::from_secs(180));
+
+    // Every delivery is settled, as either node tells; its attempts are the receiver's
+    // answers, one each.
+    let mut logged = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let v = deliveries_when(nodes[(i + 1) % 2], KEY_A, id, settled);
+        let d = &v["deliveries"][0];
+        assert_eq!(v["deliveries"].as_array().map(Vec::len), Some(1), "{v:#}");
+        assert_eq!(d["state"], "delivered", "{v:#}");
+        let codes: Vec<u64> = d["attempts"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .map(|a| a["status_code"].as_u64().expect("a status code"))
+            .collect();
+        let want: &[u64] = if fails_first(i) { &[500, 200] } else { &[200] };
+        assert_eq!(codes, want, "execution {i}: {v:#}");
+        let webhook_id = d["webhook_id"].as_str().expect("webhook_id").to_string();
+        logged.insert(webhook_id, (i, codes.len()));
+    }
+    assert_eq!(logged.len(), N, "one message per execution");
+
+    // Retries are due 1 s after a failure: wait past them, then count what the receiver got.
+    std::thread::sleep(Duration::from_secs(3));
+    let hooks = receiver.hooks();
+    let mut received: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for h in &hooks {
+        let webhook_id = h.header("webhook-id").expect("webhook-id").to_string();
+        received
+            .entry(webhook_id)
+            .or_default()
+            .push(h.path.as_str());
+    }
+    assert_eq!(
+        hooks.len(),
+        N + failing,
+        "each attempt is one POST, whichever node makes it; per message: {received:?}"
+    );
+    for (webhook_id, paths) in &received {
+        let (i, attempts) = logged
+            .get(webhook_id)
+            .unwrap_or_else(|| panic!("{webhook_id} is no execution's message"));
+        assert_eq!(paths.len(), *attempts, "message {webhook_id}: {paths:?}");
+        let path = format!("/h/{i}");
+        assert!(paths.iter().all(|p| *p == path), "{webhook_id}: {paths:?}");
+    }
 }
