@@ -201,6 +201,16 @@ impl Service {
             Ok(_) => {}
             Err(e) => tracing::warn!("ending sandboxes of silent nodes: {e}"),
         }
+        match self.store.list_nodes().await {
+            Ok(nodes) => {
+                let live = nodes
+                    .iter()
+                    .filter(|n| n.heartbeat_at >= now - self.node.lease_ms)
+                    .count();
+                self.share_rate_between(u32::try_from(live).unwrap_or(u32::MAX));
+            }
+            Err(e) => tracing::warn!("reading the nodes: {e}"),
+        }
         self.resync_queue().await;
     }
 

@@ -67,10 +67,14 @@ impl Keys {
     }
 }
 
-/// A token bucket per tenant: `per_minute` tokens, refilled continuously.
+/// A token bucket per tenant: `per_minute` tokens, refilled continuously. With several nodes
+/// on one database each node allows its share, `per_minute / nodes` (the live nodes, from the
+/// heartbeat): behind a load balancer that spreads requests evenly a key gets its whole rate,
+/// and never more than it, however requests are spread (docs/cluster.md).
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: f64,
+    nodes: std::sync::atomic::AtomicU32,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
@@ -78,19 +82,28 @@ impl RateLimiter {
     pub fn new(per_minute: u32) -> RateLimiter {
         RateLimiter {
             per_minute: per_minute.max(1) as f64,
+            nodes: std::sync::atomic::AtomicU32::new(1),
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The number of live nodes sharing the rate (at least 1).
+    pub fn set_nodes(&self, n: u32) {
+        self.nodes
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Takes `n` tokens, or says in how many seconds there will be enough.
     pub fn take(&self, tenant: &str, n: u32) -> Result<(), u64> {
         let now = Instant::now();
-        let per_sec = self.per_minute / 60.0;
+        let nodes = self.nodes.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
+        let per_minute = (self.per_minute / nodes).max(1.0);
+        let per_sec = per_minute / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, at) = buckets
             .entry(tenant.to_string())
-            .or_insert((self.per_minute, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(self.per_minute);
+            .or_insert((per_minute, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(per_minute);
         *at = now;
         let need = n as f64;
         if *tokens >= need {
@@ -209,6 +222,11 @@ impl Service {
         self.tenants.of_key(key)
     }
 
+    /// The number of live nodes that share each key's rate limit.
+    pub(crate) fn share_rate_between(&self, nodes: u32) {
+        self.tenants.rate.set_nodes(nodes);
+    }
+
     /// Charges `n` more requests to `tenant`'s rate limit (a batch of N counts as N).
     pub fn spend(&self, tenant: &Tenant, n: u32) -> Result<()> {
         self.tenants.spend(tenant, n)
@@ -241,5 +259,18 @@ mod tests {
         assert!((1..=2).contains(&retry), "{retry}");
         assert!(r.take("b", 10).is_ok(), "tenants are separate");
         assert_eq!(r.take("b", 100).unwrap_err(), 50);
+    }
+
+    #[test]
+    fn nodes_share_a_keys_rate() {
+        let r = RateLimiter::new(60);
+        r.set_nodes(3);
+        // This node's share: 20 a minute.
+        assert!(r.take("a", 20).is_ok());
+        assert!(r.take("a", 1).is_err());
+        // Back to one node: the whole rate, refilled at its pace.
+        r.set_nodes(0);
+        assert!(r.take("c", 60).is_ok());
+        assert!(r.take("c", 1).is_err());
     }
 }
