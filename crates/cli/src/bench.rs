@@ -47,13 +47,25 @@ pub struct BenchArgs {
     /// enough: each round compiles three times).
     #[arg(long)]
     pub judge: bool,
+    /// Measure several nodes on one PostgreSQL database instead (servers are started for the
+    /// run): queued executions through 1, 2 and 3 nodes (--nodes) next to one node on SQLite,
+    /// and how soon a queued execution is picked up. Needs --database-url.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: the PostgreSQL database the nodes share (it is filled with records).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// With --cluster: the numbers of nodes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub nodes: Vec<usize>,
     /// With --fairness: tenant A's executions (half async, half synchronous).
     #[arg(long, default_value_t = 500)]
     pub flood: usize,
     /// With --http: client concurrencies to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     pub concurrency: Vec<usize>,
-    /// With --http: requests per language and concurrency.
+    /// With --http: requests per language and concurrency (with --cluster: queued executions
+    /// per setting).
     #[arg(long, default_value_t = 200)]
     pub requests: usize,
     /// With --http: the server's own concurrency (default: its configuration's).
@@ -170,6 +182,9 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
     }
     if args.judge {
         return crate::bench_judge::bench_judge(&args);
+    }
+    if args.cluster {
+        return crate::bench_cluster::bench_cluster(&args);
     }
     if args.iterations < 3 {
         bail!("--iterations must be at least 3");

@@ -1,6 +1,7 @@
 //! The `runcell` command.
 
 mod bench;
+mod bench_cluster;
 mod bench_fair;
 mod bench_http;
 mod bench_judge;
