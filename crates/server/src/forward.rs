@@ -1,6 +1,6 @@
 //! Requests for a sandbox that lives on another node of the cluster are forwarded to it: a
 //! sandbox's processes are on the node that created it, and any node may receive a request
-//! for it behind a load balancer. The request goes on unchanged (method, path, query, headers,
+//! for it behind a load balancer. So is the cancel of an execution running on another node. The request goes on unchanged (method, path, query, headers,
 //! body) to the owner's advertised address, marked so that it is never forwarded twice, and
 //! the answer (streams included) comes back as it is. When the owner has stopped, its
 //! sandboxes are ended by the other nodes within a lease and answer as terminated, with the
@@ -29,18 +29,31 @@ fn sandbox_of(path: &str) -> Option<&str> {
     id.starts_with("sb_").then_some(id)
 }
 
-/// The middleware: forwards per-sandbox requests whose sandbox lives elsewhere.
+/// The execution a cancel is about (`POST /api/v1/executions/{id}/cancel`).
+fn cancelled_execution(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/v1/executions/")?
+        .strip_suffix("/cancel")
+        .filter(|id| !id.contains('/'))
+}
+
+/// The middleware: forwards per-sandbox requests whose sandbox lives elsewhere, and cancels of
+/// executions that run elsewhere (their process is on that node).
 pub async fn forward(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(id) = sandbox_of(req.uri().path()).map(str::to_string) else {
-        return next.run(req).await;
-    };
     if req.headers().contains_key(FORWARDED) {
         return next.run(req).await;
     }
-    let home = match state.svc.sandbox_home(&id).await {
+    let path = req.uri().path();
+    let home = if let Some(id) = sandbox_of(path).map(str::to_string) {
+        state.svc.sandbox_home(&id).await
+    } else if let Some(id) = cancelled_execution(path).map(str::to_string) {
+        state.svc.execution_home(&id).await
+    } else {
+        return next.run(req).await;
+    };
+    let home = match home {
         Ok(Some(address)) => address,
-        // Here, unknown (its handler says so), or the database is unreachable (the handler
-        // answers from what it can).
+        // Here, unknown or not running (its handler says so), or the database is unreachable
+        // (the handler answers from what it can).
         Ok(None) | Err(_) => return next.run(req).await,
     };
     match to(&home, req).await {
@@ -54,8 +67,8 @@ fn bad_gateway(home: &str, what: String) -> ApiError {
         StatusCode::BAD_GATEWAY,
         "NODE_UNREACHABLE",
         format!(
-            "this sandbox lives on the node at {home}, which {what}; if that node has stopped, \
-             the sandbox is reported terminated once its lease runs out"
+            "this sandbox or execution is on the node at {home}, which {what}; if that node has \
+             stopped, it is reported ended once its lease runs out"
         ),
     )
 }
@@ -137,5 +150,11 @@ mod tests {
         assert_eq!(sandbox_of("/opensandbox/v1/sandboxes"), None);
         assert_eq!(sandbox_of("/api/v1/execute"), None);
         assert_eq!(sandbox_of("/v1/sandboxes/other"), None);
+        assert_eq!(
+            cancelled_execution("/api/v1/executions/abc/cancel"),
+            Some("abc")
+        );
+        assert_eq!(cancelled_execution("/api/v1/executions/abc"), None);
+        assert_eq!(cancelled_execution("/api/v1/executions/a/b/cancel"), None);
     }
 }

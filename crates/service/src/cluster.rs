@@ -297,6 +297,18 @@ impl Service {
         })
     }
 
+    /// Where execution `id` runs when that is another node: its advertised address (a cancel
+    /// is forwarded there, where its process is). `None` when it runs here or is not running.
+    pub async fn execution_home(&self, id: &str) -> Result<Option<String>> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Ok(None);
+        }
+        Ok(match self.store.execution_node(id).await? {
+            Some((node, address)) if node != self.node.id && !address.is_empty() => Some(address),
+            _ => None,
+        })
+    }
+
     /// The address the server listens on, once bound: what other nodes reach it by unless
     /// `cluster.advertise` says otherwise (a port of 0 in the configuration is known only now).
     pub async fn listening_on(&self, addr: std::net::SocketAddr) {

@@ -1489,12 +1489,24 @@ pub(crate) async fn leases_are_their_nodes_and_expire_unless_renewed<B: Backend>
         rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
     };
     assert!(fail(b.shared(), 15_999).await.is_empty());
+    // Who runs what.
+    other.heartbeat(1_500, &beat("http://b")).await.unwrap();
+    assert_eq!(
+        a.execution_node("e2").await.unwrap(),
+        Some(("node-b".into(), "http://b".into()))
+    );
+    assert_eq!(
+        other.execution_node("e1").await.unwrap(),
+        Some(("node-a".into(), String::new()))
+    );
+    assert_eq!(a.execution_node("e_missing").await.unwrap(), None);
     // a's heartbeat at 10_000 renews its leases (e1 and e3) to 25_000, not b's.
     assert_eq!(a.heartbeat(10_000, &beat("http://a")).await.unwrap(), 2);
     assert_eq!(fail(b.shared(), 17_001).await, ["e2"]);
     let e2 = a.get_execution("t", "e2", 17_001).await.unwrap().unwrap();
     assert_eq!(e2.status, ExecStatus::Failed);
     assert_eq!(e2.failure_reason.as_deref(), Some("lost"));
+    assert_eq!(a.execution_node("e2").await.unwrap(), None);
     // A finished execution keeps no lease.
     assert!(
         a.finish_execution(

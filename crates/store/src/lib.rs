@@ -632,6 +632,10 @@ pub trait Store: Send + Sync + 'static {
     /// it never heart-beat); `None` when the sandbox is not running.
     async fn sandbox_node(&self, id: &str) -> Result<Option<(String, String)>>;
 
+    /// The node running execution `id` and the address it last advertised (empty when it
+    /// never heart-beat); `None` when the execution is not running.
+    async fn execution_node(&self, id: &str) -> Result<Option<(String, String)>>;
+
     // --- nodes --------------------------------------------------------------------------------
 
     /// The node this store works for.

@@ -1355,6 +1355,24 @@ impl Store for PgStore {
         }))
     }
 
+    async fn execution_node(&self, id: &str) -> Result<Option<(String, String)>> {
+        absent_if_nul!(None; id);
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT e.node, n.address FROM executions e LEFT JOIN nodes n ON n.id = e.node \
+             WHERE e.id = $1 AND e.status = 'running'",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.map(|(node, address)| {
+            (
+                node.unwrap_or_else(|| self.owner.node.clone()),
+                address.unwrap_or_default(),
+            )
+        }))
+    }
+
     fn owner(&self) -> &Owner {
         &self.owner
     }

@@ -2,7 +2,8 @@
 //! nodes all completes, and a node killed with SIGKILL while it runs work loses none of it
 //! (what it was running fails with a reason once its lease runs out, what it had queued runs
 //! elsewhere); a sandbox is used through a node it does not live on (forwarded), and reads as
-//! terminated, with the reason, once its node is gone; `GET /cluster` for operators.
+//! terminated, with the reason, once its node is gone; a running execution is cancelled
+//! through any node; `GET /cluster` for operators.
 
 use std::time::{Duration, Instant};
 
@@ -121,6 +122,40 @@ fn three_nodes_share_the_queue_and_a_killed_node_loses_nothing() {
     assert_eq!(
         a.get("/health", None).expect(200).json(),
         json!({"status": "ok"})
+    );
+}
+
+/// A running execution is cancelled through a node that does not run it (the cancel goes to
+/// the node whose process it is).
+#[test]
+fn an_execution_is_cancelled_through_any_node() {
+    let db = TestDatabase::create();
+    let a = node(&db);
+    let b = node(&db);
+    let id = a.submit(KEY_A, &json!({"language": "bash", "code": "sleep 60"}));
+    let runner = eventually(Duration::from_secs(30), "the execution runs", || {
+        db.rows("SELECT id, node FROM executions WHERE status = 'running'")
+            .into_iter()
+            .find(|(e, _)| *e == id)
+            .map(|(_, n)| n)
+    });
+    // Through the node that does not run it.
+    let other = if runner == node_id(&a) { &b } else { &a };
+    let t = Instant::now();
+    let v = other
+        .post(
+            &format!("/api/v1/executions/{id}/cancel"),
+            Some(KEY_A),
+            &json!({}),
+        )
+        .expect(200)
+        .json();
+    assert_ne!(v["status"], "running", "{v:#}");
+    let done = other.wait_done(KEY_A, &id, Duration::from_secs(30));
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "cancelled, not run to its end"
     );
 }
 
