@@ -30,6 +30,20 @@ pub(crate) fn running_lease(owner: &Owner, e: &NewExecution) -> Option<i64> {
     (e.status == ExecStatus::Running).then(|| e.started_at.unwrap_or(e.created_at) + owner.lease_ms)
 }
 
+/// The node and advertised address of a row that names its node (rows written before nodes
+/// existed are the store's own node's), from a `LEFT JOIN` on `nodes`.
+pub(crate) fn node_and_address(
+    row: Option<(Option<String>, Option<String>)>,
+    owner: &Owner,
+) -> Option<(String, String)> {
+    row.map(|(node, address)| {
+        (
+            node.unwrap_or_else(|| owner.node.clone()),
+            address.unwrap_or_default(),
+        )
+    })
+}
+
 /// A node row from its columns.
 pub(crate) fn node_row(
     (id, address, started_at, heartbeat_at, running, queued, sandboxes): (

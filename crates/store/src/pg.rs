@@ -1347,12 +1347,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        Ok(row.map(|(node, address)| {
-            (
-                node.unwrap_or_else(|| self.owner.node.clone()),
-                address.unwrap_or_default(),
-            )
-        }))
+        Ok(crate::node_and_address(row, &self.owner))
     }
 
     async fn execution_node(&self, id: &str) -> Result<Option<(String, String)>> {
@@ -1365,12 +1360,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        Ok(row.map(|(node, address)| {
-            (
-                node.unwrap_or_else(|| self.owner.node.clone()),
-                address.unwrap_or_default(),
-            )
-        }))
+        Ok(crate::node_and_address(row, &self.owner))
     }
 
     fn owner(&self) -> &Owner {
