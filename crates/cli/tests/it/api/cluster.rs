@@ -215,3 +215,28 @@ fn a_sandbox_is_used_through_any_node_and_ends_with_its_own() {
         "{v}"
     );
 }
+
+/// A node that loses its database says so in `/health` (503 `degraded`, for the load
+/// balancer) and comes back when the database does not: here the database is dropped.
+#[test]
+fn a_node_without_its_database_says_so_in_health() {
+    let db = TestDatabase::create();
+    let srv = node(&db);
+    assert_eq!(
+        srv.get("/health", None).expect(200).json(),
+        json!({"status": "ok"})
+    );
+    drop(db);
+    let r = eventually(Duration::from_secs(30), "/health says degraded", || {
+        let r = srv.get("/health", None);
+        (r.status == 503).then_some(r)
+    });
+    let v = r.json();
+    assert_eq!(v["status"], "degraded", "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("claims no queued work")),
+        "{v}"
+    );
+}
