@@ -553,6 +553,30 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_are_checked() {
+        let env = |k: &str| match k {
+            "RUNCELL_LEASE_SECS" => Some("30".to_string()),
+            "RUNCELL_ADVERTISE" => Some("http://10.0.0.5:8002".to_string()),
+            "RUNCELL_ADMIN_KEYS" => Some("op-1,op-2".to_string()),
+            _ => None,
+        };
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.cluster.lease_secs, 30);
+        assert_eq!(c.cluster.advertise, "http://10.0.0.5:8002");
+        assert_eq!(c.cluster.admin_keys, ["op-1", "op-2"]);
+        c.validate().unwrap();
+        for (k, v, word) in [
+            ("RUNCELL_LEASE_SECS", "2", "lease_secs"),
+            ("RUNCELL_LEASE_SECS", "301", "lease_secs"),
+            ("RUNCELL_ADVERTISE", "10.0.0.5:8002", "advertise"),
+        ] {
+            let env = |key: &str| (key == k).then(|| v.to_string());
+            let err = Config::load(None, env).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(word), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
     fn a_tenant_leaves_slots_for_others_unless_it_is_alone() {
         let mut c = Config::load(None, no_env).unwrap();
         for (slots, alone, shared) in [(1, 1, 1), (2, 2, 1), (4, 4, 3), (8, 8, 6), (16, 16, 12)] {
