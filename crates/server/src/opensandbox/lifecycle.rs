@@ -597,9 +597,9 @@ pub async fn endpoint(
     Ok(Json(json!({"endpoint": endpoint, "headers": headers})))
 }
 
-/// `POST /v1/metrics/events`: the SDKs' telemetry after each creation; accepted and
-/// discarded.
-pub async fn metrics_event() -> StatusCode {
+/// `POST /v1/metrics/events`: the SDKs' telemetry after each creation (with the API key);
+/// accepted and discarded.
+pub async fn metrics_event(OsAuth(_tenant): OsAuth) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 

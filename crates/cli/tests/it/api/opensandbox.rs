@@ -198,6 +198,8 @@ fn creation_answers_202_with_the_documents_the_sdk_parses() {
         Some(&json!({"eventType": "sandbox.create", "createDurationMs": 12, "success": true})),
     );
     assert_eq!(r.status, 204, "{}", r.text);
+    let r = os(&srv, "POST", "/metrics/events", None, Some(&json!({})));
+    error(&r, 401, None);
 }
 
 #[test]
