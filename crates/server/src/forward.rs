@@ -36,8 +36,17 @@ fn cancelled_execution(path: &str) -> Option<&str> {
         .filter(|id| !id.contains('/'))
 }
 
-/// The middleware: forwards per-sandbox requests whose sandbox lives elsewhere, and cancels of
-/// executions that run elsewhere (their process is on that node).
+/// The artifact a signed link is about (`/v1/artifacts/{id}/download` or `/preview`).
+fn linked_artifact(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/artifacts/")?;
+    rest.strip_suffix("/download")
+        .or_else(|| rest.strip_suffix("/preview"))
+        .filter(|id| !id.contains('/'))
+}
+
+/// The middleware: forwards per-sandbox requests whose sandbox lives elsewhere, cancels of
+/// executions that run elsewhere (their process is on that node), and signed artifact links
+/// whose content is elsewhere (in the data directory of the node that produced it).
 pub async fn forward(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // Forwarded already, or without any credential (its handler answers 401 here, without
     // a look in the database).
@@ -47,8 +56,9 @@ pub async fn forward(State(state): State<AppState>, req: Request, next: Next) ->
         "open-sandbox-api-key",
         "x-execd-access-token",
     ];
+    let signed = req.uri().query().is_some_and(|q| q.contains("signature="));
     if req.headers().contains_key(FORWARDED)
-        || !credentials.iter().any(|h| req.headers().contains_key(*h))
+        || !(signed || credentials.iter().any(|h| req.headers().contains_key(*h)))
     {
         return next.run(req).await;
     }
@@ -57,6 +67,8 @@ pub async fn forward(State(state): State<AppState>, req: Request, next: Next) ->
         state.svc.sandbox_home(&id).await
     } else if let Some(id) = cancelled_execution(path).map(str::to_string) {
         state.svc.execution_home(&id).await
+    } else if let Some(id) = linked_artifact(path).map(str::to_string) {
+        state.svc.artifact_home(&id).await
     } else {
         return next.run(req).await;
     };
@@ -166,5 +178,14 @@ mod tests {
         );
         assert_eq!(cancelled_execution("/api/v1/executions/abc"), None);
         assert_eq!(cancelled_execution("/api/v1/executions/a/b/cancel"), None);
+        assert_eq!(
+            linked_artifact("/v1/artifacts/art_x/download"),
+            Some("art_x")
+        );
+        assert_eq!(
+            linked_artifact("/v1/artifacts/art_x/preview"),
+            Some("art_x")
+        );
+        assert_eq!(linked_artifact("/v1/artifacts/art_x"), None);
     }
 }

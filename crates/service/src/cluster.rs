@@ -149,6 +149,15 @@ impl Service {
     /// scheduler's queue up to date with the database.
     pub(crate) async fn beat(self: &Arc<Self>) {
         let now = now_ms();
+        if !self.record_heartbeat(now).await {
+            return;
+        }
+        self.recover_silent_nodes(now).await;
+    }
+
+    /// Writes this node's heartbeat (address, load) and renews its leases; false when the
+    /// database did not take it (which `/health` then says).
+    async fn record_heartbeat(&self, now: i64) -> bool {
         let beat = NodeBeat {
             address: self.node.address(),
             started_at: self.node.started_at,
@@ -171,9 +180,15 @@ impl Service {
                          work until it does"
                     );
                 }
-                return;
+                return false;
             }
         }
+        true
+    }
+
+    /// Fails the running work of nodes whose leases ran out, ends their sandboxes, shares the
+    /// rate limits between the live nodes and recounts the queue.
+    async fn recover_silent_nodes(self: &Arc<Self>, now: i64) {
         let retention = self.config.result_retention_secs as i64 * 1000;
         match self
             .store
@@ -309,11 +324,25 @@ impl Service {
         })
     }
 
+    /// Where artifact `id`'s content is when that is another node (the one whose sandbox
+    /// produced it): its advertised address. `None` when it is here or unknown.
+    pub async fn artifact_home(&self, id: &str) -> Result<Option<String>> {
+        if !runcell_sandbox::ids::is_base32_id(id, "art_") {
+            return Ok(None);
+        }
+        Ok(match self.store.artifact_node(id).await? {
+            Some((node, address)) if node != self.node.id && !address.is_empty() => Some(address),
+            _ => None,
+        })
+    }
+
     /// The address the server listens on, once bound: what other nodes reach it by unless
     /// `cluster.advertise` says otherwise (a port of 0 in the configuration is known only now).
     pub async fn listening_on(&self, addr: std::net::SocketAddr) {
         if !self.node.advertised {
             *self.node.address.lock().unwrap_or_else(|p| p.into_inner()) = format!("http://{addr}");
+            // Known from now on: requests forwarded here need not wait for the next beat.
+            self.record_heartbeat(now_ms()).await;
         }
     }
 

@@ -1602,6 +1602,20 @@ pub(crate) async fn a_node_recovers_its_own_work_and_ends_sandboxes_of_silent_no
         Some(("node-a".into(), String::new()))
     );
     assert_eq!(a.sandbox_node("sb_missing").await.unwrap(), None);
+    // An artifact's node is its sandbox's.
+    other
+        .insert_code_run(&new_run("run_b", "t", "sb_b", RunStatus::Succeeded))
+        .await
+        .unwrap();
+    other
+        .insert_artifacts(&[new_artifact("art_b", "t", "sb_b", "run_b")])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.artifact_node("art_b").await.unwrap(),
+        Some(("node-b".into(), "http://b:8002".into()))
+    );
+    assert_eq!(a.artifact_node("art_missing").await.unwrap(), None);
     // node-a restarts: its sandboxes end, node-b's stay.
     assert_eq!(
         a.end_all_sandboxes(30, "restarted").await.unwrap(),

@@ -650,6 +650,10 @@ pub trait Store: Send + Sync + 'static {
     /// never heart-beat); `None` when the execution is not running.
     async fn execution_node(&self, id: &str) -> Result<Option<(String, String)>>;
 
+    /// The node whose sandbox produced artifact `id` (its content is in that node's data
+    /// directory) and the address it last advertised; `None` for an unknown artifact.
+    async fn artifact_node(&self, id: &str) -> Result<Option<(String, String)>>;
+
     // --- nodes --------------------------------------------------------------------------------
 
     /// The node this store works for.

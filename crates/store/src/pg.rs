@@ -1363,6 +1363,20 @@ impl Store for PgStore {
         Ok(crate::node_and_address(row, &self.owner))
     }
 
+    async fn artifact_node(&self, id: &str) -> Result<Option<(String, String)>> {
+        absent_if_nul!(None; id);
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT s.node, n.address FROM artifacts a \
+             JOIN sandboxes s ON s.tenant = a.tenant AND s.id = a.sandbox_id \
+             LEFT JOIN nodes n ON n.id = s.node WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(crate::node_and_address(row, &self.owner))
+    }
+
     fn owner(&self) -> &Owner {
         &self.owner
     }

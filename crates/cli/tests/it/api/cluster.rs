@@ -196,6 +196,26 @@ fn a_sandbox_is_used_through_any_node_and_ends_with_its_own() {
         .send()
         .expect("OpenSandbox's get through B");
     assert_eq!(r.status().as_u16(), 200);
+    // A file the code wrote is an artifact on A; its signed link works through B.
+    let run = b
+        .post(
+            &format!("/v1/sandboxes/{id}/code/runs?wait=true"),
+            Some(KEY_A),
+            &json!({"code": "open('out.txt', 'w').write('made on A')"}),
+        )
+        .expect(200)
+        .json();
+    let link = run["execution"]["artifacts"][0]["download_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an artifact: {run:#}"))
+        .to_string();
+    assert!(
+        link.starts_with(&b.url),
+        "the link names the node asked: {link}"
+    );
+    let got = crate::server::client().get(&link).send().unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.text().unwrap(), "made on A");
     // Another tenant learns nothing through B either.
     b.get(&format!("/v1/sandboxes/{id}"), Some(crate::server::KEY_B))
         .error(404, Some("SANDBOX_NOT_FOUND"));
