@@ -306,10 +306,7 @@ impl Service {
         if !runcell_sandbox::ids::is_base32_id(id, "sb_") || self.sandboxes.is_live(id) {
             return Ok(None);
         }
-        Ok(match self.store.sandbox_node(id).await? {
-            Some((node, address)) if node != self.node.id && !address.is_empty() => Some(address),
-            _ => None,
-        })
+        Ok(self.elsewhere(self.store.sandbox_node(id).await?))
     }
 
     /// Where execution `id` runs when that is another node: its advertised address (a cancel
@@ -318,10 +315,7 @@ impl Service {
         if uuid::Uuid::parse_str(id).is_err() {
             return Ok(None);
         }
-        Ok(match self.store.execution_node(id).await? {
-            Some((node, address)) if node != self.node.id && !address.is_empty() => Some(address),
-            _ => None,
-        })
+        Ok(self.elsewhere(self.store.execution_node(id).await?))
     }
 
     /// Where artifact `id`'s content is when that is another node (the one whose sandbox
@@ -330,10 +324,14 @@ impl Service {
         if !runcell_sandbox::ids::is_base32_id(id, "art_") {
             return Ok(None);
         }
-        Ok(match self.store.artifact_node(id).await? {
-            Some((node, address)) if node != self.node.id && !address.is_empty() => Some(address),
-            _ => None,
-        })
+        Ok(self.elsewhere(self.store.artifact_node(id).await?))
+    }
+
+    /// The address of the node `found` names, when that is another node that advertised one.
+    fn elsewhere(&self, found: Option<(String, String)>) -> Option<String> {
+        found
+            .filter(|(node, address)| *node != self.node.id && !address.is_empty())
+            .map(|(_, address)| address)
     }
 
     /// The address the server listens on, once bound: what other nodes reach it by unless

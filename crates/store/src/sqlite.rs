@@ -510,6 +510,17 @@ impl SqliteStore {
         })
     }
 
+    /// The node (and its advertised address) that `sql`, a `SELECT node, address … LEFT JOIN
+    /// nodes` of one row by its id, finds.
+    async fn node_of(&self, sql: &'static str, id: &str) -> Result<Option<(String, String)>> {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(crate::node_and_address(row, &self.owner))
+    }
+
     /// The store working for `owner` (see [`Owner`]); [`Owner::default`] until then.
     pub fn with_owner(mut self, owner: Owner) -> SqliteStore {
         self.owner = owner;
@@ -1166,40 +1177,31 @@ impl Store for SqliteStore {
     }
 
     async fn sandbox_node(&self, id: &str) -> Result<Option<(String, String)>> {
-        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        self.node_of(
             "SELECT s.node, n.address FROM sandboxes s LEFT JOIN nodes n ON n.id = s.node \
              WHERE s.id = ?1 AND s.status = 'running'",
+            id,
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(db)?;
-        Ok(crate::node_and_address(row, &self.owner))
     }
 
     async fn execution_node(&self, id: &str) -> Result<Option<(String, String)>> {
-        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        self.node_of(
             "SELECT e.node, n.address FROM executions e LEFT JOIN nodes n ON n.id = e.node \
              WHERE e.id = ?1 AND e.status = 'running'",
+            id,
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(db)?;
-        Ok(crate::node_and_address(row, &self.owner))
     }
 
     async fn artifact_node(&self, id: &str) -> Result<Option<(String, String)>> {
-        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        self.node_of(
             "SELECT s.node, n.address FROM artifacts a \
              JOIN sandboxes s ON s.tenant = a.tenant AND s.id = a.sandbox_id \
              LEFT JOIN nodes n ON n.id = s.node WHERE a.id = ?1",
+            id,
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(db)?;
-        Ok(crate::node_and_address(row, &self.owner))
     }
 
     fn owner(&self) -> &Owner {
