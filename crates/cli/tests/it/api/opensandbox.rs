@@ -136,9 +136,16 @@ fn creation_answers_202_with_the_documents_the_sdk_parses() {
     .expect(200)
     .json();
     assert_eq!(status["running"], true, "{status}");
-    assert!(
-        sh(&srv, &id, "ps -eo args").contains("tail -f /dev/null"),
-        "the entrypoint process runs"
+    // The command's shell execs the program: `ps` shows it once the exec is done.
+    crate::server::eventually(
+        Duration::from_secs(10),
+        "the entrypoint process runs",
+        || {
+            sh(&srv, &id, "ps -eo args")
+                .lines()
+                .any(|l| l.trim() == "tail -f /dev/null")
+                .then_some(())
+        },
     );
     // Limits as Kubernetes quantities, and the environment.
     assert_eq!(native["limits"]["memory_mb"], 512, "{native}");
