@@ -725,6 +725,12 @@ fn generated_files(cfg: &JailConfig) -> Vec<(PathBuf, String, u32)> {
             format!("127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {h}\n"),
         ),
         ("/etc/hostname", format!("{h}\n")),
+        // The only resolver a jail has: its gateway's, when the run may reach the network
+        // (nothing listens there otherwise, so lookups fail at once).
+        (
+            "/etc/resolv.conf",
+            "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n".to_string(),
+        ),
     ];
     for (p, contents) in defaults {
         if !files.iter().any(|(q, _, _)| q == Path::new(p)) {

@@ -510,6 +510,15 @@ impl Jail {
             .ctx(|| "set cgroup limits".into())
     }
 
+    /// The jail's network namespace, for the host to configure and make sockets in (an
+    /// egress gateway's resolver and stand-in addresses).
+    pub fn network(&self) -> io::Result<crate::netns::JailNet> {
+        if self.is_destroyed() {
+            return Err(io::Error::other("the jail has been destroyed"));
+        }
+        Ok(crate::netns::JailNet::new(self.agent.try_clone()?))
+    }
+
     /// Connects to a TCP port on the jail's own loopback (where a program inside listens),
     /// from the host. The socket is made by a short-lived thread that enters only the jail's
     /// network namespace, so no other thread of the caller ever changes namespace.

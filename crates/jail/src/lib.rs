@@ -36,6 +36,7 @@ pub use config::{
     Rlimits, SharedMounts, StepMode, Symlink, TmpfsSize, WORKSPACE,
 };
 pub use error::JailError;
+pub use netns::JailNet;
 pub use proto::monotonic_ns;
 pub use sandboxfs::{
     ENCODED_PATH_PREFIX, FileMeta, FsError, FsKind, LIST_MAX_SCANNED, MAX_NAME_BYTES,
