@@ -119,6 +119,8 @@ pub struct Plan {
     pub(crate) stdin: Vec<u8>,
     /// Test cases and how to judge them (a judged run).
     pub(crate) judge: Option<Arc<crate::judge::JudgePlan>>,
+    /// What the run step may reach on the network (none: offline).
+    pub network: Option<runcell_egress::NetworkPlan>,
 }
 
 impl Plan {
@@ -209,6 +211,10 @@ pub struct Engine {
     config: EngineConfig,
     versions: Mutex<HashMap<String, Option<String>>>,
     cache: Option<CompileCache>,
+    /// The egress gateway (none: every run is offline).
+    egress: Option<Arc<runcell_egress::Egress>>,
+    /// The most any run's network may use.
+    net_max: runcell_egress::NetLimits,
 }
 
 /// Cancels an execution from another thread: before it starts (it will not), or while it
@@ -431,7 +437,29 @@ impl Engine {
             config,
             versions: Mutex::new(HashMap::new()),
             cache,
+            egress: None,
+            net_max: crate::network::DEFAULT_NET_MAX,
         }
+    }
+
+    /// Lets runs that ask for it reach the network through `egress`, within `max`.
+    pub fn set_egress(
+        &mut self,
+        egress: Option<Arc<runcell_egress::Egress>>,
+        max: runcell_egress::NetLimits,
+    ) {
+        self.egress = egress;
+        self.net_max = max;
+    }
+
+    /// The egress gateway, if this engine has one.
+    pub fn egress(&self) -> Option<&Arc<runcell_egress::Egress>> {
+        self.egress.as_ref()
+    }
+
+    /// The most any run's (or sandbox's) network may use.
+    pub fn net_max(&self) -> runcell_egress::NetLimits {
+        self.net_max
     }
 
     /// The warm interpreters of languages that have one: each started in the step a run with
@@ -667,14 +695,12 @@ impl Engine {
             .config
             .limits
             .resolve_for(req, lang.run.max_processes)?;
-        match &req.network {
-            None | Some(serde_json::Value::Bool(false)) | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::Bool(true)) => {
-                return Err(invalid(
-                    "network access is not available on this server; runs have no network",
-                ));
-            }
-            Some(_) => return Err(invalid("network must be true or false")),
+        let network = runcell_egress::parse_network(req.network.as_ref(), self.net_max)
+            .map_err(|e| invalid(e.0))?;
+        if network.is_some() && req.test_cases.is_some() {
+            return Err(invalid(
+                "a run with test_cases has no network; leave network out of it",
+            ));
         }
         check_args(&req.args)?;
         let mut env_bytes = 0;
@@ -731,6 +757,7 @@ impl Engine {
                 .collect(),
             stdin: req.stdin.clone().unwrap_or_default().into_bytes(),
             judge: None,
+            network,
         };
         if let Some(judge) = crate::judge::plan(self, req, &plan)? {
             plan.judge = Some(Arc::new(judge));
@@ -777,6 +804,7 @@ impl Engine {
             session_id: plan.session_id.clone(),
             failure_reason: Some(reason.into()),
             judging: None,
+            network: None,
             created_at: rfc3339(created_at),
             started_at: now.clone(),
             completed_at: now,
@@ -812,6 +840,7 @@ impl Engine {
             session_id: plan.session_id.clone(),
             failure_reason: None,
             judging: None,
+            network: None,
             created_at: rfc3339(created_at),
             started_at: rfc3339(started_at),
             completed_at: String::new(),
@@ -905,6 +934,7 @@ impl Engine {
         let mut ctx = ctx;
         if ctx.jail.is_none()
             && compile_argv.is_none()
+            && plan.network.is_none()
             && let Some((warm, argv)) = self.take_warm(plan, lang, &vars(run.memory_mb))
             && self.run_warm(plan, r, &mut ctx, warm, &argv)?
         {
@@ -1238,6 +1268,16 @@ impl Engine {
         let run = plan.limits;
         let (argv, env) = run_command(plan, lang, vars);
         let spec = self.spec(argv, env, &run);
+        // Only the run step reaches the network: compiling stays offline.
+        let gateway = match &plan.network {
+            Some(n) => Some(crate::network::attach(
+                self.egress.as_deref(),
+                jail,
+                n,
+                &r.execution_id,
+            )?),
+            None => None,
+        };
         let out = run_program(
             jail,
             &spec,
@@ -1245,8 +1285,9 @@ impl Engine {
             &Self::run_limits(&run),
             ctx.on_output,
             ctx.cancel,
-        )?;
-        fill_result(r, &out, &run, &self.config.limits.maxima);
+        );
+        r.network = gateway.map(runcell_egress::Gateway::close);
+        fill_result(r, &out?, &run, &self.config.limits.maxima);
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ mod engine;
 pub mod judge;
 pub mod limits;
 pub mod model;
+pub mod network;
 mod pool;
 pub mod rootfs;
 mod warm;

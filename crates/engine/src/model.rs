@@ -215,6 +215,9 @@ pub struct ExecutionResult {
     /// case (the first one not accepted, else the last one run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judging: Option<crate::judge::Judging>,
+    /// What the run's network did (runs that asked for egress only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<runcell_egress::NetworkStats>,
     pub created_at: String,
     pub started_at: String,
     pub completed_at: String,

@@ -51,6 +51,8 @@ pub struct Sandbox {
     self_ref: Weak<Sandbox>,
     pub(crate) commands: crate::command::Commands,
     pub(crate) sessions: Mutex<HashMap<String, Arc<crate::command::Session>>>,
+    /// Its egress gateway, when it may reach the network (dropped when it is destroyed).
+    gateway: Mutex<Option<runcell_egress::Gateway>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -85,7 +87,30 @@ impl Sandbox {
             self_ref: me.clone(),
             commands: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            gateway: Mutex::new(None),
         }))
+    }
+
+    /// Lets the sandbox reach what `plan` allows, through the engine's egress gateway
+    /// (blocking: a few system calls in its namespace).
+    pub fn attach_network(&self, plan: &runcell_egress::NetworkPlan) -> Result<(), SandboxError> {
+        let g = runcell_engine::network::attach(
+            self.engine.egress().map(|e| &**e),
+            &self.jail,
+            plan,
+            &self.id,
+        )?;
+        *self.gateway.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
+        Ok(())
+    }
+
+    /// What the sandbox's network did so far (none: it is offline).
+    pub fn network_stats(&self) -> Option<runcell_egress::NetworkStats> {
+        self.gateway
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(runcell_egress::Gateway::stats)
     }
 
     pub fn id(&self) -> &str {
@@ -367,6 +392,13 @@ impl Sandbox {
         if let Err(e) = self.jail.shutdown() {
             tracing::warn!(sandbox = %self.id, "destroying the jail: {e}");
         }
+        // Its resolver, stand-in listeners and relayed connections go with it.
+        drop(
+            self.gateway
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         self.paused.send_replace(false);
     }
 
@@ -793,7 +825,7 @@ fn memory_error(sandbox: &Sandbox) -> String {
 }
 
 /// A sample of a sandbox's resource use against its own budget (execd's `Metrics`).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Metrics {
     /// CPU cores of the budget (the host's when the budget has no CPU limit).
@@ -809,6 +841,9 @@ pub struct Metrics {
     pub oom_kills: u64,
     /// Unix milliseconds.
     pub timestamp: i64,
+    /// What its network did (only a sandbox that may reach the network has it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<runcell_egress::NetworkStats>,
 }
 
 impl Sandbox {
@@ -838,6 +873,7 @@ impl Sandbox {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
+            network: self.network_stats(),
         })
     }
 }

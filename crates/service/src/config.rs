@@ -55,6 +55,53 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Several nodes on one PostgreSQL database (docs/cluster.md).
     pub cluster: ClusterConfig,
+    /// `[network]`: what runs and sandboxes may reach (nothing unless listed).
+    pub network: NetworkConfig,
+}
+
+/// `[network]`: egress allow-lists and the limits of every run's network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Names every API key may let its runs reach (`pypi.org`, `*.pythonhosted.org`,
+    /// `github.com:22`, `host:*` for any port, `*` for any name). Empty: every run is offline.
+    pub egress_allow: Vec<String>,
+    /// More names for some API keys (the key as written in `api_keys`), besides
+    /// `egress_allow`.
+    pub key_allow: std::collections::BTreeMap<String, Vec<String>>,
+    /// The resolver the gateway asks, `ip:port` (default: the host's first nameserver).
+    pub resolver: Option<String>,
+    /// Bytes one run's (sandbox's) network may move, both ways together, at most.
+    pub max_bytes: u64,
+    /// Bytes per second, both ways together, at most.
+    pub max_bytes_per_sec: u64,
+    /// Connections open at once, at most.
+    pub max_connections: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        let d = runcell_engine::network::DEFAULT_NET_MAX;
+        NetworkConfig {
+            egress_allow: Vec::new(),
+            key_allow: Default::default(),
+            resolver: None,
+            max_bytes: d.bytes,
+            max_bytes_per_sec: d.bytes_per_sec,
+            max_connections: d.connections,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The most a run's network may use.
+    pub fn max(&self) -> runcell_egress::NetLimits {
+        runcell_egress::NetLimits {
+            bytes: self.max_bytes,
+            bytes_per_sec: self.max_bytes_per_sec,
+            connections: self.max_connections,
+        }
+    }
 }
 
 /// Nodes sharing one database.
@@ -223,6 +270,7 @@ impl Default for Config {
                 ..EngineConfig::default()
             },
             cluster: ClusterConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -266,7 +314,7 @@ impl Config {
 
     /// Defaults, overridden by the TOML file (if any), then by environment variables
     /// (`RUNCELL_LISTEN`, `RUNCELL_DATA_DIR`, `RUNCELL_DATABASE_URL`, `RUNCELL_API_KEYS`,
-    /// `RUNCELL_WEBHOOK_ALLOW`, `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
+    /// `RUNCELL_EGRESS_ALLOW`, `RUNCELL_EGRESS_RESOLVER`, `RUNCELL_WEBHOOK_ALLOW`, `RUNCELL_RATE_LIMIT`, `RUNCELL_CONCURRENCY`, `RUNCELL_MAX_QUEUE`,
     /// `RUNCELL_TENANT_MAX_RUNNING`, `RUNCELL_TENANT_MAX_QUEUED`, `RUNCELL_BODY_TIMEOUT_SECS`,
     /// `RUNCELL_RETENTION_SECS`, `RUNCELL_POOL_SIZE`, `RUNCELL_WARM_POOL_SIZE`, `RUNCELL_ZYGOTES`, `RUNCELL_ZYGOTE_MAX_FORKS`,
     /// `RUNCELL_SANDBOX_POOL_SIZE`).
@@ -311,6 +359,12 @@ impl Config {
         }
         if let Some(v) = env("RUNCELL_LEASE_SECS") {
             c.cluster.lease_secs = parse("RUNCELL_LEASE_SECS", v)?;
+        }
+        if let Some(v) = env("RUNCELL_EGRESS_ALLOW") {
+            c.network.egress_allow = comma_list(&v);
+        }
+        if let Some(v) = env("RUNCELL_EGRESS_RESOLVER") {
+            c.network.resolver = Some(v.trim().to_string()).filter(|v| !v.is_empty());
         }
         if let Some(v) = env("RUNCELL_WEBHOOK_ALLOW") {
             c.webhooks.allow = comma_list(&v);
@@ -381,6 +435,18 @@ impl Config {
         }
         if self.max_queue == 0 {
             return bad("max_queue must be at least 1");
+        }
+        crate::network::Allowances::of(self)?;
+        if let Some(r) = &self.network.resolver
+            && r.parse::<SocketAddr>().is_err()
+        {
+            return bad("network.resolver must be ip:port, like \"10.0.0.2:53\"");
+        }
+        let n = &self.network;
+        if n.max_bytes == 0 || n.max_bytes_per_sec == 0 || n.max_connections == 0 {
+            return bad(
+                "network.max_bytes, max_bytes_per_sec and max_connections must be at least 1",
+            );
         }
         if self.result_retention_secs == 0 {
             return bad("result_retention_secs must be at least 1");

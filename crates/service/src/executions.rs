@@ -247,8 +247,10 @@ pub(crate) async fn resume(svc: &Arc<Service>, r: Recovered) {
 
 impl Service {
     /// Checks a request (language, limits, files) without running it.
-    fn plan(&self, req: &ExecuteRequest) -> Result<Plan> {
-        Ok(self.engine.plan(req)?)
+    fn plan(&self, tenant: &Tenant, req: &ExecuteRequest) -> Result<Plan> {
+        let plan = self.engine.plan(req)?;
+        self.network.check(&tenant.0, plan.network.as_ref())?;
+        Ok(plan)
     }
 
     /// Refuses new work of `tenant` when the queue, or the tenant's share of it, is full.
@@ -262,7 +264,7 @@ impl Service {
         tenant: &Tenant,
         req: ExecuteRequest,
     ) -> Result<ExecutionResult> {
-        let plan = self.plan(&req)?;
+        let plan = self.plan(tenant, &req)?;
         self.check_capacity(tenant)?;
         let id = uuid::Uuid::new_v4().to_string();
         self.run_sync(tenant, &req, plan, id, None, Cancel::new())
@@ -275,7 +277,7 @@ impl Service {
         tenant: &Tenant,
         req: ExecuteRequest,
     ) -> Result<ExecutionStream> {
-        let plan = self.plan(&req)?;
+        let plan = self.plan(tenant, &req)?;
         if plan.is_judged() {
             return Err(Error::invalid(
                 "INVALID_REQUEST",
@@ -317,6 +319,9 @@ impl Service {
                 runcell_engine::EngineError::UnsupportedLanguage(_) => Error::from(e),
                 other => Error::from(other).within(&format!("item {i}")),
             })?;
+            self.network
+                .check(&tenant.0, plan.network.as_ref())
+                .map_err(|e| e.within(&format!("item {i}")))?;
             planned.push((req, plan));
         }
         self.check_capacity(tenant)?;
@@ -338,7 +343,7 @@ impl Service {
         req: ExecuteRequest,
         callback_url: Option<String>,
     ) -> Result<ExecutionObject> {
-        let plan = self.plan(&req)?;
+        let plan = self.plan(tenant, &req)?;
         if let Some(url) = &callback_url {
             webhooks::check_target(url, &self.webhooks.allow)
                 .await

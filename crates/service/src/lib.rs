@@ -21,6 +21,7 @@ pub mod error;
 pub mod executions;
 pub mod fair;
 pub mod languages;
+pub mod network;
 pub mod page;
 pub mod sandboxes;
 pub mod tenants;
@@ -109,6 +110,8 @@ pub struct Service {
     sandboxes: Arc<sandboxes::Sandboxes>,
     callbacks: CallbackFormats,
     node: cluster::Node,
+    /// What each tenant's runs may reach on the network.
+    network: Arc<network::Allowances>,
 }
 
 impl Service {
@@ -142,7 +145,10 @@ impl Service {
         if engine_config.compile_cache_dir.is_none() {
             engine_config.compile_cache_dir = Some(config.data_dir.join("compile-cache"));
         }
-        let engine = Arc::new(Engine::new(spawner, registry, engine_config));
+        let allowances = Arc::new(network::Allowances::of(&config)?);
+        let mut engine = Engine::new(spawner, registry, engine_config);
+        engine.set_egress(egress(&config, &allowances)?, config.network.max());
+        let engine = Arc::new(engine);
         let languages = {
             let e = Arc::clone(&engine);
             tokio::task::spawn_blocking(move || languages::of_engine(&e))
@@ -159,6 +165,7 @@ impl Service {
             config.sandboxes.clone(),
             Arc::clone(&engine),
             Arc::clone(&store),
+            Arc::clone(&allowances),
             &config.data_dir,
             &config.state_dir,
             config.result_retention_secs,
@@ -185,6 +192,7 @@ impl Service {
             sandboxes,
             callbacks,
             node,
+            network: allowances,
         });
         executions::resume(&svc, recovered).await;
         tokio::spawn(cluster::run(Arc::clone(&svc), listener));
@@ -278,4 +286,30 @@ pub struct Load {
     pub sessions: usize,
     pub sandboxes: usize,
     pub sandbox_pool_ready: usize,
+}
+
+/// The egress gateway, when some tenant may reach the network.
+fn egress(
+    config: &Config,
+    allowances: &network::Allowances,
+) -> Result<Option<Arc<runcell_egress::Egress>>, StartError> {
+    if !allowances.any() {
+        return Ok(None);
+    }
+    let resolver = match &config.network.resolver {
+        Some(r) => r.parse().map_err(|_| {
+            StartError::Other(format!("network.resolver must be ip:port, got {r:?}"))
+        })?,
+        None => runcell_egress::system_resolver().ok_or_else(|| {
+            StartError::Other(
+                "network: egress is allowed but /etc/resolv.conf names no nameserver; set \
+                 network.resolver"
+                    .into(),
+            )
+        })?,
+    };
+    let e = runcell_egress::Egress::new(runcell_egress::EgressConfig::new(resolver))
+        .map_err(|e| StartError::Other(format!("starting the egress gateway: {e}")))?;
+    tracing::info!(%resolver, "egress gateway on: runs may reach the names their API key allows");
+    Ok(Some(Arc::new(e)))
 }

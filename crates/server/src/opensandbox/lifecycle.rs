@@ -251,32 +251,73 @@ fn limits(svc: &Service, v: Option<Value>) -> Result<Option<LimitsRequest>, Exec
     Ok(Some(out))
 }
 
-/// A network policy can only keep the sandbox offline until egress exists.
-fn check_network(v: Option<&Value>) -> Result<(), ExecdError> {
+/// OpenSandbox's `networkPolicy` as runcell's `network`: `defaultAction` must be deny (or
+/// absent), `allow` rules become the allow-list; `deny` rules are what deny-by-default does
+/// already, unless an allowed wildcard covers them (exceptions cannot be expressed: refused).
+/// Whether the API key may reach those names is the service's question (403).
+fn network_of(v: Option<&Value>) -> Result<Option<Value>, ExecdError> {
     let Some(p) = v.filter(|v| !v.is_null()) else {
-        return Ok(());
+        return Ok(None);
     };
     let deny_default = p
         .get("defaultAction")
         .and_then(Value::as_str)
         .is_none_or(|a| a.eq_ignore_ascii_case("deny"));
-    let allows = p
+    if !deny_default {
+        return Err(bad(
+            "INVALID_NETWORK_POLICY",
+            "runcell never allows the network by default: set defaultAction \"deny\" and \
+             list the hosts to allow in egress",
+        ));
+    }
+    let mut allow = Vec::new();
+    let mut deny = Vec::new();
+    for r in p
         .get("egress")
         .and_then(Value::as_array)
-        .is_some_and(|rules| {
-            rules.iter().any(|r| {
-                r.get("action")
-                    .and_then(Value::as_str)
-                    .is_some_and(|a| a.eq_ignore_ascii_case("allow"))
-            })
-        });
-    if deny_default && !allows {
-        return Ok(());
+        .into_iter()
+        .flatten()
+    {
+        let target = r.get("target").and_then(Value::as_str).unwrap_or("");
+        match r
+            .get("action")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+        {
+            Some(a) if a == "allow" => allow.push(target.to_string()),
+            Some(a) if a == "deny" => deny.push(target.to_string()),
+            _ => {
+                return Err(bad(
+                    "INVALID_NETWORK_POLICY",
+                    format!("an egress rule's action must be allow or deny: {r}"),
+                ));
+            }
+        }
     }
-    Err(bad(
-        "NETWORK_NOT_AVAILABLE",
-        "sandboxes on this server have no network access; a networkPolicy may only deny \
-         (defaultAction \"deny\" without allow rules)",
+    if allow.is_empty() {
+        return Ok(None);
+    }
+    let allowed = runcell_egress::AllowList::parse(&allow, false).map_err(|e| {
+        bad(
+            "INVALID_NETWORK_POLICY",
+            format!("networkPolicy.egress: {e}"),
+        )
+    })?;
+    for d in &deny {
+        if let Some(name) = runcell_egress::policy::canonical_name(d.trim_start_matches("*."))
+            && !allowed.ports_for(&name).is_empty()
+        {
+            return Err(bad(
+                "INVALID_NETWORK_POLICY",
+                format!(
+                    "deny {d:?} inside an allowed wildcard cannot be enforced; list the \
+                     allowed hosts by name instead"
+                ),
+            ));
+        }
+    }
+    Ok(Some(
+        serde_json::json!({"egress": {"allow": allow, "default": "deny"}}),
     ))
 }
 
@@ -353,7 +394,7 @@ pub async fn create(
              files API instead",
         ));
     }
-    check_network(req.network_policy.as_ref())?;
+    let network = network_of(req.network_policy.as_ref())?;
     check_platform(req.platform.as_ref())?;
     let svc = &state.svc;
     let native = CreateSandbox {
@@ -361,7 +402,7 @@ pub async fn create(
         limits: limits(svc, req.resource_limits)?,
         env: req.env,
         metadata: req.metadata,
-        network: None,
+        network,
         image: image_name(req.image)?,
         entrypoint: req.entrypoint,
     };
@@ -639,19 +680,36 @@ mod tests {
     }
 
     #[test]
-    fn network_policies_may_only_deny() {
-        assert!(check_network(None).is_ok());
-        assert!(check_network(Some(&json!({"defaultAction": "deny"}))).is_ok());
-        assert!(
-            check_network(Some(&json!({"defaultAction": "deny", "egress": [
+    fn network_policies_become_allow_lists() {
+        assert_eq!(network_of(None).unwrap(), None);
+        assert_eq!(
+            network_of(Some(&json!({"defaultAction": "deny"}))).unwrap(),
+            None
+        );
+        assert_eq!(
+            network_of(Some(&json!({"defaultAction": "deny", "egress": [
                 {"action": "deny", "target": "x.com"}]})))
-            .is_ok()
+            .unwrap(),
+            None
         );
-        assert!(check_network(Some(&json!({"defaultAction": "allow"}))).is_err());
-        assert!(
-            check_network(Some(&json!({"defaultAction": "deny", "egress": [
-                {"action": "allow", "target": "pypi.org"}]})))
-            .is_err()
+        assert_eq!(
+            network_of(Some(&json!({"defaultAction": "deny", "egress": [
+                {"action": "allow", "target": "pypi.org"},
+                {"action": "allow", "target": "*.pythonhosted.org"},
+                {"action": "deny", "target": "evil.com"}]})))
+            .unwrap(),
+            Some(
+                json!({"egress": {"allow": ["pypi.org", "*.pythonhosted.org"], "default": "deny"}})
+            )
         );
+        for bad in [
+            json!({"defaultAction": "allow"}),
+            json!({"egress": [{"action": "allow", "target": "10.0.0.1"}]}),
+            json!({"egress": [{"action": "maybe", "target": "a.com"}]}),
+            json!({"egress": [{"action": "allow", "target": "*.a.com"},
+                              {"action": "deny", "target": "b.a.com"}]}),
+        ] {
+            assert!(network_of(Some(&bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use runcell_egress::NetworkPlan;
 use runcell_engine::Engine;
 use runcell_engine::model::rfc3339;
 use runcell_sandbox::model::{CodeRun, RunStatus};
@@ -79,6 +80,9 @@ pub struct Spec {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entrypoint: Vec<String>,
+    /// The names it may reach (empty: offline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
 }
 
 /// The state of a sandbox as the API shows it: its record's status, and for a live one whether
@@ -124,6 +128,9 @@ pub struct SandboxObject {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Map<String, Value>,
     pub network: bool,
+    /// The names it may reach, when `network` is true.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
     pub ended_at: Option<String>,
     pub end_reason: Option<String>,
     /// The image name the sandbox was created with, if any.
@@ -206,7 +213,8 @@ impl Live {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            network: false,
+            network: !self.spec.egress.is_empty(),
+            egress: self.spec.egress.clone(),
             ended_at: None,
             end_reason: None,
             image: self.spec.image.clone(),
@@ -273,6 +281,8 @@ pub struct Sandboxes {
     signing_key: Vec<u8>,
     retention_ms: i64,
     writes: mpsc::UnboundedSender<Write>,
+    /// What each tenant's sandboxes may reach on the network.
+    network: Arc<crate::network::Allowances>,
 }
 
 fn private_dir(p: &std::path::Path) -> std::io::Result<()> {
@@ -313,6 +323,7 @@ impl Sandboxes {
         cfg: SandboxesConfig,
         engine: Arc<Engine>,
         store: Arc<dyn Store>,
+        network: Arc<crate::network::Allowances>,
         data_dir: &std::path::Path,
         state_dir: &std::path::Path,
         retention_secs: u64,
@@ -380,6 +391,7 @@ impl Sandboxes {
             signing_key: key,
             retention_ms: retention_secs as i64 * 1000,
             writes: tx,
+            network,
         });
         tokio::spawn(writer(Arc::clone(&store), rx));
         tokio::spawn(Arc::clone(&me).reaper());
@@ -451,7 +463,8 @@ impl Sandboxes {
 
     /// Creates a sandbox for `tenant`.
     pub async fn create(&self, tenant: &str, req: CreateSandbox) -> Result<SandboxObject, Error> {
-        let (spec, env) = self.validate(req)?;
+        let (spec, env, net) = self.validate(req)?;
+        self.network.check(tenant, net.as_ref())?;
         {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             if live.len() >= self.cfg.max_sandboxes {
@@ -481,6 +494,17 @@ impl Sandboxes {
                 .map_err(Error::from)?
             }
         };
+        if let Some(plan) = net {
+            let s = Arc::clone(&sandbox);
+            let attached = tokio::task::spawn_blocking(move || s.attach_network(&plan))
+                .await
+                .map_err(Error::internal)?;
+            if let Err(e) = attached {
+                let s = Arc::clone(&sandbox);
+                tokio::task::spawn_blocking(move || s.destroy(DELETED));
+                return Err(e.into());
+            }
+        }
         let token = self.access_token(sandbox.id());
         let now = now_ms();
         let expires = now + spec.timeout_secs as i64 * 1000;
@@ -527,22 +551,13 @@ impl Sandboxes {
         Ok(o)
     }
 
-    fn validate(&self, req: CreateSandbox) -> Result<(Spec, Vec<(String, String)>), Error> {
-        match &req.network {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(Value::Bool(true)) => {
-                return Err(Error::invalid(
-                    "INVALID_REQUEST",
-                    "network access is not available on this server; sandboxes have no network",
-                ));
-            }
-            Some(_) => {
-                return Err(Error::invalid(
-                    "INVALID_REQUEST",
-                    "network must be true or false",
-                ));
-            }
-        }
+    #[allow(clippy::type_complexity)]
+    fn validate(
+        &self,
+        req: CreateSandbox,
+    ) -> Result<(Spec, Vec<(String, String)>, Option<NetworkPlan>), Error> {
+        let net = runcell_egress::parse_network(req.network.as_ref(), self.engine.net_max())
+            .map_err(|e| Error::invalid("INVALID_REQUEST", e.0))?;
         let timeout_secs = match &req.timeout_secs {
             None | Some(Value::Null) => self.cfg.default_timeout_secs,
             Some(v) => whole(
@@ -614,8 +629,13 @@ impl Sandboxes {
                 env_keys: env.iter().map(|(k, _)| k.clone()).collect(),
                 image: entrypoint::parse_image(req.image.as_ref())?,
                 entrypoint: entrypoint::parse(req.entrypoint.as_ref())?,
+                egress: net
+                    .as_ref()
+                    .map(|n| n.allow.rules.iter().map(|r| r.to_string()).collect())
+                    .unwrap_or_default(),
             },
             env,
+            net,
         ))
     }
 
@@ -1025,7 +1045,8 @@ fn object_of_row(r: &SandboxRow) -> SandboxObject {
             .as_ref()
             .map(|s| s.metadata.clone())
             .unwrap_or_default(),
-        network: false,
+        network: spec.as_ref().is_some_and(|s| !s.egress.is_empty()),
+        egress: spec.as_ref().map(|s| s.egress.clone()).unwrap_or_default(),
         ended_at: r.ended_at.map(ms_rfc3339),
         end_reason: r.end_reason.clone(),
         image: spec.as_ref().and_then(|s| s.image.clone()),

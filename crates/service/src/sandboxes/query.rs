@@ -184,6 +184,7 @@ mod tests {
             },
             metadata: Default::default(),
             network: false,
+            egress: Vec::new(),
             ended_at: None,
             end_reason: None,
             image: None,
