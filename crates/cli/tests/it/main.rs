@@ -3,5 +3,6 @@
 mod api;
 mod cli;
 mod contexts;
+mod fakenet;
 mod pg;
 mod server;

@@ -7,6 +7,7 @@ mod auth;
 mod cluster;
 mod commands;
 mod durability;
+mod egress;
 mod executions;
 mod fairness;
 mod files;
