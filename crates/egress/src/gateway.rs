@@ -301,11 +301,24 @@ impl Shared {
         }
     }
 
+    /// Stops every task (the resolver, the listeners, the relays) and returns once they
+    /// are gone with every socket they held, so that the namespace can be given a gateway
+    /// again at once (a session's next run).
     fn stop(&self) {
-        // Dropping the set aborts every task: the resolver, the listeners, the relays (and
-        // with them every socket they hold).
-        let set = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(set);
+        let Some(mut set) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        set.abort_all();
+        // Waited for on a thread of its own: the caller may be on any runtime's thread.
+        let handle = self.handle.clone();
+        let waited = std::thread::Builder::new()
+            .name("runcell-egress-stop".into())
+            .spawn(move || {
+                handle.block_on(async move { while set.join_next().await.is_some() {} })
+            });
+        if let Ok(t) = waited {
+            let _ = t.join();
+        }
     }
 
     fn stats(&self) -> NetworkStats {

@@ -66,3 +66,52 @@ impl Allowances {
 }
 
 pub type SharedAllowances = Arc<Allowances>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runcell_egress::{NetLimits, parse_network};
+
+    fn plan(allow: &[&str]) -> NetworkPlan {
+        let v = serde_json::json!({"egress": {"allow": allow}});
+        let max = NetLimits {
+            bytes: 1,
+            bytes_per_sec: 1,
+            connections: 1,
+        };
+        parse_network(Some(&v), max).unwrap().unwrap()
+    }
+
+    #[test]
+    fn keys_get_the_common_list_and_their_own() {
+        let mut cfg = Config::default();
+        cfg.network.egress_allow = vec!["pypi.org".into(), "*.pythonhosted.org".into()];
+        cfg.network
+            .key_allow
+            .insert("key-b".into(), vec!["github.com:*".into()]);
+        let a = Allowances::of(&cfg).unwrap();
+        assert!(a.any());
+        let ta = tenant_of(&hash_key("key-a"));
+        let tb = tenant_of(&hash_key("key-b"));
+        assert!(a.check(&ta, None).is_ok());
+        assert!(
+            a.check(&ta, Some(&plan(&["pypi.org", "files.pythonhosted.org"])))
+                .is_ok()
+        );
+        let e = a.check(&ta, Some(&plan(&["github.com:22"]))).unwrap_err();
+        assert_eq!((e.kind, e.code), (Kind::Forbidden, "NETWORK_NOT_ALLOWED"));
+        assert!(e.detail.contains("github.com:22"), "{}", e.detail);
+        assert!(
+            a.check(&tb, Some(&plan(&["github.com:22", "pypi.org"])))
+                .is_ok()
+        );
+
+        let none = Allowances::of(&Config::default()).unwrap();
+        assert!(!none.any());
+        let e = none.check(&ta, Some(&plan(&["pypi.org"]))).unwrap_err();
+        assert!(e.detail.contains("no network access"), "{}", e.detail);
+
+        cfg.network.egress_allow = vec!["http://pypi.org".into()];
+        assert!(Allowances::of(&cfg).is_err());
+    }
+}

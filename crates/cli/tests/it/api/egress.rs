@@ -167,6 +167,24 @@ print(json.dumps(res))
 }
 
 #[test]
+fn a_session_runs_online_again_and_again() {
+    let srv = server();
+    for i in 0..3 {
+        let r = srv.execute(&json!({
+            "language": "python",
+            "session_id": "online",
+            "code": "import urllib.request as u\nprint(u.urlopen('http://allowed.test/', timeout=10).read().decode().strip())",
+            "network": {"egress": {"allow": ["allowed.test"]}},
+        }));
+        assert_eq!(
+            r["stdout"], "hello from the http server\n",
+            "run {i}: {r:#}"
+        );
+        assert_eq!(r["network"]["connections"], 1, "run {i}: {r:#}");
+    }
+}
+
+#[test]
 fn a_connection_naming_another_host_is_refused() {
     let srv = server();
     let r = py(
@@ -250,6 +268,36 @@ fn the_byte_and_rate_limits_hold_and_are_reported() {
         .unwrap();
     assert!(secs >= 1.9, "600 kB in {secs} s at 200 kB/s: {r:#}");
     assert!(r["network"].get("limit_exceeded").is_none(), "{r:#}");
+
+    // One connection at once: a second one is cut while the first is open; the first works.
+    let r = py(
+        &srv,
+        "import socket, time\n\
+         req = b'GET / HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n'\n\
+         a = socket.create_connection(('allowed.test', 80), timeout=10)\n\
+         a.sendall(req)\n\
+         time.sleep(0.5)\n\
+         b = socket.create_connection(('allowed.test', 80), timeout=10)\n\
+         b.sendall(req)\n\
+         try:\n\
+         \x20   print('second', b.recv(100) or 'cut')\n\
+         except OSError:\n\
+         \x20   print('second', 'cut')\n\
+         print('first', a.recv(100).split(b'\\r\\n')[0])\n",
+        &["allowed.test"],
+        json!({"connections": 1}),
+    );
+    assert_eq!(
+        r["stdout"], "second cut\nfirst b'HTTP/1.1 200 OK'\n",
+        "{r:#}"
+    );
+    assert!(
+        refusal(&r, "allowed.test")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than 1 connections at once"),
+        "{r:#}"
+    );
 }
 
 #[test]
