@@ -21,6 +21,7 @@ pub mod error;
 pub mod executions;
 pub mod fair;
 pub mod languages;
+pub mod operator;
 pub mod page;
 pub mod sandboxes;
 pub mod tenants;
