@@ -29,7 +29,9 @@ pub mod judge0;
 pub mod openapi;
 pub mod opensandbox;
 pub mod operations;
+pub mod operator;
 pub mod piston;
+pub mod playground;
 pub mod ports;
 pub mod request;
 pub mod runs;
@@ -233,6 +235,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))
         .route("/health", get(ops::health))
         .route("/cluster", get(ops::cluster))
+        .route("/api/v1/operator/overview", get(operator::overview))
         .route("/metrics", get(ops::metrics))
         .nest("/judge0", judge0::routes())
         .nest("/piston", piston::routes())
@@ -249,6 +252,7 @@ pub fn router(state: AppState) -> Router {
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .url("/openapi.json", openapi::ApiDoc::openapi()),
         )
+        .merge(playground::routes())
         .merge(api)
         .fallback(|uri: axum::http::Uri| async move {
             let e = ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
