@@ -10,7 +10,8 @@
 //! event stream), `body` (size and pace of request bodies), `openapi`. The compatibility
 //! dialects are folders: `judge0` (Judge0 CE 1.13.1) and `piston` (Piston v2), with their error
 //! shapes in `dialect`, and `opensandbox` (OpenSandbox's lifecycle API, errors in execd's
-//! shape); `ports` proxies HTTP to a server a program runs inside a sandbox.
+//! shape); `ports` proxies HTTP to a server a program runs inside a sandbox; `playground` serves
+//! the web playground (embedded assets) and `operator` its operator view's overview.
 //!
 //! Tests: unit tests here (`cargo test -p runcell-server`); every route is driven over HTTP
 //! against the real binary in the CLI's integration tests (`crates/cli/tests/it/api/`, one

@@ -125,6 +125,16 @@ fn the_operator_overview_lists_every_tenants_work_for_operators_only() {
     );
     assert!(sbs[0].get("access_token").is_none(), "{o:#}");
 
+    // The route is in the OpenAPI document.
+    let doc = srv.get("/openapi.json", None).expect(200).json();
+    assert!(
+        doc["paths"]["/api/v1/operator/overview"]["get"].is_object(),
+        "{:?}",
+        doc["paths"]
+            .as_object()
+            .map(|p| p.keys().collect::<Vec<_>>())
+    );
+
     // Filters.
     let only = |q: &str| -> Vec<String> {
         overview(&srv, Some(OPERATOR), q).expect(200).json()["executions"]

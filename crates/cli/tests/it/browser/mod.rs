@@ -327,6 +327,7 @@ fn playground_operator_view_shows_every_tenants_work() {
     b.wait_text("#op-sandboxes", &sb_id, LONG);
     assert_eq!(b.content("#op-load [data-field=queue-depth]"), "0");
     assert!(b.content("#op-nodes").contains("(this)"));
+    b.assert_no_console_errors();
     shot(&b, &shots.join("operator.png"), 800);
 
     // Filters: no failed executions.
