@@ -120,6 +120,27 @@ fn playground_runs_code_streams_output_and_follows_deep_links() {
     );
     b.assert_no_console_errors();
 
+    // Every control has a name for assistive technology, and Ctrl+Enter runs from the keyboard.
+    let unlabelled = b.js(
+        "return [...document.querySelectorAll('input, select, textarea, button')]
+           .filter(e => !e.closest('.CodeMirror') || e.tagName === 'TEXTAREA')
+           .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                        && !e.textContent.trim())
+           .map(e => e.outerHTML.slice(0, 80));",
+        json!([]),
+    );
+    assert_eq!(unlabelled, json!([]), "controls without a label");
+    set_code(&b, "print(43)\n");
+    b.js(
+        "document.querySelector('.CodeMirror').CodeMirror.focus();",
+        json!([]),
+    );
+    b.type_into(&b.find(".CodeMirror textarea"), "\u{E009}\u{E007}\u{E000}");
+    b.wait_text("#stdout-out", "43", LONG);
+    b.wait(LONG, "the run to finish", || {
+        (!b.content("#result [data-field=exit-code]").is_empty()).then_some(())
+    });
+
     // A C program that does not compile: the compiler's message.
     pick_language(&b, "c");
     set_code(&b, "int main(void) { return undefined_thing; }\n");
@@ -276,6 +297,44 @@ fn playground_sandbox_renders_a_plot_and_moves_files() {
     b.click(&b.find(".cell:nth-child(2) .cell-run"));
     let table = b.wait_text(".cell:nth-child(2) .rich table", "squared", LONG);
     assert!(table.contains('9'), "{table}");
+
+    // An SVG result is shown as an image; a Bash cell and a JavaScript cell run in their own
+    // contexts.
+    b.click(&b.find("#add-cell"));
+    b.type_into(
+        &b.find(".cell:nth-child(3) textarea"),
+        "from IPython.display import SVG, display\ndisplay(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"40\" height=\"30\"><circle cx=\"15\" cy=\"15\" r=\"12\" fill=\"teal\"/></svg>'))",
+    );
+    b.click(&b.find(".cell:nth-child(3) .cell-run"));
+    b.wait(LONG, "the SVG image", || {
+        let w = b.js(
+            "const i = document.querySelector('.cell:nth-child(3) .rich img[alt=\"SVG result\"]');
+             return i && i.complete ? i.naturalWidth : 0;",
+            json!([]),
+        );
+        (w == 40).then_some(())
+    });
+    for (n, lang, code, out) in [
+        (4, "bash", "echo \"hi from $((6 * 7))\"", "hi from 42"),
+        (
+            5,
+            "javascript",
+            "console.log([1, 2, 3].map(x => x * 2).join(','))",
+            "2,4,6",
+        ),
+    ] {
+        b.click(&b.find("#add-cell"));
+        let ok = b.js(
+            "const s = document.querySelector(`.cell:nth-child(${arguments[0]}) select`);
+             if (![...s.options].some(o => o.value === arguments[1])) return false;
+             s.value = arguments[1]; return true;",
+            json!([n, lang]),
+        );
+        assert_eq!(ok, true, "no {lang} context offered");
+        b.type_into(&b.find(&format!(".cell:nth-child({n}) textarea")), code);
+        b.click(&b.find(&format!(".cell:nth-child({n}) .cell-run")));
+        b.wait_text(&format!(".cell:nth-child({n}) .cell-stdout"), out, LONG);
+    }
 
     // Upload a file from this machine, see it listed, download it back.
     let tmp = tempfile::tempdir().expect("a temporary directory");
