@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -11,6 +10,7 @@ use serde::Deserialize;
 use runcell_service::operator::OverviewQuery;
 
 use crate::AppState;
+use crate::auth::presented_key_in;
 use crate::error::ApiError;
 use crate::request::ApiQuery;
 
@@ -40,9 +40,7 @@ pub async fn overview(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<OverviewParams>,
 ) -> Response {
-    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
-    parts.headers = headers;
-    let Some(key) = presented(&parts).filter(|k| !k.is_empty()) else {
+    let Some(key) = presented_key_in(&headers).filter(|k| !k.is_empty()) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "UNAUTHORIZED",
@@ -60,8 +58,4 @@ pub async fn overview(
         Ok(o) => Json(o).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
-}
-
-fn presented(parts: &Parts) -> Option<&str> {
-    crate::auth::presented_key(parts)
 }
