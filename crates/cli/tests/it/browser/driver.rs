@@ -228,18 +228,16 @@ impl Browser {
     /// A PNG of the viewport, saved at `path`.
     pub fn screenshot(&self, path: &Path) -> Vec<u8> {
         let b64 = self.raw("GET", "/screenshot", None);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap_or_default())
-            .expect("a base64 screenshot");
-        assert!(
-            png.starts_with(b"\x89PNG\r\n\x1a\n"),
-            "not a PNG screenshot"
+        save_png(&b64, path)
+    }
+
+    /// A PNG of the whole page (beyond the viewport), saved at `path`.
+    pub fn full_screenshot(&self, path: &Path) -> Vec<u8> {
+        let v = self.cdp(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true}),
         );
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).expect("the screenshot directory");
-        }
-        std::fs::write(path, &png).expect("write the screenshot");
-        png
+        save_png(&v["data"], path)
     }
 
     pub fn set_window(&self, width: u32, height: u32) {
@@ -289,4 +287,20 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Decodes a base64 PNG and writes it to `path`.
+fn save_png(b64: &Value, path: &Path) -> Vec<u8> {
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_str().unwrap_or_default())
+        .expect("a base64 screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "not a PNG screenshot"
+    );
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("the screenshot directory");
+    }
+    std::fs::write(path, &png).expect("write the screenshot");
+    png
 }

@@ -360,7 +360,8 @@ fn playground_sandbox_renders_a_plot_and_moves_files() {
     b.click(&b.find("#term-run"));
     b.wait_text("#term-out", "32 hello-upload.txt", LONG);
     b.assert_no_console_errors();
-    shot(&b, &shots.join("sandbox.png"), 1500);
+    b.js("window.scrollTo(0, 0);", json!([]));
+    b.full_screenshot(&shots.join("sandbox.png"));
 }
 
 #[test]
