@@ -4,8 +4,8 @@
 //! token's, once its sandbox is known: `Service::sandbox`).
 
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 
 use runcell_service::Tenant;
 use runcell_service::sandboxes::Cred;
@@ -16,12 +16,17 @@ use crate::error::ApiError;
 
 /// The API key presented, if any.
 pub fn presented_key(parts: &Parts) -> Option<&str> {
+    presented_key_in(&parts.headers)
+}
+
+/// The API key presented in `headers`, if any.
+pub fn presented_key_in(headers: &HeaderMap) -> Option<&str> {
     for name in ["x-api-key", "open-sandbox-api-key"] {
-        if let Some(v) = parts.headers.get(name) {
+        if let Some(v) = headers.get(name) {
             return v.to_str().ok().map(str::trim);
         }
     }
-    let auth = parts.headers.get("authorization")?.to_str().ok()?;
+    let auth = headers.get("authorization")?.to_str().ok()?;
     let (scheme, token) = auth.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

@@ -10,7 +10,8 @@
 //! event stream), `body` (size and pace of request bodies), `openapi`. The compatibility
 //! dialects are folders: `judge0` (Judge0 CE 1.13.1) and `piston` (Piston v2), with their error
 //! shapes in `dialect`, and `opensandbox` (OpenSandbox's lifecycle API, errors in execd's
-//! shape); `ports` proxies HTTP to a server a program runs inside a sandbox.
+//! shape); `ports` proxies HTTP to a server a program runs inside a sandbox; `playground` serves
+//! the web playground (embedded assets) and `operator` its operator view's overview.
 //!
 //! Tests: unit tests here (`cargo test -p runcell-server`); every route is driven over HTTP
 //! against the real binary in the CLI's integration tests (`crates/cli/tests/it/api/`, one
@@ -29,7 +30,9 @@ pub mod judge0;
 pub mod openapi;
 pub mod opensandbox;
 pub mod operations;
+pub mod operator;
 pub mod piston;
+pub mod playground;
 pub mod ports;
 pub mod request;
 pub mod runs;
@@ -233,6 +236,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/metrics/watch", get(sb::watch_metrics))
         .route("/health", get(ops::health))
         .route("/cluster", get(ops::cluster))
+        .route("/api/v1/operator/overview", get(operator::overview))
         .route("/metrics", get(ops::metrics))
         .nest("/judge0", judge0::routes())
         .nest("/piston", piston::routes())
@@ -249,6 +253,7 @@ pub fn router(state: AppState) -> Router {
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .url("/openapi.json", openapi::ApiDoc::openapi()),
         )
+        .merge(playground::routes())
         .merge(api)
         .fallback(|uri: axum::http::Uri| async move {
             let e = ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");

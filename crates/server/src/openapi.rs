@@ -5,7 +5,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 
 use runcell_service::{executions as svc_executions, model, sandboxes as svc_sandboxes};
 
-use crate::{commands, error, execd, executions, files, operations, runs, sandboxes};
+use crate::{commands, error, execd, executions, files, operations, operator, runs, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,7 @@ use crate::{commands, error, execd, executions, files, operations, runs, sandbox
         operations::languages,
         operations::health,
         operations::cluster,
+        operator::overview,
         operations::metrics,
         sandboxes::create_sandbox,
         sandboxes::list_sandboxes,

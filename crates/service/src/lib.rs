@@ -22,6 +22,7 @@ pub mod executions;
 pub mod fair;
 pub mod languages;
 pub mod network;
+pub mod operator;
 pub mod page;
 pub mod sandboxes;
 pub mod tenants;

@@ -62,6 +62,14 @@ impl Keys {
         self.by_hash.len()
     }
 
+    /// Every tenant's id, sorted, each once.
+    pub fn tenant_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.by_hash.values().cloned().collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
@@ -175,6 +183,11 @@ impl Tenants {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Every tenant's id, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        self.keys.tenant_ids()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,6 +1,7 @@
 //! One integration test binary for the runcell binary: the CLI and the HTTP API.
 
 mod api;
+mod browser;
 mod cli;
 mod contexts;
 mod fakenet;

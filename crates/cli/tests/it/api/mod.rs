@@ -20,6 +20,7 @@ mod opensandbox;
 mod opensandbox_execd;
 mod operations;
 mod piston;
+mod playground;
 mod postgres;
 mod sandboxes;
 mod sandboxes_pause;
