@@ -242,10 +242,15 @@ fn bad_creations_are_4xx_with_code_and_message() {
             "snapshot",
         ),
         (
+            json!({"networkPolicy": {"defaultAction": "allow"}}),
+            "INVALID_NETWORK_POLICY",
+            "deny",
+        ),
+        (
             json!({"networkPolicy": {"defaultAction": "deny", "egress": [
-                {"action": "allow", "target": "pypi.org"}]}}),
-            "NETWORK_NOT_AVAILABLE",
-            "network",
+                {"action": "allow", "target": "10.0.0.1"}]}}),
+            "INVALID_NETWORK_POLICY",
+            "address",
         ),
         (
             json!({"platform": {"os": "windows", "arch": "amd64"}}),
@@ -268,6 +273,17 @@ fn bad_creations_are_4xx_with_code_and_message() {
             "{extra}: {v}"
         );
     }
+    // Allowing a name this server's operator does not allow (none here) is a 403.
+    let r = os(
+        &srv,
+        "POST",
+        "/sandboxes",
+        Some(KEY_A),
+        Some(&create_body(json!({"networkPolicy": {"defaultAction": "deny", "egress": [
+            {"action": "allow", "target": "pypi.org"}]}}))),
+    );
+    let v = error(&r, 403, Some("NETWORK_NOT_ALLOWED"));
+    assert!(v["message"].as_str().unwrap().contains("network"), "{v}");
     // Not JSON, and not an object.
     let r = Resp::of(
         srv.req("POST", &format!("{BASE}/sandboxes"), None)
