@@ -433,9 +433,10 @@ fn bad_query_parameters_are_400() {
 #[test]
 fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
     let srv = Server::start();
+    // `/` is the playground (api::playground).
     for (key, path) in [
-        (None, "/"),
         (None, "/nope"),
+        (None, "/playground/nope"),
         (Some(KEY_A), "/api/v1/nope"),
         (Some(KEY_A), "/api/v2/execute"),
         (
