@@ -279,8 +279,10 @@ fn bad_creations_are_4xx_with_code_and_message() {
         "POST",
         "/sandboxes",
         Some(KEY_A),
-        Some(&create_body(json!({"networkPolicy": {"defaultAction": "deny", "egress": [
-            {"action": "allow", "target": "pypi.org"}]}}))),
+        Some(&create_body(
+            json!({"networkPolicy": {"defaultAction": "deny", "egress": [
+            {"action": "allow", "target": "pypi.org"}]}}),
+        )),
     );
     let v = error(&r, 403, Some("NETWORK_NOT_ALLOWED"));
     assert!(v["message"].as_str().unwrap().contains("network"), "{v}");
