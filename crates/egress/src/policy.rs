@@ -292,6 +292,7 @@ pub struct NetLimits {
 
 /// The `network` setting of a request, as sent.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkRequest {
     pub egress: Option<EgressRequest>,
@@ -301,16 +302,21 @@ pub struct NetworkRequest {
 
 /// `network.egress`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EgressRequest {
+    /// Host names (`pypi.org`), wildcards (`*.pythonhosted.org`) and ports
+    /// (`api.example.com:8443`; without one, 80 and 443).
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Only `deny`: what is not listed is refused.
     #[serde(default)]
     pub default: Option<String>,
 }
 
 /// `network.limits`: each may only lower the server's.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetLimitsRequest {
     pub bytes: Option<u64>,

@@ -36,9 +36,13 @@ pub struct ExecuteRequest {
     /// server's compile limits); the run's limits are `limits`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compile_limits: Option<CompileLimitsRequest>,
-    /// Network access (only `false` is supported: runs have no network).
+    /// What the run step may reach (`false` or absent: nothing, the default), within what the
+    /// server lets the API key ask for (docs/network.md).
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<bool>))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<runcell_egress::policy::NetworkRequest>)
+    )]
     pub network: Option<Value>,
     #[serde(default)]
     pub session_id: Option<String>,

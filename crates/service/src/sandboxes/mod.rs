@@ -47,7 +47,12 @@ pub struct CreateSandbox {
     pub env: Option<Value>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Option<Value>,
-    /// Must be false (or absent): sandboxes have no network.
+    /// What the sandbox may reach (`false` or absent: nothing), within what the server lets the
+    /// API key ask for (docs/network.md).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<runcell_egress::policy::NetworkRequest>)
+    )]
     pub network: Option<Value>,
     /// The name of the image the client asked for (OpenSandbox's `image.uri`): recorded and
     /// shown, since every sandbox has the server's one root file system.

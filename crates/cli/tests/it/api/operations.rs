@@ -83,6 +83,18 @@ fn health_metrics_openapi_and_docs() {
             paths.keys().collect::<Vec<_>>()
         );
     }
+    // The request's `network` is described, and what results report of it.
+    let schemas = &doc["components"]["schemas"];
+    for name in ["NetworkRequest", "EgressRequest", "NetLimitsRequest", "NetworkStats"] {
+        assert!(schemas.get(name).is_some(), "{name} missing from the schemas");
+    }
+    assert!(
+        schemas["ExecuteRequest"]["properties"]["network"]
+            .to_string()
+            .contains("NetworkRequest"),
+        "{}",
+        schemas["ExecuteRequest"]["properties"]["network"]
+    );
     let schemes = &doc["components"]["securitySchemes"];
     assert!(
         schemes.as_object().is_some_and(|s| s.len() >= 2),
