@@ -185,6 +185,8 @@
       if (v !== undefined) limits[k] = v;
     }
     if (Object.keys(limits).length) req.limits = limits;
+    const allow = $("net-allow").value.split(/[\s,]+/).filter((h) => h.length > 0);
+    if (allow.length) req.network = { egress: { allow, default: "deny" } };
     const cases = [...document.querySelectorAll("#cases .case")].map((c) => ({
       stdin: c.querySelector(".case-stdin").value,
       expected_output: c.querySelector(".case-expected").value,
@@ -218,6 +220,12 @@
       ["Version", r.version || "–"],
     ];
     if (r.stdout_truncated || r.stderr_truncated) rows.push(["Truncated", "output was cut at the output limit"]);
+    if (r.network) {
+      const n = r.network;
+      rows.push(["Network", `${n.connections} connection(s), ${n.bytes_out} bytes out, ${n.bytes_in} in, ${n.refused} refused` +
+        (n.limit_exceeded ? `, ${n.limit_exceeded} limit reached` : "")]);
+      for (const f of n.refusals || []) rows.push(["Refused", `${f.name}${f.port ? ":" + f.port : ""}: ${f.reason}`]);
+    }
     const dl = $("result");
     dl.replaceChildren();
     for (const [k, v] of rows) {
@@ -313,6 +321,7 @@
     p.set("language", $("language").value);
     p.set("code", editor.getValue());
     if ($("stdin").value) p.set("stdin", $("stdin").value);
+    if ($("net-allow").value.trim()) p.set("network", $("net-allow").value.trim());
     p.set("run", "1");
     const url = location.origin + "/playground#" + p.toString();
     if (navigator.clipboard) navigator.clipboard.writeText(url).then(() => status("link copied (without your key)"), () => status(url));
@@ -335,6 +344,7 @@
     if (p.has("code")) d.code = p.get("code");
     if (p.has("stdin")) $("stdin").value = p.get("stdin");
     if (p.has("args")) $("args").value = p.get("args");
+    if (p.has("network")) $("net-allow").value = p.get("network");
     d.run = p.get("run") === "1";
     if (Object.keys(d).length) deepLink = d;
   }

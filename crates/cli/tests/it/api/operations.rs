@@ -85,8 +85,16 @@ fn health_metrics_openapi_and_docs() {
     }
     // The request's `network` is described, and what results report of it.
     let schemas = &doc["components"]["schemas"];
-    for name in ["NetworkRequest", "EgressRequest", "NetLimitsRequest", "NetworkStats"] {
-        assert!(schemas.get(name).is_some(), "{name} missing from the schemas");
+    for name in [
+        "NetworkRequest",
+        "EgressRequest",
+        "NetLimitsRequest",
+        "NetworkStats",
+    ] {
+        assert!(
+            schemas.get(name).is_some(),
+            "{name} missing from the schemas"
+        );
     }
     assert!(
         schemas["ExecuteRequest"]["properties"]["network"]

@@ -261,6 +261,57 @@ fn playground_runs_code_streams_output_and_follows_deep_links() {
 }
 
 #[test]
+fn playground_runs_with_network_by_name() {
+    crate::fakenet::get();
+    let srv = Server::with(
+        Opts::new()
+            .env("RUNCELL_EGRESS_ALLOW", "*.test")
+            .env("RUNCELL_EGRESS_RESOLVER", crate::fakenet::RESOLVER),
+    );
+    let b = Browser::start(1280, 900);
+    open_with_key(&b, &srv);
+    set_code(
+        &b,
+        "import socket, urllib.request as u\n\
+         print(u.urlopen('http://allowed.test/', timeout=10).read().decode().strip())\n\
+         try:\n    socket.gethostbyname('denied.test')\nexcept OSError:\n    print('denied')\n",
+    );
+    let hosts = b.find("#net-allow");
+    b.type_into(&hosts, "allowed.test");
+    assert_eq!(run_and_wait(&b), "0");
+    assert_eq!(
+        b.content("#stdout-out"),
+        "hello from the http server\ndenied\n"
+    );
+    let net = b.content("#result [data-field=network]");
+    assert!(net.starts_with("1 connection(s), "), "{net}");
+    assert!(net.ends_with(", 1 refused"), "{net}");
+    let refused = b.content("#result [data-field=refused]");
+    assert!(
+        refused.starts_with("denied.test: ") && refused.contains("allow-list"),
+        "{refused}"
+    );
+    b.assert_no_console_errors();
+
+    // The hosts travel in deep links; a name beyond the key's is the server's sentence.
+    b.goto("about:blank");
+    b.goto(&format!(
+        "{}/playground#language=python&code={}&network={}&run=1",
+        srv.url,
+        enc("print(1)"),
+        enc("pypi.org")
+    ));
+    b.wait_text("#status", "pypi.org", LONG);
+    assert_eq!(
+        b.js(
+            "return document.getElementById('net-allow').value;",
+            json!([])
+        ),
+        "pypi.org"
+    );
+}
+
+#[test]
 fn playground_sandbox_renders_a_plot_and_moves_files() {
     let srv = Server::start();
     let (shots, _tmp) = screenshot_dir();
