@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// and how soon a queued execution is picked up. Needs --database-url.
     #[arg(long)]
     pub cluster: bool,
+    /// Measure the egress relay instead (a server and a small network of its own are started
+    /// for the run): connections and a download from a jail by name, relayed, next to the same
+    /// program on the host by address.
+    #[arg(long)]
+    pub egress: bool,
     /// With --cluster: the PostgreSQL database the nodes share (it is filled with records).
     #[arg(long)]
     pub database_url: Option<String>,
@@ -185,6 +190,9 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
     }
     if args.cluster {
         return crate::bench_cluster::bench_cluster(&args);
+    }
+    if args.egress {
+        return crate::bench_egress::bench_egress(&args);
     }
     if args.iterations < 3 {
         bail!("--iterations must be at least 3");

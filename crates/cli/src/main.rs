@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_cluster;
+mod bench_egress;
 mod bench_fair;
 mod bench_http;
 mod bench_judge;

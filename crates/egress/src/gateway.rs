@@ -518,7 +518,7 @@ impl Shared {
         mut w: tokio::net::tcp::OwnedWriteHalf,
         dir: Dir,
     ) -> Pumped {
-        let mut buf = vec![0u8; 16 << 10];
+        let mut buf = vec![0u8; 64 << 10];
         loop {
             let n = match r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
