@@ -95,7 +95,7 @@ fn make_net() -> Result<Net> {
         .context("unshare --net")?;
     let mut line = String::new();
     BufReader::new(holder.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let net = Net { holder: holder };
+    let net = Net { holder };
     let pid = net.holder.id().to_string();
     let _ = Command::new("ip")
         .args(["link", "del", "rcbench-h"])
