@@ -147,6 +147,68 @@ print(json.dumps(res))
 }
 
 #[test]
+fn an_online_program_cannot_rewire_its_network_or_resolver() {
+    let srv = server();
+    let code = r#"import json, socket, subprocess
+res = {}
+def attempt(label, f):
+    try:
+        f()
+        res[label] = "done"
+    except Exception as e:
+        res[label] = "error " + type(e).__name__
+attempt("raw_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+attempt("packet_socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))
+def route():
+    r = subprocess.run(["ip", "route", "add", "default", "dev", "lo"], capture_output=True)
+    if r.returncode != 0:
+        err = r.stderr.decode()
+        raise (PermissionError if "not permitted" in err else RuntimeError)(err)
+attempt("route", route)
+def addr():
+    r = subprocess.run(["ip", "addr", "add", "203.0.113.9/24", "dev", "lo"], capture_output=True)
+    if r.returncode != 0:
+        err = r.stderr.decode()
+        raise (PermissionError if "not permitted" in err else RuntimeError)(err)
+attempt("address", addr)
+def resolv():
+    open("/etc/resolv.conf", "a").write("nameserver 203.0.113.2\n")
+attempt("resolv_conf", resolv)
+def resolver_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 53))
+attempt("resolver_port", resolver_port)
+def udp_out():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", ("203.0.113.2", 53))
+attempt("udp_out", udp_out)
+print(json.dumps(res))
+"#;
+    let r = py(&srv, code, &["allowed.test"], json!({}));
+    let res: Value = serde_json::from_str(r["stdout"].as_str().unwrap().trim())
+        .unwrap_or_else(|e| panic!("{e}: {r:#}"));
+    for (k, v) in res.as_object().unwrap() {
+        assert!(
+            v.as_str().unwrap().starts_with("error "),
+            "{k} succeeded: {res:#}"
+        );
+    }
+    assert_eq!(res.as_object().unwrap().len(), 7, "{res:#}");
+    // Refused by the kernel, not missing tools: `ip` runs and is told no.
+    for k in [
+        "route",
+        "address",
+        "raw_socket",
+        "packet_socket",
+        "resolv_conf",
+    ] {
+        assert_eq!(res[k], "error PermissionError", "{k}: {res:#}");
+    }
+    assert_eq!(res["resolver_port"], "error PermissionError", "{res:#}");
+    assert_eq!(res["udp_out"], "error OSError", "{res:#}");
+}
+
+#[test]
 fn a_session_runs_online_again_and_again() {
     let srv = server();
     for i in 0..3 {
