@@ -545,24 +545,26 @@ impl Service {
                 let _ = p.send(Progress::Status("running"));
             }
             let started = now_ms();
-            svc.store
-                .insert_execution(&NewExecution {
-                    id: id.clone(),
-                    tenant: tenant.clone(),
-                    status: ExecStatus::Running,
-                    language: plan.language.clone(),
-                    session_id: plan.session_id.clone(),
-                    request,
-                    callback_url: None,
-                    created_at: created,
-                    started_at: Some(started),
-                })
-                .await?;
+            let row = NewExecution {
+                id: id.clone(),
+                tenant: tenant.clone(),
+                status: ExecStatus::Running,
+                language: plan.language.clone(),
+                session_id: plan.session_id.clone(),
+                request,
+                callback_url: None,
+                created_at: created,
+                started_at: Some(started),
+            };
             svc.jobs.register(&id, cancel.clone());
-            let result = svc
-                .run_plan(&tenant, plan, &id, created, progress, cancel)
-                .await;
+            // The running record is written while the program runs (the caller waits for the
+            // end anyway, and the final record follows both): its write is off the latency.
+            let (inserted, result) = tokio::join!(
+                svc.store.insert_execution(&row),
+                svc.run_plan(&tenant, plan, &id, created, progress, cancel)
+            );
             svc.jobs.unregister(&id);
+            inserted?;
             svc.finish(&tenant, &id, None, &result).await;
             drop(slot);
             Ok(result)
