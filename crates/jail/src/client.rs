@@ -523,20 +523,7 @@ impl Jail {
     /// from the host. The socket is made by a short-lived thread that enters only the jail's
     /// network namespace, so no other thread of the caller ever changes namespace.
     pub fn connect_tcp(&self, port: u16, timeout: Duration) -> io::Result<std::net::TcpStream> {
-        let agent = self.agent.try_clone()?;
-        std::thread::Builder::new()
-            .name("runcell-jail-connect".into())
-            .spawn(move || {
-                // SAFETY: setns on this thread only (network namespaces are per thread), with
-                // a pidfd of the jail's agent; the thread ends right after.
-                if unsafe { libc::setns(agent.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                std::net::TcpStream::connect_timeout(&addr, timeout)
-            })?
-            .join()
-            .map_err(|_| io::Error::other("the connecting thread panicked"))?
+        crate::netns::JailNet::new(self.agent.try_clone()?).connect_tcp(port, timeout)
     }
 
     /// Freezes every process of the jail (they keep their memory and use no CPU until

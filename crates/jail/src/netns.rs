@@ -205,6 +205,18 @@ impl JailNet {
         self.within(move || std::net::TcpListener::bind(addr))
     }
 
+    /// A connection to `127.0.0.1:port` of the namespace (a program listening in the jail).
+    pub fn connect_tcp(
+        &self,
+        port: u16,
+        timeout: std::time::Duration,
+    ) -> io::Result<std::net::TcpStream> {
+        self.within(move || {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            std::net::TcpStream::connect_timeout(&addr, timeout)
+        })
+    }
+
     /// A UDP socket on `addr` in the namespace.
     pub fn bind_udp(&self, addr: std::net::SocketAddrV4) -> io::Result<std::net::UdpSocket> {
         self.within(move || std::net::UdpSocket::bind(addr))
