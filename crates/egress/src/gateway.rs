@@ -590,6 +590,9 @@ impl Drop for Open<'_> {
     }
 }
 
+/// Why a connection whose first bytes stop short of naming the host is refused.
+const STALLED: &str = "the first bytes stopped before naming the host";
+
 /// Reads a connection's first bytes until they say what they are (or nothing comes: a
 /// protocol where the server speaks first).
 async fn first_bytes(conn: &mut TcpStream, wait: Duration) -> io::Result<(Vec<u8>, Peek)> {
@@ -599,7 +602,9 @@ async fn first_bytes(conn: &mut TcpStream, wait: Duration) -> io::Result<(Vec<u8
     loop {
         let n = match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
             Err(_) if buf.is_empty() => return Ok((buf, Peek::Other)),
-            Err(_) => return Ok((buf, Peek::BadTls)),
+            // Started, then stopped before naming the host: a slow request could otherwise
+            // name another host after the check.
+            Err(_) => return Ok((buf, Peek::Unreadable(STALLED))),
             Ok(r) => r?,
         };
         if n == 0 {
@@ -607,8 +612,9 @@ async fn first_bytes(conn: &mut TcpStream, wait: Duration) -> io::Result<(Vec<u8
         }
         buf.extend_from_slice(&chunk[..n]);
         match peek(&buf) {
-            Peek::NeedMore if buf.len() < MAX_PEEK => {}
-            Peek::NeedMore => return Ok((buf, Peek::Other)),
+            // MAX_PEEK and a TLS record header: the most `peek` asks for.
+            Peek::NeedMore if buf.len() < MAX_PEEK + 5 => {}
+            Peek::NeedMore => return Ok((buf, Peek::Unreadable(STALLED))),
             p => return Ok((buf, p)),
         }
     }
@@ -647,7 +653,7 @@ async fn relay(sh: Arc<Shared>, mut client: TcpStream, name: String, port: u16) 
         Peek::Http(Some(host)) if *host != name => {
             Some(format!("the HTTP Host {host:?} is not {name:?}"))
         }
-        Peek::BadTls => Some("the TLS hello could not be read".into()),
+        Peek::Unreadable(why) => Some((*why).into()),
         _ => None,
     };
     if let Some(why) = mismatch {
@@ -710,5 +716,48 @@ async fn relay(sh: Arc<Shared>, mut client: TcpStream, name: String, port: u16) 
                 if r == Pumped::Cut { break; }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair on loopback: what the jail's program would hold, and the relay's end.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (c, l.accept().await.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn first_bytes_that_stall_or_run_long_before_naming_the_host_are_refused() {
+        let wait = Duration::from_millis(200);
+        // A request that names its host only after the wait is not let through unchecked.
+        let (mut c, mut s) = pair().await;
+        c.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let (_, p) = first_bytes(&mut s, wait).await.unwrap();
+        assert_eq!(p, Peek::Unreadable(STALLED));
+        // Nothing at all: a protocol where the server speaks first.
+        let (_c, mut s) = pair().await;
+        assert_eq!(first_bytes(&mut s, wait).await.unwrap().1, Peek::Other);
+        // A TLS record as long as the peek allows, never completed.
+        let (mut c, mut s) = pair().await;
+        let mut rec = vec![0x16, 3, 1, 0x40, 0x00, 1];
+        rec.resize(MAX_PEEK + 4, 0);
+        c.write_all(&rec).await.unwrap();
+        assert!(matches!(
+            first_bytes(&mut s, wait).await.unwrap().1,
+            Peek::Unreadable(_)
+        ));
+        // A complete request says its host.
+        let (mut c, mut s) = pair().await;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            first_bytes(&mut s, wait).await.unwrap().1,
+            Peek::Http(Some("a.test".into()))
+        );
     }
 }

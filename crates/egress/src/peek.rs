@@ -5,6 +5,10 @@
 /// The most the relay reads before deciding.
 pub const MAX_PEEK: usize = 16 << 10;
 
+const BAD_TLS: &str = "the TLS hello could not be read";
+/// Why an HTTP request head too long to read is refused.
+pub const LONG_HEAD: &str = "the HTTP request head is longer than 16 KiB";
+
 /// What the first bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peek {
@@ -12,8 +16,8 @@ pub enum Peek {
     NeedMore,
     /// A TLS ClientHello with this server name (none: it sends no SNI).
     Tls(Option<String>),
-    /// A TLS record that is not a readable ClientHello.
-    BadTls,
+    /// First bytes that should name a host and cannot be read (why).
+    Unreadable(&'static str),
     /// An HTTP/1 request with this `Host` (lower case, without port; none: no Host header).
     Http(Option<String>),
     /// Some other protocol.
@@ -60,8 +64,9 @@ pub fn peek(buf: &[u8]) -> Peek {
 
 fn http(buf: &[u8]) -> Peek {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        // Its Host could come after what is read: refused rather than let through unchecked.
         return if buf.len() >= MAX_PEEK {
-            Peek::Http(None)
+            Peek::Unreadable(LONG_HEAD)
         } else {
             Peek::NeedMore
         };
@@ -114,17 +119,17 @@ fn tls(buf: &[u8]) -> Peek {
         return Peek::NeedMore;
     }
     if buf[1] != 3 {
-        return Peek::BadTls;
+        return Peek::Unreadable(BAD_TLS);
     }
     let len = u16::from_be_bytes([buf[3], buf[4]]) as usize;
     if buf.len() < 5 + len {
         return if 5 + len > MAX_PEEK + 5 {
-            Peek::BadTls
+            Peek::Unreadable(BAD_TLS)
         } else {
             Peek::NeedMore
         };
     }
-    client_hello(&buf[5..5 + len]).unwrap_or(Peek::BadTls)
+    client_hello(&buf[5..5 + len]).unwrap_or(Peek::Unreadable(BAD_TLS))
 }
 
 fn client_hello(rec: &[u8]) -> Option<Peek> {
@@ -216,11 +221,11 @@ mod tests {
         assert_eq!(peek(&hello(None)), Peek::Tls(None));
         let mut bad = hello(Some("a.test"));
         bad[5] = 2; // a ServerHello is not a ClientHello
-        assert_eq!(peek(&bad), Peek::BadTls);
+        assert_eq!(peek(&bad), Peek::Unreadable(BAD_TLS));
         let mut cut = hello(Some("a.test"));
         let n = cut.len();
         cut[4] -= 4; // the record says it ends inside the extensions
-        assert_eq!(peek(&cut[..n - 4]), Peek::BadTls);
+        assert_eq!(peek(&cut[..n - 4]), Peek::Unreadable(BAD_TLS));
     }
 
     #[test]
@@ -235,6 +240,10 @@ mod tests {
             peek(b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
             Peek::Http(None)
         );
+        let mut long = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        long.resize(MAX_PEEK, b'a');
+        assert_eq!(peek(&long[..MAX_PEEK - 1]), Peek::NeedMore);
+        assert_eq!(peek(&long), Peek::Unreadable(LONG_HEAD));
         assert_eq!(peek(b"SSH-2.0-OpenSSH\r\n"), Peek::Other);
         assert_eq!(peek(b"\x00\x01"), Peek::Other);
     }
