@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// With --http: the server's own concurrency (default: its configuration's).
     #[arg(long)]
     pub server_concurrency: Option<usize>,
+    /// With --http: only these scenarios (python, python-nozygote, python-cold, javascript,
+    /// c, c-cold); default all. Useful to profile one of them.
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
 }
 
 const PYTHON: &str = "/usr/bin/python3";

@@ -30,7 +30,72 @@ struct Row {
     bare_p50_ms: f64,
     bare_p99_ms: f64,
     bare_per_sec: f64,
+    /// The machine's busy CPU time per execution (every CPU, the kernel's own threads
+    /// included), from the start of the load until its last teardown.
+    runcell_cpu_ms: f64,
+    bare_cpu_ms: f64,
     errors: usize,
+}
+
+/// Busy CPU time of the whole machine so far (user, system and interrupts of every CPU,
+/// kernel threads included: teardown work the kernel defers counts), from `/proc/stat`.
+fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .map(|cpu| {
+            // cpu user nice system idle iowait irq softirq steal ...
+            cpu.split_whitespace()
+                .skip(1)
+                .enumerate()
+                .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6))
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / hz))
+}
+
+/// The kernel's own CPU price, per run, of the namespaces a jail gets (user, mount, pid,
+/// network, IPC, UTS, cgroup), with no mount, no cgroup and no runcell code: a floor no jail
+/// with fresh namespaces per run goes below. Measured as the difference between util-linux's
+/// `unshare --fork /bin/true` with and without them (forking this benchmark itself would
+/// price its own large address space instead). Returns (all of them, without the network
+/// one), or `None` without `unshare`.
+fn namespace_floor(n: usize) -> Option<(f64, f64)> {
+    const UNSHARE: &str = "/usr/bin/unshare";
+    if !std::path::Path::new(UNSHARE).exists() {
+        return None;
+    }
+    let run = |namespaces: &[&str]| {
+        with_cpu(n, || {
+            for _ in 0..n {
+                let _ = Command::new(UNSHARE)
+                    .args(namespaces)
+                    .args(["--fork", "/bin/true"])
+                    .status();
+            }
+        })
+        .1
+    };
+    let offline = ["--user", "--mount", "--pid", "--ipc", "--uts", "--cgroup"];
+    let base = run(&[]);
+    let all = run(&[&offline[..], &["--net"]].concat());
+    let without_net = run(&offline);
+    Some(((all - base).max(0.0), (without_net - base).max(0.0)))
+}
+
+/// Runs `work` and returns its result with the machine's busy CPU time per `n` from its start
+/// until 300 ms after it (teardowns finish then: a jail's, the kernel's deferred cleanup).
+fn with_cpu<T>(n: usize, work: impl FnOnce() -> T) -> (T, f64) {
+    let before = machine_busy();
+    let out = work();
+    std::thread::sleep(Duration::from_millis(300));
+    let used = machine_busy().saturating_sub(before);
+    (out, used.as_secs_f64() * 1e3 / n.max(1) as f64)
 }
 
 /// A server started for the benchmark; killed on drop.
@@ -197,10 +262,30 @@ fn bare_c(dir: &std::path::Path, n: usize) -> bool {
             .is_ok_and(|o| o.stdout == b"42\n")
 }
 
+/// The scenarios `--scenarios` can choose.
+const SCENARIOS: [&str; 6] = [
+    "python",
+    "python-nozygote",
+    "python-cold",
+    "javascript",
+    "c",
+    "c-cold",
+];
+
 pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
     let levels = &args.concurrency;
     if levels.is_empty() || levels.contains(&0) {
         bail!("--concurrency takes positive numbers, e.g. 1,8,64");
+    }
+    if let Some(unknown) = args
+        .scenarios
+        .iter()
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        bail!(
+            "--scenarios: there is no scenario {unknown:?}; there are {}",
+            SCENARIOS.join(", ")
+        );
     }
     let server = start_server(args.server_concurrency)?;
     // The same server without warm interpreters, for Python's cold start next to its warm one.
@@ -234,7 +319,8 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
         ("c", C),
         ("c-cold", C),
     ];
-    for (language, code) in scenarios {
+    let chosen = |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == name);
+    for (language, code) in scenarios.into_iter().filter(|(name, _)| chosen(name)) {
         let target = match language {
             "python-cold" => &cold,
             "python-nozygote" => &unforked,
@@ -275,10 +361,11 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
         rt.block_on(load(8, 2, call.clone()));
         for &conc in levels {
             let total = args.requests.max(conc);
-            let (mut lat, wall, errors) = rt.block_on(load(total, conc, call.clone()));
+            let ((mut lat, wall, errors), cpu_ms) =
+                with_cpu(total, || rt.block_on(load(total, conc, call.clone())));
             let dir = scratch.path().to_path_buf();
             let counter = Arc::new(AtomicUsize::new(0));
-            let (mut bare, bare_wall, bare_errors) = rt.block_on(load(total, conc, move || {
+            let bare_load = load(total, conc, move || {
                 let (dir, counter) = (dir.clone(), Arc::clone(&counter));
                 async move {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
@@ -290,7 +377,9 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
                     .await
                     .unwrap_or(false)
                 }
-            }));
+            });
+            let ((mut bare, bare_wall, bare_errors), bare_cpu_ms) =
+                with_cpu(total, || rt.block_on(bare_load));
             rows.push(Row {
                 language,
                 concurrency: conc,
@@ -301,6 +390,8 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
                 bare_p50_ms: percentile(&mut bare, 0.5),
                 bare_p99_ms: percentile(&mut bare, 0.99),
                 bare_per_sec: total as f64 / bare_wall.as_secs_f64(),
+                runcell_cpu_ms: cpu_ms,
+                bare_cpu_ms,
                 errors: errors + bare_errors,
             });
         }
@@ -309,6 +400,7 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);
     }
+    let floor = namespace_floor(300);
     println!(
         "runcell bench --http: synchronous print(42) over HTTP against {}, {} CPUs",
         server.base,
@@ -317,32 +409,38 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
             .unwrap_or(1)
     );
     println!(
-        "{:<8} {:>5} {:>6} | {:>9} {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>6} {:>6}",
+        "{:<8} {:>5} {:>6} | {:>9} {:>9} {:>8} {:>7} | {:>9} {:>9} {:>8} {:>7} | {:>6} {:>6} {:>6}",
         "lang",
         "conc",
         "reqs",
         "p50 ms",
         "p99 ms",
         "exec/s",
+        "cpu ms",
         "bare p50",
         "bare p99",
         "bare/s",
+        "cpu ms",
         "p50 x",
+        "cpu x",
         "errors"
     );
     for r in &rows {
         println!(
-            "{:<8} {:>5} {:>6} | {:>9.2} {:>9.2} {:>8.1} | {:>9.2} {:>9.2} {:>8.1} | {:>6.2} {:>6}",
+            "{:<8} {:>5} {:>6} | {:>9.2} {:>9.2} {:>8.1} {:>7.2} | {:>9.2} {:>9.2} {:>8.1} {:>7.2} | {:>6.2} {:>6.2} {:>6}",
             r.language,
             r.concurrency,
             r.requests,
             r.runcell_p50_ms,
             r.runcell_p99_ms,
             r.runcell_per_sec,
+            r.runcell_cpu_ms,
             r.bare_p50_ms,
             r.bare_p99_ms,
             r.bare_per_sec,
+            r.bare_cpu_ms,
             r.runcell_p50_ms / r.bare_p50_ms,
+            r.runcell_cpu_ms / r.bare_cpu_ms,
             r.errors
         );
     }
@@ -353,8 +451,19 @@ pub fn bench_http(_global: &Global, args: &BenchArgs) -> Result<i32> {
          interpreters forked from the zygote, `python-nozygote` in warm interpreters each \
          started in its jail, `python-cold` on a server without them; `javascript` in warm \
          Node interpreters started in their jail); bare = the same program spawned directly \
-         (C: gcc, then the binary)."
+         (C: gcc, then the binary). cpu ms = the whole machine's busy CPU time per execution, \
+         from the start of the load until 300 ms after it (the kernel's deferred work and the \
+         pool's refills included): what bounds throughput, and steadier than exec/s on a \
+         shared machine."
     );
+    if let Some((all, without_net)) = floor {
+        println!(
+            "The kernel's floor, measured now: fresh user, mount, pid, network, IPC, UTS and \
+             cgroup namespaces for a process that exits at once cost {all:.2} ms of CPU \
+             ({without_net:.2} ms without the network namespace; `unshare --fork /bin/true` \
+             with and without them)."
+        );
+    }
     Ok(if rows.iter().any(|r| r.errors > 0) {
         1
     } else {
