@@ -226,7 +226,7 @@ impl Spawner {
             .cgroups
             .open(&info.cgroup)
             .ctx(|| "open cgroup".into())?;
-        Ok(Jail {
+        let jail = Jail {
             spawner: self.clone(),
             workspace: Workspace::new(ws, info.program_id, info.program_id),
             runtime,
@@ -236,7 +236,13 @@ impl Spawner {
             cgroup,
             destroyed: std::sync::atomic::AtomicBool::new(false),
             frozen: Mutex::new(Frozen::default()),
-        })
+        };
+        // The slot's group may have held earlier jails: what this one is told counts from
+        // here (dropping the jail on an error destroys it).
+        jail.cgroup
+            .restart_counters()
+            .ctx(|| "read cgroup stats".into())?;
+        Ok(jail)
     }
 }
 

@@ -98,6 +98,14 @@ pub fn spawner_main() -> i32 {
     // SAFETY: descriptor 3 was placed there for us by the client (see `Spawner::launch`),
     // and nothing else in this fresh process owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(SPAWNER_FD) };
+    // The spawner ends with its client (when the socket closes), destroying its jails and
+    // removing its groups first; a Ctrl-C or SIGTERM meant for the server (the same process
+    // group, or `pkill runcell`) must not end it before that. Jails start from default
+    // dispositions (agents and programs reset every signal).
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: setting a signal disposition in this single-threaded process.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
     let opts = SpawnerOptions::from_env();
     match Server::new(&opts) {
         Ok(mut server) => {
@@ -157,7 +165,17 @@ struct Server {
     zygotes: HashMap<u64, ZygoteRecord>,
     netns: Option<NetnsPool>,
     cap_last_cap: u32,
+    /// Free slots whose emptied groups were kept for later jails, oldest first (see
+    /// [`CgroupRoot::create`]).
+    kept: std::collections::VecDeque<u32>,
 }
+
+/// Groups kept before one is used again: a slot (its host uids and its group) goes to another
+/// jail only once this many other slots were freed after it, so a few dozen groups serve
+/// every jail and a just-freed slot is never the next one handed out.
+const KEPT_GROUPS_MIN: usize = 16;
+/// The most groups kept; beyond it the oldest is removed.
+const KEPT_GROUPS_MAX: usize = 64;
 
 static FILTERS: OnceLock<Vec<seccompiler::BpfProgram>> = OnceLock::new();
 
@@ -219,6 +237,7 @@ impl Server {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(63),
+            kept: std::collections::VecDeque::new(),
         };
         server.sweep_stale();
         Ok(server)
@@ -303,8 +322,7 @@ impl Server {
         config.validate()?;
         limits.validate()?;
         let slot = self
-            .slots
-            .acquire()
+            .claim_slot()
             .map_err(|e| JailError::io("claim a jail slot", e))?
             .ok_or(JailError::NoSlot(self.slots.capacity()))?;
         let name = slots::cgroup_name(slot.index);
@@ -666,7 +684,7 @@ impl Server {
                 }
             }
         }
-        let r = rec.cgroup.remove();
+        let r = self.keep_or_remove(rec.slot.index, rec.cgroup.as_ref());
         self.remove_devices(&rec.slot.index.to_string());
         self.slots.release(rec.slot.index);
         if let Some(id) = rec.zygote
@@ -760,12 +778,60 @@ impl Server {
         let _ = std::fs::remove_dir_all(self.devices.join(name));
     }
 
+    /// A free slot: the one whose group was kept longest once enough are kept, else the next
+    /// one in turn.
+    fn claim_slot(&mut self) -> io::Result<Option<SlotIds>> {
+        while self.kept.len() >= KEPT_GROUPS_MIN {
+            let Some(index) = self.kept.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.slots.try_claim(index)? {
+                return Ok(Some(slot));
+            }
+            // Another runcell process on this host took the slot, and the group with it.
+        }
+        let slot = self.slots.acquire()?;
+        if let Some(s) = &slot {
+            self.kept.retain(|&i| i != s.index);
+        }
+        Ok(slot)
+    }
+
+    /// Empties a finished jail's group and keeps it for a later jail of its slot (which
+    /// [`CgroupRoot::create`] checks again), or removes it if it will not empty.
+    fn keep_or_remove(&mut self, index: u32, cgroup: &dyn Cgroup) -> io::Result<()> {
+        if cgroup.empty().is_err() {
+            return cgroup.remove();
+        }
+        self.kept.push_back(index);
+        while self.kept.len() > KEPT_GROUPS_MAX {
+            if let Some(oldest) = self.kept.pop_front() {
+                self.remove_kept(oldest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the kept group of free slot `index` (claiming the slot meanwhile, so that no
+    /// other runcell process is using it).
+    fn remove_kept(&mut self, index: u32) {
+        if let Ok(Some(slot)) = self.slots.try_claim(index) {
+            if let Ok(cg) = self.cgroups.open(&slots::cgroup_name(index)) {
+                let _ = cg.remove();
+            }
+            self.slots.release(slot.index);
+        }
+    }
+
     fn shutdown(&mut self) {
         let ids: Vec<u64> = self.jails.keys().copied().collect();
         for id in ids {
             if let Some(rec) = self.jails.remove(&id) {
                 let _ = self.finish(rec);
             }
+        }
+        while let Some(index) = self.kept.pop_front() {
+            self.remove_kept(index);
         }
         let zygotes: Vec<u64> = self.zygotes.keys().copied().collect();
         for id in zygotes {

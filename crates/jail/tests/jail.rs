@@ -206,16 +206,31 @@ impl Trace {
         }
     }
 
-    /// Asserts that no process, cgroup or host mount of the jail is left.
+    /// Asserts that no process or host mount of the jail is left, and that its cgroup is
+    /// gone or empty (kept by the spawner for a later jail of the slot, which the spawner
+    /// hands out only after 16 others).
     fn assert_gone(&self, mounts_before: &BTreeSet<String>) {
         let left = processes_of(&self.uids);
         assert!(left.is_empty(), "processes left on the host: {left:?}");
         for d in cgroup_dirs(&self.cgroup) {
-            assert!(!d.exists(), "cgroup left: {}", d.display());
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            assert!(
+                procs.trim().is_empty(),
+                "processes left in cgroup {}: {procs}",
+                d.display()
+            );
         }
         let after = host_mounts();
         let new: Vec<_> = after.difference(mounts_before).collect();
         assert!(new.is_empty(), "mounts appeared on the host: {new:?}");
+    }
+
+    /// As [`Trace::assert_gone`], and the jail's cgroup no longer exists.
+    fn assert_removed(&self, mounts_before: &BTreeSet<String>) {
+        self.assert_gone(mounts_before);
+        for d in cgroup_dirs(&self.cgroup) {
+            assert!(!d.exists(), "cgroup left: {}", d.display());
+        }
     }
 }
 
@@ -1161,7 +1176,105 @@ fn a_dead_client_leaves_nothing_behind() {
     std::mem::forget(jail);
     // The next spawner removes the orphaned cgroup.
     let _sp2 = Spawner::launch(&spawner_command(), &SpawnerOptions::default()).unwrap();
-    trace.assert_gone(&mounts);
+    trace.assert_removed(&mounts);
+}
+
+/// A spawner keeps emptied groups for later jails of their slots; what a jail is told counts
+/// from its own start (an out-of-memory kill, refused forks, CPU time and the peak of an
+/// earlier jail in the same group never show), and the spawner removes every kept group when
+/// it ends.
+#[test]
+fn kept_groups_serve_later_jails_with_their_own_counts_and_go_with_the_spawner() {
+    let mounts = host_mounts();
+    let sp = Spawner::launch(&spawner_command(), &SpawnerOptions::default()).unwrap();
+    let tight = CgroupLimits {
+        memory_bytes: 64 << 20,
+        max_tasks: 8,
+        ..cgroup_limits()
+    };
+    let mut traces = Vec::new();
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut dirty = BTreeSet::new();
+    let mut checked = 0;
+    // Enough jails that the spawner hands out kept groups (after 16).
+    for i in 0..24 {
+        let jail = sp.prepare(&config(), &tight).unwrap();
+        let trace = Trace::of(&jail);
+        let name = jail.cgroup_name().to_string();
+        let stats = jail.stats().unwrap();
+        if dirty.contains(&name) {
+            // A group that held a jail that was killed for memory, hit the task limit and
+            // burnt CPU: none of that is this jail's.
+            assert_eq!(stats.oom_kills, 0, "{name}: {stats:?}");
+            assert_eq!(stats.task_limit_hits, 0, "{name}: {stats:?}");
+            assert!(stats.cpu_ns < 50_000_000, "{name}: {stats:?}");
+            assert!(stats.memory_peak < 32 << 20, "{name}: {stats:?}");
+            checked += 1;
+        }
+        *seen.entry(name.clone()).or_default() += 1;
+        if i % 2 == 0 {
+            // The hostile half: a busy loop, a fork bomb, then a memory bomb.
+            let forks = jail
+                .run(
+                    &sh("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; \
+                         for n in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done 2>/dev/null; \
+                         kill $(jobs -p) 2>/dev/null; wait"),
+                    StdinSource::Null,
+                    &run_limits(),
+                )
+                .unwrap();
+            let bomb = jail
+                .run(
+                    &py("b = b'x' * (200 << 20)"),
+                    StdinSource::Null,
+                    &run_limits(),
+                )
+                .unwrap();
+            assert_eq!(bomb.limit, Some(Limit::Memory), "{bomb:?}");
+            let counts = jail.stats().unwrap();
+            assert!(counts.task_limit_hits > 0, "{forks:?} {counts:?}");
+            assert!(counts.oom_kills > 0, "{counts:?}");
+            assert!(counts.cpu_ns > 100_000_000, "{counts:?}");
+            dirty.insert(name);
+        } else {
+            let out = jail
+                .run(&sh("echo ok"), StdinSource::Null, &run_limits())
+                .unwrap();
+            assert_eq!(text(&out.stdout), "ok\n");
+            dirty.remove(&name);
+        }
+        jail.destroy().unwrap();
+        trace.assert_gone(&mounts);
+        traces.push(trace);
+    }
+    assert!(
+        checked > 0,
+        "no group served a jail after a hostile one: {seen:?}"
+    );
+    assert!(seen.len() < 24, "no group served two jails: {seen:?}");
+    // A Ctrl-C or SIGTERM meant for the server does not end the spawner before its client
+    // does (it would leave its groups behind).
+    let pid = sp.pid().expect("the spawner's pid") as libc::pid_t;
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: kill(2) of the spawner we started.
+        unsafe { libc::kill(pid, sig) };
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = state
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next();
+    assert!(
+        matches!(state, Some("S" | "R")),
+        "the spawner died of a signal meant for the server: {state:?}"
+    );
+    drop(sp);
+    for t in &traces {
+        t.assert_removed(&mounts);
+    }
 }
 
 #[test]

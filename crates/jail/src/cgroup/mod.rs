@@ -14,19 +14,63 @@ use crate::config::CgroupLimits;
 /// Name of the parent group under which runcell creates one group per jail slot.
 pub const PARENT: &str = "runcell";
 
+/// The most an empty group may still be charged for and hold another jail (see
+/// [`CgroupRoot::create`]). What stays charged once a jail's processes are gone is the kernel's
+/// cache of what they looked at first (dentries, inodes, pages of files nobody had read yet):
+/// 8–200 KiB after typical runs. It counts in the next jail's memory use until the kernel
+/// reclaims it, so it is bounded here: a group charged for more is removed and made anew.
+pub const REUSE_MAX_CHARGE: u64 = 1 << 20;
+
 /// What the kernel measured for a group.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CgroupStats {
-    /// CPU time of every task in the group, in nanoseconds, since the group was created.
+    /// CPU time of every task in the group, in nanoseconds, since the group was taken for its
+    /// jail ([`Cgroup::restart_counters`]).
     pub cpu_ns: u64,
     /// Highest memory use since the last [`Cgroup::reset_peak`], in bytes.
     pub memory_peak: u64,
     /// Current memory use, in bytes.
     pub memory_current: u64,
-    /// Processes killed by the out-of-memory killer since the group was created.
+    /// Processes killed by the out-of-memory killer since the group was taken for its jail.
     pub oom_kills: u64,
-    /// Forks or clones refused because of the task limit since the group was created.
+    /// Forks or clones refused because of the task limit since the group was taken for its
+    /// jail.
     pub task_limit_hits: u64,
+}
+
+/// The kernel's cumulative counters of a group (which cannot be reset) as they stood when
+/// its jail took it: a group is used again by later jails of its slot, and what each jail is
+/// told counts from its own start.
+#[derive(Debug, Default)]
+pub(crate) struct Origin {
+    cpu_ns: std::sync::atomic::AtomicU64,
+    oom_kills: std::sync::atomic::AtomicU64,
+    task_limit_hits: std::sync::atomic::AtomicU64,
+}
+
+impl Origin {
+    pub(crate) fn set(&self, raw: &CgroupStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.cpu_ns.store(raw.cpu_ns, Relaxed);
+        self.oom_kills.store(raw.oom_kills, Relaxed);
+        self.task_limit_hits.store(raw.task_limit_hits, Relaxed);
+    }
+
+    pub(crate) fn cpu_ns(&self, raw: u64) -> u64 {
+        raw.saturating_sub(self.cpu_ns.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub(crate) fn apply(&self, raw: CgroupStats) -> CgroupStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        CgroupStats {
+            cpu_ns: self.cpu_ns(raw.cpu_ns),
+            oom_kills: raw.oom_kills.saturating_sub(self.oom_kills.load(Relaxed)),
+            task_limit_hits: raw
+                .task_limit_hits
+                .saturating_sub(self.task_limit_hits.load(Relaxed)),
+            ..raw
+        }
+    }
 }
 
 /// One control group of one jail.
@@ -62,6 +106,22 @@ pub trait Cgroup: Send + Sync + Debug {
     /// Kills every process in the group and removes it, frozen or not. Missing groups are
     /// fine.
     fn remove(&self) -> io::Result<()>;
+    /// Kills every process in the group, frozen or not, and returns once none is left. The
+    /// group stays (thawed), for another jail of its slot if it is [`Cgroup::reusable`].
+    fn empty(&self) -> io::Result<()>;
+    /// Whether the group can hold another jail: it exists (in every hierarchy) and has no
+    /// process, no child group, and no more than [`REUSE_MAX_CHARGE`] bytes charged.
+    fn reusable(&self) -> io::Result<bool>;
+    /// Makes [`Cgroup::stats`] and [`Cgroup::cpu_ns`] count from now, the peak included (the
+    /// kernel's counters of a group that held other jails before cannot be reset).
+    fn restart_counters(&self) -> io::Result<()>;
+}
+
+/// Whether the group directory `dir` has a child group (cgroupfs counts subdirectories in a
+/// directory's link count, as every filesystem does).
+pub(crate) fn has_children(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(dir)?.nlink() > 2)
 }
 
 /// Polls `file` until `done` accepts its content (the kernel freezes tasks asynchronously).
@@ -167,9 +227,25 @@ impl CgroupRoot {
         }
     }
 
-    /// Creates the group `name` (removing a stale group of that name first) with `limits`.
+    /// The group `name` with `limits`: the existing group of that name if it is
+    /// [`Cgroup::reusable`] (an earlier jail of the same slot emptied it), limited anew and
+    /// with its peak reset; otherwise a new one, a stale group of that name removed first.
+    ///
+    /// Using a group again spares the kernel its creation and, above all, its removal: taking
+    /// a memory group offline walks every memory-accounted cache list of every filesystem
+    /// mounted on the host (each jail mounts several), ≈ 5 % of all the CPU time under load
+    /// (docs/benchmarks.md).
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> io::Result<Box<dyn Cgroup>> {
         let group = self.open(name)?;
+        // A limit below what is still charged, say, makes a new group instead.
+        if group.reusable()?
+            && group
+                .set_limits(limits)
+                .and_then(|()| group.reset_peak())
+                .is_ok()
+        {
+            return Ok(group);
+        }
         group.remove()?;
         match self {
             CgroupRoot::V1(m) => m.create_dirs(name)?,
@@ -308,9 +384,21 @@ pub(crate) fn read_procs(path: &Path) -> io::Result<Vec<libc::pid_t>> {
 /// A group can only be removed once its tasks are gone; processes that fork while we kill are
 /// caught by the next round.
 pub(crate) fn kill_and_rmdir(procs_file: &Path, dir: &Path) -> io::Result<()> {
+    kill_all(procs_file, Some(dir))
+}
+
+/// Kills every process listed in `procs_file` until the group is empty (and keeps it).
+pub(crate) fn kill_until_empty(procs_file: &Path) -> io::Result<()> {
+    kill_all(procs_file, None)
+}
+
+fn kill_all(procs_file: &Path, rmdir: Option<&Path>) -> io::Result<()> {
     for round in 0..200 {
         let pids = read_procs(procs_file)?;
         if pids.is_empty() {
+            let Some(dir) = rmdir else {
+                return Ok(());
+            };
             match std::fs::remove_dir(dir) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -331,7 +419,7 @@ pub(crate) fn kill_and_rmdir(procs_file: &Path, dir: &Path) -> io::Result<()> {
     }
     Err(io::Error::other(format!(
         "cgroup {} did not empty after repeated SIGKILL",
-        dir.display()
+        procs_file.parent().unwrap_or(procs_file).display()
     )))
 }
 

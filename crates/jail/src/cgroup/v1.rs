@@ -7,7 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Cgroup, CgroupStats, PARENT, keyed_value, kill_and_rmdir, read_procs, read_u64, write_file,
+    Cgroup, CgroupStats, Origin, PARENT, REUSE_MAX_CHARGE, has_children, keyed_value,
+    kill_and_rmdir, kill_until_empty, read_procs, read_u64, write_file,
 };
 use crate::config::CgroupLimits;
 
@@ -81,6 +82,7 @@ pub struct Group {
     dirs: Vec<PathBuf>,
     /// `cpuacct.usage`, kept open: it is read every few milliseconds while a program runs.
     cpu_usage: std::sync::OnceLock<File>,
+    origin: Origin,
 }
 
 impl Group {
@@ -95,6 +97,47 @@ impl Group {
             freezer: m.freezer.as_deref().map(at),
             dirs: m.dirs(name),
             cpu_usage: std::sync::OnceLock::new(),
+            origin: Origin::default(),
+        }
+    }
+
+    /// `cpuacct.usage` as the kernel counts it (since the group was made).
+    fn raw_cpu_ns(&self) -> io::Result<u64> {
+        let f = match self.cpu_usage.get() {
+            Some(f) => f,
+            None => {
+                let f = File::open(self.cpuacct.join("cpuacct.usage"))?;
+                self.cpu_usage.get_or_init(|| f)
+            }
+        };
+        let mut buf = [0u8; 32];
+        let n = f.read_at(&mut buf, 0)?;
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cpuacct.usage"))
+    }
+
+    /// Every measurement as the kernel counts it.
+    fn raw_stats(&self) -> io::Result<CgroupStats> {
+        let oom = std::fs::read_to_string(self.memory.join("memory.oom_control"))?;
+        let pids_events =
+            std::fs::read_to_string(self.pids.join("pids.events")).unwrap_or_default();
+        Ok(CgroupStats {
+            cpu_ns: self.raw_cpu_ns()?,
+            memory_peak: read_u64(&self.memory.join("memory.max_usage_in_bytes"))?,
+            memory_current: read_u64(&self.memory.join("memory.usage_in_bytes"))?,
+            oom_kills: keyed_value(&oom, "oom_kill").unwrap_or(0),
+            task_limit_hits: keyed_value(&pids_events, "max").unwrap_or(0),
+        })
+    }
+
+    fn thaw(&self) {
+        // A frozen v1 task does not die of SIGKILL until it is thawed.
+        if let Some(freezer) = &self.freezer
+            && freezer.exists()
+        {
+            let _ = write_file(&freezer.join("freezer.state"), "THAWED");
         }
     }
 
@@ -188,32 +231,11 @@ impl Cgroup for Group {
     }
 
     fn cpu_ns(&self) -> io::Result<u64> {
-        let f = match self.cpu_usage.get() {
-            Some(f) => f,
-            None => {
-                let f = File::open(self.cpuacct.join("cpuacct.usage"))?;
-                self.cpu_usage.get_or_init(|| f)
-            }
-        };
-        let mut buf = [0u8; 32];
-        let n = f.read_at(&mut buf, 0)?;
-        std::str::from_utf8(&buf[..n])
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cpuacct.usage"))
+        Ok(self.origin.cpu_ns(self.raw_cpu_ns()?))
     }
 
     fn stats(&self) -> io::Result<CgroupStats> {
-        let oom = std::fs::read_to_string(self.memory.join("memory.oom_control"))?;
-        let pids_events =
-            std::fs::read_to_string(self.pids.join("pids.events")).unwrap_or_default();
-        Ok(CgroupStats {
-            cpu_ns: self.cpu_ns()?,
-            memory_peak: read_u64(&self.memory.join("memory.max_usage_in_bytes"))?,
-            memory_current: read_u64(&self.memory.join("memory.usage_in_bytes"))?,
-            oom_kills: keyed_value(&oom, "oom_kill").unwrap_or(0),
-            task_limit_hits: keyed_value(&pids_events, "max").unwrap_or(0),
-        })
+        Ok(self.origin.apply(self.raw_stats()?))
     }
 
     fn procs(&self) -> io::Result<Vec<libc::pid_t>> {
@@ -242,15 +264,44 @@ impl Cgroup for Group {
     }
 
     fn remove(&self) -> io::Result<()> {
-        // A frozen v1 task does not die of SIGKILL until it is thawed.
-        if let Some(freezer) = &self.freezer
-            && freezer.exists()
-        {
-            let _ = write_file(&freezer.join("freezer.state"), "THAWED");
-        }
+        self.thaw();
         for d in &self.dirs {
             kill_and_rmdir(&d.join("cgroup.procs"), d)?;
         }
+        Ok(())
+    }
+
+    fn empty(&self) -> io::Result<()> {
+        self.thaw();
+        for d in &self.dirs {
+            kill_until_empty(&d.join("cgroup.procs"))?;
+        }
+        Ok(())
+    }
+
+    fn reusable(&self) -> io::Result<bool> {
+        for d in &self.dirs {
+            match has_children(d) {
+                Ok(false) => {}
+                Ok(true) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.procs()?.is_empty() {
+            return Ok(false);
+        }
+        if let Some(freezer) = &self.freezer
+            && std::fs::read_to_string(freezer.join("freezer.state"))?.trim() != "THAWED"
+        {
+            return Ok(false);
+        }
+        Ok(read_u64(&self.memory.join("memory.usage_in_bytes"))? <= REUSE_MAX_CHARGE)
+    }
+
+    fn restart_counters(&self) -> io::Result<()> {
+        self.reset_peak()?;
+        self.origin.set(&self.raw_stats()?);
         Ok(())
     }
 }

@@ -8,7 +8,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Cgroup, CgroupStats, PARENT, keyed_value, read_procs, read_u64, write_file};
+use super::{
+    Cgroup, CgroupStats, Origin, PARENT, REUSE_MAX_CHARGE, has_children, keyed_value, read_procs,
+    read_u64, write_file,
+};
 use crate::config::CgroupLimits;
 
 const CPU_PERIOD_US: u64 = 100_000;
@@ -206,6 +209,7 @@ pub struct Group {
     name: String,
     dir: PathBuf,
     peak: Mutex<Peak>,
+    origin: Origin,
 }
 
 /// How the peak since the last [`Cgroup::reset_peak`] is known.
@@ -243,7 +247,43 @@ impl Group {
             name: name.to_string(),
             dir: base.join(PARENT).join(name),
             peak: Mutex::new(Peak::SinceCreation),
+            origin: Origin::default(),
         }
+    }
+
+    /// `cpu.stat`'s `usage_usec` in nanoseconds, as the kernel counts it.
+    fn raw_cpu_ns(&self) -> io::Result<u64> {
+        self.sample();
+        let stat = std::fs::read_to_string(self.dir.join("cpu.stat"))?;
+        keyed_value(&stat, "usage_usec")
+            .map(|us| us.saturating_mul(1000))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cpu.stat usage_usec"))
+    }
+
+    /// Every measurement as the kernel counts it (the peak since the last reset).
+    fn raw_stats(&self) -> io::Result<CgroupStats> {
+        let events = std::fs::read_to_string(self.dir.join("memory.events"))?;
+        let pids_events = std::fs::read_to_string(self.dir.join("pids.events")).unwrap_or_default();
+        let current = self.memory_current()?;
+        let peak = match &*self.peak_state() {
+            Peak::Reset(f) => read_number_at(f)?,
+            Peak::SinceCreation => optional_u64(&self.dir.join("memory.peak"))?.unwrap_or(current),
+            Peak::Sampled {
+                peak_at_reset,
+                max_seen,
+            } => sampled_peak(
+                optional_u64(&self.dir.join("memory.peak"))?,
+                *peak_at_reset,
+                (*max_seen).max(current),
+            ),
+        };
+        Ok(CgroupStats {
+            cpu_ns: self.raw_cpu_ns()?,
+            memory_peak: peak,
+            memory_current: current,
+            oom_kills: keyed_value(&events, "oom_kill").unwrap_or(0),
+            task_limit_hits: keyed_value(&pids_events, "max").unwrap_or(0),
+        })
     }
 
     fn peak_state(&self) -> std::sync::MutexGuard<'_, Peak> {
@@ -343,36 +383,11 @@ impl Cgroup for Group {
     }
 
     fn cpu_ns(&self) -> io::Result<u64> {
-        self.sample();
-        let stat = std::fs::read_to_string(self.dir.join("cpu.stat"))?;
-        keyed_value(&stat, "usage_usec")
-            .map(|us| us.saturating_mul(1000))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cpu.stat usage_usec"))
+        Ok(self.origin.cpu_ns(self.raw_cpu_ns()?))
     }
 
     fn stats(&self) -> io::Result<CgroupStats> {
-        let events = std::fs::read_to_string(self.dir.join("memory.events"))?;
-        let pids_events = std::fs::read_to_string(self.dir.join("pids.events")).unwrap_or_default();
-        let current = self.memory_current()?;
-        let peak = match &*self.peak_state() {
-            Peak::Reset(f) => read_number_at(f)?,
-            Peak::SinceCreation => optional_u64(&self.dir.join("memory.peak"))?.unwrap_or(current),
-            Peak::Sampled {
-                peak_at_reset,
-                max_seen,
-            } => sampled_peak(
-                optional_u64(&self.dir.join("memory.peak"))?,
-                *peak_at_reset,
-                (*max_seen).max(current),
-            ),
-        };
-        Ok(CgroupStats {
-            cpu_ns: self.cpu_ns()?,
-            memory_peak: peak,
-            memory_current: current,
-            oom_kills: keyed_value(&events, "oom_kill").unwrap_or(0),
-            task_limit_hits: keyed_value(&pids_events, "max").unwrap_or(0),
-        })
+        Ok(self.origin.apply(self.raw_stats()?))
     }
 
     fn procs(&self) -> io::Result<Vec<libc::pid_t>> {
@@ -398,6 +413,41 @@ impl Cgroup for Group {
         // cgroup.kill (5.14+) kills every task atomically, forks in flight included.
         let _ = write_file(&self.dir.join("cgroup.kill"), "1");
         super::kill_and_rmdir(&self.dir.join("cgroup.procs"), &self.dir)
+    }
+
+    fn empty(&self) -> io::Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        let _ = write_file(&self.dir.join("cgroup.kill"), "1");
+        super::kill_until_empty(&self.dir.join("cgroup.procs"))?;
+        // Frozen or not, the tasks died (a v2 freeze does not stop SIGKILL); the group is
+        // left thawed for the next jail (one left frozen is not `reusable`).
+        let _ = write_file(&self.dir.join("cgroup.freeze"), "0");
+        Ok(())
+    }
+
+    fn reusable(&self) -> io::Result<bool> {
+        match has_children(&self.dir) {
+            Ok(false) => {}
+            Ok(true) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if !self.procs()?.is_empty() {
+            return Ok(false);
+        }
+        let events = std::fs::read_to_string(self.dir.join("cgroup.events"))?;
+        if events.lines().any(|l| l.trim() == "frozen 1") {
+            return Ok(false);
+        }
+        Ok(self.memory_current()? <= REUSE_MAX_CHARGE)
+    }
+
+    fn restart_counters(&self) -> io::Result<()> {
+        self.reset_peak()?;
+        self.origin.set(&self.raw_stats()?);
+        Ok(())
     }
 }
 
