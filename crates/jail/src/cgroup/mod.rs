@@ -117,11 +117,15 @@ pub trait Cgroup: Send + Sync + Debug {
     fn restart_counters(&self) -> io::Result<()>;
 }
 
-/// Whether the group directory `dir` has a child group (cgroupfs counts subdirectories in a
-/// directory's link count, as every filesystem does).
-pub(crate) fn has_children(dir: &Path) -> io::Result<bool> {
+/// Whether the group directory `dir` exists without a child group (cgroupfs counts
+/// subdirectories in a directory's link count, as every filesystem does).
+pub(crate) fn is_childless_group(dir: &Path) -> io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata(dir)?.nlink() > 2)
+    match std::fs::metadata(dir) {
+        Ok(m) => Ok(m.nlink() <= 2),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Polls `file` until `done` accepts its content (the kernel freezes tasks asynchronously).
@@ -636,5 +640,51 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
         assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
         assert_eq!(unescape_mountinfo(r"/trail\04"), r"/trail\04");
+    }
+
+    #[test]
+    fn a_reused_groups_counters_count_from_its_new_jail() {
+        let origin = Origin::default();
+        let earlier = CgroupStats {
+            cpu_ns: 5_000,
+            memory_peak: 900,
+            memory_current: 100,
+            oom_kills: 2,
+            task_limit_hits: 7,
+        };
+        // A new group: nothing to subtract.
+        assert_eq!(origin.apply(earlier), earlier);
+        origin.set(&earlier);
+        let now = CgroupStats {
+            cpu_ns: 5_300,
+            memory_peak: 400,
+            memory_current: 120,
+            oom_kills: 3,
+            task_limit_hits: 7,
+        };
+        assert_eq!(
+            origin.apply(now),
+            CgroupStats {
+                cpu_ns: 300,
+                memory_peak: 400,
+                memory_current: 120,
+                oom_kills: 1,
+                task_limit_hits: 0,
+            }
+        );
+        assert_eq!(origin.cpu_ns(5_100), 100);
+        // A counter below its origin (never, but not an underflow either).
+        assert_eq!(origin.cpu_ns(10), 0);
+    }
+
+    #[test]
+    fn only_an_existing_directory_without_subdirectories_is_a_childless_group() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(is_childless_group(dir.path()).unwrap());
+        std::fs::write(dir.path().join("memory.max"), "max").unwrap();
+        assert!(is_childless_group(dir.path()).unwrap());
+        std::fs::create_dir(dir.path().join("child")).unwrap();
+        assert!(!is_childless_group(dir.path()).unwrap());
+        assert!(!is_childless_group(&dir.path().join("missing")).unwrap());
     }
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Cgroup, CgroupStats, Origin, PARENT, REUSE_MAX_CHARGE, has_children, keyed_value,
+    Cgroup, CgroupStats, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group, keyed_value,
     kill_and_rmdir, kill_until_empty, read_procs, read_u64, write_file,
 };
 use crate::config::CgroupLimits;
@@ -281,11 +281,8 @@ impl Cgroup for Group {
 
     fn reusable(&self) -> io::Result<bool> {
         for d in &self.dirs {
-            match has_children(d) {
-                Ok(false) => {}
-                Ok(true) => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e),
+            if !is_childless_group(d)? {
+                return Ok(false);
             }
         }
         if !self.procs()?.is_empty() {

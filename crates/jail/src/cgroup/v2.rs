@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{
-    Cgroup, CgroupStats, Origin, PARENT, REUSE_MAX_CHARGE, has_children, keyed_value, read_procs,
-    read_u64, write_file,
+    Cgroup, CgroupStats, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group, keyed_value,
+    read_procs, read_u64, write_file,
 };
 use crate::config::CgroupLimits;
 
@@ -428,13 +428,7 @@ impl Cgroup for Group {
     }
 
     fn reusable(&self) -> io::Result<bool> {
-        match has_children(&self.dir) {
-            Ok(false) => {}
-            Ok(true) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        if !self.procs()?.is_empty() {
+        if !is_childless_group(&self.dir)? || !self.procs()?.is_empty() {
             return Ok(false);
         }
         let events = std::fs::read_to_string(self.dir.join("cgroup.events"))?;
