@@ -66,6 +66,17 @@ impl Exit {
 }
 
 /// See [`Outcome::oom_killed_after`].
+/// The CPUs this process may use, read once (the standard library reads the process's cgroup
+/// quota, three files, every time it is asked).
+fn cpu_count() -> u64 {
+    static COUNT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1)
+    })
+}
+
 fn oom_killed(exit: &Exit, killed_by_us: bool, oom_kills_at_exit: u64, since: u64) -> bool {
     *exit == Exit::Signaled(libc::SIGKILL) && !killed_by_us && oom_kills_at_exit > since
 }
@@ -256,9 +267,7 @@ impl Jail {
         let oom_now = || self.cgroup.stats().map(|s| s.oom_kills).ok();
         let wall_ns = limits.wall_time.as_nanos().min(u64::MAX as u128) as u64;
         let cpu_limit_ns = limits.cpu_time.as_nanos().min(u64::MAX as u128) as u64;
-        let ncpu = std::thread::available_parallelism()
-            .map(|n| n.get() as u64)
-            .unwrap_or(1);
+        let ncpu = cpu_count();
         let mut next_cpu_check = sent_ns;
         let mut buf = vec![0u8; READ_CHUNK];
         let shared = killer.is_shared();

@@ -349,6 +349,57 @@ pub(crate) fn read_u64(path: &Path) -> io::Result<u64> {
     })
 }
 
+/// A cgroup file that is read often (every measurement: a run takes a dozen), opened once and
+/// then read with `pread` from offset 0, which makes the kernel generate it anew: each open of
+/// a cgroup file is a path walk and an allocation in the kernel.
+#[derive(Debug, Default)]
+pub(crate) struct KeptFile(std::sync::OnceLock<std::fs::File>);
+
+impl KeptFile {
+    pub(crate) fn read(&self, path: &Path) -> io::Result<String> {
+        use std::os::unix::fs::FileExt;
+        let f = match self.0.get() {
+            Some(f) => f,
+            None => {
+                let f = std::fs::File::open(path)?;
+                self.0.get_or_init(|| f)
+            }
+        };
+        let mut out = Vec::with_capacity(256);
+        let mut buf = [0u8; 512];
+        loop {
+            let n = f.read_at(&mut buf, out.len() as u64)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.len() > 1 << 16 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: longer than 64 KiB", path.display()),
+                ));
+            }
+        }
+        String::from_utf8(out).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not UTF-8", path.display()),
+            )
+        })
+    }
+
+    /// The file's single number (or `max`, as `u64::MAX`).
+    pub(crate) fn read_u64(&self, path: &Path) -> io::Result<u64> {
+        let s = self.read(path)?;
+        parse_u64(s.trim()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: unexpected content {s:?}", path.display()),
+            )
+        })
+    }
+}
+
 fn parse_u64(s: &str) -> Option<u64> {
     if s == "max" {
         Some(u64::MAX)

@@ -1,14 +1,12 @@
 //! cgroup v1: memory, pids, cpuacct (and cpu for bandwidth) hierarchies, one directory per
 //! controller mount.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Cgroup, CgroupStats, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group, keyed_value,
-    kill_and_rmdir, kill_until_empty, read_procs, read_u64, write_file,
+    Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group,
+    keyed_value, kill_and_rmdir, kill_until_empty, read_procs, read_u64, write_file,
 };
 use crate::config::CgroupLimits;
 
@@ -80,8 +78,14 @@ pub struct Group {
     cpu: Option<PathBuf>,
     freezer: Option<PathBuf>,
     dirs: Vec<PathBuf>,
-    /// `cpuacct.usage`, kept open: it is read every few milliseconds while a program runs.
-    cpu_usage: std::sync::OnceLock<File>,
+    /// `cpuacct.usage`: read every few milliseconds while a program runs.
+    cpu_usage: KeptFile,
+    /// The files every measurement reads.
+    max_usage: KeptFile,
+    usage: KeptFile,
+    oom_control: KeptFile,
+    pids_events: KeptFile,
+    memsw: std::sync::OnceLock<bool>,
     origin: Origin,
 }
 
@@ -96,37 +100,38 @@ impl Group {
             cpu: m.cpu.as_deref().map(at),
             freezer: m.freezer.as_deref().map(at),
             dirs: m.dirs(name),
-            cpu_usage: std::sync::OnceLock::new(),
+            cpu_usage: KeptFile::default(),
+            max_usage: KeptFile::default(),
+            usage: KeptFile::default(),
+            oom_control: KeptFile::default(),
+            pids_events: KeptFile::default(),
+            memsw: std::sync::OnceLock::new(),
             origin: Origin::default(),
         }
     }
 
     /// `cpuacct.usage` as the kernel counts it (since the group was made).
     fn raw_cpu_ns(&self) -> io::Result<u64> {
-        let f = match self.cpu_usage.get() {
-            Some(f) => f,
-            None => {
-                let f = File::open(self.cpuacct.join("cpuacct.usage"))?;
-                self.cpu_usage.get_or_init(|| f)
-            }
-        };
-        let mut buf = [0u8; 32];
-        let n = f.read_at(&mut buf, 0)?;
-        std::str::from_utf8(&buf[..n])
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cpuacct.usage"))
+        self.cpu_usage.read_u64(&self.cpuacct.join("cpuacct.usage"))
     }
 
     /// Every measurement as the kernel counts it.
     fn raw_stats(&self) -> io::Result<CgroupStats> {
-        let oom = std::fs::read_to_string(self.memory.join("memory.oom_control"))?;
-        let pids_events =
-            std::fs::read_to_string(self.pids.join("pids.events")).unwrap_or_default();
+        let oom = self
+            .oom_control
+            .read(&self.memory.join("memory.oom_control"))?;
+        let pids_events = self
+            .pids_events
+            .read(&self.pids.join("pids.events"))
+            .unwrap_or_default();
         Ok(CgroupStats {
             cpu_ns: self.raw_cpu_ns()?,
-            memory_peak: read_u64(&self.memory.join("memory.max_usage_in_bytes"))?,
-            memory_current: read_u64(&self.memory.join("memory.usage_in_bytes"))?,
+            memory_peak: self
+                .max_usage
+                .read_u64(&self.memory.join("memory.max_usage_in_bytes"))?,
+            memory_current: self
+                .usage
+                .read_u64(&self.memory.join("memory.usage_in_bytes"))?,
             oom_kills: keyed_value(&oom, "oom_kill").unwrap_or(0),
             task_limit_hits: keyed_value(&pids_events, "max").unwrap_or(0),
         })
@@ -142,7 +147,9 @@ impl Group {
     }
 
     fn has_memsw(&self) -> bool {
-        self.memory.join("memory.memsw.limit_in_bytes").exists()
+        *self
+            .memsw
+            .get_or_init(|| self.memory.join("memory.memsw.limit_in_bytes").exists())
     }
 }
 

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{
-    Cgroup, CgroupStats, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group, keyed_value,
-    read_procs, read_u64, write_file,
+    Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group,
+    keyed_value, read_procs, read_u64, write_file,
 };
 use crate::config::CgroupLimits;
 
@@ -210,6 +210,11 @@ pub struct Group {
     dir: PathBuf,
     peak: Mutex<Peak>,
     origin: Origin,
+    /// The files every measurement reads.
+    cpu_stat: KeptFile,
+    current: KeptFile,
+    memory_events: KeptFile,
+    pids_events: KeptFile,
 }
 
 /// How the peak since the last [`Cgroup::reset_peak`] is known.
@@ -248,13 +253,17 @@ impl Group {
             dir: base.join(PARENT).join(name),
             peak: Mutex::new(Peak::SinceCreation),
             origin: Origin::default(),
+            cpu_stat: KeptFile::default(),
+            current: KeptFile::default(),
+            memory_events: KeptFile::default(),
+            pids_events: KeptFile::default(),
         }
     }
 
     /// `cpu.stat`'s `usage_usec` in nanoseconds, as the kernel counts it.
     fn raw_cpu_ns(&self) -> io::Result<u64> {
         self.sample();
-        let stat = std::fs::read_to_string(self.dir.join("cpu.stat"))?;
+        let stat = self.cpu_stat.read(&self.dir.join("cpu.stat"))?;
         keyed_value(&stat, "usage_usec")
             .map(|us| us.saturating_mul(1000))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cpu.stat usage_usec"))
@@ -262,8 +271,11 @@ impl Group {
 
     /// Every measurement as the kernel counts it (the peak since the last reset).
     fn raw_stats(&self) -> io::Result<CgroupStats> {
-        let events = std::fs::read_to_string(self.dir.join("memory.events"))?;
-        let pids_events = std::fs::read_to_string(self.dir.join("pids.events")).unwrap_or_default();
+        let events = self.memory_events.read(&self.dir.join("memory.events"))?;
+        let pids_events = self
+            .pids_events
+            .read(&self.dir.join("pids.events"))
+            .unwrap_or_default();
         let current = self.memory_current()?;
         let peak = match &*self.peak_state() {
             Peak::Reset(f) => read_number_at(f)?,
@@ -291,7 +303,7 @@ impl Group {
     }
 
     fn memory_current(&self) -> io::Result<u64> {
-        read_u64(&self.dir.join("memory.current"))
+        self.current.read_u64(&self.dir.join("memory.current"))
     }
 
     /// Folds the current use into a sampled peak.
