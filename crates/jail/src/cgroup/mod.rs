@@ -232,8 +232,9 @@ impl CgroupRoot {
     }
 
     /// The group `name` with `limits`: the existing group of that name if it is
-    /// [`Cgroup::reusable`] (an earlier jail of the same slot emptied it), limited anew and
-    /// with its peak reset; otherwise a new one, a stale group of that name removed first.
+    /// [`Cgroup::reusable`] (an earlier jail of the same slot emptied it), limited anew;
+    /// otherwise a new one, a stale group of that name removed first. Either way its peak and
+    /// counters start when the jail's owner takes it ([`Cgroup::restart_counters`]).
     ///
     /// Using a group again spares the kernel its creation and, above all, its removal: taking
     /// a memory group offline walks every memory-accounted cache list of every filesystem
@@ -242,12 +243,7 @@ impl CgroupRoot {
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> io::Result<Box<dyn Cgroup>> {
         let group = self.open(name)?;
         // A limit below what is still charged, say, makes a new group instead.
-        if group.reusable()?
-            && group
-                .set_limits(limits)
-                .and_then(|()| group.reset_peak())
-                .is_ok()
-        {
+        if group.reusable()? && group.set_limits(limits).is_ok() {
             return Ok(group);
         }
         group.remove()?;
