@@ -52,8 +52,12 @@ impl JailPool {
         std::thread::Builder::new()
             .name("runcell-jail-reaper".into())
             .spawn(move || {
-                for jail in rx {
-                    let _ = jail.destroy();
+                // Everything queued meanwhile is destroyed in one turn on the spawner, so the
+                // reaper keeps up however many threads prepare jails.
+                while let Ok(jail) = rx.recv() {
+                    let mut batch = vec![jail];
+                    batch.extend(rx.try_iter());
+                    let _ = Jail::destroy_all(batch);
                 }
             })
             .expect("start the jail reaper thread");
@@ -81,8 +85,10 @@ impl JailPool {
         }
     }
 
-    /// Destroys a used jail in the background.
+    /// Destroys a used jail in the background: its processes are killed now, its slot is
+    /// freed by the reaper.
     pub fn release(&self, jail: Jail) {
+        jail.kill();
         let tx = self.reaper.lock().unwrap_or_else(|p| p.into_inner());
         match tx.as_ref() {
             Some(tx) => {

@@ -287,8 +287,11 @@ fn start(inner: &Inner, lang: &WarmLang, background: bool) -> Result<Warm, JailE
                 ..inner.limits
             },
         )
-        .inspect_err(|_| {
-            if let Some((z, id)) = zygote {
+        .inspect_err(|e| {
+            // Every slot taken is not the zygote's fault: replacing it would only add work.
+            if let Some((z, id)) = zygote
+                && !matches!(e, JailError::NoSlot(_))
+            {
                 z.failed(&inner.spawner, id);
             }
         })?;

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::cgroup::{Cgroup, CgroupRoot};
@@ -38,6 +38,8 @@ pub struct Spawner {
 
 #[derive(Debug)]
 struct Inner {
+    /// Callers take turns on the socket in the order they asked ([`Turns`]).
+    turns: Turns,
     sock: Mutex<Option<OwnedFd>>,
     child: Mutex<Option<Child>>,
     cgroups: CgroupRoot,
@@ -52,6 +54,44 @@ impl Drop for Inner {
         if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = child.wait();
         }
+    }
+}
+
+/// The spawner's answer to one request, with the descriptors it sent.
+type Reply = Result<(SpawnerReply, Vec<OwnedFd>), JailError>;
+
+/// A ticket lock: the spawner's callers are served in the order they asked.
+///
+/// The spawner answers one request at a time, and a `Mutex` around its socket is not fair:
+/// a thread that calls in a loop (a pool's filler, preparing jail after jail) takes it again
+/// before a woken waiter can. Under load that starved the reaper, whose destroy requests
+/// waited while prepared jails piled up until every slot was taken.
+#[derive(Debug, Default)]
+struct Turns {
+    /// (next ticket to hand out, ticket being served)
+    state: Mutex<(u64, u64)>,
+    next: Condvar,
+}
+
+/// The caller's turn; the next one's begins when it is dropped.
+struct Turn<'a>(&'a Turns);
+
+impl Turns {
+    fn take(&self) -> Turn<'_> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = s.0;
+        s.0 += 1;
+        while s.1 != ticket {
+            s = self.next.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        Turn(self)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
+        self.0.next.notify_all();
     }
 }
 
@@ -113,6 +153,7 @@ impl Spawner {
         let cgroups = CgroupRoot::detect().ctx(|| "find cgroups".into())?;
         Ok(Spawner {
             inner: Arc::new(Inner {
+                turns: Turns::default(),
                 sock: Mutex::new(Some(ours)),
                 child: Mutex::new(Some(child)),
                 cgroups,
@@ -144,16 +185,26 @@ impl Spawner {
     }
 
     fn call(&self, req: &SpawnerRequest) -> Result<(SpawnerReply, Vec<OwnedFd>), JailError> {
+        self.calls(|call| call(req))
+    }
+
+    /// Runs `f` in one turn on the spawner: every request it makes through the function it is
+    /// given is answered before another caller's.
+    fn calls<T>(&self, f: impl FnOnce(&dyn Fn(&SpawnerRequest) -> Reply) -> T) -> T {
+        let _turn = self.inner.turns.take();
         let guard = self.inner.sock.lock().unwrap_or_else(|p| p.into_inner());
-        let sock = guard
-            .as_ref()
-            .ok_or_else(|| JailError::Spawner("spawner is shut down".into()))?;
-        proto::send(sock.as_fd(), req, &[]).ctx(|| "send to spawner".into())?;
-        match proto::recv::<SpawnerReply>(sock.as_fd()).ctx(|| "read from spawner".into())? {
-            Some((SpawnerReply::Error(e), _)) => Err(e.into()),
-            Some(r) => Ok(r),
-            None => Err(JailError::Spawner("the spawner exited".into())),
-        }
+        let call = |req: &SpawnerRequest| -> Reply {
+            let sock = guard
+                .as_ref()
+                .ok_or_else(|| JailError::Spawner("spawner is shut down".into()))?;
+            proto::send(sock.as_fd(), req, &[]).ctx(|| "send to spawner".into())?;
+            match proto::recv::<SpawnerReply>(sock.as_fd()).ctx(|| "read from spawner".into())? {
+                Some((SpawnerReply::Error(e), _)) => Err(e.into()),
+                Some(r) => Ok(r),
+                None => Err(JailError::Spawner("the spawner exited".into())),
+            }
+        };
+        f(&call)
     }
 
     /// Prepares a jail: namespaces, cgroup with `limits`, root filesystem, workspace. The jail
@@ -678,9 +729,56 @@ impl Jail {
         Ok(())
     }
 
+    /// Kills the jail's agent, and with it every process of the jail, without waiting for
+    /// the spawner: their teardown starts now (yielding to running programs), and
+    /// [`Jail::destroy`] later frees the slot. A jail that is queued for destruction holds no
+    /// running process meanwhile.
+    pub fn kill(&self) {
+        if self.destroyed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.cgroup.set_cpu_weight(true);
+        let _ = crate::sys::pidfd_send_signal(self.agent.as_fd(), libc::SIGKILL);
+    }
+
     /// Destroys the jail now and waits until nothing of it is left (processes, cgroup).
     pub fn destroy(self) -> Result<(), JailError> {
         self.shutdown()
+    }
+
+    /// Destroys jails as [`Jail::destroy`] does, those of one spawner in one turn on it: a
+    /// caller that destroys what others used (a pool's reaper) keeps up with any number of
+    /// threads preparing jails, since each turn clears everything queued until then. Every
+    /// jail is killed before the first is waited for. Returns the first error.
+    pub fn destroy_all(jails: Vec<Jail>) -> Result<(), JailError> {
+        for j in &jails {
+            j.kill();
+        }
+        let mut first = Ok(());
+        let mut rest = jails;
+        while let Some(lead) = rest.first() {
+            let spawner = lead.spawner.clone();
+            let (ours, others): (Vec<Jail>, Vec<Jail>) = rest
+                .into_iter()
+                .partition(|j| Arc::ptr_eq(&j.spawner.inner, &spawner.inner));
+            spawner.calls(|call| {
+                for j in &ours {
+                    if j.destroyed.swap(true, Ordering::SeqCst) {
+                        continue;
+                    }
+                    let r = match call(&SpawnerRequest::Destroy { jail: j.info.jail }) {
+                        Ok((SpawnerReply::Destroyed, _)) => Ok(()),
+                        Ok(_) => Err(JailError::Spawner("unexpected reply to destroy".into())),
+                        Err(e) => Err(e),
+                    };
+                    if first.is_ok() {
+                        first = r;
+                    }
+                }
+            });
+            rest = others;
+        }
+        first
     }
 
     /// Destroys the jail through a shared reference (for a jail other threads still hold):
@@ -693,9 +791,9 @@ impl Jail {
         {
             return Ok(());
         }
-        // Its teardown (the dying processes free their memory) yields to running programs.
+        // Kill first, so the jail dies even if the spawner is slow to answer. Its teardown (the
+        // dying processes free their memory) yields to running programs.
         let _ = self.cgroup.set_cpu_weight(true);
-        // Kill first, so the jail dies even if the spawner is slow to answer.
         let _ = crate::sys::pidfd_send_signal(self.agent.as_fd(), libc::SIGKILL);
         match self.spawner.call(&SpawnerRequest::Destroy {
             jail: self.info.jail,
@@ -714,5 +812,50 @@ impl Jail {
 impl Drop for Jail {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits until `n` tickets have been handed out.
+    fn tickets(turns: &Turns, n: u64) {
+        while turns.state.lock().unwrap().0 < n {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn turns_are_served_in_the_order_they_were_asked_for() {
+        let turns = Arc::new(Turns::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = turns.take();
+        let mut waiting = Vec::new();
+        for who in 0..4 {
+            let (t, order) = (Arc::clone(&turns), Arc::clone(&order));
+            waiting.push(std::thread::spawn(move || {
+                let _turn = t.take();
+                order.lock().unwrap().push(who);
+                // The one holding a turn keeps it while it works: nobody may cut in.
+                std::thread::sleep(Duration::from_millis(2));
+            }));
+            tickets(&turns, who + 2);
+        }
+        // A turn asked for now, even the moment the first ends, comes after all of them.
+        drop(first);
+        let again = {
+            let turns = Arc::clone(&turns);
+            let order = Arc::clone(&order);
+            std::thread::spawn(move || {
+                let _turn = turns.take();
+                order.lock().unwrap().push(99);
+            })
+        };
+        for w in waiting {
+            w.join().unwrap();
+        }
+        again.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 99]);
     }
 }

@@ -654,16 +654,7 @@ impl Server {
             Some(pidfd) => {
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                 let _ = rec.cgroup.set_frozen(false);
-                let mut p = libc::pollfd {
-                    fd: pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: poll on one pollfd we own.
-                while unsafe { libc::poll(&mut p, 1, 10_000) } < 0
-                    && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-                {
-                }
+                wait_for_teardown(pidfd.as_fd(), rec.cgroup.as_ref());
                 // Then until the zygote has reaped it (no zombie of the jail's uid is left).
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
                 while matches!(sys::pidfd_pid(pidfd.as_fd()), Ok(Some(_)))
@@ -678,6 +669,10 @@ impl Server {
                 // A frozen jail (`Jail::set_frozen`) must be thawed for SIGKILL to take it on
                 // cgroup v1; on v2 it is a no-op. Fails harmlessly where there is no freezer.
                 let _ = rec.cgroup.set_frozen(false);
+                // (Our child, not yet reaped: its pid names it.)
+                if let Ok(pidfd) = sys::pidfd_open(rec.pid) {
+                    wait_for_teardown(pidfd.as_fd(), rec.cgroup.as_ref());
+                }
                 while let Err(nix::errno::Errno::EINTR) =
                     nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(rec.pid), None)
                 {
@@ -945,6 +940,36 @@ fn recv_within<T: serde::de::DeserializeOwned>(
 }
 
 /// A zygote's reply within `timeout_ms`.
+/// How long a killed jail's teardown may take at the lowest CPU weight (which it gets when
+/// released, so that it yields to running programs) before it gets the normal weight back.
+const TEARDOWN_BACKGROUND_MS: i32 = 2;
+
+/// Waits until the killed jail whose agent `pidfd` names has exited, which the kernel reports
+/// once every process of its pid namespace is gone and its memory freed.
+///
+/// A teardown at the lowest weight on a busy machine gets almost no CPU: every destroy then
+/// held the spawner for as long, the reaper fell behind the runs, and under sustained load the
+/// dead jails held every slot. So the teardown yields to running programs for a moment only.
+fn wait_for_teardown(pidfd: BorrowedFd<'_>, cgroup: &dyn Cgroup) {
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut timeout = TEARDOWN_BACKGROUND_MS;
+    loop {
+        // SAFETY: poll on one pollfd we own.
+        match unsafe { libc::poll(&mut p, 1, timeout) } {
+            0 if timeout == TEARDOWN_BACKGROUND_MS => {
+                let _ = cgroup.set_cpu_weight(false);
+                timeout = 10_000;
+            }
+            n if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return,
+        }
+    }
+}
+
 fn zygote_reply(
     sock: BorrowedFd<'_>,
     timeout_ms: i32,

@@ -1277,6 +1277,105 @@ fn kept_groups_serve_later_jails_with_their_own_counts_and_go_with_the_spawner()
     }
 }
 
+/// The engine's pattern under load: threads prepare jails one after another and hand each,
+/// used, to one reaper thread. Destroying one jail per turn on the spawner, the reaper fell
+/// behind (one destroy for every few prepares) until the dead jails held every slot; with
+/// `Jail::destroy_all` each of its turns clears what was queued meanwhile. A killed jail is
+/// gone (agent and program) before the reaper gets to it.
+#[test]
+fn a_reaper_destroying_in_turns_keeps_up_with_threads_preparing_jails() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let mounts = host_mounts();
+    // A killed jail's processes are gone without a word to the spawner.
+    let jail = spawner().prepare(&config(), &cgroup_limits()).unwrap();
+    let trace = Trace::of(&jail);
+    let sleeper = jail
+        .start(
+            &sh("sleep 100"),
+            StdinSource::Null,
+            OutputTarget::Pipe,
+            OutputTarget::Pipe,
+        )
+        .unwrap();
+    jail.kill();
+    assert!(
+        jail.ends_within(Duration::from_secs(10)),
+        "killed jail still alive"
+    );
+    // At most the agent's zombie, which the spawner reaps when it destroys the jail.
+    let running: Vec<_> = processes_of(&trace.uids)
+        .into_iter()
+        .filter(|(pid, _)| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
+            state.flatten().is_some_and(|c| c != 'Z')
+        })
+        .collect();
+    assert!(
+        running.is_empty(),
+        "killed jail's processes still run: {running:?}"
+    );
+    drop(sleeper);
+    Jail::destroy_all(vec![jail]).unwrap();
+    trace.assert_gone(&mounts);
+
+    let (tx, rx) = std::sync::mpsc::channel::<Jail>();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let traces = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reaper = {
+        let pending = Arc::clone(&pending);
+        std::thread::spawn(move || {
+            while let Ok(jail) = rx.recv() {
+                let mut batch = vec![jail];
+                batch.extend(rx.try_iter());
+                let n = batch.len();
+                Jail::destroy_all(batch).unwrap();
+                pending.fetch_sub(n, SeqCst);
+            }
+        })
+    };
+    const THREADS: usize = 3;
+    const EACH: usize = 30;
+    let workers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (tx, pending, most, traces) = (
+                tx.clone(),
+                Arc::clone(&pending),
+                Arc::clone(&most),
+                Arc::clone(&traces),
+            );
+            std::thread::spawn(move || {
+                for _ in 0..EACH {
+                    let jail = spawner().prepare(&config(), &cgroup_limits()).unwrap();
+                    traces.lock().unwrap().push(Trace::of(&jail));
+                    jail.kill();
+                    most.fetch_max(pending.fetch_add(1, SeqCst) + 1, SeqCst);
+                    tx.send(jail).unwrap();
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for w in workers {
+        w.join().unwrap();
+    }
+    reaper.join().unwrap();
+    // Between two turns of the reaper every worker prepares at most one jail (turns are
+    // taken in order), so what waits for it stays near the number of workers; one destroy
+    // per turn let it grow with every round (to about 2 per round here).
+    let most = most.load(SeqCst);
+    assert!(
+        most <= 5 * THREADS,
+        "{most} used jails waited for the reaper at once ({} prepared)",
+        THREADS * EACH
+    );
+    for t in traces.lock().unwrap().iter() {
+        t.assert_gone(&mounts);
+    }
+}
+
 #[test]
 fn bad_specs_are_refused_before_anything_runs() {
     let jail = spawner().prepare(&config(), &cgroup_limits()).unwrap();
