@@ -143,6 +143,12 @@ struct Python {
     /// `_Py_HandleSystemExit(&status)`: if the pending exception is `SystemExit`, prints its
     /// message if it has one, clears it and returns 1 with the exit status.
     handle_system_exit: unsafe extern "C" fn(*mut c_int) -> c_int,
+    /// `PyEval_EvalCode(code, globals, locals)`: a new reference, or NULL with an exception.
+    eval_code: unsafe extern "C" fn(Obj, Obj, Obj) -> Obj,
+    /// `PyErr_Occurred()`: the pending exception's type (borrowed), or NULL.
+    err_occurred: unsafe extern "C" fn() -> Obj,
+    /// `&PyExc_KeyboardInterrupt` (a `PyObject *` variable).
+    keyboard_interrupt: usize,
     print_error: unsafe extern "C" fn(),
     call_no_args: unsafe extern "C" fn(Obj) -> Obj,
     get_attr: unsafe extern "C" fn(Obj, *const c_char) -> Obj,
@@ -166,6 +172,12 @@ struct Python {
     clear: Obj,
     /// The code of `-c`.
     code: CString,
+    /// The same, compiled once by the zygote (as `PyRun_StringFlags` compiles it: file
+    /// `<string>`, no flags), so that no fork compiles it again; NULL if it did not compile
+    /// (each run then compiles it and reports the error, as `python3 -c` would).
+    compiled: Obj,
+    /// `signal.signal(SIGINT, default_int_handler)`, compiled once.
+    sigint: Obj,
     argv: Vec<String>,
 }
 
@@ -291,11 +303,15 @@ pub(crate) fn run_preloaded() -> ! {
         // SIGINT raises KeyboardInterrupt, SIGPIPE and SIGXFSZ are ignored.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        py.run(c"__import__('_signal').signal(2, __import__('_signal').default_int_handler)");
+        py.eval(py.sigint);
         // As PyRun_SimpleString then Py_RunMain: 1 after an uncaught exception, SystemExit's
         // status, 120 if flushing the standard streams fails at exit, death by SIGINT after
         // an uncaught KeyboardInterrupt.
-        let mut status = py.run(&py.code);
+        let mut status = if py.compiled.is_null() {
+            py.run(&py.code)
+        } else {
+            py.eval(py.compiled)
+        };
         if !py.finalize() {
             status = 120;
         }
@@ -324,6 +340,38 @@ impl Python {
                 self.main,
                 std::ptr::null_mut(),
             );
+            self.status(v)
+        }
+    }
+
+    /// Runs a code object the zygote compiled in `__main__`, as [`Python::run`] runs source.
+    ///
+    /// # Safety
+    /// In the process (and thread) holding the interpreter; `code` is a live code object.
+    unsafe fn eval(&self, code: Obj) -> c_int {
+        // SAFETY: per this function's contract; `main` is a live dict with `__builtins__`;
+        // the two addresses are CPython's variables, read and written on its thread.
+        unsafe {
+            // What `PyRun_StringFlags` does around the evaluation of the code it compiled
+            // (`run_eval_code_obj`): an uncaught KeyboardInterrupt is noted, for the exit.
+            let flag = self.unhandled_interrupt as *mut c_int;
+            *flag = 0;
+            let v = (self.eval_code)(code, self.main, self.main);
+            if v.is_null() && (self.err_occurred)() == *(self.keyboard_interrupt as *const Obj) {
+                *flag = 1;
+            }
+            self.status(v)
+        }
+    }
+
+    /// The exit status so far after running code that returned `v` (dropped here).
+    ///
+    /// # Safety
+    /// In the process (and thread) holding the interpreter.
+    unsafe fn status(&self, v: Obj) -> c_int {
+        // SAFETY: per this function's contract: `v` is a new reference or NULL with an
+        // exception set.
+        unsafe {
             if !v.is_null() {
                 (self.dec_ref)(v);
                 return 0;
@@ -552,6 +600,13 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
                 c"PyOS_AfterFork_Child",
             )?),
             run_string: std::mem::transmute::<usize, Run>(sym(c"PyRun_StringFlags")?),
+            eval_code: std::mem::transmute::<usize, unsafe extern "C" fn(Obj, Obj, Obj) -> Obj>(
+                sym(c"PyEval_EvalCode")?,
+            ),
+            err_occurred: std::mem::transmute::<usize, unsafe extern "C" fn() -> Obj>(sym(
+                c"PyErr_Occurred",
+            )?),
+            keyboard_interrupt: sym(c"PyExc_KeyboardInterrupt")?,
             handle_system_exit: std::mem::transmute::<
                 usize,
                 unsafe extern "C" fn(*mut c_int) -> c_int,
@@ -578,6 +633,8 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
             clear: std::ptr::null_mut(),
             code: CString::new(spec.argv[2].as_str())
                 .map_err(|_| JailError::InvalidConfig("code with a NUL byte".into()))?,
+            compiled: std::ptr::null_mut(),
+            sigint: std::ptr::null_mut(),
             argv: spec.argv.clone(),
         };
         let prog = CString::new(spec.argv[0].as_str())
@@ -620,6 +677,25 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
         py.exitfuncs = (py.dict_get)(private, c"exitfuncs".as_ptr());
         if py.clear.is_null() || snapshot.is_null() || py.exitfuncs.is_null() {
             return Err(setup_err("define the exit path", io::ErrorKind::Other));
+        }
+        // The forks' code, compiled once here (never freed), before the collector's freeze below.
+        let compile: unsafe extern "C" fn(*const c_char, *const c_char, c_int) -> Obj =
+            std::mem::transmute(sym(c"Py_CompileString")?);
+        py.sigint = compile(
+            c"__import__('_signal').signal(2, __import__('_signal').default_int_handler)".as_ptr(),
+            c"<string>".as_ptr(),
+            PY_FILE_INPUT,
+        );
+        if py.sigint.is_null() {
+            (py.print_error)();
+            return Err(setup_err(
+                "compile the SIGINT handler",
+                io::ErrorKind::Other,
+            ));
+        }
+        py.compiled = compile(py.code.as_ptr(), c"<string>".as_ptr(), PY_FILE_INPUT);
+        if py.compiled.is_null() {
+            (py.clear_error)();
         }
         // What `python3 -c` sets at start: '' (the working directory) first on sys.path, and
         // sys.argv ['-c'] (a loader replaces them per run). Leaves no name in __main__.
