@@ -287,6 +287,8 @@ impl Spawner {
             cgroup,
             destroyed: std::sync::atomic::AtomicBool::new(false),
             frozen: Mutex::new(Frozen::default()),
+            // What the spawner made the group with.
+            limits: Mutex::new(Some(*limits)),
         };
         // The slot's group may have held earlier jails: what this one is told counts from
         // here (dropping the jail on an error destroys it).
@@ -312,6 +314,10 @@ pub struct Jail {
     /// How long the jail has been frozen in all, and since when it is frozen now (monotonic
     /// ns): the wall-time limit of a program does not count while its jail is frozen.
     frozen: Mutex<Frozen>,
+    /// The limits the group has now, so that setting limits writes only what changes (each
+    /// write a cgroup file opened and written; a CPU quota's walks every group); `None`
+    /// after a write failed: the next one writes them all.
+    limits: Mutex<Option<CgroupLimits>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -562,9 +568,26 @@ impl Jail {
     /// Changes the jail's kernel-enforced limits (between steps, or for a sandbox's budget).
     pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), JailError> {
         limits.validate()?;
-        self.cgroup
-            .set_limits(limits)
-            .ctx(|| "set cgroup limits".into())
+        let mut now = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let r = match *now {
+            Some(from) => self.cgroup.change_limits(&from, limits),
+            None => self.cgroup.set_limits(limits),
+        };
+        *now = r.is_ok().then_some(*limits);
+        r.ctx(|| "set cgroup limits".into())
+    }
+
+    /// The lowest CPU weight, for a jail being torn down (see [`CgroupLimits::background`]).
+    fn yield_cpu(&self) {
+        let mut now = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.cgroup.set_cpu_weight(true);
+        *now = match (r, *now) {
+            (Ok(()), Some(l)) => Some(CgroupLimits {
+                background: true,
+                ..l
+            }),
+            _ => None,
+        };
     }
 
     /// The jail's network namespace, for the host to configure and make sockets in (an
@@ -737,7 +760,7 @@ impl Jail {
         if self.destroyed.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let _ = self.cgroup.set_cpu_weight(true);
+        self.yield_cpu();
         let _ = crate::sys::pidfd_send_signal(self.agent.as_fd(), libc::SIGKILL);
     }
 
@@ -793,7 +816,7 @@ impl Jail {
         }
         // Kill first, so the jail dies even if the spawner is slow to answer. Its teardown (the
         // dying processes free their memory) yields to running programs.
-        let _ = self.cgroup.set_cpu_weight(true);
+        self.yield_cpu();
         let _ = crate::sys::pidfd_send_signal(self.agent.as_fd(), libc::SIGKILL);
         match self.spawner.call(&SpawnerRequest::Destroy {
             jail: self.info.jail,

@@ -4019,3 +4019,115 @@ fn a_jail_prepared_ahead_yields_the_cpu_until_a_run_takes_it() {
     assert_eq!(weight().1, if v2 { 100 } else { 1024 });
     jail.destroy().expect("destroy");
 }
+
+/// Setting limits writes only what changed since the last limits (the spawner's, then the
+/// owner's): every limit the kernel holds afterwards is the new one, whatever changed.
+#[test]
+fn changed_limits_hold_in_the_kernel_whatever_changed() {
+    let jail = spawner()
+        .prepare(
+            &config(),
+            &CgroupLimits {
+                background: true,
+                ..cgroup_limits()
+            },
+        )
+        .expect("prepare");
+    let dirs = cgroup_dirs(jail.cgroup_name());
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .map(|s| s.trim().to_string())
+    };
+    let v2 = read("cpu.max").is_some();
+    // (memory, tasks, CPU quota, weight) as the kernel holds them.
+    let held = || {
+        if v2 {
+            (
+                read("memory.max").unwrap(),
+                read("pids.max").unwrap(),
+                read("cpu.max").unwrap(),
+                read("cpu.weight").unwrap(),
+            )
+        } else {
+            (
+                read("memory.limit_in_bytes").unwrap(),
+                read("pids.max").unwrap(),
+                read("cpu.cfs_quota_us").unwrap(),
+                read("cpu.shares").unwrap(),
+            )
+        }
+    };
+    let expect = |l: &CgroupLimits| {
+        let quota = l.cpus.map(|c| (c * 100_000.0).round() as u64);
+        if v2 {
+            (
+                l.memory_bytes.to_string(),
+                l.max_tasks.to_string(),
+                quota.map_or("max 100000".into(), |q| format!("{q} 100000")),
+                if l.background { "1" } else { "100" }.to_string(),
+            )
+        } else {
+            (
+                l.memory_bytes.to_string(),
+                l.max_tasks.to_string(),
+                quota.map_or("-1".into(), |q| q.to_string()),
+                if l.background { "2" } else { "1024" }.to_string(),
+            )
+        }
+    };
+    let base = cgroup_limits();
+    let steps = [
+        // Everything changes, then one thing at a time, then back.
+        CgroupLimits {
+            memory_bytes: 64 << 20,
+            max_tasks: 8,
+            cpus: Some(0.5),
+            background: false,
+        },
+        CgroupLimits {
+            memory_bytes: 128 << 20,
+            max_tasks: 8,
+            cpus: Some(0.5),
+            background: false,
+        },
+        CgroupLimits {
+            memory_bytes: 128 << 20,
+            max_tasks: 16,
+            cpus: Some(0.5),
+            background: false,
+        },
+        CgroupLimits {
+            memory_bytes: 128 << 20,
+            max_tasks: 16,
+            cpus: None,
+            background: false,
+        },
+        CgroupLimits {
+            memory_bytes: 128 << 20,
+            max_tasks: 16,
+            cpus: None,
+            background: true,
+        },
+        base,
+    ];
+    for l in steps {
+        jail.set_limits(&l).expect("set limits");
+        assert_eq!(held(), expect(&l), "after setting {l:?}");
+    }
+    // And they bind: a memory bomb under a lowered limit is killed for memory.
+    jail.set_limits(&CgroupLimits {
+        memory_bytes: 48 << 20,
+        ..base
+    })
+    .expect("set limits");
+    let out = jail
+        .run(
+            &py("b = bytearray(200 << 20)"),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .expect("run");
+    assert_eq!(out.limit, Some(Limit::Memory), "{out:?}");
+    jail.destroy().expect("destroy");
+}

@@ -88,6 +88,9 @@ pub trait Cgroup: Send + Sync + Debug {
     fn self_attach_files(&self) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>>;
     /// Sets memory, task and CPU limits.
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()>;
+    /// Changes the limits from `from`, which the group has now (its owner wrote them, or the
+    /// spawner made the group with them), to `to`: only what differs is written.
+    fn change_limits(&self, from: &CgroupLimits, to: &CgroupLimits) -> io::Result<()>;
     /// The group's CPU weight: the lowest (`background`: a jail prepared ahead, or one being
     /// torn down, yields to running programs) or the normal one.
     fn set_cpu_weight(&self, background: bool) -> io::Result<()>;
@@ -348,19 +351,57 @@ pub(crate) fn read_u64(path: &Path) -> io::Result<u64> {
 /// A cgroup file that is read often (every measurement: a run takes a dozen), opened once and
 /// then read with `pread` from offset 0, which makes the kernel generate it anew: each open of
 /// a cgroup file is a path walk and an allocation in the kernel.
+/// A file that is written often (a reset, a weight) is kept open for writing the same way:
+/// cgroupfs takes each write whole, wherever the offset is.
 #[derive(Debug, Default)]
-pub(crate) struct KeptFile(std::sync::OnceLock<std::fs::File>);
+pub(crate) struct KeptFile {
+    file: std::sync::OnceLock<std::fs::File>,
+    /// Opened for writing too ([`KeptFile::writable`]).
+    write: bool,
+}
 
 impl KeptFile {
+    /// A kept file that is also written ([`KeptFile::write`]).
+    pub(crate) fn writable() -> KeptFile {
+        KeptFile {
+            file: std::sync::OnceLock::new(),
+            write: true,
+        }
+    }
+
+    fn file(&self, path: &Path) -> io::Result<&std::fs::File> {
+        match self.file.get() {
+            Some(f) => Ok(f),
+            None => {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(self.write)
+                    .open(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                Ok(self.file.get_or_init(|| f))
+            }
+        }
+    }
+
+    /// Writes `value` to the file (at offset 0, in one write, as [`write_file`] does).
+    pub(crate) fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let n = self
+            .file(path)?
+            .write_at(value.as_bytes(), 0)
+            .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))?;
+        if n != value.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("write {}: short write", path.display()),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn read(&self, path: &Path) -> io::Result<String> {
         use std::os::unix::fs::FileExt;
-        let f = match self.0.get() {
-            Some(f) => f,
-            None => {
-                let f = std::fs::File::open(path)?;
-                self.0.get_or_init(|| f)
-            }
-        };
+        let f = self.file(path)?;
         let mut out = Vec::with_capacity(256);
         let mut buf = [0u8; 512];
         loop {

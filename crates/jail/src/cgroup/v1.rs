@@ -80,8 +80,11 @@ pub struct Group {
     dirs: Vec<PathBuf>,
     /// `cpuacct.usage`: read every few milliseconds while a program runs.
     cpu_usage: KeptFile,
-    /// The files every measurement reads.
+    /// The files every measurement reads (the peak also written: every run resets it).
     max_usage: KeptFile,
+    memsw_max_usage: KeptFile,
+    /// `cpu.shares`, written when a run takes the jail and when it is released.
+    shares: KeptFile,
     usage: KeptFile,
     oom_control: KeptFile,
     pids_events: KeptFile,
@@ -101,7 +104,9 @@ impl Group {
             freezer: m.freezer.as_deref().map(at),
             dirs: m.dirs(name),
             cpu_usage: KeptFile::default(),
-            max_usage: KeptFile::default(),
+            max_usage: KeptFile::writable(),
+            memsw_max_usage: KeptFile::writable(),
+            shares: KeptFile::writable(),
             usage: KeptFile::default(),
             oom_control: KeptFile::default(),
             pids_events: KeptFile::default(),
@@ -146,6 +151,42 @@ impl Group {
         }
     }
 
+    /// The memory limit, and memsw (memory + swap) with it where it exists.
+    fn set_memory(&self, bytes: u64) -> io::Result<()> {
+        let mem = bytes.to_string();
+        let limit_file = self.memory.join("memory.limit_in_bytes");
+        if !self.has_memsw() {
+            return write_file(&limit_file, &mem);
+        }
+        // memsw may never be below the memory limit: raise memsw first when growing, lower
+        // memory first when shrinking.
+        let memsw_file = self.memory.join("memory.memsw.limit_in_bytes");
+        if bytes > read_u64(&memsw_file)? {
+            write_file(&memsw_file, &mem)?;
+            write_file(&limit_file, &mem)
+        } else {
+            write_file(&limit_file, &mem)?;
+            write_file(&memsw_file, &mem)
+        }
+    }
+
+    /// CPU bandwidth: `cpus` CPUs, or unthrottled.
+    fn set_cpus(&self, cpus: Option<f64>) -> io::Result<()> {
+        match (&self.cpu, cpus) {
+            (Some(cpu), Some(c)) => {
+                write_file(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                let quota = ((c * CFS_PERIOD_US as f64).round() as u64).max(1000);
+                write_file(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())
+            }
+            (Some(cpu), None) => write_file(&cpu.join("cpu.cfs_quota_us"), "-1"),
+            (None, Some(_)) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a CPU limit needs the cgroup v1 cpu controller, which is not mounted",
+            )),
+            (None, None) => Ok(()),
+        }
+    }
+
     fn has_memsw(&self) -> bool {
         *self
             .memsw
@@ -180,48 +221,33 @@ impl Cgroup for Group {
     }
 
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()> {
-        let mem = limits.memory_bytes.to_string();
-        let limit_file = self.memory.join("memory.limit_in_bytes");
-        if self.has_memsw() {
-            // memsw (memory + swap) may never be below the memory limit: raise memsw first
-            // when growing, lower memory first when shrinking.
-            let memsw_file = self.memory.join("memory.memsw.limit_in_bytes");
-            let current = read_u64(&memsw_file)?;
-            if limits.memory_bytes > current {
-                write_file(&memsw_file, &mem)?;
-                write_file(&limit_file, &mem)?;
-            } else {
-                write_file(&limit_file, &mem)?;
-                write_file(&memsw_file, &mem)?;
-            }
-        } else {
-            write_file(&limit_file, &mem)?;
-        }
+        self.set_memory(limits.memory_bytes)?;
         // No swapping of sandbox memory even where swap exists.
         let _ = write_file(&self.memory.join("memory.swappiness"), "0");
         write_file(&self.pids.join("pids.max"), &limits.max_tasks.to_string())?;
         self.set_cpu_weight(limits.background)?;
-        match (&self.cpu, limits.cpus) {
-            (Some(cpu), Some(c)) => {
-                write_file(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-                let quota = ((c * CFS_PERIOD_US as f64).round() as u64).max(1000);
-                write_file(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
-            }
-            (Some(cpu), None) => write_file(&cpu.join("cpu.cfs_quota_us"), "-1")?,
-            (None, Some(_)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "a CPU limit needs the cgroup v1 cpu controller, which is not mounted",
-                ));
-            }
-            (None, None) => {}
+        self.set_cpus(limits.cpus)
+    }
+
+    fn change_limits(&self, from: &CgroupLimits, to: &CgroupLimits) -> io::Result<()> {
+        if from.memory_bytes != to.memory_bytes {
+            self.set_memory(to.memory_bytes)?;
+        }
+        if from.max_tasks != to.max_tasks {
+            write_file(&self.pids.join("pids.max"), &to.max_tasks.to_string())?;
+        }
+        if from.background != to.background {
+            self.set_cpu_weight(to.background)?;
+        }
+        if from.cpus != to.cpus {
+            self.set_cpus(to.cpus)?;
         }
         Ok(())
     }
 
     fn set_cpu_weight(&self, background: bool) -> io::Result<()> {
         match &self.cpu {
-            Some(cpu) => write_file(
+            Some(cpu) => self.shares.write(
                 &cpu.join("cpu.shares"),
                 if background { "2" } else { "1024" },
             ),
@@ -230,9 +256,11 @@ impl Cgroup for Group {
     }
 
     fn reset_peak(&self) -> io::Result<()> {
-        write_file(&self.memory.join("memory.max_usage_in_bytes"), "0")?;
+        self.max_usage
+            .write(&self.memory.join("memory.max_usage_in_bytes"), "0")?;
         if self.has_memsw() {
-            write_file(&self.memory.join("memory.memsw.max_usage_in_bytes"), "0")?;
+            self.memsw_max_usage
+                .write(&self.memory.join("memory.memsw.max_usage_in_bytes"), "0")?;
         }
         Ok(())
     }

@@ -215,6 +215,8 @@ pub struct Group {
     current: KeptFile,
     memory_events: KeptFile,
     pids_events: KeptFile,
+    /// `cpu.weight`, written when a run takes the jail and when it is released.
+    weight: KeptFile,
 }
 
 /// How the peak since the last [`Cgroup::reset_peak`] is known.
@@ -247,6 +249,18 @@ fn sampled_peak(peak_now: Option<u64>, peak_at_reset: Option<u64>, max_seen: u64
 }
 
 impl Group {
+    /// CPU bandwidth: `cpus` CPUs, or unthrottled.
+    fn set_cpus(&self, cpus: Option<f64>) -> io::Result<()> {
+        let cpu = match cpus {
+            Some(c) => format!(
+                "{} {CPU_PERIOD_US}",
+                ((c * CPU_PERIOD_US as f64).round() as u64).max(1000)
+            ),
+            None => format!("max {CPU_PERIOD_US}"),
+        };
+        write_file(&self.dir.join("cpu.max"), &cpu)
+    }
+
     pub(super) fn new(base: &Path, name: &str) -> Group {
         Group {
             name: name.to_string(),
@@ -257,6 +271,7 @@ impl Group {
             current: KeptFile::default(),
             memory_events: KeptFile::default(),
             pids_events: KeptFile::default(),
+            weight: KeptFile::writable(),
         }
     }
 
@@ -357,19 +372,28 @@ impl Cgroup for Group {
             write_file(&self.dir.join("memory.swap.max"), "0")?;
         }
         write_file(&self.dir.join("pids.max"), &limits.max_tasks.to_string())?;
-        let cpu = match limits.cpus {
-            Some(c) => format!(
-                "{} {CPU_PERIOD_US}",
-                ((c * CPU_PERIOD_US as f64).round() as u64).max(1000)
-            ),
-            None => format!("max {CPU_PERIOD_US}"),
-        };
-        write_file(&self.dir.join("cpu.max"), &cpu)?;
+        self.set_cpus(limits.cpus)?;
         self.set_cpu_weight(limits.background)
     }
 
+    fn change_limits(&self, from: &CgroupLimits, to: &CgroupLimits) -> io::Result<()> {
+        if from.memory_bytes != to.memory_bytes {
+            write_file(&self.dir.join("memory.max"), &to.memory_bytes.to_string())?;
+        }
+        if from.max_tasks != to.max_tasks {
+            write_file(&self.dir.join("pids.max"), &to.max_tasks.to_string())?;
+        }
+        if from.cpus != to.cpus {
+            self.set_cpus(to.cpus)?;
+        }
+        if from.background != to.background {
+            self.set_cpu_weight(to.background)?;
+        }
+        Ok(())
+    }
+
     fn set_cpu_weight(&self, background: bool) -> io::Result<()> {
-        write_file(
+        self.weight.write(
             &self.dir.join("cpu.weight"),
             if background { "1" } else { "100" },
         )
