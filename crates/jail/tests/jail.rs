@@ -3988,12 +3988,9 @@ fn zygote_pids(spawner: u32) -> Vec<u32> {
     found
 }
 
-/// A jail prepared ahead of its run (a pool's) has the lowest CPU weight, so that preparing it
-/// never takes CPU from a program running in another jail; the run's limits restore the
-/// normal weight.
-#[test]
-fn a_jail_prepared_ahead_yields_the_cpu_until_a_run_takes_it() {
-    let jail = spawner()
+/// A jail prepared as a pool prepares one ahead of its run (at the lowest CPU weight).
+fn prepared_ahead() -> Jail {
+    spawner()
         .prepare(
             &config(),
             &CgroupLimits {
@@ -4001,7 +3998,15 @@ fn a_jail_prepared_ahead_yields_the_cpu_until_a_run_takes_it() {
                 ..cgroup_limits()
             },
         )
-        .expect("prepare");
+        .expect("prepare")
+}
+
+/// A jail prepared ahead of its run (a pool's) has the lowest CPU weight, so that preparing it
+/// never takes CPU from a program running in another jail; the run's limits restore the
+/// normal weight.
+#[test]
+fn a_jail_prepared_ahead_yields_the_cpu_until_a_run_takes_it() {
+    let jail = prepared_ahead();
     let weight = || {
         cgroup_dirs(jail.cgroup_name())
             .iter()
@@ -4024,15 +4029,7 @@ fn a_jail_prepared_ahead_yields_the_cpu_until_a_run_takes_it() {
 /// owner's): every limit the kernel holds afterwards is the new one, whatever changed.
 #[test]
 fn changed_limits_hold_in_the_kernel_whatever_changed() {
-    let jail = spawner()
-        .prepare(
-            &config(),
-            &CgroupLimits {
-                background: true,
-                ..cgroup_limits()
-            },
-        )
-        .expect("prepare");
+    let jail = prepared_ahead();
     let dirs = cgroup_dirs(jail.cgroup_name());
     let read = |file: &str| {
         dirs.iter()

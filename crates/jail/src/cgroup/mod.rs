@@ -88,9 +88,29 @@ pub trait Cgroup: Send + Sync + Debug {
     fn self_attach_files(&self) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>>;
     /// Sets memory, task and CPU limits.
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()>;
+    /// The memory limit (swap never counts: there is none for a jail).
+    fn set_memory(&self, bytes: u64) -> io::Result<()>;
+    /// The limit on processes and threads.
+    fn set_max_tasks(&self, tasks: u32) -> io::Result<()>;
+    /// CPU bandwidth: `cpus` CPUs, or unthrottled.
+    fn set_cpus(&self, cpus: Option<f64>) -> io::Result<()>;
     /// Changes the limits from `from`, which the group has now (its owner wrote them, or the
     /// spawner made the group with them), to `to`: only what differs is written.
-    fn change_limits(&self, from: &CgroupLimits, to: &CgroupLimits) -> io::Result<()>;
+    fn change_limits(&self, from: &CgroupLimits, to: &CgroupLimits) -> io::Result<()> {
+        if from.memory_bytes != to.memory_bytes {
+            self.set_memory(to.memory_bytes)?;
+        }
+        if from.max_tasks != to.max_tasks {
+            self.set_max_tasks(to.max_tasks)?;
+        }
+        if from.cpus != to.cpus {
+            self.set_cpus(to.cpus)?;
+        }
+        if from.background != to.background {
+            self.set_cpu_weight(to.background)?;
+        }
+        Ok(())
+    }
     /// The group's CPU weight: the lowest (`background`: a jail prepared ahead, or one being
     /// torn down, yields to running programs) or the normal one.
     fn set_cpu_weight(&self, background: bool) -> io::Result<()>;

@@ -151,42 +151,6 @@ impl Group {
         }
     }
 
-    /// The memory limit, and memsw (memory + swap) with it where it exists.
-    fn set_memory(&self, bytes: u64) -> io::Result<()> {
-        let mem = bytes.to_string();
-        let limit_file = self.memory.join("memory.limit_in_bytes");
-        if !self.has_memsw() {
-            return write_file(&limit_file, &mem);
-        }
-        // memsw may never be below the memory limit: raise memsw first when growing, lower
-        // memory first when shrinking.
-        let memsw_file = self.memory.join("memory.memsw.limit_in_bytes");
-        if bytes > read_u64(&memsw_file)? {
-            write_file(&memsw_file, &mem)?;
-            write_file(&limit_file, &mem)
-        } else {
-            write_file(&limit_file, &mem)?;
-            write_file(&memsw_file, &mem)
-        }
-    }
-
-    /// CPU bandwidth: `cpus` CPUs, or unthrottled.
-    fn set_cpus(&self, cpus: Option<f64>) -> io::Result<()> {
-        match (&self.cpu, cpus) {
-            (Some(cpu), Some(c)) => {
-                write_file(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-                let quota = ((c * CFS_PERIOD_US as f64).round() as u64).max(1000);
-                write_file(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())
-            }
-            (Some(cpu), None) => write_file(&cpu.join("cpu.cfs_quota_us"), "-1"),
-            (None, Some(_)) => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "a CPU limit needs the cgroup v1 cpu controller, which is not mounted",
-            )),
-            (None, None) => Ok(()),
-        }
-    }
-
     fn has_memsw(&self) -> bool {
         *self
             .memsw
@@ -224,25 +188,48 @@ impl Cgroup for Group {
         self.set_memory(limits.memory_bytes)?;
         // No swapping of sandbox memory even where swap exists.
         let _ = write_file(&self.memory.join("memory.swappiness"), "0");
-        write_file(&self.pids.join("pids.max"), &limits.max_tasks.to_string())?;
+        self.set_max_tasks(limits.max_tasks)?;
         self.set_cpu_weight(limits.background)?;
         self.set_cpus(limits.cpus)
     }
 
-    fn change_limits(&self, from: &CgroupLimits, to: &CgroupLimits) -> io::Result<()> {
-        if from.memory_bytes != to.memory_bytes {
-            self.set_memory(to.memory_bytes)?;
+    // memsw (memory + swap) is set with memory where it exists.
+    fn set_memory(&self, bytes: u64) -> io::Result<()> {
+        let mem = bytes.to_string();
+        let limit_file = self.memory.join("memory.limit_in_bytes");
+        if !self.has_memsw() {
+            return write_file(&limit_file, &mem);
         }
-        if from.max_tasks != to.max_tasks {
-            write_file(&self.pids.join("pids.max"), &to.max_tasks.to_string())?;
+        // memsw may never be below the memory limit: raise memsw first when growing, lower
+        // memory first when shrinking.
+        let memsw_file = self.memory.join("memory.memsw.limit_in_bytes");
+        if bytes > read_u64(&memsw_file)? {
+            write_file(&memsw_file, &mem)?;
+            write_file(&limit_file, &mem)
+        } else {
+            write_file(&limit_file, &mem)?;
+            write_file(&memsw_file, &mem)
         }
-        if from.background != to.background {
-            self.set_cpu_weight(to.background)?;
+    }
+
+    fn set_cpus(&self, cpus: Option<f64>) -> io::Result<()> {
+        match (&self.cpu, cpus) {
+            (Some(cpu), Some(c)) => {
+                write_file(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                let quota = ((c * CFS_PERIOD_US as f64).round() as u64).max(1000);
+                write_file(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())
+            }
+            (Some(cpu), None) => write_file(&cpu.join("cpu.cfs_quota_us"), "-1"),
+            (None, Some(_)) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a CPU limit needs the cgroup v1 cpu controller, which is not mounted",
+            )),
+            (None, None) => Ok(()),
         }
-        if from.cpus != to.cpus {
-            self.set_cpus(to.cpus)?;
-        }
-        Ok(())
+    }
+
+    fn set_max_tasks(&self, tasks: u32) -> io::Result<()> {
+        write_file(&self.pids.join("pids.max"), &tasks.to_string())
     }
 
     fn set_cpu_weight(&self, background: bool) -> io::Result<()> {

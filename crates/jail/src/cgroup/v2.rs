@@ -249,18 +249,6 @@ fn sampled_peak(peak_now: Option<u64>, peak_at_reset: Option<u64>, max_seen: u64
 }
 
 impl Group {
-    /// CPU bandwidth: `cpus` CPUs, or unthrottled.
-    fn set_cpus(&self, cpus: Option<f64>) -> io::Result<()> {
-        let cpu = match cpus {
-            Some(c) => format!(
-                "{} {CPU_PERIOD_US}",
-                ((c * CPU_PERIOD_US as f64).round() as u64).max(1000)
-            ),
-            None => format!("max {CPU_PERIOD_US}"),
-        };
-        write_file(&self.dir.join("cpu.max"), &cpu)
-    }
-
     pub(super) fn new(base: &Path, name: &str) -> Group {
         Group {
             name: name.to_string(),
@@ -364,32 +352,32 @@ impl Cgroup for Group {
     }
 
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()> {
-        write_file(
-            &self.dir.join("memory.max"),
-            &limits.memory_bytes.to_string(),
-        )?;
+        self.set_memory(limits.memory_bytes)?;
         if self.dir.join("memory.swap.max").exists() {
             write_file(&self.dir.join("memory.swap.max"), "0")?;
         }
-        write_file(&self.dir.join("pids.max"), &limits.max_tasks.to_string())?;
+        self.set_max_tasks(limits.max_tasks)?;
         self.set_cpus(limits.cpus)?;
         self.set_cpu_weight(limits.background)
     }
 
-    fn change_limits(&self, from: &CgroupLimits, to: &CgroupLimits) -> io::Result<()> {
-        if from.memory_bytes != to.memory_bytes {
-            write_file(&self.dir.join("memory.max"), &to.memory_bytes.to_string())?;
-        }
-        if from.max_tasks != to.max_tasks {
-            write_file(&self.dir.join("pids.max"), &to.max_tasks.to_string())?;
-        }
-        if from.cpus != to.cpus {
-            self.set_cpus(to.cpus)?;
-        }
-        if from.background != to.background {
-            self.set_cpu_weight(to.background)?;
-        }
-        Ok(())
+    fn set_memory(&self, bytes: u64) -> io::Result<()> {
+        write_file(&self.dir.join("memory.max"), &bytes.to_string())
+    }
+
+    fn set_max_tasks(&self, tasks: u32) -> io::Result<()> {
+        write_file(&self.dir.join("pids.max"), &tasks.to_string())
+    }
+
+    fn set_cpus(&self, cpus: Option<f64>) -> io::Result<()> {
+        let cpu = match cpus {
+            Some(c) => format!(
+                "{} {CPU_PERIOD_US}",
+                ((c * CPU_PERIOD_US as f64).round() as u64).max(1000)
+            ),
+            None => format!("max {CPU_PERIOD_US}"),
+        };
+        write_file(&self.dir.join("cpu.max"), &cpu)
     }
 
     fn set_cpu_weight(&self, background: bool) -> io::Result<()> {
