@@ -82,6 +82,10 @@ impl From<&JailError> for WireError {
         let (stage, message) = match e {
             JailError::InvalidConfig(m) => (String::new(), m.clone()),
             JailError::Setup { stage, detail } => (stage.clone(), detail.clone()),
+            // The number of slots, so that the client's error is the spawner's.
+            JailError::NoSlot(n) => (String::new(), n.to_string()),
+            // (Said once: it becomes a `Spawner` error again on the other side.)
+            JailError::Spawner(m) => (String::new(), m.clone()),
             other => (String::new(), other.to_string()),
         };
         WireError {
@@ -100,7 +104,34 @@ impl From<WireError> for JailError {
                 stage: e.stage,
                 detail: e.message,
             },
+            WireErrorKind::NoSlot => JailError::NoSlot(e.message.parse().unwrap_or(0)),
             _ => JailError::Spawner(e.message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_kind_across_the_process_boundary() {
+        let back = |e: JailError| JailError::from(WireError::from(&e));
+        assert!(matches!(
+            back(JailError::NoSlot(1024)),
+            JailError::NoSlot(1024)
+        ));
+        assert!(matches!(
+            back(JailError::InvalidConfig("x".into())),
+            JailError::InvalidConfig(m) if m == "x"
+        ));
+        assert!(matches!(
+            back(JailError::Setup {
+                stage: "rootfs".into(),
+                detail: "d".into()
+            }),
+            JailError::Setup { stage, detail } if stage == "rootfs" && detail == "d"
+        ));
+        assert!(matches!(back(JailError::Spawner("s".into())), JailError::Spawner(m) if m == "s"));
     }
 }
