@@ -40,7 +40,9 @@ pub struct Global {
     /// Extra directory of language definitions (*.toml); may be repeated.
     #[arg(long = "languages-dir", global = true, env = "RUNCELL_LANGUAGES_DIR")]
     pub languages_dirs: Vec<PathBuf>,
-    /// Host directory for jail slot locks and the staging mount point; default /run/runcell.
+    /// Host directory for the jails' staging mount point and device nodes; default /run/runcell
+    /// (jail slots are always claimed in /run/runcell/slots.lock, shared by every runcell on the
+    /// host).
     #[arg(long, global = true, env = "RUNCELL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 }

@@ -9,6 +9,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// The one slot lock file of the host. Every runcell process claims its slots here, whatever
+/// its state directory: slot `n` means the same host uids and the same cgroup (`runcell/slot-n`)
+/// to all of them, so two servers with different state directories must not count slots in
+/// two files (each would hand out slots the other holds: two jails with one uid and one group).
+pub const HOST_LOCK_FILE: &str = "/run/runcell/slots.lock";
+
 /// First host uid (and gid) used for jails. Slot `n` uses `BASE + 2n` for the jail's agent
 /// (uid 0 inside) and `BASE + 2n + 1` for the program (uid 1000 inside).
 pub const DEFAULT_ID_BASE: u32 = 0x5f00_0000;

@@ -38,8 +38,9 @@ const AGENT_READY_TIMEOUT_MS: i32 = 30_000;
 /// Spawner options.
 #[derive(Debug, Clone)]
 pub struct SpawnerOptions {
-    /// Host directory for the slot lock file, the empty staging directory and the directory
-    /// over which the spawner mounts (in its own mount namespace) the jails' device nodes.
+    /// Host directory for the empty staging directory and the directory over which the
+    /// spawner mounts (in its own mount namespace) the jails' device nodes. (Slots are
+    /// claimed in the host's one lock file, [`slots::HOST_LOCK_FILE`].)
     pub state_dir: PathBuf,
     /// Number of jail slots (concurrent jails on this host).
     pub slots: u32,
@@ -209,7 +210,7 @@ impl Server {
         cgroups
             .prepare()
             .map_err(|e| JailError::io("prepare cgroups", e))?;
-        let slots = Slots::open(&opts.state_dir.join("slots.lock"), opts.slots, opts.id_base)
+        let slots = Slots::open(Path::new(slots::HOST_LOCK_FILE), opts.slots, opts.id_base)
             .map_err(|e| JailError::io("open slot lock file", e))?;
         if FILTERS.get().is_none() {
             let _ = FILTERS.set(crate::seccomp::filters()?);

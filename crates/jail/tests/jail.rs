@@ -4128,3 +4128,46 @@ fn changed_limits_hold_in_the_kernel_whatever_changed() {
     assert_eq!(out.limit, Some(Limit::Memory), "{out:?}");
     jail.destroy().expect("destroy");
 }
+
+/// Two runcell servers on one host with different state directories share the host's slots:
+/// a slot is a pair of host uids and a cgroup name, the same for every spawner, so a slot
+/// one holds is never handed out by the other (when each counted slots in a lock file of its
+/// own state directory, the second handed out the first's slots: two jails with one uid and
+/// one cgroup).
+#[test]
+fn spawners_with_different_state_dirs_never_share_a_slot() {
+    require_root();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let launch = |dir: &Path| {
+        Spawner::launch(
+            &spawner_command(),
+            &SpawnerOptions {
+                state_dir: dir.to_path_buf(),
+                slots: 2,
+                ..SpawnerOptions::default()
+            },
+        )
+        .expect("launch spawner")
+    };
+    let (a, b) = (launch(dirs[0].path()), launch(dirs[1].path()));
+    // Both count the same two slots (0 and 1): whatever one holds, the other may not take.
+    let held: Vec<Jail> = (0..2)
+        .filter_map(|_| a.prepare(&config(), &cgroup_limits()).ok())
+        .collect();
+    assert!(!held.is_empty(), "the first spawner got no slot at all");
+    for _ in 0..2 {
+        match b.prepare(&config(), &cgroup_limits()) {
+            Ok(other) => {
+                for h in &held {
+                    assert_ne!(other.slot(), h.slot(), "one slot, two jails");
+                    assert_ne!(other.program_host_id(), h.program_host_id());
+                    assert_ne!(other.cgroup_name(), h.cgroup_name());
+                }
+                other.destroy().unwrap();
+            }
+            Err(JailError::NoSlot(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    Jail::destroy_all(held).unwrap();
+}

@@ -44,7 +44,8 @@ pub struct Config {
     pub body_min_bytes_per_sec: u64,
     /// Fair sharing of execution slots between API keys.
     pub fairness: FairnessConfig,
-    /// Host directory for jail slot locks and the staging mount point.
+    /// Host directory for the jails' staging mount point and device nodes (jail slots are
+    /// claimed in the host's one lock file, whatever this is).
     pub state_dir: PathBuf,
     /// Extra language definition directories.
     pub languages_dirs: Vec<PathBuf>,
