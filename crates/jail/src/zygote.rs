@@ -170,11 +170,8 @@ struct Python {
     exitfuncs: Obj,
     /// The run's share of the interpreter's finalization (see [`EXIT_PRELUDE`]).
     clear: Obj,
-    /// The code of `-c`.
-    code: CString,
-    /// The same, compiled once by the zygote (as `PyRun_StringFlags` compiles it: file
-    /// `<string>`, no flags), so that no fork compiles it again; NULL if it did not compile
-    /// (each run then compiles it and reports the error, as `python3 -c` would).
+    /// The code of `-c`, compiled once by the zygote (as `PyRun_StringFlags` compiles it: file
+    /// `<string>`, no flags), so that no fork compiles it again.
     compiled: Obj,
     /// `signal.signal(SIGINT, default_int_handler)`, compiled once.
     sigint: Obj,
@@ -307,11 +304,7 @@ pub(crate) fn run_preloaded() -> ! {
         // As PyRun_SimpleString then Py_RunMain: 1 after an uncaught exception, SystemExit's
         // status, 120 if flushing the standard streams fails at exit, death by SIGINT after
         // an uncaught KeyboardInterrupt.
-        let mut status = if py.compiled.is_null() {
-            py.run(&py.code)
-        } else {
-            py.eval(py.compiled)
-        };
+        let mut status = py.eval(py.compiled);
         if !py.finalize() {
             status = 120;
         }
@@ -631,8 +624,6 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
             main: std::ptr::null_mut(),
             exitfuncs: std::ptr::null_mut(),
             clear: std::ptr::null_mut(),
-            code: CString::new(spec.argv[2].as_str())
-                .map_err(|_| JailError::InvalidConfig("code with a NUL byte".into()))?,
             compiled: std::ptr::null_mut(),
             sigint: std::ptr::null_mut(),
             argv: spec.argv.clone(),
@@ -678,25 +669,27 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
         if py.clear.is_null() || snapshot.is_null() || py.exitfuncs.is_null() {
             return Err(setup_err("define the exit path", io::ErrorKind::Other));
         }
-        // The forks' code, compiled once here (never freed), before the collector's freeze below.
+        // The forks' code, compiled once here (never freed), before the collector's freeze
+        // below. (The warm command is the language definition's: one that does not compile
+        // leaves the language without a zygote, and its runs take the other paths.)
         let compile: unsafe extern "C" fn(*const c_char, *const c_char, c_int) -> Obj =
             std::mem::transmute(sym(c"Py_CompileString")?);
-        py.sigint = compile(
-            c"__import__('_signal').signal(2, __import__('_signal').default_int_handler)".as_ptr(),
-            c"<string>".as_ptr(),
-            PY_FILE_INPUT,
-        );
-        if py.sigint.is_null() {
-            (py.print_error)();
-            return Err(setup_err(
-                "compile the SIGINT handler",
-                io::ErrorKind::Other,
-            ));
-        }
-        py.compiled = compile(py.code.as_ptr(), c"<string>".as_ptr(), PY_FILE_INPUT);
-        if py.compiled.is_null() {
-            (py.clear_error)();
-        }
+        let print_error = py.print_error;
+        let compile_once = |code: &std::ffi::CStr, what: &str| {
+            let c = compile(code.as_ptr(), c"<string>".as_ptr(), PY_FILE_INPUT);
+            if c.is_null() {
+                print_error();
+                return Err(setup_err(what, io::ErrorKind::InvalidInput));
+            }
+            Ok(c)
+        };
+        py.sigint = compile_once(
+            c"__import__('_signal').signal(2, __import__('_signal').default_int_handler)",
+            "compile the SIGINT handler",
+        )?;
+        let code = CString::new(spec.argv[2].as_str())
+            .map_err(|_| JailError::InvalidConfig("code with a NUL byte".into()))?;
+        py.compiled = compile_once(&code, "compile the warm command")?;
         // What `python3 -c` sets at start: '' (the working directory) first on sys.path, and
         // sys.argv ['-c'] (a loader replaces them per run). Leaves no name in __main__.
         // And sys.orig_argv, the command line (a JSON list of strings is a Python literal).
