@@ -580,6 +580,9 @@ impl Jail {
     /// The lowest CPU weight, for a jail being torn down (see [`CgroupLimits::background`]).
     fn yield_cpu(&self) {
         let mut now = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if now.is_some_and(|l| l.background) {
+            return;
+        }
         let r = self.cgroup.set_cpu_weight(true);
         *now = match (r, *now) {
             (Ok(()), Some(l)) => Some(CgroupLimits {
@@ -774,18 +777,30 @@ impl Jail {
     /// threads preparing jails, since each turn clears everything queued until then. Every
     /// jail is killed before the first is waited for. Returns the first error.
     pub fn destroy_all(jails: Vec<Jail>) -> Result<(), JailError> {
-        for j in &jails {
+        Self::destroy_each(&jails.iter().collect::<Vec<_>>())
+    }
+
+    /// Kills every jail first (so that each dies even if the spawner is slow to answer), then
+    /// asks each one's spawner to destroy it, those of one spawner in one turn. A jail already
+    /// destroyed is skipped. Returns the first error.
+    fn destroy_each(jails: &[&Jail]) -> Result<(), JailError> {
+        for j in jails {
             j.kill();
         }
         let mut first = Ok(());
-        let mut rest = jails;
+        // (Destroyed ones take no turn: dropping a destroyed jail waits for nobody.)
+        let mut rest: Vec<&Jail> = jails
+            .iter()
+            .copied()
+            .filter(|j| !j.is_destroyed())
+            .collect();
         while let Some(lead) = rest.first() {
             let spawner = lead.spawner.clone();
-            let (ours, others): (Vec<Jail>, Vec<Jail>) = rest
+            let (ours, others): (Vec<&Jail>, Vec<&Jail>) = rest
                 .into_iter()
                 .partition(|j| Arc::ptr_eq(&j.spawner.inner, &spawner.inner));
             spawner.calls(|call| {
-                for j in &ours {
+                for j in ours {
                     if j.destroyed.swap(true, Ordering::SeqCst) {
                         continue;
                     }
@@ -808,22 +823,7 @@ impl Jail {
     /// every process dies and the workspace and cgroup are removed before this returns; what
     /// the holders try afterwards fails. Idempotent.
     pub fn shutdown(&self) -> Result<(), JailError> {
-        if self
-            .destroyed
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Ok(());
-        }
-        // Kill first, so the jail dies even if the spawner is slow to answer. Its teardown (the
-        // dying processes free their memory) yields to running programs.
-        self.yield_cpu();
-        let _ = crate::sys::pidfd_send_signal(self.agent.as_fd(), libc::SIGKILL);
-        match self.spawner.call(&SpawnerRequest::Destroy {
-            jail: self.info.jail,
-        })? {
-            (SpawnerReply::Destroyed, _) => Ok(()),
-            _ => Err(JailError::Spawner("unexpected reply to destroy".into())),
-        }
+        Self::destroy_each(&[self])
     }
 
     /// Whether [`Jail::shutdown`] (or destroy) has run.
