@@ -92,9 +92,14 @@ fn sandbox_procs(server: u32, marker: &str) -> Vec<Proc> {
         Duration::from_secs(20),
         &format!("a jail process running {marker:?}"),
         || {
-            jail_procs(server).into_iter().find(|p| {
+            jail_procs(server).into_iter().find_map(|p| {
                 std::fs::read(format!("/proc/{}/cmdline", p.pid))
                     .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+                    // Read again: listed, it may still have been the step init's fork before
+                    // it took the program's uid and executed the command (a background
+                    // command is reported started before that).
+                    .then(|| proc_info(p.pid))
+                    .flatten()
             })
         },
     );
