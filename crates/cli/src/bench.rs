@@ -223,7 +223,12 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
         output_bytes: 1 << 20,
     };
     let run_in = |jail: &runcell_jail::Jail, argv: &[&str]| -> Result<()> {
-        let out = jail.run(&spec(argv), StdinSource::Null, &limits)?;
+        // Each jail runs one program, as a one-shot execution's does.
+        let last = runcell_jail::Start {
+            last: true,
+            ..Default::default()
+        };
+        let out = jail.run_with(last, &spec(argv), StdinSource::Null, &limits)?;
         if out.exit != Exit::Exited(0) {
             bail!(
                 "{argv:?} in the jail: {:?}: {}",
@@ -303,7 +308,11 @@ pub fn bench(global: &Global, args: BenchArgs) -> Result<i32> {
             let prepared = t.elapsed();
             let mut s = spec(&[]);
             s.argv = z.argv.clone();
-            let out = jail.run_preloaded(&s, StdinSource::Null, &limits)?;
+            let how = runcell_jail::Start {
+                preloaded: true,
+                last: true,
+            };
+            let out = jail.run_with(how, &s, StdinSource::Null, &limits)?;
             if out.exit != Exit::Exited(0) {
                 bail!("the zygote's program: {:?}", out.exit);
             }

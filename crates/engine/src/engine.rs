@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use runcell_jail::{
     CgroupLimits, Exit, Jail, JailConfig, JailError, Killer, Limit, Outcome, OutputTarget,
-    ProcessSpec, Rlimits, RunLimits, SharedMounts, Spawner, StdinSource, StepMode, Stream,
+    ProcessSpec, Rlimits, RunLimits, SharedMounts, Spawner, Start, StdinSource, StepMode, Stream,
     TmpfsSize, WORKSPACE,
 };
 use runcell_lang::{Language, Registry, Vars};
@@ -1048,6 +1048,7 @@ impl Engine {
             (key.is_some() || collect).then(|| ws.walk(CACHE_WALK_ENTRIES, CACHE_WALK_DEPTH));
         let out = run_program(
             jail,
+            Start::default(),
             &self.spec(argv, env, limits),
             &[],
             &Self::run_limits(limits),
@@ -1268,6 +1269,12 @@ impl Engine {
         let run = plan.limits;
         let (argv, env) = run_command(plan, lang, vars);
         let spec = self.spec(argv, env, &run);
+        // A jail taken for this execution runs nothing after its run step; a session's
+        // serves its later runs.
+        let how = Start {
+            last: ctx.jail.is_none(),
+            ..Start::default()
+        };
         // Only the run step reaches the network: compiling stays offline.
         let gateway = match &plan.network {
             Some(n) => Some(crate::network::attach(
@@ -1280,6 +1287,7 @@ impl Engine {
         };
         let out = run_program(
             jail,
+            how,
             &spec,
             &plan.stdin,
             &Self::run_limits(&run),
@@ -1478,6 +1486,7 @@ impl Drop for Owned<'_> {
 
 fn run_program(
     jail: &Jail,
+    how: Start,
     spec: &ProcessSpec,
     stdin: &[u8],
     limits: &RunLimits,
@@ -1489,7 +1498,7 @@ fn run_program(
     } else {
         StdinSource::Bytes(stdin.to_vec())
     };
-    let p = jail.start(spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
+    let p = jail.start_with(how, spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
     supervise_program(jail, p, limits, on_output, cancel)
 }
 

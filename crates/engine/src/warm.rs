@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use runcell_jail::{
-    CgroupLimits, Jail, JailConfig, JailError, OutputTarget, Process, ProcessSpec, Spawner,
+    CgroupLimits, Jail, JailConfig, JailError, OutputTarget, Process, ProcessSpec, Spawner, Start,
     StdinSource, ZygoteSpec,
 };
 
@@ -316,10 +316,12 @@ fn start(inner: &Inner, lang: &WarmLang, background: bool) -> Result<Warm, JailE
         OutputTarget::Pipe,
         OutputTarget::Pipe,
     );
-    let process = match zygote {
-        Some(_) => jail.start_preloaded(&lang.spec, stdin, out, err)?,
-        None => jail.start(&lang.spec, stdin, out, err)?,
+    // A warm jail serves one run: its program is the jail's last.
+    let how = Start {
+        preloaded: zygote.is_some(),
+        last: true,
     };
+    let process = jail.start_with(how, &lang.spec, stdin, out, err)?;
     Ok(Warm {
         jail,
         process,

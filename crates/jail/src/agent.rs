@@ -15,7 +15,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -270,9 +270,22 @@ fn serve(
     listener: Option<BorrowedFd<'_>>,
 ) -> Result<(), JailError> {
     serve_reaping::<AgentRequest>(ctrl, listener, "agent", |req, fds| {
-        let reply = match req {
-            AgentRequest::Start(spec) => start_step(plan, &spec, false, fds),
-            AgentRequest::StartPreloaded(spec) => start_step(plan, &spec, true, fds),
+        let AgentRequest::Start {
+            spec,
+            preloaded,
+            last,
+        } = req;
+        let reply = if last {
+            Err(become_last_step(
+                plan,
+                ctrl,
+                &spec,
+                preloaded,
+                listener.is_some(),
+                fds,
+            ))
+        } else {
+            start_step(plan, &spec, preloaded, fds)
         };
         match reply {
             Ok(pidfd) => proto::send(ctrl, &AgentReply::Started, &[pidfd.as_raw_fd()]),
@@ -894,14 +907,14 @@ impl StepPlan {
     }
 }
 
-/// Starts one step; returns a pidfd of its init process. Takes ownership of the five
-/// descriptors of the request: stdin, stdout, stderr, status pipe, control pipe.
-fn start_step(
+/// A step's plan, checked against the jail, and the five descriptors of its request (stdin,
+/// stdout, stderr, status pipe, control pipe).
+fn plan_step(
     plan: &AgentPlan,
     spec: &ProcessSpec,
     preloaded: bool,
-    fds: Vec<OwnedFd>,
-) -> Result<OwnedFd, JailError> {
+    fds: &[OwnedFd],
+) -> Result<(StepPlan, [RawFd; 5]), JailError> {
     if fds.len() != 5 {
         return Err(JailError::InvalidConfig(format!(
             "a start request carries 5 descriptors, got {}",
@@ -925,6 +938,53 @@ fn start_step(
         fds[3].as_raw_fd(),
         fds[4].as_raw_fd(),
     ];
+    Ok((step, raw))
+}
+
+/// Becomes the init of the jail's last step (see [`crate::Start::last`]): private, in a jail
+/// that serves no loopback listener (the agent stops serving). Once it has replied with a
+/// pidfd of this process it runs the step and never returns; returns why it was refused.
+fn become_last_step(
+    plan: &AgentPlan,
+    ctrl: BorrowedFd<'_>,
+    spec: &ProcessSpec,
+    preloaded: bool,
+    listener: bool,
+    fds: Vec<OwnedFd>,
+) -> JailError {
+    let (step, raw) = match plan_step(plan, spec, preloaded, &fds) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    if step.private.is_none() || listener {
+        return JailError::InvalidConfig(
+            "a jail's last step must be private, in a jail without a loopback listener".into(),
+        );
+    }
+    let me = match sys::pidfd_open(nix::unistd::getpid().as_raw()) {
+        Ok(me) => me,
+        Err(e) => return setup_err("step", "pidfd_open", e),
+    };
+    if proto::send(ctrl, &AgentReply::Started, &[me.as_raw_fd()]).is_err() {
+        exit(1);
+    }
+    drop(me);
+    // The step's init (this process) owns the request's descriptors from here.
+    for fd in fds {
+        let _ = fd.into_raw_fd();
+    }
+    step_init(plan, &step, raw, true)
+}
+
+/// Starts one step; returns a pidfd of its init process. Takes ownership of the five
+/// descriptors of the request: stdin, stdout, stderr, status pipe, control pipe.
+fn start_step(
+    plan: &AgentPlan,
+    spec: &ProcessSpec,
+    preloaded: bool,
+    fds: Vec<OwnedFd>,
+) -> Result<OwnedFd, JailError> {
+    let (step, raw) = plan_step(plan, spec, preloaded, &fds)?;
     let flags = if step.private.is_some() {
         libc::CLONE_NEWPID | libc::CLONE_NEWNS
     } else {
@@ -934,8 +994,9 @@ fn start_step(
     let pid =
         unsafe { sys::clone_fork(flags) }.map_err(|e| setup_err("step", "clone step init", e))?;
     if pid == 0 {
-        let r =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step_init(plan, &step, raw)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            step_init(plan, &step, raw, false)
+        }));
         let _ = r;
         exit(126);
     }
@@ -951,8 +1012,10 @@ fn errno_of(e: impl Into<io::Error>) -> i32 {
     e.into().raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// Pid 1 of the step's pid namespace. Never returns.
-fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5]) -> ! {
+/// Pid 1 of the step's pid namespace. Never returns. `in_place`: this is the jail's agent,
+/// pid 1 of the jail's pid namespace, running the jail's last step (its `/proc` is already
+/// the one of this pid namespace).
+fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5], in_place: bool) -> ! {
     let [stdin, stdout, stderr, status, ctl] = fds;
     let mut keep = fds;
     keep.sort_unstable();
@@ -982,7 +1045,7 @@ fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5]) -> ! {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
     if let Some((tmp, shm)) = &step.private
-        && let Err(e) = step_mounts(tmp, shm)
+        && let Err(e) = step_mounts(!in_place, tmp, shm)
     {
         fail(Stage::StepMounts, errno_of(e));
     }
@@ -1123,15 +1186,17 @@ fn wait_for(child: libc::pid_t, ctl: RawFd) -> i32 {
     }
 }
 
-fn step_mounts(tmp_opts: &str, shm_opts: &str) -> nix::Result<()> {
+fn step_mounts(proc: bool, tmp_opts: &str, shm_opts: &str) -> nix::Result<()> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        nosuid_nodev | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )?;
+    if proc {
+        mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )?;
+    }
     mount(
         Some("tmpfs"),
         "/tmp",

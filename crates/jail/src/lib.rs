@@ -30,7 +30,9 @@ mod workspace;
 pub mod zygote;
 
 pub use agent::Stage;
-pub use client::{Jail, Killer, OutputTarget, Process, Spawner, SpawnerCommand, StdinSource};
+pub use client::{
+    Jail, Killer, OutputTarget, Process, Spawner, SpawnerCommand, Start, StdinSource,
+};
 pub use config::{
     Bind, CgroupLimits, JAIL_GID, JAIL_UID, JailConfig, JailFile, ProcessSpec, RUNTIME_DIR,
     Rlimits, SharedMounts, StepMode, Symlink, TmpfsSize, WORKSPACE,

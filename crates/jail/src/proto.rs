@@ -80,10 +80,15 @@ pub(crate) struct PreparedInfo {
 pub(crate) enum AgentRequest {
     /// Descriptors: stdin, stdout, stderr, status pipe (write end), control pipe (read end:
     /// 4-byte signal numbers for the program's process group).
-    Start(Box<ProcessSpec>),
-    /// Like `Start`, but the program is the interpreter preloaded by the zygote this jail was
-    /// forked from (the spec's `argv` must be the zygote's command).
-    StartPreloaded(Box<ProcessSpec>),
+    Start {
+        spec: Box<ProcessSpec>,
+        /// The program is the interpreter preloaded by the zygote this jail was forked from
+        /// (the spec's `argv` must be the zygote's command).
+        preloaded: bool,
+        /// The jail's last step (private): the agent becomes its init itself instead of
+        /// cloning one, and the jail ends with it (see [`crate::Start::last`]).
+        last: bool,
+    },
 }
 
 /// Agent → spawner (once) and agent → client.

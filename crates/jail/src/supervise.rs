@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::agent::Stage;
-use crate::client::{Jail, OutputTarget, Process, StdinSource};
+use crate::client::{Jail, OutputTarget, Process, Start, StdinSource};
 use crate::config::ProcessSpec;
 use crate::error::{Context, JailError};
 use crate::proto::{RECORD_FINISHED, RECORD_STARTED, StepRecord, monotonic_ns};
@@ -187,7 +187,18 @@ impl Jail {
         stdin: StdinSource,
         limits: &RunLimits,
     ) -> Result<Outcome, JailError> {
-        let process = self.start(spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
+        self.run_with(Start::default(), spec, stdin, limits)
+    }
+
+    /// Like [`Jail::run`], started as `how` says (see [`Jail::start_with`]).
+    pub fn run_with(
+        &self,
+        how: Start,
+        spec: &ProcessSpec,
+        stdin: StdinSource,
+        limits: &RunLimits,
+    ) -> Result<Outcome, JailError> {
+        let process = self.start_with(how, spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
         self.collect(process, limits)
     }
 
@@ -202,17 +213,6 @@ impl Jail {
         outcome.stdout = out;
         outcome.stderr = err;
         Ok(outcome)
-    }
-
-    /// Like [`Jail::run`], with [`Jail::start_preloaded`].
-    pub fn run_preloaded(
-        &self,
-        spec: &ProcessSpec,
-        stdin: StdinSource,
-        limits: &RunLimits,
-    ) -> Result<Outcome, JailError> {
-        let process = self.start_preloaded(spec, stdin, OutputTarget::Pipe, OutputTarget::Pipe)?;
-        self.collect(process, limits)
     }
 
     /// Supervises a started program until it and everything it started are gone, passing

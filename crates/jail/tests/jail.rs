@@ -244,11 +244,82 @@ fn run_once(
     let mounts = host_mounts();
     let jail = spawner().prepare(&config(), cg).expect("prepare");
     let trace = Trace::of(&jail);
-    let out = jail.run(spec, stdin, limits).expect("run");
+    let how = Start {
+        last: as_last_step(),
+        ..Start::default()
+    };
+    let out = jail.run_with(how, spec, stdin, limits).expect("run");
     jail.destroy().expect("destroy");
     trace.assert_gone(&mounts);
     out
 }
+
+const PRELOADED: Start = Start {
+    preloaded: true,
+    last: false,
+};
+
+thread_local! {
+    /// Set by the tests of `mod as_the_last_step`: `run_once` and `run_preloaded_with` then
+    /// start their program as the jail's last step (see [`Start::last`]).
+    static LAST_STEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn as_last_step() -> bool {
+    LAST_STEP.with(|l| l.get())
+}
+
+/// The hostile-program tests below, run again with the program as its jail's last step: the
+/// agent is then the step's init (no step init of its own, no pid or mount namespace of the
+/// step's own), as in every one-shot execution. Each test runs on its own thread, so the mode
+/// is the test's alone.
+macro_rules! also_as_the_last_step {
+    ($($name:ident),* $(,)?) => {
+        mod as_the_last_step {
+            $(
+                #[test]
+                fn $name() {
+                    super::LAST_STEP.with(|l| l.set(true));
+                    super::$name()
+                }
+            )*
+        }
+    };
+}
+
+also_as_the_last_step!(
+    programs_run_unprivileged_without_capabilities,
+    rlimits_are_applied_and_core_dumps_are_off,
+    setuid_binaries_grant_nothing,
+    landlock_confines_writes_outside_the_workspace,
+    fork_bomb_hits_the_task_limit,
+    exponential_fork_bomb_is_contained,
+    thread_bomb_hits_the_task_limit,
+    a_program_stuck_after_a_failed_thread_creation_is_reported_as_the_task_limit,
+    daemons_die_when_the_program_exits,
+    stopped_process_groups_die_when_the_program_exits,
+    grandchildren_holding_the_output_pipe_do_not_delay_the_result,
+    signals_are_reported,
+    a_missing_program_is_reported_as_not_started,
+    wall_time_limit_kills_and_is_reported,
+    cpu_time_is_summed_over_processes_and_threads,
+    cpu_and_memory_are_measured,
+    memory_split_across_processes_is_limited_as_a_whole,
+    tmpfs_pages_count_against_the_memory_limit,
+    tmpfs_sizes_are_enforced,
+    file_size_limit_stops_the_writer,
+    output_floods_are_cut_at_the_cap,
+    stdin_never_blocks_anyone,
+    host_files_are_not_visible_and_the_root_is_read_only,
+    the_network_is_empty,
+    dangerous_syscalls_are_refused,
+    device_timestamps_are_the_jails_own,
+    locks_in_the_workspace_and_tmp_work,
+    zygote_forks_run_like_a_cold_interpreter,
+    zygote_forks_hit_the_same_limits_as_cold_programs,
+    zygote_forks_hold_nothing_of_the_spawner,
+    an_attacker_forked_from_a_zygote_reaches_neither_it_nor_the_next_fork,
+);
 
 fn run(spec: &ProcessSpec) -> Outcome {
     run_once(spec, StdinSource::Null, &cgroup_limits(), &run_limits())
@@ -1142,6 +1213,102 @@ fn steps_share_the_workspace_but_not_tmp() {
     );
     jail.destroy().unwrap();
     trace.assert_gone(&mounts);
+}
+
+/// A jail's last step: the agent is the step's init, the program sees what a step's program
+/// sees, the jail's processes end with it (before anyone destroys the jail) while its
+/// workspace stays readable, and nothing can be started after it.
+#[test]
+fn the_last_step_runs_under_the_jails_agent_and_ends_the_jail() {
+    let mounts = host_mounts();
+    let jail = spawner().prepare(&config(), &cgroup_limits()).unwrap();
+    let trace = Trace::of(&jail);
+    // The step before it is an ordinary one: its files stay, its /tmp does not.
+    jail.run(
+        &sh("echo made > out.txt; echo t > /tmp/t"),
+        StdinSource::Null,
+        &run_limits(),
+    )
+    .unwrap();
+    let last = Start {
+        last: true,
+        ..Start::default()
+    };
+    let out = jail
+        .run_with(
+            last,
+            &sh("echo $$ $PPID; cat out.txt; ls /tmp | wc -l; ls /proc | grep -c '^[0-9]';                  stat -f -c %T /tmp /dev/shm; df -k /tmp | tail -1 | tr -s ' ' | cut -d' ' -f2;                  echo new > /tmp/n; echo made again > out2.txt;                  (setsid sleep 1000 &); nohup sleep 1000 >/dev/null 2>&1 &"),
+            StdinSource::Null,
+            &run_limits(),
+        )
+        .unwrap();
+    // A child of pid 1, the agent (pids 2 and 3 went to the earlier step's init and program,
+    // in the jail's pid namespace too); an empty /tmp; /proc lists the jail's pid namespace:
+    // the agent, this shell and the two processes of the pipeline.
+    assert_eq!(
+        text(&out.stdout),
+        format!("4 1\nmade\n0\n4\ntmpfs\ntmpfs\n{}\n", 64 * 1024),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.exit, Exit::Exited(0));
+    // The agent exits with the step, and the kernel kills every process of the jail with it
+    // (the agent stays a zombie until the spawner reaps it when the jail is destroyed).
+    let alive = || {
+        processes_of(&trace.uids)
+            .into_iter()
+            .filter(|(pid, _)| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+                !status.is_ok_and(|s| s.contains("\nState:\tZ"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the jail's processes outlived its last step: {:?}",
+            alive()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        jail.workspace().read_file("out2.txt", 100).unwrap(),
+        b"made again\n"
+    );
+    let err = jail
+        .run(&sh("echo too late"), StdinSource::Null, &run_limits())
+        .expect_err("nothing starts after the last step");
+    assert!(err.to_string().contains("jail"), "{err}");
+    jail.destroy().unwrap();
+    trace.assert_gone(&mounts);
+}
+
+/// Only a private step can be a jail's last, and only in a jail whose agent serves nothing
+/// else (no loopback listener); a refused request leaves the jail as it was.
+#[test]
+fn a_last_step_must_be_private_in_a_jail_without_a_listener() {
+    let last = Start {
+        last: true,
+        ..Start::default()
+    };
+    let mut cfg = shared_config();
+    cfg.loopback_listener = Some(44772);
+    for (what, cfg, spec) in [
+        ("a shared step", shared_config(), shared(&["/bin/true"])),
+        ("a jail with a listener", cfg, sh("true")),
+    ] {
+        let jail = spawner().prepare(&cfg, &cgroup_limits()).unwrap();
+        let err = jail
+            .run_with(last, &spec, StdinSource::Null, &run_limits())
+            .expect_err(what);
+        assert!(err.to_string().contains("last step"), "{what}: {err}");
+        let out = jail
+            .run(&sh("echo still here"), StdinSource::Null, &run_limits())
+            .unwrap();
+        assert_eq!(text(&out.stdout), "still here\n", "{what}");
+        jail.destroy().unwrap();
+    }
 }
 
 #[test]
@@ -3746,8 +3913,12 @@ fn run_preloaded_with(
     let mut s = spec(&[]);
     s.argv = z.argv.clone();
     s.env = z.env.clone();
+    let how = Start {
+        last: as_last_step(),
+        ..PRELOADED
+    };
     let p = jail
-        .start_preloaded(&s, stdin, OutputTarget::Pipe, OutputTarget::Pipe)
+        .start_with(how, &s, stdin, OutputTarget::Pipe, OutputTarget::Pipe)
         .expect("start preloaded");
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut o = jail
@@ -3950,7 +4121,7 @@ fn a_stopped_zygote_ends_with_its_last_jail() {
     s.argv = z.argv.clone();
     s.env = z.env.clone();
     let out = jail
-        .run_preloaded(&s, StdinSource::Null, &run_limits())
+        .run_with(PRELOADED, &s, StdinSource::Null, &run_limits())
         .expect("run in the stopped zygote's jail");
     assert_eq!(text(&out.stdout), "alive\n");
     // Zygotes are the spawner's children running `__zygote`; only this test stops one.
