@@ -257,19 +257,27 @@ impl Spawner {
         let SpawnerReply::Prepared(info) = reply else {
             return Err(JailError::Spawner("unexpected reply to prepare".into()));
         };
-        let expected = if config.shared.is_some() { 4 } else { 3 };
-        if fds.len() != expected {
-            return Err(JailError::Spawner(
-                "prepare reply without descriptors".into(),
-            ));
-        }
         let mut fds = fds.into_iter();
-        let (Some(ctrl), Some(agent), Some(ws)) = (fds.next(), fds.next(), fds.next()) else {
+        let (Some(ctrl), Some(agent), None) = (fds.next(), fds.next(), fds.next()) else {
             return Err(JailError::Spawner(
                 "prepare reply without descriptors".into(),
             ));
         };
-        let runtime = fds
+        // The agent builds the jail's root now, outside the spawner's turn; a jail that does
+        // not become ready is destroyed (its slot freed) before the error is returned.
+        let dirs = crate::spawner::wait_ready(ctrl.as_fd()).inspect_err(|_| {
+            let _ = crate::sys::pidfd_send_signal(agent.as_fd(), libc::SIGKILL);
+            let _ = self.call(&SpawnerRequest::Destroy { jail: info.jail });
+        })?;
+        let expected = if config.shared.is_some() { 2 } else { 1 };
+        let mut dirs = dirs.into_iter();
+        let (Some(ws), true) = (dirs.next(), dirs.len() + 1 == expected) else {
+            let _ = self.call(&SpawnerRequest::Destroy { jail: info.jail });
+            return Err(JailError::Spawner(
+                "the jail's agent sent the wrong descriptors".into(),
+            ));
+        };
+        let runtime = dirs
             .next()
             .map(|fd| Workspace::new(fd, info.program_id, info.program_id));
         let cgroup = self

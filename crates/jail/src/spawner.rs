@@ -447,11 +447,9 @@ impl Server {
         write_proc(pid, "gid_map", &gmaps).map_err(kill)?;
         let joins_itself = attach.is_some();
         drop(attach);
-        let dirs = release_agent(cgroup, joins_itself, pid, sync_w, ctrl.as_fd()).map_err(kill)?;
         let pidfd = sys::pidfd_open(pid).map_err(|e| kill(JailError::io("pidfd_open", e)))?;
-        let mut fds = vec![ctrl, pidfd];
-        fds.extend(dirs);
-        Ok((pid, fds))
+        release_agent(cgroup, joins_itself, pid, sync_w).map_err(kill)?;
+        Ok((pid, vec![ctrl, pidfd]))
     }
 
     /// The plan of an agent that builds `config`'s root over `devices`, from our mount
@@ -628,13 +626,11 @@ impl Server {
             .ok_or_else(|| kill(JailError::Spawner("the zygote's fork died".into())))?;
         let joins_itself = attach.is_some();
         drop(attach);
-        let dirs = release_agent(cgroup, joins_itself, pid, sync_w, ctrl.as_fd()).map_err(kill)?;
         let client_pidfd = pidfd
             .try_clone()
             .map_err(|e| kill(JailError::io("dup pidfd", e)))?;
-        let mut fds = vec![ctrl, client_pidfd];
-        fds.extend(dirs);
-        Ok((pid, Some(pidfd), fds))
+        release_agent(cgroup, joins_itself, pid, sync_w).map_err(kill)?;
+        Ok((pid, Some(pidfd), vec![ctrl, client_pidfd]))
     }
 
     fn destroy(&mut self, jail: u64) -> Result<(), JailError> {
@@ -871,15 +867,16 @@ fn write_proc(pid: libc::pid_t, file: &str, contents: &str) -> Result<(), JailEr
 }
 
 /// Lets a cloned agent go: moves it into its cgroup unless it joins by itself (cgroup v1
-/// `tasks` files), tells it to start, and waits until its jail is ready; returns the
-/// descriptors it sent (see [`wait_ready`]).
+/// `tasks` files) and tells it to start. The agent then builds its jail while the spawner
+/// serves other requests: its client waits for it to be ready ([`wait_ready`]). (Waiting
+/// here made every caller of the spawner wait for each root being built, one at a time, at
+/// the pool's lowest CPU weight.)
 fn release_agent(
     cgroup: &dyn Cgroup,
     joins_itself: bool,
     pid: libc::pid_t,
     sync_w: OwnedFd,
-    ctrl: BorrowedFd<'_>,
-) -> Result<Vec<OwnedFd>, JailError> {
+) -> Result<(), JailError> {
     if !joins_itself {
         cgroup
             .add_process(pid)
@@ -887,12 +884,12 @@ fn release_agent(
     }
     sys::write_all(sync_w.as_raw_fd(), b"g").map_err(|e| JailError::io("start agent", e))?;
     drop(sync_w);
-    wait_ready(ctrl)
+    Ok(())
 }
 
-/// Waits for the agent's ready message; returns the workspace (and runtime directory)
-/// descriptors it sent.
-fn wait_ready(ctrl: BorrowedFd<'_>) -> Result<Vec<OwnedFd>, JailError> {
+/// Waits for a released agent's ready message on its control socket; returns the workspace
+/// (and runtime directory) descriptors it sent.
+pub(crate) fn wait_ready(ctrl: BorrowedFd<'_>) -> Result<Vec<OwnedFd>, JailError> {
     let setup = |detail: &str| JailError::Setup {
         stage: "agent".into(),
         detail: detail.into(),

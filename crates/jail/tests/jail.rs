@@ -1311,6 +1311,59 @@ fn a_last_step_must_be_private_in_a_jail_without_a_listener() {
     }
 }
 
+/// A jail whose root cannot be built (a required host path is missing) fails after the
+/// spawner has let its agent go (the agent builds the root outside the spawner's turn): the
+/// error reaches the caller, and the agent, its slot and its mounts are gone.
+#[test]
+fn a_jail_that_cannot_build_its_root_leaves_nothing_behind() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Spawner::launch(
+        &spawner_command(),
+        &SpawnerOptions {
+            state_dir: dir.path().to_path_buf(),
+            ..SpawnerOptions::default()
+        },
+    )
+    .expect("launch spawner");
+    let pid = sp.pid().expect("spawner pid");
+    let mounts = host_mounts();
+    let mut bad = config();
+    bad.binds
+        .push(Bind::same("/usr/share/runcell-test-no-such-path"));
+    for _ in 0..3 {
+        let err = sp
+            .prepare(&bad, &cgroup_limits())
+            .expect_err("a missing required path fails the jail");
+        assert!(
+            err.to_string().contains("runcell-test-no-such-path"),
+            "{err}"
+        );
+        // The spawner's children: its network namespace factory (root) and no jail agent.
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for c in children.split_whitespace() {
+            let status = std::fs::read_to_string(format!("/proc/{c}/status")).unwrap_or_default();
+            let uid: u32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|u| u.parse().ok())
+                .unwrap_or(0);
+            assert!(uid < 0x5f00_0000, "a failed jail's agent is left: {status}");
+        }
+    }
+    assert_eq!(host_mounts(), mounts, "mounts appeared on the host");
+    let good = sp.prepare(&config(), &cgroup_limits()).expect("prepare");
+    let trace = Trace::of(&good);
+    let out = good
+        .run(&sh("echo fine"), StdinSource::Null, &run_limits())
+        .unwrap();
+    assert_eq!(text(&out.stdout), "fine\n");
+    good.destroy().unwrap();
+    trace.assert_gone(&mounts);
+}
+
 #[test]
 fn a_dead_client_leaves_nothing_behind() {
     let mounts = host_mounts();
