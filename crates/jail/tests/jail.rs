@@ -210,8 +210,23 @@ impl Trace {
     /// gone or empty (kept by the spawner for a later jail of the slot, which the spawner
     /// hands out only after 16 others).
     fn assert_gone(&self, mounts_before: &BTreeSet<String>) {
-        let left = processes_of(&self.uids);
+        Trace::assert_all_gone(std::slice::from_ref(self), mounts_before);
+    }
+
+    /// [`Trace::assert_gone`] for several jails, with one look at the host's processes.
+    fn assert_all_gone(traces: &[Trace], mounts_before: &BTreeSet<String>) {
+        let uids: Vec<u32> = traces.iter().flat_map(|t| t.uids).collect();
+        let left = processes_of(&uids);
         assert!(left.is_empty(), "processes left on the host: {left:?}");
+        for t in traces {
+            t.assert_group_empty();
+        }
+        let after = host_mounts();
+        let new: Vec<_> = after.difference(mounts_before).collect();
+        assert!(new.is_empty(), "mounts appeared on the host: {new:?}");
+    }
+
+    fn assert_group_empty(&self) {
         for d in cgroup_dirs(&self.cgroup) {
             let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
             assert!(
@@ -220,9 +235,6 @@ impl Trace {
                 d.display()
             );
         }
-        let after = host_mounts();
-        let new: Vec<_> = after.difference(mounts_before).collect();
-        assert!(new.is_empty(), "mounts appeared on the host: {new:?}");
     }
 
     /// As [`Trace::assert_gone`], and the jail's cgroup no longer exists.
@@ -1543,15 +1555,20 @@ fn a_reaper_destroying_in_turns_keeps_up_with_threads_preparing_jails() {
     let (tx, rx) = std::sync::mpsc::channel::<Jail>();
     let pending = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
-    let traces = Arc::new(std::sync::Mutex::new(Vec::new()));
     let reaper = {
         let pending = Arc::clone(&pending);
+        let mounts = mounts.clone();
         std::thread::spawn(move || {
             while let Ok(jail) = rx.recv() {
                 let mut batch = vec![jail];
                 batch.extend(rx.try_iter());
                 let n = batch.len();
+                let traces: Vec<Trace> = batch.iter().map(Trace::of).collect();
                 Jail::destroy_all(batch).unwrap();
+                // Checked at once: a freed slot (its host uids, its cgroup) is handed out
+                // again after 16 other frees, to this test's next jails or another test's,
+                // whose processes would then be taken for leftovers of these.
+                Trace::assert_all_gone(&traces, &mounts);
                 pending.fetch_sub(n, SeqCst);
             }
         })
@@ -1560,16 +1577,10 @@ fn a_reaper_destroying_in_turns_keeps_up_with_threads_preparing_jails() {
     const EACH: usize = 30;
     let workers: Vec<_> = (0..THREADS)
         .map(|_| {
-            let (tx, pending, most, traces) = (
-                tx.clone(),
-                Arc::clone(&pending),
-                Arc::clone(&most),
-                Arc::clone(&traces),
-            );
+            let (tx, pending, most) = (tx.clone(), Arc::clone(&pending), Arc::clone(&most));
             std::thread::spawn(move || {
                 for _ in 0..EACH {
                     let jail = spawner().prepare(&config(), &cgroup_limits()).unwrap();
-                    traces.lock().unwrap().push(Trace::of(&jail));
                     jail.kill();
                     most.fetch_max(pending.fetch_add(1, SeqCst) + 1, SeqCst);
                     tx.send(jail).unwrap();
@@ -1591,9 +1602,6 @@ fn a_reaper_destroying_in_turns_keeps_up_with_threads_preparing_jails() {
         "{most} used jails waited for the reaper at once ({} prepared)",
         THREADS * EACH
     );
-    for t in traces.lock().unwrap().iter() {
-        t.assert_gone(&mounts);
-    }
 }
 
 #[test]
