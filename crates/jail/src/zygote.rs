@@ -759,8 +759,6 @@ fn fork_jail(
     // The kernel makes no user namespace from inside a chroot: leave it for the mount
     // namespace's real root (from which the agent builds the jail's root as a spawner-cloned
     // one does), and come back right after.
-    // SAFETY: experiment.
-    unsafe { libc::malloc_trim(0) };
     enter(REAL_ROOT.load(Ordering::SeqCst)).map_err(|e| setup_err("leave the chroot", e))?;
     // SAFETY: the zygote is single-threaded (the interpreter starts no thread).
     let cloned = unsafe { sys::clone_fork(flags) };
