@@ -264,19 +264,21 @@ impl Spawner {
             ));
         };
         // The agent builds the jail's root now, outside the spawner's turn; a jail that does
-        // not become ready is destroyed (its slot freed) before the error is returned.
-        let dirs = crate::spawner::wait_ready(ctrl.as_fd()).inspect_err(|_| {
-            let _ = crate::sys::pidfd_send_signal(agent.as_fd(), libc::SIGKILL);
+        // not become ready is destroyed (the spawner kills it and frees its slot) before the
+        // error is returned.
+        let abandon = |e: JailError| {
             let _ = self.call(&SpawnerRequest::Destroy { jail: info.jail });
-        })?;
-        let expected = if config.shared.is_some() { 2 } else { 1 };
-        let mut dirs = dirs.into_iter();
-        let (Some(ws), true) = (dirs.next(), dirs.len() + 1 == expected) else {
-            let _ = self.call(&SpawnerRequest::Destroy { jail: info.jail });
-            return Err(JailError::Spawner(
-                "the jail's agent sent the wrong descriptors".into(),
-            ));
+            e
         };
+        let dirs = crate::spawner::wait_ready(ctrl.as_fd()).map_err(abandon)?;
+        let expected = if config.shared.is_some() { 2 } else { 1 };
+        if dirs.len() != expected {
+            return Err(abandon(JailError::Spawner(
+                "the jail's agent sent the wrong descriptors".into(),
+            )));
+        }
+        let mut dirs = dirs.into_iter();
+        let ws = dirs.next().expect("counted above");
         let runtime = dirs
             .next()
             .map(|fd| Workspace::new(fd, info.program_id, info.program_id));
@@ -367,9 +369,10 @@ pub struct Start {
     /// jail's agent, pid 1 of the jail's pid namespace, becomes the step's init itself instead
     /// of cloning one with a pid and mount namespace of its own, so a one-shot run costs one
     /// process, one fork and one namespace teardown less. The program sees the same thing
-    /// (pid 2 under an init, fresh `/tmp` and `/dev/shm`, a `/proc` of its own pid
-    /// namespace); when it ends, the agent reports it and exits, and the kernel kills
-    /// everything left in the jail. Nothing can be started in the jail afterwards.
+    /// (a child of pid 1, fresh `/tmp` and `/dev/shm`, a `/proc` of its own pid namespace;
+    /// its own pid is 2 unless earlier steps of the jail took pids); when it ends, the agent
+    /// reports it and exits, and the kernel kills everything left in the jail. Nothing can be
+    /// started in the jail afterwards.
     pub last: bool,
 }
 
