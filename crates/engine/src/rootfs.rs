@@ -8,7 +8,9 @@ use runcell_jail::{Bind, JailConfig, JailFile, Symlink, TmpfsSize};
 use runcell_lang::Language;
 
 /// `/etc` entries programs commonly read (dynamic linker, time zone, name service and
-/// certificate configuration). Each is optional; none holds a secret.
+/// certificate configuration). Each is optional; none holds a secret. Like every `/etc` path a
+/// language asks for, they are shown as copies kept current (`Bind::copied`): a jail needs
+/// no mount for them.
 const ETC: &[&str] = &[
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
@@ -49,7 +51,7 @@ pub fn jail_config(languages: &[Language], prefix: &Path, workspace_mb: u64) -> 
         }
     }
     for p in ETC {
-        binds.push(Bind::optional(*p));
+        binds.push(Bind::copied(*p));
     }
     binds.push(Bind::optional(prefix));
     let mut extra: Vec<PathBuf> = languages
@@ -60,7 +62,11 @@ pub fn jail_config(languages: &[Language], prefix: &Path, workspace_mb: u64) -> 
     extra.dedup();
     for p in extra {
         if !binds.iter().any(|b| p.starts_with(&b.target)) {
-            binds.push(Bind::optional(p));
+            binds.push(if p.starts_with("/etc") {
+                Bind::copied(p)
+            } else {
+                Bind::optional(p)
+            });
         }
     }
     symlinks.push(Symlink {

@@ -17,7 +17,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use landlock::{
@@ -103,11 +103,15 @@ pub(crate) struct AgentPlan {
     pub config: JailConfig,
     /// Empty host directory over which the new root is built.
     pub staging: PathBuf,
-    /// The jail's own device nodes ([`DEVICES`]), made by the spawner, and an empty `layers`
-    /// directory.
+    /// The jail's own `/dev` (in `dev`, see [`build_dev`]), made by the spawner, and an empty
+    /// `layers` directory.
     pub devices: PathBuf,
     /// Mount points of the mount namespace the agent starts from (the spawner's).
     pub mount_points: Vec<PathBuf>,
+    /// The read-only skeleton of the root (see `skeleton`), and an empty directory to go
+    /// under every read-only overlay.
+    pub skeleton: PathBuf,
+    pub empty: PathBuf,
     /// Compiled seccomp filters for every program of this jail.
     #[serde(skip)]
     pub filters: Vec<seccompiler::BpfProgram>,
@@ -414,14 +418,6 @@ fn c(p: &Path) -> Result<CString, JailError> {
         .map_err(|_| JailError::InvalidConfig(format!("path with NUL byte: {}", p.display())))
 }
 
-fn mkdir_p(path: &Path, mode: u32) -> Result<(), JailError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(|e| setup_err("rootfs", format!("mkdir {}", path.display()), e))
-}
-
 fn mount_at(
     source: Option<&Path>,
     target: &Path,
@@ -465,53 +461,26 @@ fn overlay(lower: &Path, target: &Path, empty: &Path) -> nix::Result<()> {
     )
 }
 
-/// Copies a host file (a regular one of at most [`view::FILE_COPY_MAX`] bytes) to `dst`, with
-/// its permission bits.
-fn copy_file(src: &Path, dst: &Path) -> io::Result<()> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::MetadataExt;
-    let too_big = || {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "files are copied into each jail and this one is larger than {} bytes: \
-                 bind its directory instead",
-                view::FILE_COPY_MAX
-            ),
-        )
-    };
-    // Non-blocking: a FIFO must not hang the agent.
-    let f = fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(src)?;
-    let meta = f.metadata()?;
+/// Why a bound file in a directory with host mounts beneath it cannot be shown: such files
+/// are copied into the skeleton (see `skeleton`) unless they are too large or not regular
+/// files.
+fn uncopied_file(meta: &fs::Metadata) -> io::Error {
     if !meta.is_file() {
-        return Err(io::Error::new(
+        return io::Error::new(
             io::ErrorKind::InvalidInput,
             "a bind source must be a directory or a regular file",
-        ));
+        );
     }
-    if meta.len() > view::FILE_COPY_MAX {
-        return Err(too_big());
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    f.take(view::FILE_COPY_MAX + 1).read_to_end(&mut data)?;
-    if data.len() as u64 > view::FILE_COPY_MAX {
-        return Err(too_big());
-    }
-    let mode = meta.mode() & 0o777;
-    let mut out = fs::File::options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(dst)?;
-    out.write_all(&data)?;
-    out.set_permissions(fs::Permissions::from_mode(mode))
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "files are copied into each jail and this one is larger than {} bytes: \
+             bind its directory instead",
+            view::FILE_COPY_MAX
+        ),
+    )
 }
 
-/// Builds the jail's root over `staging` and pivots into it.
 /// How a process enters the root [`build_root`] made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Enter {
@@ -522,6 +491,7 @@ pub(crate) enum Enter {
     Chroot,
 }
 
+/// Builds the jail's root over `staging` and enters it.
 pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError> {
     let (cfg, staging, devices) = (&plan.config, plan.staging.as_path(), plan.devices.as_path());
     // Nothing mounted from here on may propagate back to the host.
@@ -532,28 +502,19 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    mount_at(
-        Some(Path::new("tmpfs")),
-        staging,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("size=8m,nr_inodes=8192,mode=755"),
-    )?;
+    // The root: a read-only overlay of the skeleton the spawner made for this configuration
+    // (mount points, links, generated files and copies; see `skeleton`), the jail's own inodes.
+    let empty = plan.empty.as_path();
+    overlay(&plan.skeleton, staging, empty)
+        .map_err(|e| setup_err("rootfs", "mount the root's overlay", e))?;
     let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-    // Overlays (see `view`) are mounted out of sight, on a scratch tmpfs over the jail's
-    // `layers` directory in the old root, which is detached with it at the pivot (a detach of
-    // their own would wait for an RCU grace period each); the jail's paths are bound from them.
-    // The scratch tmpfs also holds the empty second layer every overlay needs.
+    // Overlays shared by several binds (see `view`) are mounted out of sight, on a scratch
+    // tmpfs over the jail's `layers` directory in the old root, which is detached with it at
+    // the pivot (a detach of their own would wait for an RCU grace period each); those paths
+    // are bound from them. Mounted when first needed: a directory shown whole is an overlay
+    // mounted where the jail sees it.
     let layers = devices.join("layers");
-    mount_at(
-        Some(Path::new("tmpfs")),
-        &layers,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("size=4k,nr_inodes=256,mode=700"),
-    )?;
-    let empty = layers.join("empty");
-    mkdir_p(&empty, 0o755)?;
+    let mut layers_mounted = false;
     // Host directories overlaid so far, and where.
     let mut overlays: Vec<(PathBuf, PathBuf)> = Vec::new();
     for b in &cfg.binds {
@@ -568,19 +529,15 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
                 ));
             }
         };
+        // The mount point is in the skeleton (made from the same view of the host).
         let dst = inside(staging, &b.target);
-        if meta.is_dir() {
-            mkdir_p(&dst, 0o755)?;
-        } else {
-            if let Some(parent) = dst.parent() {
-                mkdir_p(parent, 0o755)?;
-            }
-            fs::File::create(&dst)
-                .map_err(|e| setup_err("rootfs", format!("create {}", dst.display()), e))?;
-        }
-        // Shows the source at `dst`; returns whether it was mounted (a copy is not).
+        // Shows the source at `dst`; returns whether it still needs its flags restricted.
         let mut show = || -> io::Result<bool> {
             let real = fs::canonicalize(&b.source)?;
+            if meta.is_dir() && !view::has_mounts_beneath(&real, &plan.mount_points) {
+                overlay(&real, &dst, empty)?;
+                return Ok(false);
+            }
             let dir = if meta.is_dir() {
                 real.as_path()
             } else {
@@ -589,21 +546,31 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
             let Some(root) = view::overlay_root(dir, &plan.mount_points) else {
                 // From a user namespace the kernel takes no directory with host mounts beneath
                 // it as an overlay layer (they are locked to it): such a directory is bound as
-                // it is, with the host's inodes (see docs/security.md); a file is copied.
+                // it is, with the host's inodes (see docs/security.md). (A file in it is copied
+                // into the skeleton; one too large for that is refused here.)
                 if !meta.is_dir() {
-                    copy_file(&b.source, &dst)?;
-                    return Ok(false);
+                    return Err(uncopied_file(&meta));
                 }
                 let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
                 mount(Some(&b.source), &dst, None::<&str>, flags, None::<&str>)?;
                 return Ok(true);
             };
+            if !layers_mounted {
+                mount(
+                    Some("tmpfs"),
+                    &layers,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    Some("size=4k,nr_inodes=256,mode=700"),
+                )?;
+                layers_mounted = true;
+            }
             let at = match overlays.iter().find(|(r, _)| *r == root) {
                 Some((_, at)) => at.clone(),
                 None => {
                     let at = layers.join(overlays.len().to_string());
                     fs::DirBuilder::new().mode(0o755).create(&at)?;
-                    overlay(&root, &at, &empty)?;
+                    overlay(&root, &at, empty)?;
                     overlays.push((root.clone(), at.clone()));
                     at
                 }
@@ -616,8 +583,17 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
         match show() {
             Ok(true) => restrict(&dst, ro, true)?,
             Ok(false) => {}
-            // A source the jail's unprivileged agent cannot reach is skipped if optional.
-            Err(e) if b.optional && e.kind() == io::ErrorKind::PermissionDenied => continue,
+            // A source the jail's unprivileged agent cannot reach is skipped if optional, and
+            // so is one that appeared after its skeleton was made (no mount point yet).
+            Err(e)
+                if b.optional
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::PermissionDenied | io::ErrorKind::NotFound
+                    ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 return Err(setup_err(
                     "rootfs",
@@ -627,36 +603,14 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
             }
         }
     }
-    for s in &cfg.symlinks {
-        let link = inside(staging, &s.link);
-        if let Some(parent) = link.parent() {
-            mkdir_p(parent, 0o755)?;
-        }
-        std::os::unix::fs::symlink(&s.target, &link)
-            .map_err(|e| setup_err("rootfs", format!("symlink {}", s.link.display()), e))?;
-    }
-    for (path, contents, mode) in generated_files(cfg) {
-        let dst = inside(staging, &path);
-        if let Some(parent) = dst.parent() {
-            mkdir_p(parent, 0o755)?;
-        }
-        fs::write(&dst, contents.as_bytes())
-            .and_then(|()| fs::set_permissions(&dst, fs::Permissions::from_mode(mode)))
-            .map_err(|e| setup_err("rootfs", format!("write {}", path.display()), e))?;
-    }
     build_dev(staging, devices)?;
-    let proc_dir = staging.join("proc");
-    mkdir_p(&proc_dir, 0o555)?;
     mount_at(
         Some(Path::new("proc")),
-        &proc_dir,
+        &staging.join("proc"),
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    mkdir_p(&staging.join("tmp"), 0o755)?;
-    fs::set_permissions(staging.join("tmp"), fs::Permissions::from_mode(0o1777))
-        .map_err(|e| setup_err("rootfs", "chmod /tmp", e))?;
     if let Some(shared) = &cfg.shared {
         // A sandbox's processes share /tmp, /dev/shm and a private runtime directory.
         let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -669,11 +623,9 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
                 Some(&size.mount_options(0o1777, None)),
             )?;
         }
-        let runtime = inside(staging, Path::new(RUNTIME_DIR));
-        mkdir_p(&runtime, 0o755)?;
         mount_at(
             Some(Path::new("tmpfs")),
-            &runtime,
+            &inside(staging, Path::new(RUNTIME_DIR)),
             Some("tmpfs"),
             nosuid_nodev | MsFlags::MS_NOEXEC,
             Some(
@@ -683,11 +635,9 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
             ),
         )?;
     }
-    let ws = inside(staging, Path::new(WORKSPACE));
-    mkdir_p(&ws, 0o755)?;
     mount_at(
         Some(Path::new("tmpfs")),
-        &ws,
+        &inside(staging, Path::new(WORKSPACE)),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         // (A zygote's user namespace has no uid 1000: its workspace is never written.)
@@ -713,7 +663,7 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
 
 /// The generated files: the config's own, plus identity and host files unless the config
 /// provides them.
-fn generated_files(cfg: &JailConfig) -> Vec<(PathBuf, String, u32)> {
+pub(crate) fn generated_files(cfg: &JailConfig) -> Vec<(PathBuf, String, u32)> {
     let mut files: Vec<(PathBuf, String, u32)> = cfg
         .files
         .iter()
@@ -756,48 +706,39 @@ fn generated_files(cfg: &JailConfig) -> Vec<(PathBuf, String, u32)> {
 /// The character devices of a jail's `/dev`.
 pub(crate) const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-/// A minimal `/dev`: the [`DEVICES`] bound from the jail's own nodes (made by the spawner in
-/// `devices`, so that locks, watches and timestamps on them are the jail's alone), a private
-/// devpts instance, and the usual links.
+/// The links of a jail's `/dev` (target, name).
+pub(crate) const DEV_LINKS: [(&str, &str); 5] = [
+    ("pts/ptmx", "ptmx"),
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+];
+
+/// A minimal `/dev`: the jail's own directory made by the spawner in `devices/dev` (its own
+/// [`DEVICES`] nodes, so that locks and watches on them are the jail's alone, the
+/// [`DEV_LINKS`]), bound read-only in one mount, and a private devpts instance.
 fn build_dev(root: &Path, devices: &Path) -> Result<(), JailError> {
     let dev = root.join("dev");
-    mkdir_p(&dev, 0o755)?;
     mount_at(
-        Some(Path::new("tmpfs")),
+        Some(&devices.join("dev")),
         &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("size=64k,nr_inodes=64,mode=755"),
+        None,
+        MsFlags::MS_BIND,
+        None,
     )?;
-    for name in DEVICES {
-        let host = devices.join(name);
-        let dst = dev.join(name);
-        fs::File::create(&dst)
-            .map_err(|e| setup_err("rootfs", format!("create {}", dst.display()), e))?;
-        mount_at(Some(&host), &dst, None, MsFlags::MS_BIND, None)?;
-        restrict(&dst, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC, false)?;
-    }
-    let pts = dev.join("pts");
-    mkdir_p(&pts, 0o755)?;
+    restrict(
+        &dev,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+        false,
+    )?;
     mount_at(
         Some(Path::new("devpts")),
-        &pts,
+        &dev.join("pts"),
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
-    )?;
-    mkdir_p(&dev.join("shm"), 0o755)?;
-    for (target, link) in [
-        ("pts/ptmx", "ptmx"),
-        ("/proc/self/fd", "fd"),
-        ("/proc/self/fd/0", "stdin"),
-        ("/proc/self/fd/1", "stdout"),
-        ("/proc/self/fd/2", "stderr"),
-    ] {
-        std::os::unix::fs::symlink(target, dev.join(link))
-            .map_err(|e| setup_err("rootfs", format!("symlink /dev/{link}"), e))?;
-    }
-    restrict(&dev, sys::MOUNT_ATTR_RDONLY, false)
+    )
 }
 
 pub(crate) fn loopback_up() -> io::Result<()> {

@@ -75,6 +75,14 @@ pub struct Bind {
     pub target: PathBuf,
     /// Skip silently if the host path does not exist (or is not readable by the jail).
     pub optional: bool,
+    /// Shown as a copy rather than a mount: the spawner copies the source (a directory with
+    /// everything beneath it) once into the read-only skeleton every jail of this
+    /// configuration starts from, and copies it again when the source changes (it looks at
+    /// most once a second, when a jail is prepared: a prepared jail keeps the copy it got).
+    /// For small host files that change rarely, such as `/etc`'s: a jail then needs no mount
+    /// for them. Copies beyond 32 MiB or 8192 entries in all are bound instead.
+    #[serde(default)]
+    pub copy: bool,
 }
 
 impl Bind {
@@ -85,6 +93,7 @@ impl Bind {
             source: p.clone(),
             target: p,
             optional: false,
+            copy: false,
         }
     }
 
@@ -93,6 +102,15 @@ impl Bind {
         Bind {
             optional: true,
             ..Bind::same(path)
+        }
+    }
+
+    /// The same path inside and outside, shown as a copy (see [`Bind::copy`]), skipped if
+    /// missing on the host.
+    pub fn copied(path: impl Into<PathBuf>) -> Self {
+        Bind {
+            copy: true,
+            ..Bind::optional(path)
         }
     }
 }
@@ -435,6 +453,7 @@ mod tests {
             source: "/etc".into(),
             target: "/workspace/etc".into(),
             optional: false,
+            copy: false,
         });
         assert!(j.validate().is_err());
     }

@@ -21,6 +21,7 @@ mod netns;
 mod proto;
 mod sandboxfs;
 pub mod seccomp;
+mod skeleton;
 pub mod slots;
 mod spawner;
 mod supervise;

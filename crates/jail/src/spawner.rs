@@ -13,12 +13,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::agent::{AgentPlan, DEVICES, agent_entry};
+use crate::agent::{AgentPlan, DEV_LINKS, DEVICES, agent_entry};
 use crate::cgroup::{Cgroup, CgroupRoot};
 use crate::config::{CgroupLimits, JailConfig};
 use crate::error::{JailError, WireError};
 use crate::netns::NetnsPool;
 use crate::proto::{self, AgentReply, PreparedInfo, SpawnerReply, SpawnerRequest};
+use crate::skeleton::{Lease, Skeletons};
 use crate::slots::{self, SlotIds, Slots};
 use crate::sys;
 use crate::view::MountTable;
@@ -135,6 +136,8 @@ struct JailRecord {
     zygote: Option<u64>,
     slot: SlotIds,
     cgroup: Box<dyn Cgroup>,
+    /// The skeleton its root is an overlay of.
+    skeleton: u64,
 }
 
 /// A zygote (see [`crate::zygote`]): our child, and its control socket.
@@ -145,6 +148,8 @@ struct ZygoteRecord {
     forks: usize,
     /// Asked to stop: it forks no more, and ends with its last jail.
     retiring: bool,
+    /// The skeleton its root is an overlay of.
+    skeleton: u64,
 }
 
 /// Where the slots' host ids start inside a zygote's user namespace (its uid 0 is a host id of
@@ -161,6 +166,8 @@ struct Server {
     devices: PathBuf,
     /// The spawner's mount table, which each jail's agent starts from.
     mounts: MountTable,
+    /// The read-only skeletons jails' roots are overlays of, in a tmpfs of the spawner's own.
+    skeletons: Skeletons,
     jails: HashMap<u64, JailRecord>,
     next_id: u64,
     zygotes: HashMap<u64, ZygoteRecord>,
@@ -204,7 +211,10 @@ impl Server {
                 .map_err(|e| JailError::io(format!("chmod {}", d.display()), e))?;
         }
         let devices = opts.state_dir.join("dev");
-        device_mount(&devices)?;
+        let views = opts.state_dir.join("views");
+        device_mount(&devices, &views)?;
+        let skeletons =
+            Skeletons::new(&views).map_err(|e| JailError::io("prepare the skeletons", e))?;
         let mounts = MountTable::open().map_err(|e| JailError::io("read the mount table", e))?;
         let cgroups = CgroupRoot::detect().map_err(|e| JailError::io("find cgroups", e))?;
         cgroups
@@ -230,6 +240,7 @@ impl Server {
             staging,
             devices,
             mounts,
+            skeletons,
             jails: HashMap::new(),
             next_id: 1,
             zygotes: HashMap::new(),
@@ -339,12 +350,22 @@ impl Server {
             self.slots.release(slot.index);
             JailError::io("make the jail's device nodes", e)
         })?;
+        let lease = match self.lease(&config) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = cgroup.remove();
+                self.remove_devices(&slot.index.to_string());
+                self.slots.release(slot.index);
+                return Err(e);
+            }
+        };
+        let skeleton = lease.id;
         let made = match zygote {
             Some(z) => self
-                .fork_from_zygote(z, config, slot, made, cgroup.as_ref())
+                .fork_from_zygote(z, config, slot, made, &lease, cgroup.as_ref())
                 .inspect_err(|_| self.forget_if_dead(z)),
             None => self
-                .clone_agent(config, slot, made, cgroup.as_ref())
+                .clone_agent(config, slot, made, &lease, cgroup.as_ref())
                 .map(|(pid, fds)| (pid, None, fds)),
         };
         match made {
@@ -362,6 +383,7 @@ impl Server {
                         zygote,
                         slot,
                         cgroup,
+                        skeleton,
                     },
                 );
                 let info = PreparedInfo {
@@ -376,6 +398,7 @@ impl Server {
                 let _ = cgroup.remove();
                 self.remove_devices(&slot.index.to_string());
                 self.slots.release(slot.index);
+                self.skeletons.release(skeleton);
                 Err(e)
             }
         }
@@ -386,6 +409,7 @@ impl Server {
         config: JailConfig,
         slot: SlotIds,
         devices: PathBuf,
+        lease: &Lease,
         cgroup: &dyn Cgroup,
     ) -> Result<(libc::pid_t, Vec<OwnedFd>), JailError> {
         let (ctrl, ctrl_child) =
@@ -396,7 +420,7 @@ impl Server {
         let attach = cgroup
             .self_attach_files()
             .map_err(|e| JailError::io("open the cgroup's tasks files", e))?;
-        let mut plan = self.plan(config, devices)?;
+        let mut plan = self.plan(config, devices, lease)?;
         plan.filters = FILTERS.get().cloned().unwrap_or_default();
         plan.cgroup_tasks = attach.iter().flatten().map(|f| f.as_raw_fd()).collect();
         plan.loopback = netns.is_none();
@@ -452,19 +476,42 @@ impl Server {
         Ok((pid, vec![ctrl, pidfd]))
     }
 
-    /// The plan of an agent that builds `config`'s root over `devices`, from our mount
-    /// namespace: no filters or descriptors yet, loopback to bring up.
-    fn plan(&mut self, config: JailConfig, devices: PathBuf) -> Result<AgentPlan, JailError> {
+    /// A use of the current skeleton of `config` (see [`Skeletons::acquire`]).
+    fn lease(&mut self, config: &JailConfig) -> Result<Lease, JailError> {
+        let mount_points = self
+            .mounts
+            .current()
+            .map_err(|e| JailError::io("read the mount table", e))?;
+        self.skeletons
+            .acquire(config, mount_points)
+            .map_err(|e| JailError::io("make the root's skeleton", e))
+    }
+
+    /// The plan of an agent that builds `config`'s root over `devices` from the skeleton of
+    /// `lease`, from our mount namespace: no filters or descriptors yet, loopback to bring up.
+    fn plan(
+        &mut self,
+        mut config: JailConfig,
+        devices: PathBuf,
+        lease: &Lease,
+    ) -> Result<AgentPlan, JailError> {
         let mount_points = self
             .mounts
             .current()
             .map_err(|e| JailError::io("read the mount table", e))?
             .to_vec();
+        // What the skeleton holds needs no mount.
+        let mut in_root = lease.in_root.iter();
+        config
+            .binds
+            .retain(|_| !in_root.next().copied().unwrap_or(false));
         Ok(AgentPlan {
             config,
             staging: self.staging.clone(),
             devices,
             mount_points,
+            skeleton: lease.root.clone(),
+            empty: lease.empty.clone(),
             filters: Vec::new(),
             cgroup_tasks: Vec::new(),
             loopback: true,
@@ -483,7 +530,10 @@ impl Server {
         let devices = self
             .make_devices(&name)
             .map_err(|e| JailError::io("make the zygote's device nodes", e))?;
-        match self.clone_zygote(spec, devices) {
+        let lease = self
+            .lease(&spec.config)
+            .inspect_err(|_| self.remove_devices(&name))?;
+        match self.clone_zygote(spec, devices, &lease) {
             Ok((pid, sock, version)) => {
                 self.zygotes.insert(
                     id,
@@ -492,12 +542,14 @@ impl Server {
                         sock,
                         forks: 0,
                         retiring: false,
+                        skeleton: lease.id,
                     },
                 );
                 Ok((id, version))
             }
             Err(e) => {
                 self.remove_devices(&name);
+                self.skeletons.release(lease.id);
                 Err(e)
             }
         }
@@ -507,6 +559,7 @@ impl Server {
         &mut self,
         spec: ZygoteSpec,
         devices: PathBuf,
+        lease: &Lease,
     ) -> Result<(libc::pid_t, OwnedFd, String), JailError> {
         use std::ffi::CString;
         let (ctrl, ctrl_child) =
@@ -528,7 +581,7 @@ impl Server {
             .map(|(k, v)| cstr(format!("{k}={v}")))
             .collect::<Result<Vec<_>, _>>()?;
         let init = ZygoteInit {
-            plan: self.plan(spec.config.clone(), devices)?,
+            plan: self.plan(spec.config.clone(), devices, lease)?,
             spec,
         };
         let flags = crate::zygote::JAIL_NAMESPACES;
@@ -582,6 +635,7 @@ impl Server {
         config: JailConfig,
         slot: SlotIds,
         devices: PathBuf,
+        lease: &Lease,
         cgroup: &dyn Cgroup,
     ) -> Result<(libc::pid_t, Option<OwnedFd>, Vec<OwnedFd>), JailError> {
         let (ctrl, ctrl_child) =
@@ -599,7 +653,7 @@ impl Server {
             inner(slot.program)
         );
         let req = ZygoteRequest::Fork {
-            plan: self.plan(config, devices)?,
+            plan: self.plan(config, devices, lease)?,
             uid_map: map.clone(),
             gid_map: map,
         };
@@ -679,6 +733,7 @@ impl Server {
         let r = self.keep_or_remove(rec.slot.index, rec.cgroup.as_ref());
         self.remove_devices(&rec.slot.index.to_string());
         self.slots.release(rec.slot.index);
+        self.skeletons.release(rec.skeleton);
         if let Some(id) = rec.zygote
             && let Some(z) = self.zygotes.get_mut(&id)
         {
@@ -732,17 +787,23 @@ impl Server {
             nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(z.pid), None)
         {}
         self.remove_devices(&format!("zygote-{id}"));
+        self.skeletons.release(z.skeleton);
     }
 
-    /// Makes fresh device nodes for the jail in `slot` (numbered like the host's), replacing
-    /// any left by the slot's previous jail. Every jail has its own inodes, so a lock, watch or
-    /// timestamp on its `/dev/null` is invisible to other jails and to the host.
+    /// Makes a jail's `/dev` in `name/dev`, replacing any left by the slot's previous jail:
+    /// fresh device nodes (numbered like the host's; every jail has its own inodes, so a lock,
+    /// watch or timestamp on its `/dev/null` is invisible to other jails and to the host), the
+    /// mount points of its devpts and `/dev/shm`, and the usual links. The agent binds it whole
+    /// and read-only (one mount, not a tmpfs and a bind per node). And an empty `name/layers`.
     fn make_devices(&self, name: &str) -> io::Result<PathBuf> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
         let dir = self.devices.join(name);
         self.remove_devices(name);
-        std::fs::create_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let mut mkdir = std::fs::DirBuilder::new();
+        mkdir.mode(0o755);
+        mkdir.create(&dir)?;
+        let dev = dir.join("dev");
+        mkdir.create(&dev)?;
         for name in DEVICES {
             let host = std::fs::metadata(Path::new("/dev").join(name))?;
             if !host.file_type().is_char_device() {
@@ -750,7 +811,7 @@ impl Server {
                     "/dev/{name} is not a character device"
                 )));
             }
-            let node = dir.join(name);
+            let node = dev.join(name);
             let perm = host.mode() & 0o777;
             nix::sys::stat::mknod(
                 &node,
@@ -758,11 +819,16 @@ impl Server {
                 nix::sys::stat::Mode::from_bits_truncate(perm),
                 host.rdev(),
             )?;
+            // (mknod applies the umask.)
             std::fs::set_permissions(&node, std::fs::Permissions::from_mode(perm))?;
         }
+        mkdir.create(dev.join("pts"))?;
+        mkdir.create(dev.join("shm"))?;
+        for (target, link) in DEV_LINKS {
+            std::os::unix::fs::symlink(target, dev.join(link))?;
+        }
         // Where the agent mounts the overlays it builds its root from (see `agent::build_root`).
-        std::fs::create_dir(dir.join("layers"))?;
-        std::fs::set_permissions(dir.join("layers"), std::fs::Permissions::from_mode(0o755))?;
+        mkdir.create(dir.join("layers"))?;
         Ok(dir)
     }
 
@@ -834,9 +900,10 @@ impl Server {
 
 /// Moves the spawner into a mount namespace of its own, a slave of the host's (host mounts still
 /// reach it; its own never reach the host), and mounts a tmpfs at `dir` for jails' device
-/// nodes. Made in the host's user namespace, the nodes work (a jail's own mounts are `nodev`);
-/// the tmpfs vanishes with the spawner.
-fn device_mount(dir: &Path) -> Result<(), JailError> {
+/// nodes and one at `views` for the skeletons of their roots (see [`Skeletons`]). Made in the
+/// host's user namespace, the nodes work (a jail's own mounts are `nodev`); both vanish with
+/// the spawner.
+fn device_mount(dir: &Path, views: &Path) -> Result<(), JailError> {
     use nix::mount::{MsFlags, mount};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| JailError::io("unshare the spawner's mount namespace", e.into()))?;
@@ -848,16 +915,24 @@ fn device_mount(dir: &Path) -> Result<(), JailError> {
         None::<&str>,
     )
     .map_err(|e| JailError::io("make the spawner's mounts slaves", e.into()))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| JailError::io(format!("create {}", dir.display()), e))?;
-    mount(
-        Some("tmpfs"),
-        dir,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("size=64k,nr_inodes=65536,mode=755"),
-    )
-    .map_err(|e| JailError::io(format!("mount a tmpfs on {}", dir.display()), e.into()))
+    for (d, flags, options) in [
+        (
+            dir,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "size=64k,nr_inodes=65536,mode=755",
+        ),
+        (
+            views,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "size=256m,nr_inodes=262144,mode=755",
+        ),
+    ] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| JailError::io(format!("create {}", d.display()), e))?;
+        mount(Some("tmpfs"), d, Some("tmpfs"), flags, Some(options))
+            .map_err(|e| JailError::io(format!("mount a tmpfs on {}", d.display()), e.into()))?;
+    }
+    Ok(())
 }
 
 fn write_proc(pid: libc::pid_t, file: &str, contents: &str) -> Result<(), JailError> {

@@ -8,13 +8,14 @@
 //! * directories are shown through read-only overlayfs mounts of the jail's own (a host
 //!   directory as the only real layer, over an empty one: overlayfs wants two layers when it
 //!   has no upper one). An overlay has its own superblock and inodes: locks and watches taken
-//!   in the jail stay on them, while the data and page cache are the host's. One overlay
-//!   serves every bound path beneath the highest directory without mounts beneath it (one for
-//!   `/usr`, one for `/etc`, ...), mounted out of sight; the jail's paths, files included, are
-//!   bound from it;
+//!   in the jail stay on them, while the data and page cache are the host's. A bound directory
+//!   is an overlay mounted where the jail sees it; bound files are bound from an overlay of
+//!   the highest directory above them without mounts beneath it, mounted out of sight;
+//! * the root itself is an overlay of the skeleton the spawner made (see `skeleton`), which
+//!   holds copies of small host paths (`/etc`'s) instead of mounts for them;
 //! * from a user namespace the kernel takes no directory with host mounts beneath it as a
 //!   layer (they are locked to it): such a directory is still bound as it is, and a file in it
-//!   is copied into the jail's root (up to [`FILE_COPY_MAX`]);
+//!   is copied into the skeleton (up to [`FILE_COPY_MAX`]);
 //! * the device nodes of `/dev` are made per jail by the spawner (see `spawner.rs`), and each
 //!   jail has a time namespace of its own (see `agent.rs`).
 

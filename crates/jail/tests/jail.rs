@@ -53,13 +53,14 @@ fn spawner() -> &'static Spawner {
 
 fn config() -> JailConfig {
     let mut binds = vec![Bind::same("/usr")];
+    // As the server shows `/etc`: copies in the root's skeleton.
     for p in [
         "/etc/ld.so.cache",
         "/etc/alternatives",
         "/etc/python3.11",
         "/etc/localtime",
     ] {
-        binds.push(Bind::optional(p));
+        binds.push(Bind::copied(p));
     }
     let link = |target: &str, link: &str| Symlink {
         target: target.into(),
@@ -2282,8 +2283,9 @@ fn sandbox_fs_is_the_programs_view_as_its_user() {
     let ws = fs.stat("/workspace").unwrap();
     assert_eq!((ws.kind, ws.uid, ws.gid), (FsKind::Dir, JAIL_UID, JAIL_GID));
     assert_eq!(fs.stat(".").unwrap().path, "/workspace");
+    // Generated files are in the root's skeleton, made by the host's root like `/usr`'s.
     let h = fs.stat("/etc/hostname").unwrap();
-    assert_eq!((h.kind, h.uid, h.mode), (FsKind::File, 0, 0o644));
+    assert_eq!((h.kind, h.uid, h.mode), (FsKind::File, OVERFLOW_ID, 0o644));
     assert_eq!(read_all(&fs, "/etc/hostname").unwrap(), b"runcell\n");
     let py = fs.stat("/usr/bin/python3").unwrap();
     assert_eq!((py.kind, py.uid), (FsKind::Symlink, OVERFLOW_ID));
@@ -3617,7 +3619,8 @@ fn watch_program(body: &str, mode: StepMode) -> ProcessSpec {
 
 /// A writable device node's timestamps can be set by anyone who may write to it
 /// (`utimensat` with the current time): on the host's nodes that was a channel between jails and
-/// a way to touch the host. Each jail's nodes are its own.
+/// a way to touch the host. Each jail's nodes are its own, in a read-only `/dev`: the times
+/// cannot be set at all.
 #[test]
 fn device_timestamps_are_the_jails_own() {
     use std::os::unix::fs::MetadataExt;
@@ -3639,10 +3642,12 @@ fn device_timestamps_are_the_jails_own() {
     };
     let before = mtimes();
     let out = run(&sh(&format!(
-        "touch -c {} && echo touched",
+        "touch -c {} 2>&1; echo x > /dev/null && echo written",
         devices.join(" ")
     )));
-    assert_eq!(text(&out.stdout), "touched\n", "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert_eq!(s.matches("Read-only file system").count(), 5, "{s}");
+    assert!(s.ends_with("written\n"), "{s}");
     assert_eq!(mtimes(), before, "a jail changed the host's device nodes");
 }
 
@@ -3764,6 +3769,74 @@ print(" ".join(res))
     );
 }
 
+/// Copied paths (`Bind::copy`) are in the root's skeleton, not mounted: read-only, with the
+/// host's permission bits (a file the jail's user could not read stays unreadable), links as
+/// links, and as the host has them when the jail is prepared (the spawner looks again at most
+/// once a second; a prepared jail keeps its copy).
+#[test]
+fn copied_paths_are_shown_as_the_host_had_them_when_the_jail_was_prepared() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = tempfile::Builder::new()
+        .prefix("runcell-copies-")
+        .tempdir()
+        .unwrap();
+    let dir = host.path().join("conf");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("a.conf"), "one\n").unwrap();
+    std::fs::write(dir.join("sub/deep.conf"), "deep\n").unwrap();
+    std::os::unix::fs::symlink("a.conf", dir.join("link")).unwrap();
+    let secret = host.path().join("secret");
+    std::fs::write(&secret, "not for the jail\n").unwrap();
+    for (p, mode) in [
+        (host.path(), 0o755),
+        (dir.as_path(), 0o755),
+        (dir.join("sub").as_path(), 0o755),
+        (dir.join("a.conf").as_path(), 0o644),
+        (dir.join("sub/deep.conf").as_path(), 0o644),
+        (secret.as_path(), 0o600),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut cfg = config();
+    for (source, target) in [(&dir, "/srv/conf"), (&secret, "/srv/secret")] {
+        cfg.binds.push(Bind {
+            source: source.clone(),
+            target: target.into(),
+            optional: false,
+            copy: true,
+        });
+    }
+    let show = "cat /srv/conf/a.conf /srv/conf/sub/deep.conf /srv/conf/link; \
+        readlink /srv/conf/link; stat -c %a /srv/conf/a.conf /srv/secret; \
+        cat /srv/secret 2>&1; echo x 2>&1 > /srv/conf/a.conf; \
+        grep -c ' /srv' /proc/self/mountinfo";
+    let sp = spawner();
+    let first = sp.prepare(&cfg, &cgroup_limits()).unwrap();
+    let out = first
+        .run(&sh(show), StdinSource::Null, &run_limits())
+        .unwrap();
+    let s = text(&out.stdout);
+    assert_eq!(
+        s.lines().take(6).collect::<Vec<_>>(),
+        ["one", "deep", "one", "a.conf", "644", "600"],
+        "{s}"
+    );
+    assert!(s.contains("/srv/secret: Permission denied"), "{s}");
+    assert!(s.contains("Read-only file system"), "{s}");
+    assert!(s.ends_with("\n0\n"), "nothing is mounted at /srv: {s}");
+    // Changed on the host: a jail prepared once the spawner looks again has the new copy.
+    std::fs::write(dir.join("a.conf"), "two\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = sp.prepare(&cfg, &cgroup_limits()).unwrap();
+    let cat = sh("cat /srv/conf/a.conf /srv/conf/link");
+    for (jail, want) in [(&second, "two\ntwo\n"), (&first, "one\none\n")] {
+        let out = jail.run(&cat, StdinSource::Null, &run_limits()).unwrap();
+        assert_eq!(text(&out.stdout), want);
+    }
+    first.destroy().unwrap();
+    second.destroy().unwrap();
+}
+
 /// Bound directories and files are shown read-only as the host has them, through overlays,
 /// whatever their names (overlayfs options use `,` and `:` as separators).
 #[test]
@@ -3785,11 +3858,13 @@ fn bound_directories_and_files_are_shown_as_the_host_has_them() {
         source: odd.clone(),
         target: "/srv/dir".into(),
         optional: false,
+        copy: false,
     });
     cfg.binds.push(Bind {
         source: file.clone(),
         target: "/srv/file".into(),
         optional: false,
+        copy: false,
     });
     let jail = spawner().prepare(&cfg, &cgroup_limits()).unwrap();
     let out = jail
@@ -3841,11 +3916,13 @@ fn a_bound_directory_with_a_mount_beneath_is_shown_whole() {
         source: tree.clone(),
         target: "/srv/tree".into(),
         optional: false,
+        copy: false,
     });
     cfg.binds.push(Bind {
         source: tree.join("top.txt"),
         target: "/srv/copied".into(),
         optional: false,
+        copy: false,
     });
     let show = "cat /srv/tree/top.txt /srv/tree/sub/* /srv/copied; \
                 touch /srv/tree/sub/x 2>/dev/null || echo read-only";
@@ -3916,6 +3993,7 @@ fn a_bound_directory_with_a_mount_beneath_is_shown_whole() {
         source: tree.join("big"),
         target: "/srv/big".into(),
         optional: false,
+        copy: false,
     });
     let e = own.prepare(&cfg, &cgroup_limits()).unwrap_err();
     assert!(e.to_string().contains("bind its directory instead"), "{e}");
