@@ -731,7 +731,6 @@ impl Server {
             }
         }
         let r = self.keep_or_remove(rec.slot.index, rec.cgroup.as_ref());
-        self.remove_devices(&rec.slot.index.to_string());
         self.slots.release(rec.slot.index);
         self.skeletons.release(rec.skeleton);
         if let Some(id) = rec.zygote
@@ -790,14 +789,20 @@ impl Server {
         self.skeletons.release(z.skeleton);
     }
 
-    /// Makes a jail's `/dev` in `name/dev`, replacing any left by the slot's previous jail:
-    /// fresh device nodes (numbered like the host's; every jail has its own inodes, so a lock,
-    /// watch or timestamp on its `/dev/null` is invisible to other jails and to the host), the
+    /// Makes a jail's `/dev` in `name/dev` unless the slot has it already: device nodes
+    /// (numbered like the host's; the slot's own inodes, so a lock or watch on its `/dev/null`
+    /// is invisible to other jails and to the host, and dies with the jail's processes), the
     /// mount points of its devpts and `/dev/shm`, and the usual links. The agent binds it whole
     /// and read-only (one mount, not a tmpfs and a bind per node). And an empty `name/layers`.
     fn make_devices(&self, name: &str) -> io::Result<PathBuf> {
         use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
         let dir = self.devices.join(name);
+        // A slot's directory is kept for its next jails: nothing in a jail can change it (it
+        // is bound read-only and belongs to the host's root), so it is made once. (`layers`
+        // is made last.)
+        if dir.join("layers").is_dir() {
+            return Ok(dir);
+        }
         self.remove_devices(name);
         let mut mkdir = std::fs::DirBuilder::new();
         mkdir.mode(0o755);

@@ -201,7 +201,10 @@ print(json.dumps(res))
     for k in ["raw_socket", "packet_socket"] {
         assert_eq!(res[k], "error PermissionError EPERM", "{k}: {res:#}");
     }
-    assert_eq!(res["resolver_port"], "error PermissionError EACCES", "{res:#}");
+    assert_eq!(
+        res["resolver_port"], "error PermissionError EACCES",
+        "{res:#}"
+    );
     // The root is read-only (an overlay of the spawner's skeleton, see docs/security.md).
     assert_eq!(res["resolv_conf"], "error OSError EROFS", "{res:#}");
     assert_eq!(res["udp_out"], "error OSError ENETUNREACH", "{res:#}");
