@@ -155,7 +155,7 @@ pub(crate) fn is_childless_group(dir: &Path) -> io::Result<bool> {
 pub(crate) fn wait_for(file: &Path, what: &str, done: impl Fn(&str) -> bool) -> io::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        if done(&std::fs::read_to_string(file)?) {
+        if done(&read_text(file)?) {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
@@ -358,8 +358,19 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Reads a cgroup file with a single number (or `max`, returned as `u64::MAX`).
+/// The content of a (small) cgroup file. Not `fs::read_to_string`, which first asks the file
+/// for its size (a `statx` each time, and a cgroup file's size is always 0).
+pub(crate) fn read_text(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::fs::File::open(path)?
+        .take(u64::MAX)
+        .read_to_string(&mut s)?;
+    Ok(s)
+}
+
 pub(crate) fn read_u64(path: &Path) -> io::Result<u64> {
-    let s = std::fs::read_to_string(path)?;
+    let s = read_text(path)?;
     parse_u64(s.trim()).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -485,7 +496,7 @@ pub(crate) fn write_file(path: &Path, value: &str) -> io::Result<()> {
 
 /// Pids listed in a `cgroup.procs` file.
 pub(crate) fn read_procs(path: &Path) -> io::Result<Vec<libc::pid_t>> {
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),

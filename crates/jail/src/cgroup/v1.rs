@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group,
-    keyed_value, kill_and_rmdir, kill_until_empty, read_procs, read_u64, write_file,
+    keyed_value, kill_and_rmdir, kill_until_empty, read_procs, read_text, read_u64, write_file,
 };
 use crate::config::CgroupLimits;
 
@@ -64,6 +64,15 @@ impl Mounts {
             std::fs::create_dir_all(&d)
                 .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", d.display())))?;
         }
+        // No swapping of sandbox memory even where swap exists (once: a kept group keeps it).
+        let _ = write_file(
+            &self
+                .memory
+                .join(PARENT)
+                .join(name)
+                .join("memory.swappiness"),
+            "0",
+        );
         Ok(())
     }
 }
@@ -144,10 +153,11 @@ impl Group {
 
     fn thaw(&self) {
         // A frozen v1 task does not die of SIGKILL until it is thawed.
-        if let Some(freezer) = &self.freezer
-            && freezer.exists()
-        {
-            let _ = write_file(&freezer.join("freezer.state"), "THAWED");
+        if let Some(freezer) = &self.freezer {
+            let state = freezer.join("freezer.state");
+            if read_text(&state).is_ok_and(|s| s.trim() != "THAWED") {
+                let _ = write_file(&state, "THAWED");
+            }
         }
     }
 
@@ -186,8 +196,6 @@ impl Cgroup for Group {
 
     fn set_limits(&self, limits: &CgroupLimits) -> io::Result<()> {
         self.set_memory(limits.memory_bytes)?;
-        // No swapping of sandbox memory even where swap exists.
-        let _ = write_file(&self.memory.join("memory.swappiness"), "0");
         self.set_max_tasks(limits.max_tasks)?;
         self.set_cpu_weight(limits.background)?;
         self.set_cpus(limits.cpus)
@@ -281,6 +289,9 @@ impl Cgroup for Group {
         };
         let state = freezer.join("freezer.state");
         let want = if frozen { "FROZEN" } else { "THAWED" };
+        if read_text(&state)?.trim() == want {
+            return Ok(());
+        }
         write_file(&state, want)?;
         super::wait_for(&state, want, |s| s.trim() == want)
     }
@@ -311,7 +322,7 @@ impl Cgroup for Group {
             return Ok(false);
         }
         if let Some(freezer) = &self.freezer
-            && std::fs::read_to_string(freezer.join("freezer.state"))?.trim() != "THAWED"
+            && read_text(&freezer.join("freezer.state"))?.trim() != "THAWED"
         {
             return Ok(false);
         }

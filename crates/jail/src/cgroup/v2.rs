@@ -40,7 +40,7 @@ pub(super) struct RealFs;
 
 impl Fs for RealFs {
     fn read(&self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+        super::read_text(path)
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
@@ -455,7 +455,7 @@ impl Cgroup for Group {
         if !is_childless_group(&self.dir)? || !self.procs()?.is_empty() {
             return Ok(false);
         }
-        let events = std::fs::read_to_string(self.dir.join("cgroup.events"))?;
+        let events = super::read_text(&self.dir.join("cgroup.events"))?;
         if events.lines().any(|l| l.trim() == "frozen 1") {
             return Ok(false);
         }
