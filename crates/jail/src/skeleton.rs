@@ -21,7 +21,8 @@
 //! spawner is root on the host; the copies hold links of their own). Copies are kept current:
 //! a skeleton last checked more than [`CHECK_INTERVAL`] ago has its sources' metadata compared
 //! before another jail uses it, and a change makes a new skeleton. A superseded skeleton is
-//! removed when its last jail (or zygote) ends.
+//! removed when its last jail (or zygote) ends, and at most [`IDLE_MAX`] skeletons that no
+//! jail uses are kept.
 
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
@@ -46,6 +47,10 @@ pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const COPY_MAX_BYTES: u64 = 32 << 20;
 /// The most entries (files, directories, links) of copies in one skeleton.
 pub(crate) const COPY_MAX_ENTRIES: usize = 8192;
+/// The most skeletons kept that no jail uses (the least recently used go first): a change of
+/// the host's mount table, say, makes a new key, and the old key's skeleton may never be
+/// asked for again.
+pub(crate) const IDLE_MAX: usize = 4;
 
 /// A jail's use of a skeleton, ended with [`Skeletons::release`].
 #[derive(Debug, Clone)]
@@ -75,6 +80,7 @@ struct Skeleton {
     stamps: Vec<Stamp>,
     checked: Instant,
     users: usize,
+    last_used: Instant,
     in_root: Vec<bool>,
 }
 
@@ -157,11 +163,14 @@ impl Skeletons {
                 stamps,
                 checked: Instant::now(),
                 users: 0,
+                last_used: Instant::now(),
                 in_root,
             },
         );
         self.current.insert(key, id);
-        Ok(self.lease(id))
+        let lease = self.lease(id);
+        self.evict_idle();
+        Ok(lease)
     }
 
     fn lease(&mut self, id: u64) -> Lease {
@@ -170,6 +179,7 @@ impl Skeletons {
             .get_mut(&id)
             .expect("a skeleton being leased exists");
         s.users += 1;
+        s.last_used = Instant::now();
         Lease {
             id,
             root: s.path.clone(),
@@ -184,6 +194,7 @@ impl Skeletons {
             s.users = s.users.saturating_sub(1);
         }
         self.collect(id);
+        self.evict_idle();
     }
 
     /// Removes skeleton `id` if it is superseded and unused.
@@ -196,6 +207,28 @@ impl Skeletons {
         }
         if let Some(s) = self.all.remove(&id) {
             let _ = fs::remove_dir_all(&s.path);
+        }
+    }
+
+    /// Removes the least recently used skeletons no jail uses, beyond [`IDLE_MAX`].
+    fn evict_idle(&mut self) {
+        let mut idle: Vec<(Instant, u64)> = self
+            .all
+            .iter()
+            .filter(|(_, s)| s.users == 0)
+            .map(|(&id, s)| (s.last_used, id))
+            .collect();
+        if idle.len() <= IDLE_MAX {
+            return;
+        }
+        idle.sort();
+        for &(_, id) in &idle[..idle.len() - IDLE_MAX] {
+            if let Some(s) = self.all.remove(&id) {
+                if self.current.get(&s.key) == Some(&id) {
+                    self.current.remove(&s.key);
+                }
+                let _ = fs::remove_dir_all(&s.path);
+            }
         }
     }
 
@@ -593,6 +626,34 @@ mod tests {
         assert_eq!(skels.count(), 1);
         skels.release(next.id);
         assert!(next.root.exists(), "the current skeleton stays");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn skeletons_no_jail_uses_are_bounded() {
+        let d = scratch("idle");
+        fs::create_dir_all(d.join("views")).unwrap();
+        let mut skels = Skeletons::new(&d.join("views")).unwrap();
+        let held = skels.acquire(&config(vec![]), &[]).unwrap();
+        for i in 0..3 * IDLE_MAX {
+            let mut cfg = config(vec![]);
+            cfg.hostname = format!("host{i}");
+            let l = skels.acquire(&cfg, &[]).unwrap();
+            skels.release(l.id);
+        }
+        assert_eq!(
+            skels.count(),
+            IDLE_MAX + 1,
+            "the idle ones, and the one in use"
+        );
+        assert!(held.root.exists(), "a skeleton in use is never removed");
+        // Only `empty` and the skeletons kept are on disk.
+        assert_eq!(fs::read_dir(d.join("views")).unwrap().count(), IDLE_MAX + 2);
+        // An evicted view is made again when asked for.
+        let mut cfg = config(vec![]);
+        cfg.hostname = "host0".into();
+        let again = skels.acquire(&cfg, &[]).unwrap();
+        assert!(again.root.join("etc/hostname").is_file());
         let _ = fs::remove_dir_all(&d);
     }
 
