@@ -38,7 +38,7 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, fchmod, mkdirat};
 use nix::unistd::{Gid, Uid, fchown, fchownat, symlinkat};
 
-use crate::config::{Bind, JailConfig, RUNTIME_DIR, WORKSPACE};
+use crate::config::{Bind, JailConfig, JailFile, RUNTIME_DIR, Symlink, WORKSPACE};
 use crate::view;
 
 /// How long a skeleton is used without looking at its sources again.
@@ -63,6 +63,43 @@ pub(crate) struct Lease {
     /// For each of the configuration's binds, whether the skeleton holds it (a copy): the
     /// agent then mounts nothing for it.
     pub in_root: Vec<bool>,
+    /// The mount table the skeleton was chosen for, which the agent's plan must use too.
+    pub mount_points: Vec<PathBuf>,
+}
+
+/// What a skeleton is made from: the parts of a configuration it shows, and the mount table
+/// (which decides what a bound file's copy is). Compared field by field with each prepare's
+/// configuration, without copying or encoding it.
+#[derive(Debug, PartialEq, Eq)]
+struct Key {
+    binds: Vec<Bind>,
+    symlinks: Vec<Symlink>,
+    files: Vec<JailFile>,
+    hostname: String,
+    shared: bool,
+    mount_points: Vec<PathBuf>,
+}
+
+impl Key {
+    fn of(cfg: &JailConfig, mount_points: &[PathBuf]) -> Key {
+        Key {
+            binds: cfg.binds.clone(),
+            symlinks: cfg.symlinks.clone(),
+            files: cfg.files.clone(),
+            hostname: cfg.hostname.clone(),
+            shared: cfg.shared.is_some(),
+            mount_points: mount_points.to_vec(),
+        }
+    }
+
+    fn is(&self, cfg: &JailConfig, mount_points: &[PathBuf]) -> bool {
+        self.binds == cfg.binds
+            && self.symlinks == cfg.symlinks
+            && self.files == cfg.files
+            && self.hostname == cfg.hostname
+            && self.shared == cfg.shared.is_some()
+            && self.mount_points == mount_points
+    }
 }
 
 /// What a skeleton was made from: one line per source entry looked at.
@@ -75,7 +112,9 @@ struct Stamp {
 }
 
 struct Skeleton {
-    key: Vec<u8>,
+    key: Key,
+    /// The skeleton its key's jails get (a superseded one only serves the jails it has).
+    current: bool,
     path: PathBuf,
     stamps: Vec<Stamp>,
     checked: Instant,
@@ -87,8 +126,6 @@ struct Skeleton {
 pub(crate) struct Skeletons {
     dir: PathBuf,
     empty: PathBuf,
-    /// The skeleton in use for each key.
-    current: HashMap<Vec<u8>, u64>,
     all: HashMap<u64, Skeleton>,
     next: u64,
 }
@@ -102,7 +139,6 @@ impl Skeletons {
         Ok(Skeletons {
             dir: dir.to_path_buf(),
             empty,
-            current: HashMap::new(),
             all: HashMap::new(),
             next: 1,
         })
@@ -115,33 +151,22 @@ impl Skeletons {
         cfg: &JailConfig,
         mount_points: &[PathBuf],
     ) -> io::Result<Lease> {
-        let key = serde_json::to_vec(&(
-            &cfg.binds,
-            &cfg.symlinks,
-            &cfg.files,
-            &cfg.hostname,
-            cfg.shared.is_some(),
-            mount_points,
-        ))
-        .map_err(io::Error::other)?;
-        if let Some(&id) = self.current.get(&key) {
-            let fresh = match self.all.get_mut(&id) {
-                Some(s) if s.checked.elapsed() < CHECK_INTERVAL => true,
-                Some(s) => {
-                    let now = stamps(cfg, mount_points)?;
-                    if now == s.stamps {
-                        s.checked = Instant::now();
-                        true
-                    } else {
-                        false
-                    }
+        let current = self
+            .all
+            .iter_mut()
+            .find(|(_, s)| s.current && s.key.is(cfg, mount_points));
+        if let Some((&id, s)) = current {
+            let fresh = s.checked.elapsed() < CHECK_INTERVAL || {
+                let same = stamps(cfg, mount_points)? == s.stamps;
+                if same {
+                    s.checked = Instant::now();
                 }
-                None => false,
+                same
             };
             if fresh {
-                return Ok(self.lease(id));
+                return Ok(self.lease(id, mount_points));
             }
-            self.current.remove(&key);
+            s.current = false;
             self.collect(id);
         }
         let id = self.next;
@@ -158,7 +183,8 @@ impl Skeletons {
         self.all.insert(
             id,
             Skeleton {
-                key: key.clone(),
+                key: Key::of(cfg, mount_points),
+                current: true,
                 path,
                 stamps,
                 checked: Instant::now(),
@@ -167,13 +193,12 @@ impl Skeletons {
                 in_root,
             },
         );
-        self.current.insert(key, id);
-        let lease = self.lease(id);
+        let lease = self.lease(id, mount_points);
         self.evict_idle();
         Ok(lease)
     }
 
-    fn lease(&mut self, id: u64) -> Lease {
+    fn lease(&mut self, id: u64, mount_points: &[PathBuf]) -> Lease {
         let s = self
             .all
             .get_mut(&id)
@@ -185,6 +210,7 @@ impl Skeletons {
             root: s.path.clone(),
             empty: self.empty.clone(),
             in_root: s.in_root.clone(),
+            mount_points: mount_points.to_vec(),
         }
     }
 
@@ -202,7 +228,7 @@ impl Skeletons {
         let Some(s) = self.all.get(&id) else {
             return;
         };
-        if s.users > 0 || self.current.get(&s.key) == Some(&id) {
+        if s.users > 0 || s.current {
             return;
         }
         if let Some(s) = self.all.remove(&id) {
@@ -224,9 +250,6 @@ impl Skeletons {
         idle.sort();
         for &(_, id) in &idle[..idle.len() - IDLE_MAX] {
             if let Some(s) = self.all.remove(&id) {
-                if self.current.get(&s.key) == Some(&id) {
-                    self.current.remove(&s.key);
-                }
                 let _ = fs::remove_dir_all(&s.path);
             }
         }

@@ -495,11 +495,8 @@ impl Server {
         devices: PathBuf,
         lease: &Lease,
     ) -> Result<AgentPlan, JailError> {
-        let mount_points = self
-            .mounts
-            .current()
-            .map_err(|e| JailError::io("read the mount table", e))?
-            .to_vec();
+        // The mount table the skeleton was made for (one snapshot for both).
+        let mount_points = lease.mount_points.clone();
         // What the skeleton holds needs no mount.
         let mut in_root = lease.in_root.iter();
         config
