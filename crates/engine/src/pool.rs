@@ -52,12 +52,13 @@ impl JailPool {
         std::thread::Builder::new()
             .name("runcell-jail-reaper".into())
             .spawn(move || {
-                // Everything queued meanwhile is destroyed in one turn on the spawner, so the
-                // reaper keeps up however many threads prepare jails.
+                // Everything queued meanwhile is released in one request to the spawner, which
+                // frees each slot once the jail's processes are gone, without making this
+                // thread (or the callers queued behind it) wait for the teardowns.
                 while let Ok(jail) = rx.recv() {
                     let mut batch = vec![jail];
                     batch.extend(rx.try_iter());
-                    let _ = Jail::destroy_all(batch);
+                    let _ = Jail::release_all(batch);
                 }
             })
             .expect("start the jail reaper thread");

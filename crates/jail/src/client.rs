@@ -812,6 +812,42 @@ impl Jail {
         Self::destroy_each(&jails.iter().collect::<Vec<_>>())
     }
 
+    /// Kills the jails and hands them to their spawners, which free each one's slot and group
+    /// once its processes are gone, serving other callers meanwhile; returns without waiting
+    /// for that (a pool's reaper: what it releases is never used again). Every jail of one
+    /// spawner goes in one request. A jail already destroyed is skipped. Returns the first
+    /// error. Dropping the spawner still waits for every teardown.
+    pub fn release_all(jails: Vec<Jail>) -> Result<(), JailError> {
+        for j in &jails {
+            j.kill();
+        }
+        let mut first = Ok(());
+        let mut rest: Vec<&Jail> = jails.iter().filter(|j| !j.is_destroyed()).collect();
+        while let Some(lead) = rest.first() {
+            let spawner = lead.spawner.clone();
+            let (ours, others): (Vec<&Jail>, Vec<&Jail>) = rest
+                .into_iter()
+                .partition(|j| Arc::ptr_eq(&j.spawner.inner, &spawner.inner));
+            let ids: Vec<u64> = ours
+                .iter()
+                .filter(|j| !j.destroyed.swap(true, Ordering::SeqCst))
+                .map(|j| j.info.jail)
+                .collect();
+            if !ids.is_empty() {
+                let r = match spawner.call(&SpawnerRequest::Release { jails: ids }) {
+                    Ok((SpawnerReply::Destroyed, _)) => Ok(()),
+                    Ok(_) => Err(JailError::Spawner("unexpected reply to release".into())),
+                    Err(e) => Err(e),
+                };
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            rest = others;
+        }
+        first
+    }
+
     /// Kills every jail first (so that each dies even if the spawner is slow to answer), then
     /// asks each one's spawner to destroy it, those of one spawner in one turn. A jail already
     /// destroyed is skipped. Returns the first error.

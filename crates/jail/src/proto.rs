@@ -42,6 +42,11 @@ pub(crate) enum SpawnerRequest {
     Destroy {
         jail: u64,
     },
+    /// Kills the jails and is answered at once with `Destroyed`: each one's slot and group
+    /// are freed once its processes are gone, while the spawner serves other requests.
+    Release {
+        jails: Vec<u64>,
+    },
 }
 
 /// Spawner → client.

@@ -140,6 +140,34 @@ struct JailRecord {
     skeleton: u64,
 }
 
+/// A released jail ([`SpawnerRequest::Release`]) whose processes are not all gone yet: its
+/// slot, group and skeleton are freed when they are.
+struct Dying {
+    rec: JailRecord,
+    /// Names the agent when the record has no pidfd (our own child, not reaped yet).
+    own_pidfd: Option<OwnedFd>,
+    killed: std::time::Instant,
+    /// Its teardown has the normal CPU weight back ([`TEARDOWN_BACKGROUND_MS`]).
+    weighted: bool,
+    /// Its agent has exited; a zygote's fork waits for the zygote to reap it.
+    exited: bool,
+}
+
+impl Dying {
+    fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.rec
+            .pidfd
+            .as_ref()
+            .or(self.own_pidfd.as_ref())
+            .map(|f| f.as_fd())
+    }
+}
+
+/// How often a released jail that has exited is checked for being reaped by its zygote.
+const REAP_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+/// How long a zygote may take to reap a jail's agent before its slot is freed anyway.
+const REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A zygote (see [`crate::zygote`]): our child, and its control socket.
 struct ZygoteRecord {
     pid: libc::pid_t,
@@ -169,6 +197,8 @@ struct Server {
     /// The read-only skeletons jails' roots are overlays of, in a tmpfs of the spawner's own.
     skeletons: Skeletons,
     jails: HashMap<u64, JailRecord>,
+    /// Released jails being torn down, their slots not free yet.
+    dying: Vec<Dying>,
     next_id: u64,
     zygotes: HashMap<u64, ZygoteRecord>,
     netns: Option<NetnsPool>,
@@ -242,6 +272,7 @@ impl Server {
             mounts,
             skeletons,
             jails: HashMap::new(),
+            dying: Vec::new(),
             next_id: 1,
             zygotes: HashMap::new(),
             netns,
@@ -275,6 +306,7 @@ impl Server {
 
     fn serve(&mut self, sock: BorrowedFd<'_>) {
         loop {
+            self.wait_request(sock);
             let (req, _fds) = match proto::recv::<SpawnerRequest>(sock) {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
@@ -310,6 +342,10 @@ impl Server {
                     Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
                 },
                 SpawnerRequest::Destroy { jail } => match self.destroy(jail) {
+                    Ok(()) => proto::send(sock, &SpawnerReply::Destroyed, &[]),
+                    Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
+                },
+                SpawnerRequest::Release { jails } => match self.release(jails) {
                     Ok(()) => proto::send(sock, &SpawnerReply::Destroyed, &[]),
                     Err(e) => proto::send(sock, &SpawnerReply::Error(WireError::from(&e)), &[]),
                 },
@@ -684,6 +720,149 @@ impl Server {
         Ok((pid, Some(pidfd), vec![ctrl, client_pidfd]))
     }
 
+    /// Kills the jails and returns: [`Server::wait_request`] settles each one once its
+    /// processes are gone, so the caller (a pool's reaper) and the callers after it do not
+    /// wait for teardowns (≈1 ms each under load, during which a spawner that waited served
+    /// nobody).
+    fn release(&mut self, ids: Vec<u64>) -> Result<(), JailError> {
+        let mut first = Ok(());
+        for id in ids {
+            let Some(rec) = self.jails.remove(&id) else {
+                if first.is_ok() {
+                    first = Err(JailError::Spawner(format!("no jail {id}")));
+                }
+                continue;
+            };
+            kill(&rec);
+            let own_pidfd = match &rec.pidfd {
+                Some(_) => None,
+                // Our child, not reaped yet: its pid names it.
+                None => match sys::pidfd_open(rec.pid) {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        // Not watchable: torn down now, the old way.
+                        let r = self.finish(rec);
+                        if first.is_ok() {
+                            first = r.map_err(|_| JailError::io("watch a released jail", e));
+                        }
+                        continue;
+                    }
+                },
+            };
+            self.dying.push(Dying {
+                rec,
+                own_pidfd,
+                killed: std::time::Instant::now(),
+                weighted: false,
+                exited: false,
+            });
+        }
+        first
+    }
+
+    /// Returns once a request (or the client's hang-up) is waiting on `sock`, settling
+    /// released jails as their processes go meanwhile.
+    fn wait_request(&mut self, sock: BorrowedFd<'_>) {
+        loop {
+            self.reap_dying();
+            if self.dying.is_empty() {
+                return;
+            }
+            let mut fds = vec![libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let mut timeout: Option<std::time::Duration> = None;
+            let mut sooner = |t: std::time::Duration| {
+                timeout = Some(timeout.map_or(t, |u| u.min(t)));
+            };
+            for d in &self.dying {
+                if d.exited {
+                    sooner(REAP_POLL);
+                    continue;
+                }
+                if let Some(fd) = d.pidfd() {
+                    fds.push(libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                }
+                if !d.weighted {
+                    let background =
+                        std::time::Duration::from_millis(TEARDOWN_BACKGROUND_MS as u64);
+                    sooner(background.saturating_sub(d.killed.elapsed()));
+                }
+            }
+            let ts = timeout.map(|t| libc::timespec {
+                tv_sec: t.as_secs() as libc::time_t,
+                tv_nsec: t.subsec_nanos() as libc::c_long,
+            });
+            let tsp = ts
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `fds` is a live array of pollfds for descriptors we hold; `tsp` is null
+            // or points to `ts`, alive for the call; no signal mask is changed.
+            let n = unsafe {
+                libc::ppoll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    tsp,
+                    std::ptr::null(),
+                )
+            };
+            if n > 0 && fds[0].revents != 0 {
+                return;
+            }
+        }
+    }
+
+    /// Settles the released jails that are gone (never waits).
+    fn reap_dying(&mut self) {
+        let mut i = 0;
+        while i < self.dying.len() {
+            let d = &mut self.dying[i];
+            if !d.exited {
+                d.exited = d.pidfd().is_none_or(sys::is_readable);
+            }
+            let gone = d.exited
+                && match &d.rec.pidfd {
+                    // A zygote's fork, once the zygote has reaped it (no zombie of the jail's
+                    // uid may be left for the slot's next jail).
+                    Some(p) => {
+                        !matches!(sys::pidfd_pid(p.as_fd()), Ok(Some(_)))
+                            || d.killed.elapsed() > REAP_WAIT
+                    }
+                    None => !matches!(
+                        nix::sys::wait::waitpid(
+                            nix::unistd::Pid::from_raw(d.rec.pid),
+                            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                        ),
+                        Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR)
+                    ),
+                };
+            if gone {
+                let d = self.dying.swap_remove(i);
+                let _ = self.settle(d.rec);
+                continue;
+            }
+            let background = std::time::Duration::from_millis(TEARDOWN_BACKGROUND_MS as u64);
+            if !d.exited && !d.weighted && d.killed.elapsed() >= background {
+                let _ = d.rec.cgroup.set_cpu_weight(false);
+                d.weighted = true;
+            }
+            i += 1;
+        }
+    }
+
+    /// Waits for every released jail to be gone and settles it.
+    fn settle_all_dying(&mut self) {
+        for d in std::mem::take(&mut self.dying) {
+            let _ = self.finish(d.rec);
+        }
+    }
+
     fn destroy(&mut self, jail: u64) -> Result<(), JailError> {
         let rec = self
             .jails
@@ -696,27 +875,21 @@ impl Server {
     /// Kills a jail's agent (the kernel kills every other process of its pid namespace before
     /// the agent's exit completes), reaps it, removes the cgroup and frees the slot.
     fn finish(&mut self, rec: JailRecord) -> io::Result<()> {
+        kill(&rec);
         match &rec.pidfd {
             // A zygote's fork: named by its pidfd (the zygote reaps it, so its pid may be
             // reused); its exit is seen on the pidfd once its pid namespace is empty.
             Some(pidfd) => {
-                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-                let _ = rec.cgroup.set_frozen(false);
                 wait_for_teardown(pidfd.as_fd(), rec.cgroup.as_ref());
                 // Then until the zygote has reaped it (no zombie of the jail's uid is left).
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let deadline = std::time::Instant::now() + REAP_WAIT;
                 while matches!(sys::pidfd_pid(pidfd.as_fd()), Ok(Some(_)))
                     && std::time::Instant::now() < deadline
                 {
-                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    std::thread::sleep(REAP_POLL);
                 }
             }
             None => {
-                // SAFETY: our child, not yet reaped.
-                unsafe { libc::kill(rec.pid, libc::SIGKILL) };
-                // A frozen jail (`Jail::set_frozen`) must be thawed for SIGKILL to take it on
-                // cgroup v1; on v2 it is a no-op. Fails harmlessly where there is no freezer.
-                let _ = rec.cgroup.set_frozen(false);
                 // (Our child, not yet reaped: its pid names it.)
                 if let Ok(pidfd) = sys::pidfd_open(rec.pid) {
                     wait_for_teardown(pidfd.as_fd(), rec.cgroup.as_ref());
@@ -727,6 +900,13 @@ impl Server {
                 }
             }
         }
+        self.settle(rec)
+    }
+
+    /// Frees what a jail whose processes are all gone (and reaped) held: its group is kept
+    /// for a later jail (or removed), its slot and skeleton released, and a retiring zygote
+    /// whose last jail it was ended.
+    fn settle(&mut self, rec: JailRecord) -> io::Result<()> {
         let r = self.keep_or_remove(rec.slot.index, rec.cgroup.as_ref());
         self.slots.release(rec.slot.index);
         self.skeletons.release(rec.skeleton);
@@ -850,7 +1030,12 @@ impl Server {
             }
             // Another runcell process on this host took the slot, and the group with it.
         }
-        let slot = self.slots.acquire()?;
+        let mut slot = self.slots.acquire()?;
+        if slot.is_none() && !self.dying.is_empty() {
+            // Every slot is taken: the released jails' come back once they are gone.
+            self.settle_all_dying();
+            slot = self.slots.acquire()?;
+        }
         if let Some(s) = &slot {
             self.kept.retain(|&i| i != s.index);
         }
@@ -884,6 +1069,7 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
+        self.settle_all_dying();
         let ids: Vec<u64> = self.jails.keys().copied().collect();
         for id in ids {
             if let Some(rec) = self.jails.remove(&id) {
@@ -1025,6 +1211,23 @@ const TEARDOWN_BACKGROUND_MS: i32 = 2;
 /// A teardown at the lowest weight on a busy machine gets almost no CPU: every destroy then
 /// held the spawner for as long, the reaper fell behind the runs, and under sustained load the
 /// dead jails held every slot. So the teardown yields to running programs for a moment only.
+/// Kills a jail's agent; the kernel kills every other process of its pid namespace before the
+/// agent's exit completes.
+fn kill(rec: &JailRecord) {
+    match &rec.pidfd {
+        Some(pidfd) => {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        }
+        None => {
+            // SAFETY: our child, not yet reaped.
+            unsafe { libc::kill(rec.pid, libc::SIGKILL) };
+        }
+    }
+    // A frozen jail (`Jail::set_frozen`) must be thawed for SIGKILL to take it on cgroup v1;
+    // on v2 it is a no-op. Fails harmlessly where there is no freezer.
+    let _ = rec.cgroup.set_frozen(false);
+}
+
 fn wait_for_teardown(pidfd: BorrowedFd<'_>, cgroup: &dyn Cgroup) {
     let mut p = libc::pollfd {
         fd: pidfd.as_raw_fd(),

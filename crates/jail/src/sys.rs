@@ -47,6 +47,18 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Whether `fd` is readable now (`poll` without waiting): for a pidfd, whether its process
+/// has exited.
+pub fn is_readable(fd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd for a descriptor the caller holds, without waiting.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
 /// `pidfd_send_signal(2)`.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall; a null siginfo is allowed.

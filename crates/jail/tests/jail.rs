@@ -4441,6 +4441,84 @@ fn changed_limits_hold_in_the_kernel_whatever_changed() {
     jail.destroy().expect("destroy");
 }
 
+/// A pool's reaper releases used jails (`Jail::release_all`): the spawner kills them and
+/// answers at once, freeing each slot once the jail's processes are gone (it serves other
+/// callers meanwhile instead of waiting for the teardown). A prepare that finds every slot
+/// held by released jails waits for them rather than failing, and a spawner that ends first
+/// still leaves nothing behind.
+#[test]
+fn released_jails_give_their_slots_back_once_their_processes_are_gone() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Spawner::launch(
+        &spawner_command(),
+        &SpawnerOptions {
+            state_dir: dir.path().to_path_buf(),
+            slots: 1,
+            ..SpawnerOptions::default()
+        },
+    )
+    .expect("launch spawner");
+    let mounts = host_mounts();
+    // Its one slot (index 0 of the host's) may be held by another test's spawner a moment.
+    let prepare = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match sp.prepare(&config(), &cgroup_limits()) {
+                Ok(j) => return j,
+                Err(JailError::NoSlot(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("prepare: {e}"),
+            }
+        }
+    };
+    let alive = |pids: &[i32]| -> Vec<i32> {
+        pids.iter()
+            .copied()
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .collect()
+    };
+    let mut jail = prepare();
+    for _ in 0..3 {
+        let trace = Trace::of(&jail);
+        let daemon = jail
+            .start(
+                &sh("sleep 100 & exec sleep 100"),
+                StdinSource::Null,
+                OutputTarget::Pipe,
+                OutputTarget::Pipe,
+            )
+            .unwrap();
+        // Both sleeps run (the program is `sleep`, not the shell, once exec'd).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while processes_of(&trace.uids)
+            .iter()
+            .filter(|(_, name)| name.ends_with("\tsleep"))
+            .count()
+            < 2
+        {
+            assert!(std::time::Instant::now() < deadline, "the sleeps never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pids: Vec<i32> = processes_of(&trace.uids).iter().map(|(p, _)| *p).collect();
+        Jail::release_all(vec![jail]).unwrap();
+        drop(daemon);
+        // The one slot is the released jail's: this waits for its processes to be gone.
+        jail = prepare();
+        let left = alive(&pids);
+        assert!(
+            left.is_empty(),
+            "a released jail's processes outlived its slot: {left:?}"
+        );
+    }
+    let trace = Trace::of(&jail);
+    Jail::release_all(vec![jail]).unwrap();
+    // The spawner ends (its client is gone) only once every released jail is.
+    drop(sp);
+    trace.assert_gone(&mounts);
+}
+
 /// Two runcell servers on one host with different state directories share the host's slots:
 /// a slot is a pair of host uids and a cgroup name, the same for every spawner, so a slot
 /// one holds is never handed out by the other (when each counted slots in a lock file of its
