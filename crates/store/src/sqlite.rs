@@ -7,6 +7,7 @@
 //! SQLite has a single writer. Every write that must be atomic is either one statement
 //! (`UPDATE … RETURNING`, `INSERT … ON CONFLICT`) or a `BEGIN IMMEDIATE` transaction, so
 //! concurrent callers (on one pool or several processes) never see or make a half-done change.
+//! This process writes through one connection of its own and reads through a pool of others.
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -239,7 +240,10 @@ macro_rules! delivery_select {
 /// runcell's [`Store`] on an embedded SQLite database (WAL).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Writes: one connection (see [`SqliteStore::open`]).
+    writer: SqlitePool,
     path: PathBuf,
     owner: Owner,
 }
@@ -497,6 +501,17 @@ impl SqliteStore {
         migrated?;
         closed?;
 
+        // Every write goes through one connection. SQLite lets one writer in at a time
+        // anyway; with several writing connections, each write found the pages the others
+        // had changed gone from its cache (read again from the WAL) and a writer that met the
+        // lock taken slept in SQLite's busy handler (a millisecond and more) instead of
+        // queueing. Reads use the other connections, concurrently with the writer (WAL).
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(db)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
@@ -505,6 +520,7 @@ impl SqliteStore {
             .map_err(db)?;
         Ok(SqliteStore {
             pool,
+            writer,
             path: path.to_path_buf(),
             owner: Owner::default(),
         })
@@ -535,6 +551,7 @@ impl SqliteStore {
     /// Closes every connection (waiting for the ones in use to be returned). Dropping the
     /// store without this is safe too: every commit is already in the WAL.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
@@ -558,7 +575,7 @@ impl Store for SqliteStore {
         .bind(e.started_at)
         .bind(running_node(&self.owner, e))
         .bind(running_lease(&self.owner, e))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(())
@@ -577,7 +594,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(&self.owner.node)
         .bind(now + self.owner.lease_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .map_err(db)?;
         rows.first().map(exec_row).transpose()
@@ -596,7 +613,7 @@ impl Store for SqliteStore {
         .bind(tenant)
         .bind(&self.owner.node)
         .bind(now + self.owner.lease_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .map_err(db)?;
         rows.first().map(exec_row).transpose()
@@ -620,7 +637,7 @@ impl Store for SqliteStore {
         .bind(&f.failure_reason)
         .bind(f.completed_at)
         .bind(f.expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
@@ -702,7 +719,7 @@ impl Store for SqliteStore {
         .bind(&f.failure_reason)
         .bind(f.completed_at)
         .bind(f.expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
@@ -724,7 +741,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(expires_at)
         .bind(&self.owner.node)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .map_err(db)?;
         let mut rows = exec_rows(&rows)?;
@@ -747,7 +764,7 @@ impl Store for SqliteStore {
         .bind(reason)
         .bind(now)
         .bind(expires_at)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .map_err(db)?;
         let mut rows = exec_rows(&rows)?;
@@ -781,7 +798,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete_expired(&self, now: i64) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db)?;
         // Attempts go with their deliveries (ON DELETE CASCADE).
         sqlx::query(
             "DELETE FROM deliveries WHERE (tenant, execution_id) IN \
@@ -801,7 +822,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete_execution(&self, tenant: &str, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db)?;
         let done = sqlx::query(
             "DELETE FROM executions WHERE id = ?1 AND tenant = ?2 \
              AND status IN ('completed', 'failed')",
@@ -842,7 +867,7 @@ impl Store for SqliteStore {
         .bind(tenant)
         .bind(&generate)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         // Whoever inserted first, this is the committed secret.
@@ -869,7 +894,7 @@ impl Store for SqliteStore {
             .bind(key_hash)
             .bind(tenant)
             .bind(created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?;
         Ok(())
@@ -889,7 +914,7 @@ impl Store for SqliteStore {
         .bind(d.created_at)
         .bind(d.next_attempt_at)
         .bind(&d.method)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(())
@@ -919,7 +944,11 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DeliveryRow>> {
         // One writer: the claim is one UPDATE, and the claimed rows are read back with their
         // attempts in the same transaction.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db)?;
         let claimed: Vec<i64> = sqlx::query_scalar(
             "UPDATE deliveries SET claimed_by = ?1, lease_until = ?3 WHERE rowid IN \
              (SELECT rowid FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?2 \
@@ -978,7 +1007,11 @@ impl Store for SqliteStore {
             })?),
             DeliveryState::Delivered | DeliveryState::Failed => None,
         };
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db)?;
         let updated = sqlx::query(
             "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, claimed_by = NULL, \
              lease_until = NULL WHERE id = ?1 AND claimed_by = ?2",
@@ -1036,7 +1069,7 @@ impl Store for SqliteStore {
         .bind(s.created_at)
         .bind(s.expires_at)
         .bind(&self.owner.node)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(())
@@ -1108,7 +1141,7 @@ impl Store for SqliteStore {
         .bind(id)
         .bind(tenant)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
@@ -1121,7 +1154,7 @@ impl Store for SqliteStore {
         .bind(id)
         .bind(tenant)
         .bind(spec)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
@@ -1135,7 +1168,7 @@ impl Store for SqliteStore {
         .bind(id)
         .bind(ended_at)
         .bind(reason)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
@@ -1149,7 +1182,7 @@ impl Store for SqliteStore {
         .bind(ended_at)
         .bind(reason)
         .bind(&self.owner.node)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .map_err(db)?;
         ids_by_seq(&rows)
@@ -1170,7 +1203,7 @@ impl Store for SqliteStore {
         .bind(ended_at)
         .bind(reason)
         .bind(&self.owner.node)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .map_err(db)?;
         ids_by_seq(&rows)
@@ -1223,7 +1256,7 @@ impl Store for SqliteStore {
         .bind(count(beat.running))
         .bind(count(beat.queued))
         .bind(count(beat.sandboxes))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         let done = sqlx::query(
@@ -1231,7 +1264,7 @@ impl Store for SqliteStore {
         )
         .bind(&self.owner.node)
         .bind(now + self.owner.lease_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected())
@@ -1261,7 +1294,11 @@ impl Store for SqliteStore {
     }
 
     async fn purge_sandboxes(&self, before: i64) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db)?;
         // The children are deleted explicitly (rather than left to ON DELETE CASCADE) to learn
         // the artifact ids, and so as not to depend on foreign keys being enforced.
         let artifacts = sqlx::query(concat!(
@@ -1303,7 +1340,7 @@ impl Store for SqliteStore {
         .bind(r.status.as_str())
         .bind(&r.doc)
         .bind(r.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(())
@@ -1317,7 +1354,7 @@ impl Store for SqliteStore {
         .bind(id)
         .bind(status.as_str())
         .bind(doc)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
@@ -1416,7 +1453,11 @@ impl Store for SqliteStore {
         if a.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db)?;
         for art in a {
             sqlx::query(concat!(
                 "INSERT INTO artifacts (",
@@ -1509,7 +1550,7 @@ impl Store for SqliteStore {
     async fn delete_expired_artifacts(&self, now: i64) -> Result<Vec<String>> {
         let rows = sqlx::query("DELETE FROM artifacts WHERE expires_at <= ?1 RETURNING seq, id")
             .bind(now)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.writer)
             .await
             .map_err(db)?;
         ids_by_seq(&rows)
