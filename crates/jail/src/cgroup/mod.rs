@@ -381,7 +381,10 @@ pub(crate) fn read_u64(path: &Path) -> io::Result<u64> {
 
 /// A cgroup file that is read often (every measurement: a run takes a dozen), opened once and
 /// then read with `pread` from offset 0, which makes the kernel generate it anew: each open of
-/// a cgroup file is a path walk and an allocation in the kernel.
+/// a cgroup file is a path walk and an allocation in the kernel. The files kept are control
+/// files whose content one `show` call makes whole (a counter, a few `key value` lines): a
+/// read returns all of it that fits, so a read shorter than the buffer is the end, and no
+/// second read is needed to find it.
 /// A file that is written often (a reset, a weight) is kept open for writing the same way:
 /// cgroupfs takes each write whole, wherever the offset is.
 #[derive(Debug, Default)]
@@ -434,13 +437,16 @@ impl KeptFile {
         use std::os::unix::fs::FileExt;
         let f = self.file(path)?;
         let mut out = Vec::with_capacity(256);
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; 1024];
         loop {
             let n = f.read_at(&mut buf, out.len() as u64)?;
             if n == 0 {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
+            if n < buf.len() {
+                break;
+            }
             if out.len() > 1 << 16 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
