@@ -206,6 +206,9 @@ struct Server {
     /// Free slots whose emptied groups were kept for later jails, oldest first (see
     /// [`CgroupRoot::create`]).
     kept: std::collections::VecDeque<u32>,
+    /// The handles of kept groups (files open) and their identities then, by slot, for
+    /// [`CgroupRoot::create_reusing`].
+    kept_groups: HashMap<u32, crate::cgroup::KeptGroup>,
 }
 
 /// Groups kept before one is used again: a slot (its host uids and its group) goes to another
@@ -281,6 +284,7 @@ impl Server {
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(63),
             kept: std::collections::VecDeque::new(),
+            kept_groups: HashMap::new(),
         };
         server.sweep_stale();
         Ok(server)
@@ -374,7 +378,8 @@ impl Server {
             .map_err(|e| JailError::io("claim a jail slot", e))?
             .ok_or(JailError::NoSlot(self.slots.capacity()))?;
         let name = slots::cgroup_name(slot.index);
-        let cgroup = match self.cgroups.create(&name, &limits) {
+        let kept = self.kept_groups.remove(&slot.index);
+        let cgroup = match self.cgroups.create_reusing(kept, &name, &limits) {
             Ok(cg) => cg,
             Err(e) => {
                 self.slots.release(slot.index);
@@ -907,7 +912,7 @@ impl Server {
     /// for a later jail (or removed), its slot and skeleton released, and a retiring zygote
     /// whose last jail it was ended.
     fn settle(&mut self, rec: JailRecord) -> io::Result<()> {
-        let r = self.keep_or_remove(rec.slot.index, rec.cgroup.as_ref());
+        let r = self.keep_or_remove(rec.slot.index, rec.cgroup);
         self.slots.release(rec.slot.index);
         self.skeletons.release(rec.skeleton);
         if let Some(id) = rec.zygote
@@ -1029,6 +1034,7 @@ impl Server {
                 return Ok(Some(slot));
             }
             // Another runcell process on this host took the slot, and the group with it.
+            self.kept_groups.remove(&index);
         }
         let mut slot = self.slots.acquire()?;
         if slot.is_none() && !self.dying.is_empty() {
@@ -1044,9 +1050,12 @@ impl Server {
 
     /// Empties a finished jail's group and keeps it for a later jail of its slot (which
     /// [`CgroupRoot::create`] checks again), or removes it if it will not empty.
-    fn keep_or_remove(&mut self, index: u32, cgroup: &dyn Cgroup) -> io::Result<()> {
+    fn keep_or_remove(&mut self, index: u32, cgroup: Box<dyn Cgroup>) -> io::Result<()> {
         if cgroup.empty().is_err() {
             return cgroup.remove();
+        }
+        if let Ok(identity) = cgroup.identity() {
+            self.kept_groups.insert(index, (cgroup, identity));
         }
         self.kept.push_back(index);
         while self.kept.len() > KEPT_GROUPS_MAX {
@@ -1060,6 +1069,7 @@ impl Server {
     /// Removes the kept group of free slot `index` (claiming the slot meanwhile, so that no
     /// other runcell process is using it).
     fn remove_kept(&mut self, index: u32) {
+        self.kept_groups.remove(&index);
         if let Ok(Some(slot)) = self.slots.try_claim(index) {
             if let Ok(cg) = self.cgroups.open(&slots::cgroup_name(index)) {
                 let _ = cg.remove();

@@ -4519,6 +4519,85 @@ fn released_jails_give_their_slots_back_once_their_processes_are_gone() {
     trace.assert_gone(&mounts);
 }
 
+/// The spawner keeps an emptied group, with its files open, for its slot's next jail. If the
+/// group was removed and made anew meanwhile (by another runcell process that held the slot),
+/// the next jail gets the new group, limited and with its agent in it, never the files of the
+/// old one.
+#[test]
+fn a_kept_group_made_anew_meanwhile_is_opened_again() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Spawner::launch(
+        &spawner_command(),
+        &SpawnerOptions {
+            state_dir: dir.path().to_path_buf(),
+            slots: 1,
+            ..SpawnerOptions::default()
+        },
+    )
+    .expect("launch spawner");
+    // Its one slot (index 0 of the host's) may be held by another test's spawner a moment.
+    let prepare = |limits: &CgroupLimits| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match sp.prepare(&config(), limits) {
+                Ok(j) => return j,
+                Err(JailError::NoSlot(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("prepare: {e}"),
+            }
+        }
+    };
+    let dirs = |name: &str| {
+        let mut out: Vec<PathBuf> = cgroup_dirs(name)
+            .into_iter()
+            .filter_map(|d| d.canonicalize().ok())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    };
+    let mut limits = cgroup_limits();
+    limits.max_tasks = 23;
+    for attempt in 0.. {
+        let first = prepare(&cgroup_limits());
+        let name = first.cgroup_name().to_string();
+        // Destroyed (and its group emptied and kept) before this returns.
+        first.destroy().unwrap();
+        let old = dirs(&name);
+        assert!(!old.is_empty(), "no group {name}");
+        // Removed and made anew, as another process holding the slot could have done; a
+        // spawner that took the slot in between makes the removal fail: then again.
+        if old.iter().any(|d| std::fs::remove_dir(d).is_err()) {
+            assert!(attempt < 20, "the slot's group never stayed free");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        for d in &old {
+            std::fs::create_dir(d).unwrap();
+        }
+        let second = prepare(&limits);
+        assert_eq!(second.cgroup_name(), name, "one slot, one group");
+        let now = dirs(&name);
+        let pids_max = now
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.join("pids.max")).ok())
+            .expect("pids.max");
+        assert_eq!(pids_max.trim(), "23", "the new group is limited");
+        for d in &now {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+            assert!(
+                !procs.trim().is_empty(),
+                "the jail's agent is not in {}",
+                d.display()
+            );
+        }
+        second.destroy().unwrap();
+        break;
+    }
+}
+
 /// Two runcell servers on one host with different state directories share the host's slots:
 /// a slot is a pair of host uids and a cgroup name, the same for every spawner, so a slot
 /// one holds is never handed out by the other (when each counted slots in a lock file of its

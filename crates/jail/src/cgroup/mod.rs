@@ -138,6 +138,22 @@ pub trait Cgroup: Send + Sync + Debug {
     /// Makes [`Cgroup::stats`] and [`Cgroup::cpu_ns`] count from now, the peak included (the
     /// kernel's counters of a group that held other jails before cannot be reset).
     fn restart_counters(&self) -> io::Result<()>;
+    /// What names the group's directories (device and inode of each): a handle kept across
+    /// jails is the same group only while this is unchanged (another runcell process holding
+    /// the slot meanwhile may have removed the group and made it again).
+    fn identity(&self) -> io::Result<Vec<(u64, u64)>>;
+}
+
+/// A group's handle kept for a later jail of its slot, with the group's
+/// [`Cgroup::identity`] when it was kept.
+pub type KeptGroup = (Box<dyn Cgroup>, Vec<(u64, u64)>);
+
+/// Device and inode of each of `dirs`.
+pub(crate) fn dir_identity(dirs: &[PathBuf]) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    dirs.iter()
+        .map(|d| std::fs::metadata(d).map(|m| (m.dev(), m.ino())))
+        .collect()
 }
 
 /// Whether the group directory `dir` exists without a child group (cgroupfs counts
@@ -264,6 +280,26 @@ impl CgroupRoot {
     /// mounted on the host (each jail mounts several), ≈ 5 % of all the CPU time under load
     /// (docs/benchmarks.md).
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> io::Result<Box<dyn Cgroup>> {
+        self.create_reusing(None, name, limits)
+    }
+
+    /// As [`CgroupRoot::create`], through `kept` (the handle an earlier jail of the slot used,
+    /// with its files still open, and the group's [`Cgroup::identity`] then) when it still
+    /// names the group: a group used again is then limited without opening its files anew.
+    pub fn create_reusing(
+        &self,
+        kept: Option<KeptGroup>,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> io::Result<Box<dyn Cgroup>> {
+        if let Some((group, identity)) = kept
+            && group.name() == name
+            && group.identity().is_ok_and(|now| now == identity)
+            && matches!(group.reusable(), Ok(true))
+            && group.set_limits(limits).is_ok()
+        {
+            return Ok(group);
+        }
         let group = self.open(name)?;
         // A limit below what is still charged, say, makes a new group instead.
         if group.reusable()? && group.set_limits(limits).is_ok() {
@@ -434,6 +470,16 @@ impl KeptFile {
     }
 
     pub(crate) fn read(&self, path: &Path) -> io::Result<String> {
+        self.read_to_end(path, true)
+    }
+
+    /// Reads a file of several records (`cgroup.procs`, a pid per line), which a read may
+    /// return in parts: until a read returns nothing.
+    pub(crate) fn read_records(&self, path: &Path) -> io::Result<String> {
+        self.read_to_end(path, false)
+    }
+
+    fn read_to_end(&self, path: &Path, whole: bool) -> io::Result<String> {
         use std::os::unix::fs::FileExt;
         let f = self.file(path)?;
         let mut out = Vec::with_capacity(256);
@@ -444,7 +490,7 @@ impl KeptFile {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
-            if n < buf.len() {
+            if whole && n < buf.len() {
                 break;
             }
             if out.len() > 1 << 16 {
@@ -460,6 +506,20 @@ impl KeptFile {
                 format!("{}: not UTF-8", path.display()),
             )
         })
+    }
+
+    /// A descriptor of the file (opened once), for another process to write to.
+    pub(crate) fn descriptor(&self, path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(self.file(path)?.try_clone()?.into())
+    }
+
+    /// The pids a `cgroup.procs` file lists.
+    pub(crate) fn read_procs(&self, path: &Path) -> io::Result<Vec<libc::pid_t>> {
+        Ok(self
+            .read_records(path)?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
     }
 
     /// The file's single number (or `max`, as `u64::MAX`).
@@ -521,9 +581,22 @@ pub(crate) fn kill_until_empty(procs_file: &Path) -> io::Result<()> {
     kill_all(procs_file, None)
 }
 
+/// As [`kill_until_empty`], reading the group's `cgroup.procs` through a kept descriptor.
+pub(crate) fn kill_until_empty_kept(procs: &KeptFile, procs_file: &Path) -> io::Result<()> {
+    kill_all_listed(|| procs.read_procs(procs_file), procs_file, None)
+}
+
 fn kill_all(procs_file: &Path, rmdir: Option<&Path>) -> io::Result<()> {
+    kill_all_listed(|| read_procs(procs_file), procs_file, rmdir)
+}
+
+fn kill_all_listed(
+    list: impl Fn() -> io::Result<Vec<libc::pid_t>>,
+    procs_file: &Path,
+    rmdir: Option<&Path>,
+) -> io::Result<()> {
     for round in 0..200 {
-        let pids = read_procs(procs_file)?;
+        let pids = list()?;
         if pids.is_empty() {
             let Some(dir) = rmdir else {
                 return Ok(());

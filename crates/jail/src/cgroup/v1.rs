@@ -5,8 +5,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group,
-    keyed_value, kill_and_rmdir, kill_until_empty, read_procs, read_text, read_u64, write_file,
+    Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, dir_identity,
+    is_childless_group, keyed_value, kill_and_rmdir, kill_until_empty_kept, write_file,
 };
 use crate::config::CgroupLimits;
 
@@ -97,6 +97,17 @@ pub struct Group {
     usage: KeptFile,
     oom_control: KeptFile,
     pids_events: KeptFile,
+    /// What the spawner reads and writes for each jail of a slot whose group it keeps
+    /// (checking the group is free and empty, limiting it, moving the agent in), open once
+    /// per handle: `cgroup.procs` and `tasks` of each directory, the limits, the freezer.
+    procs_files: Vec<KeptFile>,
+    tasks: Vec<KeptFile>,
+    limit: KeptFile,
+    memsw_limit: KeptFile,
+    pids_max: KeptFile,
+    cfs_period: KeptFile,
+    cfs_quota: KeptFile,
+    freezer_state: KeptFile,
     memsw: std::sync::OnceLock<bool>,
     origin: Origin,
 }
@@ -119,6 +130,14 @@ impl Group {
             usage: KeptFile::default(),
             oom_control: KeptFile::default(),
             pids_events: KeptFile::default(),
+            procs_files: m.dirs(name).iter().map(|_| KeptFile::default()).collect(),
+            tasks: m.dirs(name).iter().map(|_| KeptFile::writable()).collect(),
+            limit: KeptFile::writable(),
+            memsw_limit: KeptFile::writable(),
+            pids_max: KeptFile::writable(),
+            cfs_period: KeptFile::writable(),
+            cfs_quota: KeptFile::writable(),
+            freezer_state: KeptFile::writable(),
             memsw: std::sync::OnceLock::new(),
             origin: Origin::default(),
         }
@@ -155,8 +174,12 @@ impl Group {
         // A frozen v1 task does not die of SIGKILL until it is thawed.
         if let Some(freezer) = &self.freezer {
             let state = freezer.join("freezer.state");
-            if read_text(&state).is_ok_and(|s| s.trim() != "THAWED") {
-                let _ = write_file(&state, "THAWED");
+            if self
+                .freezer_state
+                .read(&state)
+                .is_ok_and(|s| s.trim() != "THAWED")
+            {
+                let _ = self.freezer_state.write(&state, "THAWED");
             }
         }
     }
@@ -182,14 +205,8 @@ impl Cgroup for Group {
 
     fn self_attach_files(&self) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>> {
         let mut fds = Vec::with_capacity(self.dirs.len());
-        for d in &self.dirs {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(d.join("tasks"))
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("open {}/tasks: {e}", d.display()))
-                })?;
-            fds.push(f.into());
+        for (d, tasks) in self.dirs.iter().zip(&self.tasks) {
+            fds.push(tasks.descriptor(&d.join("tasks"))?);
         }
         Ok(Some(fds))
     }
@@ -205,29 +222,33 @@ impl Cgroup for Group {
     fn set_memory(&self, bytes: u64) -> io::Result<()> {
         let mem = bytes.to_string();
         let limit_file = self.memory.join("memory.limit_in_bytes");
+        let limit = |v: &str| self.limit.write(&limit_file, v);
         if !self.has_memsw() {
-            return write_file(&limit_file, &mem);
+            return limit(&mem);
         }
         // memsw may never be below the memory limit: raise memsw first when growing, lower
         // memory first when shrinking.
         let memsw_file = self.memory.join("memory.memsw.limit_in_bytes");
-        if bytes > read_u64(&memsw_file)? {
-            write_file(&memsw_file, &mem)?;
-            write_file(&limit_file, &mem)
+        let memsw = |v: &str| self.memsw_limit.write(&memsw_file, v);
+        if bytes > self.memsw_limit.read_u64(&memsw_file)? {
+            memsw(&mem)?;
+            limit(&mem)
         } else {
-            write_file(&limit_file, &mem)?;
-            write_file(&memsw_file, &mem)
+            limit(&mem)?;
+            memsw(&mem)
         }
     }
 
     fn set_cpus(&self, cpus: Option<f64>) -> io::Result<()> {
         match (&self.cpu, cpus) {
             (Some(cpu), Some(c)) => {
-                write_file(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                self.cfs_period
+                    .write(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
                 let quota = ((c * CFS_PERIOD_US as f64).round() as u64).max(1000);
-                write_file(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())
+                self.cfs_quota
+                    .write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())
             }
-            (Some(cpu), None) => write_file(&cpu.join("cpu.cfs_quota_us"), "-1"),
+            (Some(cpu), None) => self.cfs_quota.write(&cpu.join("cpu.cfs_quota_us"), "-1"),
             (None, Some(_)) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "a CPU limit needs the cgroup v1 cpu controller, which is not mounted",
@@ -237,7 +258,8 @@ impl Cgroup for Group {
     }
 
     fn set_max_tasks(&self, tasks: u32) -> io::Result<()> {
-        write_file(&self.pids.join("pids.max"), &tasks.to_string())
+        self.pids_max
+            .write(&self.pids.join("pids.max"), &tasks.to_string())
     }
 
     fn set_cpu_weight(&self, background: bool) -> io::Result<()> {
@@ -270,8 +292,8 @@ impl Cgroup for Group {
 
     fn procs(&self) -> io::Result<Vec<libc::pid_t>> {
         let mut all = Vec::new();
-        for d in &self.dirs {
-            for p in read_procs(&d.join("cgroup.procs"))? {
+        for (d, procs) in self.dirs.iter().zip(&self.procs_files) {
+            for p in procs.read_procs(&d.join("cgroup.procs"))? {
                 if !all.contains(&p) {
                     all.push(p);
                 }
@@ -289,10 +311,10 @@ impl Cgroup for Group {
         };
         let state = freezer.join("freezer.state");
         let want = if frozen { "FROZEN" } else { "THAWED" };
-        if read_text(&state)?.trim() == want {
+        if self.freezer_state.read(&state)?.trim() == want {
             return Ok(());
         }
-        write_file(&state, want)?;
+        self.freezer_state.write(&state, want)?;
         super::wait_for(&state, want, |s| s.trim() == want)
     }
 
@@ -306,8 +328,8 @@ impl Cgroup for Group {
 
     fn empty(&self) -> io::Result<()> {
         self.thaw();
-        for d in &self.dirs {
-            kill_until_empty(&d.join("cgroup.procs"))?;
+        for (d, procs) in self.dirs.iter().zip(&self.procs_files) {
+            kill_until_empty_kept(procs, &d.join("cgroup.procs"))?;
         }
         Ok(())
     }
@@ -322,16 +344,27 @@ impl Cgroup for Group {
             return Ok(false);
         }
         if let Some(freezer) = &self.freezer
-            && read_text(&freezer.join("freezer.state"))?.trim() != "THAWED"
+            && self
+                .freezer_state
+                .read(&freezer.join("freezer.state"))?
+                .trim()
+                != "THAWED"
         {
             return Ok(false);
         }
-        Ok(read_u64(&self.memory.join("memory.usage_in_bytes"))? <= REUSE_MAX_CHARGE)
+        Ok(self
+            .usage
+            .read_u64(&self.memory.join("memory.usage_in_bytes"))?
+            <= REUSE_MAX_CHARGE)
     }
 
     fn restart_counters(&self) -> io::Result<()> {
         self.reset_peak()?;
         self.origin.set(&self.raw_stats()?);
         Ok(())
+    }
+
+    fn identity(&self) -> io::Result<Vec<(u64, u64)>> {
+        dir_identity(&self.dirs)
     }
 }

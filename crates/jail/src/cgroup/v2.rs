@@ -467,6 +467,10 @@ impl Cgroup for Group {
         self.origin.set(&self.raw_stats()?);
         Ok(())
     }
+
+    fn identity(&self) -> io::Result<Vec<(u64, u64)>> {
+        super::dir_identity(std::slice::from_ref(&self.dir))
+    }
 }
 
 #[cfg(test)]
