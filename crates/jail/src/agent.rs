@@ -112,6 +112,13 @@ pub(crate) struct AgentPlan {
     /// under every read-only overlay.
     pub skeleton: PathBuf,
     pub empty: PathBuf,
+    /// Read-only overlays the spawner keeps for the jail's slot (see `spawner`), one per
+    /// lower directory listed here: the agent attaches `overlay_fds[i]` (a detached copy)
+    /// where it would have mounted an overlay of `overlay_lowers[i]`.
+    #[serde(default)]
+    pub overlay_lowers: Vec<PathBuf>,
+    #[serde(skip)]
+    pub overlay_fds: Vec<RawFd>,
     /// Compiled seccomp filters for every program of this jail.
     #[serde(skip)]
     pub filters: Vec<seccompiler::BpfProgram>,
@@ -159,6 +166,7 @@ fn setup_err(stage: &str, what: impl std::fmt::Display, e: impl Into<io::Error>)
 fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError> {
     let mut keep = vec![ctrl, sync];
     keep.extend_from_slice(&plan.cgroup_tasks);
+    keep.extend_from_slice(&plan.overlay_fds);
     keep.sort_unstable();
     sys::close_all_except(&keep).map_err(|e| setup_err("fds", "close inherited descriptors", e))?;
     // Join the jail's cgroup first, before anything is charged to the spawner's.
@@ -461,6 +469,31 @@ fn overlay(lower: &Path, target: &Path, empty: &Path) -> nix::Result<()> {
     )
 }
 
+/// Shows `lower` read-only at `target` through the jail's own overlay: the one the spawner
+/// keeps for the slot when it offered one (attached once; closed either way), else a new one.
+fn overlay_at(plan: &AgentPlan, used: &mut [bool], lower: &Path, target: &Path) -> io::Result<()> {
+    let offered = plan.overlay_lowers.iter().position(|l| l == lower);
+    if let Some(i) = offered
+        && !used[i]
+        && let Some(&fd) = plan.overlay_fds.get(i)
+    {
+        used[i] = true;
+        let attached = sys::move_mount_to(fd, &c_path(target)?);
+        // SAFETY: our copy of the descriptor, not used again.
+        unsafe { libc::close(fd) };
+        if attached.is_ok() {
+            return Ok(());
+        }
+    }
+    overlay(lower, target, &plan.empty).map_err(io::Error::from)
+}
+
+fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+}
+
 /// Why a bound file in a directory with host mounts beneath it cannot be shown: such files
 /// are copied into the skeleton (see `skeleton`) unless they are too large or not regular
 /// files.
@@ -505,7 +538,8 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
     // The root: a read-only overlay of the skeleton the spawner made for this configuration
     // (mount points, links, generated files and copies; see `skeleton`), the jail's own inodes.
     let empty = plan.empty.as_path();
-    overlay(&plan.skeleton, staging, empty)
+    let mut used = vec![false; plan.overlay_lowers.len()];
+    overlay_at(plan, &mut used, &plan.skeleton, staging)
         .map_err(|e| setup_err("rootfs", "mount the root's overlay", e))?;
     let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     // Overlays shared by several binds (see `view`) are mounted out of sight, on a scratch
@@ -535,7 +569,7 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
         let mut show = || -> io::Result<bool> {
             let real = fs::canonicalize(&b.source)?;
             if meta.is_dir() && !view::has_mounts_beneath(&real, &plan.mount_points) {
-                overlay(&real, &dst, empty)?;
+                overlay_at(plan, &mut used, &real, &dst)?;
                 return Ok(false);
             }
             let dir = if meta.is_dir() {
@@ -601,6 +635,12 @@ pub(crate) fn build_root(plan: &AgentPlan, enter: Enter) -> Result<(), JailError
                     e,
                 ));
             }
+        }
+    }
+    for (i, &fd) in plan.overlay_fds.iter().enumerate() {
+        if !used.get(i).copied().unwrap_or(true) {
+            // SAFETY: our copy of a descriptor no mount was attached from.
+            unsafe { libc::close(fd) };
         }
     }
     build_dev(staging, devices)?;

@@ -17,8 +17,9 @@ use crate::error::WireError;
 
 /// Largest message accepted (a process spec with a large environment fits easily).
 pub const MAX_MESSAGE: usize = 4 << 20;
-/// Most descriptors attached to one message.
-pub const MAX_FDS: usize = 8;
+/// Most descriptors attached to one message (a zygote's fork request: a control socket, a
+/// sync pipe, up to six overlays and a `tasks` file per cgroup v1 hierarchy).
+pub const MAX_FDS: usize = 16;
 
 /// Client → spawner.
 #[derive(Debug, Serialize, Deserialize)]

@@ -128,6 +128,8 @@ pub(crate) struct Skeletons {
     empty: PathBuf,
     all: HashMap<u64, Skeleton>,
     next: u64,
+    /// Skeletons removed since [`Skeletons::take_removed`] last asked.
+    removed: Vec<PathBuf>,
 }
 
 impl Skeletons {
@@ -141,6 +143,7 @@ impl Skeletons {
             empty,
             all: HashMap::new(),
             next: 1,
+            removed: Vec::new(),
         })
     }
 
@@ -233,7 +236,13 @@ impl Skeletons {
         }
         if let Some(s) = self.all.remove(&id) {
             let _ = fs::remove_dir_all(&s.path);
+            self.removed.push(s.path);
         }
+    }
+
+    /// The skeletons removed since the last call (nothing may keep an overlay of them).
+    pub(crate) fn take_removed(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.removed)
     }
 
     /// Removes the least recently used skeletons no jail uses, beyond [`IDLE_MAX`].
@@ -251,6 +260,7 @@ impl Skeletons {
         for &(_, id) in &idle[..idle.len() - IDLE_MAX] {
             if let Some(s) = self.all.remove(&id) {
                 let _ = fs::remove_dir_all(&s.path);
+                self.removed.push(s.path);
             }
         }
     }

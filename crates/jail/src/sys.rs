@@ -6,6 +6,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 /// Result of a raw system call: `-1` becomes the thread's `errno`.
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -171,6 +172,105 @@ pub fn mount_setattr(path: &CStr, set: u64, recursive: bool) -> io::Result<()> {
             flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// A read-only overlay (no upper layer: `nosuid`, `nodev`) of the layers `lower` over
+/// `empty`, made with the new mount API and not attached anywhere: a descriptor of the
+/// detached mount, which [`clone_mount`] copies and [`move_mount_to`] attaches. Refuses a
+/// layer path with a character the `lowerdir` syntax would read specially.
+pub fn detached_overlay(lower: &Path, empty: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut layers = Vec::new();
+    for (i, p) in [lower, empty].iter().enumerate() {
+        let b = p.as_os_str().as_bytes();
+        if !p.is_absolute() || b.iter().any(|c| matches!(c, b':' | b',' | b'\\' | 0)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} cannot be named as an overlay layer", p.display()),
+            ));
+        }
+        if i > 0 {
+            layers.push(b':');
+        }
+        layers.extend_from_slice(b);
+    }
+    let layers = std::ffi::CString::new(layers)?;
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: a NUL-terminated literal; the kernel returns a new descriptor or -1.
+    let fs =
+        check(unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    // SAFETY: NUL-terminated key and value, alive for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"lowerdir".as_ptr(),
+            layers.as_ptr(),
+            0,
+        )
+    })?;
+    // SAFETY: a command without key or value.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: integer arguments; a new descriptor or -1.
+    let m = check(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
+}
+
+/// A detached copy of the mount `mount` names (`open_tree(OPEN_TREE_CLONE)`): the same
+/// filesystem, a mount of its own that can be attached once.
+pub fn clone_mount(mount: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: an empty NUL-terminated path relative to a descriptor we hold (AT_EMPTY_PATH).
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches the detached mount `mount` names on `target` (`move_mount(2)`).
+pub fn move_mount_to(mount: RawFd, target: &CStr) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    // SAFETY: NUL-terminated paths alive for the call; `mount` is a descriptor of a mount.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
         )
     })
     .map(drop)

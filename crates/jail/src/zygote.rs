@@ -746,13 +746,15 @@ fn fork_jail(
     gid_map: &str,
     fds: Vec<OwnedFd>,
 ) -> Result<OwnedFd, JailError> {
-    if fds.len() < 2 {
+    let overlays = plan.overlay_lowers.len();
+    if fds.len() < 2 + overlays {
         return Err(JailError::InvalidConfig(
-            "a fork request carries a control socket and a sync pipe".into(),
+            "a fork request carries a control socket, a sync pipe and the offered overlays".into(),
         ));
     }
     plan.filters = FILTERS.get().cloned().unwrap_or_default();
-    plan.cgroup_tasks = fds[2..].iter().map(|f| f.as_raw_fd()).collect();
+    plan.overlay_fds = fds[2..2 + overlays].iter().map(|f| f.as_raw_fd()).collect();
+    plan.cgroup_tasks = fds[2 + overlays..].iter().map(|f| f.as_raw_fd()).collect();
     plan.loopback = true;
     let (ctrl, sync) = (fds[0].as_raw_fd(), fds[1].as_raw_fd());
     let flags = JAIL_NAMESPACES;

@@ -4598,6 +4598,64 @@ fn a_kept_group_made_anew_meanwhile_is_opened_again() {
     }
 }
 
+/// The spawner keeps a slot's read-only overlays (the root's, `/usr`'s, ...) for the slot's
+/// jails one after another: the next jail of the slot shows the same overlay filesystems.
+/// Two jails alive at once are in two slots and never share one (each overlay's inodes, and
+/// so the locks and watches on them, are its slot's only).
+#[test]
+fn a_slots_overlays_serve_its_jails_one_after_another_never_two_at_once() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Spawner::launch(
+        &spawner_command(),
+        &SpawnerOptions {
+            state_dir: dir.path().to_path_buf(),
+            slots: 2,
+            ..SpawnerOptions::default()
+        },
+    )
+    .expect("launch spawner");
+    // Its two slots (indexes 0 and 1 of the host's) may be held by other tests a moment.
+    let prepare = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match sp.prepare(&config(), &cgroup_limits()) {
+                Ok(j) => return j,
+                Err(JailError::NoSlot(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("prepare: {e}"),
+            }
+        }
+    };
+    // The filesystem (device) of the root and of /usr, as the jail sees them.
+    let devices = |jail: &Jail| -> String {
+        let out = jail
+            .run(&sh("stat -c %d / /usr"), StdinSource::Null, &run_limits())
+            .unwrap();
+        assert_eq!(out.exit, Exit::Exited(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = prepare();
+    let second = prepare();
+    assert_ne!(first.slot(), second.slot());
+    let (a, b) = (devices(&first), devices(&second));
+    for (x, y) in a.lines().zip(b.lines()) {
+        assert_ne!(x, y, "two jails at once share an overlay: {a:?} {b:?}");
+    }
+    let slot = first.slot();
+    first.destroy().unwrap();
+    let third = prepare();
+    assert_eq!(third.slot(), slot, "the freed slot is the only one");
+    assert_eq!(
+        devices(&third),
+        a,
+        "the slot's next jail shows the slot's overlays"
+    );
+    third.destroy().unwrap();
+    second.destroy().unwrap();
+}
+
 /// Two runcell servers on one host with different state directories share the host's slots:
 /// a slot is a pair of host uids and a cgroup name, the same for every spawner, so a slot
 /// one holds is never handed out by the other (when each counted slots in a lock file of its
