@@ -400,10 +400,44 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Host pid of the process a pidfd names, from `/proc/self/fdinfo` (`None` once it has
-/// exited). Only meaningful while the process is known to be alive: check with
-/// [`pidfd_send_signal`] (signal 0) afterwards.
+/// The pid of the process `pidfd` names, as this process sees it: `None` once it has been
+/// reaped (or has no pid in this pid namespace). Asks the kernel with `PIDFD_GET_INFO` (one
+/// call, Linux 6.13 and later), else reads the descriptor's `fdinfo`.
 pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<libc::pid_t>> {
+    /// `struct pidfd_info` as Linux 6.13 defines it (`PIDFD_INFO_SIZE_VER0`, 64 bytes).
+    #[repr(C)]
+    #[derive(Default)]
+    struct PidfdInfo {
+        mask: u64,
+        cgroupid: u64,
+        pid: u32,
+        tgid: u32,
+        ppid: u32,
+        ids: [u32; 8],
+        spare: u32,
+    }
+    const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+    /// `_IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info)`.
+    const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+    const PIDFD_INFO_PID: u64 = 1;
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_PID,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: the ioctl fills at most the 64-byte struct we pass, alive for the call.
+    let r = unsafe {
+        libc::ioctl(
+            pidfd.as_raw_fd(),
+            PIDFD_GET_INFO,
+            &mut info as *mut PidfdInfo,
+        )
+    };
+    if r == 0 && info.mask & PIDFD_INFO_PID != 0 {
+        return Ok((info.pid > 0).then_some(info.pid as libc::pid_t));
+    }
+    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return Ok(None);
+    }
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
     let pid = info
         .lines()
@@ -488,6 +522,26 @@ pub fn read_full(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pidfd_names_its_process_until_it_is_reaped() {
+        use std::os::fd::AsFd;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let pidfd = pidfd_open(pid).unwrap();
+        assert_eq!(pidfd_pid(pidfd.as_fd()).unwrap(), Some(pid));
+        pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL).unwrap();
+        // Dead and not reaped: a zombie still has its pid.
+        while !is_readable(pidfd.as_fd()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(pidfd_pid(pidfd.as_fd()).unwrap(), Some(pid));
+        child.wait().unwrap();
+        assert_eq!(pidfd_pid(pidfd.as_fd()).unwrap(), None);
+    }
 
     #[test]
     fn thread_count_is_positive() {
