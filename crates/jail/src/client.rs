@@ -818,55 +818,30 @@ impl Jail {
     /// spawner goes in one request. A jail already destroyed is skipped. Returns the first
     /// error. Dropping the spawner still waits for every teardown.
     pub fn release_all(jails: Vec<Jail>) -> Result<(), JailError> {
-        for j in &jails {
-            j.kill();
-        }
-        let mut first = Ok(());
-        let mut rest: Vec<&Jail> = jails.iter().filter(|j| !j.is_destroyed()).collect();
-        while let Some(lead) = rest.first() {
-            let spawner = lead.spawner.clone();
-            let (ours, others): (Vec<&Jail>, Vec<&Jail>) = rest
-                .into_iter()
-                .partition(|j| Arc::ptr_eq(&j.spawner.inner, &spawner.inner));
+        let refs: Vec<&Jail> = jails.iter().collect();
+        Self::by_spawner(&refs, |spawner, ours| {
             let ids: Vec<u64> = ours
                 .iter()
                 .filter(|j| !j.destroyed.swap(true, Ordering::SeqCst))
                 .map(|j| j.info.jail)
                 .collect();
-            if !ids.is_empty() {
-                let r = match spawner.call(&SpawnerRequest::Release { jails: ids }) {
-                    Ok((SpawnerReply::Destroyed, _)) => Ok(()),
-                    Ok(_) => Err(JailError::Spawner("unexpected reply to release".into())),
-                    Err(e) => Err(e),
-                };
-                if first.is_ok() {
-                    first = r;
-                }
+            if ids.is_empty() {
+                return Ok(());
             }
-            rest = others;
-        }
-        first
+            match spawner.call(&SpawnerRequest::Release { jails: ids }) {
+                Ok((SpawnerReply::Destroyed, _)) => Ok(()),
+                Ok(_) => Err(JailError::Spawner("unexpected reply to release".into())),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// Kills every jail first (so that each dies even if the spawner is slow to answer), then
     /// asks each one's spawner to destroy it, those of one spawner in one turn. A jail already
     /// destroyed is skipped. Returns the first error.
     fn destroy_each(jails: &[&Jail]) -> Result<(), JailError> {
-        for j in jails {
-            j.kill();
-        }
-        let mut first = Ok(());
-        // (Destroyed ones take no turn: dropping a destroyed jail waits for nobody.)
-        let mut rest: Vec<&Jail> = jails
-            .iter()
-            .copied()
-            .filter(|j| !j.is_destroyed())
-            .collect();
-        while let Some(lead) = rest.first() {
-            let spawner = lead.spawner.clone();
-            let (ours, others): (Vec<&Jail>, Vec<&Jail>) = rest
-                .into_iter()
-                .partition(|j| Arc::ptr_eq(&j.spawner.inner, &spawner.inner));
+        Self::by_spawner(jails, |spawner, ours| {
+            let mut first = Ok(());
             spawner.calls(|call| {
                 for j in ours {
                     if j.destroyed.swap(true, Ordering::SeqCst) {
@@ -882,6 +857,35 @@ impl Jail {
                     }
                 }
             });
+            first
+        })
+    }
+
+    /// Kills every jail, then runs `each` once per spawner with that spawner's jails not yet
+    /// destroyed (a destroyed one takes no turn: dropping it waits for nobody). Returns the
+    /// first error.
+    fn by_spawner(
+        jails: &[&Jail],
+        mut each: impl FnMut(&Spawner, &[&Jail]) -> Result<(), JailError>,
+    ) -> Result<(), JailError> {
+        for j in jails {
+            j.kill();
+        }
+        let mut first = Ok(());
+        let mut rest: Vec<&Jail> = jails
+            .iter()
+            .copied()
+            .filter(|j| !j.is_destroyed())
+            .collect();
+        while let Some(lead) = rest.first() {
+            let spawner = lead.spawner.clone();
+            let (ours, others): (Vec<&Jail>, Vec<&Jail>) = rest
+                .into_iter()
+                .partition(|j| Arc::ptr_eq(&j.spawner.inner, &spawner.inner));
+            let r = each(&spawner, &ours);
+            if first.is_ok() {
+                first = r;
+            }
             rest = others;
         }
         first

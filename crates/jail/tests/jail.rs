@@ -4441,6 +4441,34 @@ fn changed_limits_hold_in_the_kernel_whatever_changed() {
     jail.destroy().expect("destroy");
 }
 
+/// A spawner of its own with `slots` slots (indexes 0 to `slots - 1` of the host's).
+fn spawner_with_slots(state_dir: &Path, slots: u32) -> Spawner {
+    Spawner::launch(
+        &spawner_command(),
+        &SpawnerOptions {
+            state_dir: state_dir.to_path_buf(),
+            slots,
+            ..SpawnerOptions::default()
+        },
+    )
+    .expect("launch spawner")
+}
+
+/// A jail of `sp`, whose few slots other tests' spawners may hold a moment: tried again while
+/// none is free, for up to a minute.
+fn prepare_in_turn(sp: &Spawner, limits: &CgroupLimits) -> Jail {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match sp.prepare(&config(), limits) {
+            Ok(j) => return j,
+            Err(JailError::NoSlot(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("prepare: {e}"),
+        }
+    }
+}
+
 /// A pool's reaper releases used jails (`Jail::release_all`): the spawner kills them and
 /// answers at once, freeing each slot once the jail's processes are gone (it serves other
 /// callers meanwhile instead of waiting for the teardown). A prepare that finds every slot
@@ -4450,29 +4478,9 @@ fn changed_limits_hold_in_the_kernel_whatever_changed() {
 fn released_jails_give_their_slots_back_once_their_processes_are_gone() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let sp = Spawner::launch(
-        &spawner_command(),
-        &SpawnerOptions {
-            state_dir: dir.path().to_path_buf(),
-            slots: 1,
-            ..SpawnerOptions::default()
-        },
-    )
-    .expect("launch spawner");
+    let sp = spawner_with_slots(dir.path(), 1);
     let mounts = host_mounts();
-    // Its one slot (index 0 of the host's) may be held by another test's spawner a moment.
-    let prepare = || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match sp.prepare(&config(), &cgroup_limits()) {
-                Ok(j) => return j,
-                Err(JailError::NoSlot(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("prepare: {e}"),
-            }
-        }
-    };
+    let prepare = || prepare_in_turn(&sp, &cgroup_limits());
     let alive = |pids: &[i32]| -> Vec<i32> {
         pids.iter()
             .copied()
@@ -4527,28 +4535,8 @@ fn released_jails_give_their_slots_back_once_their_processes_are_gone() {
 fn a_kept_group_made_anew_meanwhile_is_opened_again() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let sp = Spawner::launch(
-        &spawner_command(),
-        &SpawnerOptions {
-            state_dir: dir.path().to_path_buf(),
-            slots: 1,
-            ..SpawnerOptions::default()
-        },
-    )
-    .expect("launch spawner");
-    // Its one slot (index 0 of the host's) may be held by another test's spawner a moment.
-    let prepare = |limits: &CgroupLimits| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match sp.prepare(&config(), limits) {
-                Ok(j) => return j,
-                Err(JailError::NoSlot(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("prepare: {e}"),
-            }
-        }
-    };
+    let sp = spawner_with_slots(dir.path(), 1);
+    let prepare = |limits: &CgroupLimits| prepare_in_turn(&sp, limits);
     let dirs = |name: &str| {
         let mut out: Vec<PathBuf> = cgroup_dirs(name)
             .into_iter()
@@ -4606,28 +4594,8 @@ fn a_kept_group_made_anew_meanwhile_is_opened_again() {
 fn a_slots_overlays_serve_its_jails_one_after_another_never_two_at_once() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let sp = Spawner::launch(
-        &spawner_command(),
-        &SpawnerOptions {
-            state_dir: dir.path().to_path_buf(),
-            slots: 2,
-            ..SpawnerOptions::default()
-        },
-    )
-    .expect("launch spawner");
-    // Its two slots (indexes 0 and 1 of the host's) may be held by other tests a moment.
-    let prepare = || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match sp.prepare(&config(), &cgroup_limits()) {
-                Ok(j) => return j,
-                Err(JailError::NoSlot(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("prepare: {e}"),
-            }
-        }
-    };
+    let sp = spawner_with_slots(dir.path(), 2);
+    let prepare = || prepare_in_turn(&sp, &cgroup_limits());
     // The filesystem (device) of the root and of /usr, as the jail sees them.
     let devices = |jail: &Jail| -> String {
         let out = jail
