@@ -50,3 +50,10 @@ pub use spawner::{SpawnerOptions, spawner_main};
 pub use supervise::{Exit, Limit, Outcome, RunLimits, Stream};
 pub use workspace::{Entry, EntryKind, Walk, Workspace, WorkspaceError};
 pub use zygote::{ZYGOTE_ARG, ZygoteKind, ZygoteSpec, zygote_main};
+
+/// Whether jails of one slot share the slot's kept overlays (one after another): the kernel
+/// must copy a detached mount (`open_tree(OPEN_TREE_CLONE)` of an `fsmount`ed one), which
+/// Linux 6.1 refuses; there each jail mounts overlays of its own.
+pub fn slots_keep_overlays() -> bool {
+    sys::clones_detached_mounts()
+}

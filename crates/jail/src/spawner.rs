@@ -1074,6 +1074,10 @@ impl Server {
     /// the slot's next jail is prepared, and the overlays are read-only (no timestamp, mode
     /// or content changes). Jails of different slots never share one.
     fn overlay_offers(&mut self, index: u32, plan: &AgentPlan) -> Vec<(PathBuf, OwnedFd)> {
+        if !sys::clones_detached_mounts() {
+            // (Linux 6.1: each agent mounts its own.)
+            return Vec::new();
+        }
         let mut lowers = vec![plan.skeleton.clone()];
         for b in &plan.config.binds {
             let Ok(real) = std::fs::canonicalize(&b.source) else {

@@ -242,6 +242,39 @@ pub fn detached_overlay(lower: &Path, empty: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
 }
 
+/// Whether this kernel copies a detached mount (`open_tree(OPEN_TREE_CLONE)` of a mount made
+/// by `fsmount` and attached nowhere): Linux 6.1 refuses it (`EINVAL`), later kernels do it.
+/// Probed once with a tiny tmpfs.
+pub fn clones_detached_mounts() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let probe = || -> io::Result<OwnedFd> {
+            use std::os::fd::AsFd;
+            // SAFETY: a NUL-terminated literal; a new descriptor or -1.
+            let fs = check(unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), 1) })?;
+            // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+            let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+            // SAFETY: FSCONFIG_CMD_CREATE (6) takes no key or value.
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_fsconfig,
+                    fs.as_raw_fd(),
+                    6,
+                    std::ptr::null::<libc::c_char>(),
+                    std::ptr::null::<libc::c_void>(),
+                    0,
+                )
+            })?;
+            // SAFETY: integer arguments (FSMOUNT_CLOEXEC); a new descriptor or -1.
+            let m = check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1, 0) })?;
+            // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+            let m = unsafe { OwnedFd::from_raw_fd(m as RawFd) };
+            clone_mount(m.as_fd())
+        };
+        probe().is_ok()
+    })
+}
+
 /// A detached copy of the mount `mount` names (`open_tree(OPEN_TREE_CLONE)`): the same
 /// filesystem, a mount of its own that can be attached once.
 pub fn clone_mount(mount: BorrowedFd<'_>) -> io::Result<OwnedFd> {

@@ -4587,7 +4587,8 @@ fn a_kept_group_made_anew_meanwhile_is_opened_again() {
 }
 
 /// The spawner keeps a slot's read-only overlays (the root's, `/usr`'s, ...) for the slot's
-/// jails one after another: the next jail of the slot shows the same overlay filesystems.
+/// jails one after another: the next jail of the slot shows the same overlay filesystems
+/// (where the kernel copies detached mounts; on Linux 6.1 every jail mounts its own).
 /// Two jails alive at once are in two slots and never share one (each overlay's inodes, and
 /// so the locks and watches on them, are its slot's only).
 #[test]
@@ -4615,11 +4616,18 @@ fn a_slots_overlays_serve_its_jails_one_after_another_never_two_at_once() {
     first.destroy().unwrap();
     let third = prepare();
     assert_eq!(third.slot(), slot, "the freed slot is the only one");
-    assert_eq!(
-        devices(&third),
-        a,
-        "the slot's next jail shows the slot's overlays"
-    );
+    // Where the kernel cannot copy a detached mount (Linux 6.1), each jail mounts its own.
+    if runcell_jail::slots_keep_overlays() {
+        assert_eq!(
+            devices(&third),
+            a,
+            "the slot's next jail shows the slot's overlays"
+        );
+    } else {
+        for (x, y) in a.lines().zip(devices(&third).lines()) {
+            assert_ne!(x, y, "a jail of this kernel mounts overlays of its own");
+        }
+    }
     third.destroy().unwrap();
     second.destroy().unwrap();
 }
