@@ -4441,6 +4441,31 @@ fn changed_limits_hold_in_the_kernel_whatever_changed() {
     jail.destroy().expect("destroy");
 }
 
+/// A tmpfs superblock made with the new mount API and mounted nowhere (`fsopen`, then
+/// `fsconfig(FSCONFIG_CMD_CREATE)`): it holds an anonymous device number while the returned
+/// descriptor is open.
+fn unmounted_tmpfs() -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a NUL-terminated literal and FSOPEN_CLOEXEC; a new descriptor or -1.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), 1) };
+    assert!(fs >= 0, "fsopen: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    let fs = unsafe { std::os::fd::OwnedFd::from_raw_fd(fs as i32) };
+    // SAFETY: FSCONFIG_CMD_CREATE (6) takes no key or value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            6,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "fsconfig: {}", std::io::Error::last_os_error());
+    fs
+}
+
 /// A spawner of its own with `slots` slots (indexes 0 to `slots - 1` of the host's).
 fn spawner_with_slots(state_dir: &Path, slots: u32) -> Spawner {
     Spawner::launch(
@@ -4614,26 +4639,14 @@ fn a_slots_overlays_serve_its_jails_one_after_another_never_two_at_once() {
     }
     let slot = first.slot();
     first.destroy().unwrap();
-    // Three tmpfs mounts take the lowest free anonymous device numbers: had the first jail's
-    // overlays gone with it, they would take its numbers, and the next jail could not show
-    // them again by chance.
-    let pins: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    for p in &pins {
-        nix::mount::mount(
-            Some("tmpfs"),
-            p.path(),
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=4k"),
-        )
-        .unwrap();
-    }
+    // Three tmpfs superblocks, mounted nowhere (no other test sees a mount), take the lowest
+    // free anonymous device numbers: had the first jail's overlays gone with it, they would
+    // take its numbers, and the next jail could not show them again by chance.
+    let pins: Vec<std::os::fd::OwnedFd> = (0..3).map(|_| unmounted_tmpfs()).collect();
     let third = prepare();
     assert_eq!(third.slot(), slot, "the freed slot is the only one");
     let c = devices(&third);
-    for p in &pins {
-        nix::mount::umount2(p.path(), nix::mount::MntFlags::MNT_DETACH).unwrap();
-    }
+    drop(pins);
     // Where the kernel cannot copy a detached mount (Linux 6.1) each jail mounts its own.
     if runcell_jail::slots_keep_overlays() {
         assert_eq!(c, a, "the slot's next jail shows the slot's overlays");
