@@ -478,20 +478,14 @@ fn overlay_at(plan: &AgentPlan, used: &mut [bool], lower: &Path, target: &Path) 
         && let Some(&fd) = plan.overlay_fds.get(i)
     {
         used[i] = true;
-        let attached = sys::move_mount_to(fd, &c_path(target)?);
+        let attached = c(target).is_ok_and(|t| sys::move_mount_to(fd, &t).is_ok());
         // SAFETY: our copy of the descriptor, not used again.
         unsafe { libc::close(fd) };
-        if attached.is_ok() {
+        if attached {
             return Ok(());
         }
     }
     overlay(lower, target, &plan.empty).map_err(io::Error::from)
-}
-
-fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
 }
 
 /// Why a bound file in a directory with host mounts beneath it cannot be shown: such files

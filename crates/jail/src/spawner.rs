@@ -823,9 +823,7 @@ impl Server {
                     });
                 }
                 if !d.weighted {
-                    let background =
-                        std::time::Duration::from_millis(TEARDOWN_BACKGROUND_MS as u64);
-                    sooner(background.saturating_sub(d.killed.elapsed()));
+                    sooner(TEARDOWN_BACKGROUND.saturating_sub(d.killed.elapsed()));
                 }
             }
             let ts = timeout.map(|t| libc::timespec {
@@ -880,8 +878,7 @@ impl Server {
                 let _ = self.settle(d.rec);
                 continue;
             }
-            let background = std::time::Duration::from_millis(TEARDOWN_BACKGROUND_MS as u64);
-            if !d.exited && !d.weighted && d.killed.elapsed() >= background {
+            if !d.exited && !d.weighted && d.killed.elapsed() >= TEARDOWN_BACKGROUND {
                 let _ = d.rec.cgroup.set_cpu_weight(false);
                 d.weighted = true;
             }
@@ -1068,7 +1065,8 @@ impl Server {
     /// where it would have mounted overlays of its own (see `AgentPlan::overlay_lowers`).
     ///
     /// Making an overlay, and above all taking one down (the kernel waits for an expedited
-    /// RCU grace period for each), was ≈ 3 % of the CPU of a Python execution for its three.
+    /// RCU grace period for each), was ≈ 8 % of the CPU of a Python execution for its three
+    /// (docs/benchmarks.md).
     /// A slot's jails run one after another, so they share its overlays only in time: a
     /// lock, lease or watch dies with the processes that hold it, which are all gone before
     /// the slot's next jail is prepared, and the overlays are read-only (no timestamp, mode
@@ -1308,17 +1306,6 @@ fn recv_within<T: serde::de::DeserializeOwned>(
         .ok_or(Silence::Closed))
 }
 
-/// A zygote's reply within `timeout_ms`.
-/// How long a killed jail's teardown may take at the lowest CPU weight (which it gets when
-/// released, so that it yields to running programs) before it gets the normal weight back.
-const TEARDOWN_BACKGROUND_MS: i32 = 2;
-
-/// Waits until the killed jail whose agent `pidfd` names has exited, which the kernel reports
-/// once every process of its pid namespace is gone and its memory freed.
-///
-/// A teardown at the lowest weight on a busy machine gets almost no CPU: every destroy then
-/// held the spawner for as long, the reaper fell behind the runs, and under sustained load the
-/// dead jails held every slot. So the teardown yields to running programs for a moment only.
 /// Kills a jail's agent; the kernel kills every other process of its pid namespace before the
 /// agent's exit completes.
 fn kill(rec: &JailRecord) {
@@ -1336,6 +1323,18 @@ fn kill(rec: &JailRecord) {
     let _ = rec.cgroup.set_frozen(false);
 }
 
+/// How long a killed jail's teardown may take at the lowest CPU weight (which it gets when
+/// released, so that it yields to running programs) before it gets the normal weight back.
+const TEARDOWN_BACKGROUND_MS: i32 = 2;
+const TEARDOWN_BACKGROUND: std::time::Duration =
+    std::time::Duration::from_millis(TEARDOWN_BACKGROUND_MS as u64);
+
+/// Waits until the killed jail whose agent `pidfd` names has exited, which the kernel reports
+/// once every process of its pid namespace is gone and its memory freed.
+///
+/// A teardown at the lowest weight on a busy machine gets almost no CPU: every destroy then
+/// held the spawner for as long, the reaper fell behind the runs, and under sustained load the
+/// dead jails held every slot. So the teardown yields to running programs for a moment only.
 fn wait_for_teardown(pidfd: BorrowedFd<'_>, cgroup: &dyn Cgroup) {
     let mut p = libc::pollfd {
         fd: pidfd.as_raw_fd(),
@@ -1356,6 +1355,7 @@ fn wait_for_teardown(pidfd: BorrowedFd<'_>, cgroup: &dyn Cgroup) {
     }
 }
 
+/// A zygote's reply within `timeout_ms`.
 fn zygote_reply(
     sock: BorrowedFd<'_>,
     timeout_ms: i32,

@@ -198,26 +198,38 @@ pub fn detached_overlay(lower: &Path, empty: &Path) -> io::Result<OwnedFd> {
         layers.extend_from_slice(b);
     }
     let layers = std::ffi::CString::new(layers)?;
+    detached_mount(
+        c"overlay",
+        &[(c"lowerdir", &layers)],
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+}
+
+/// A new filesystem of type `fstype` with the string parameters `params`, mounted nowhere
+/// (`fsopen`, `fsconfig`, `fsmount` with the `MOUNT_ATTR_*` bits `attrs`): a descriptor of
+/// the detached mount.
+fn detached_mount(fstype: &CStr, params: &[(&CStr, &CStr)], attrs: u64) -> io::Result<OwnedFd> {
     const FSOPEN_CLOEXEC: libc::c_uint = 1;
     const FSCONFIG_SET_STRING: libc::c_uint = 1;
     const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
     const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    // SAFETY: a NUL-terminated literal; the kernel returns a new descriptor or -1.
-    let fs =
-        check(unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: a NUL-terminated name; the kernel returns a new descriptor or -1.
+    let fs = check(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
     // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
     let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
-    // SAFETY: NUL-terminated key and value, alive for the call.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            c"lowerdir".as_ptr(),
-            layers.as_ptr(),
-            0,
-        )
-    })?;
+    for (key, value) in params {
+        // SAFETY: NUL-terminated key and value, alive for the call.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        })?;
+    }
     // SAFETY: a command without key or value.
     check(unsafe {
         libc::syscall(
@@ -230,14 +242,8 @@ pub fn detached_overlay(lower: &Path, empty: &Path) -> io::Result<OwnedFd> {
         )
     })?;
     // SAFETY: integer arguments; a new descriptor or -1.
-    let m = check(unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            fs.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        )
-    })?;
+    let m =
+        check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })?;
     // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
 }
@@ -248,30 +254,10 @@ pub fn detached_overlay(lower: &Path, empty: &Path) -> io::Result<OwnedFd> {
 pub fn clones_detached_mounts() -> bool {
     static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PROBED.get_or_init(|| {
-        let probe = || -> io::Result<OwnedFd> {
-            use std::os::fd::AsFd;
-            // SAFETY: a NUL-terminated literal; a new descriptor or -1.
-            let fs = check(unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), 1) })?;
-            // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
-            let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
-            // SAFETY: FSCONFIG_CMD_CREATE (6) takes no key or value.
-            check(unsafe {
-                libc::syscall(
-                    libc::SYS_fsconfig,
-                    fs.as_raw_fd(),
-                    6,
-                    std::ptr::null::<libc::c_char>(),
-                    std::ptr::null::<libc::c_void>(),
-                    0,
-                )
-            })?;
-            // SAFETY: integer arguments (FSMOUNT_CLOEXEC); a new descriptor or -1.
-            let m = check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1, 0) })?;
-            // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
-            let m = unsafe { OwnedFd::from_raw_fd(m as RawFd) };
-            clone_mount(m.as_fd())
-        };
-        probe().is_ok()
+        use std::os::fd::AsFd;
+        detached_mount(c"tmpfs", &[], 0)
+            .and_then(|m| clone_mount(m.as_fd()))
+            .is_ok()
     })
 }
 
