@@ -4090,6 +4090,21 @@ fn zygote_forks_run_like_a_cold_interpreter() {
     assert_eq!(warm.exit, cold.exit);
 }
 
+/// A zygote's forks get a TCP socket table of their own (512 buckets; a namespace sharing the
+/// host's shows the host's size negated), and loopback connections work in it.
+#[test]
+fn zygote_forks_have_tcp_tables_of_their_own() {
+    let (id, z) = zygote_of(
+        "import socket\n\
+         print(open('/proc/sys/net/ipv4/tcp_ehash_entries').read().strip())\n\
+         s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+         c = socket.create_connection(s.getsockname()); a, _ = s.accept()\n\
+         c.sendall(b'through'); print(a.recv(16).decode())",
+    );
+    let out = run_preloaded(id, &z, StdinSource::Null);
+    assert_eq!(text(&out.stdout), "512\nthrough\n", "{out:?}");
+}
+
 /// A zygote whose program is `code`, started on the shared test spawner.
 fn zygote_of(code: &str) -> (u64, ZygoteSpec) {
     let z = zygote_spec(code);
