@@ -4,6 +4,7 @@
 //! all the expensive work (namespaces, cgroup, mounts, pivot_root) ahead of time; starting a
 //! program in it ([`Jail::start`]) is one message to the jail's agent.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,6 +46,43 @@ struct Inner {
     cgroups: CgroupRoot,
     cgroup_version: String,
     cgroup_place: String,
+    /// Group handles (their measurement files open) of ended jails, by slot, with the
+    /// spawner's [`PreparedInfo::cgroup_generation`] then: the slot's next jail takes its
+    /// handle while the generation is the same, instead of opening the files again (seven
+    /// `open`s per execution). At most [`KEPT_HANDLES`].
+    kept_groups: Mutex<HashMap<u32, KeptHandle>>,
+}
+
+/// An ended jail's group handle and the spawner's generation of the group then.
+type KeptHandle = (u64, Box<dyn Cgroup>);
+
+/// Group handles kept for later jails of their slots (a slot goes to another jail once 16
+/// others were freed after it: this covers a pool's turnover), about 7 descriptors each.
+const KEPT_HANDLES: usize = 32;
+
+impl Inner {
+    /// The handle an earlier jail of `slot` left, if the spawner's group is still that one.
+    fn take_kept_group(&self, slot: u32, generation: u64) -> Option<Box<dyn Cgroup>> {
+        let mut kept = self.kept_groups.lock().unwrap_or_else(|p| p.into_inner());
+        match kept.remove(&slot) {
+            Some((g, group)) if g == generation && generation != 0 => Some(group),
+            _ => None,
+        }
+    }
+
+    fn keep_group(&self, slot: u32, generation: u64, group: Box<dyn Cgroup>) {
+        if generation == 0 {
+            return;
+        }
+        let mut kept = self.kept_groups.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= KEPT_HANDLES && !kept.contains_key(&slot) {
+            // Any one: the spawner hands out slots in turn, so none is likelier next.
+            if let Some(&other) = kept.keys().next() {
+                kept.remove(&other);
+            }
+        }
+        kept.insert(slot, (generation, group));
+    }
 }
 
 impl Drop for Inner {
@@ -159,6 +197,7 @@ impl Spawner {
                 cgroups,
                 cgroup_version,
                 cgroup_place,
+                kept_groups: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -282,11 +321,17 @@ impl Spawner {
         let runtime = dirs
             .next()
             .map(|fd| Workspace::new(fd, info.program_id, info.program_id));
-        let cgroup = self
+        let cgroup = match self
             .inner
-            .cgroups
-            .open(&info.cgroup)
-            .ctx(|| "open cgroup".into())?;
+            .take_kept_group(info.slot, info.cgroup_generation)
+        {
+            Some(group) => group,
+            None => self
+                .inner
+                .cgroups
+                .open(&info.cgroup)
+                .ctx(|| "open cgroup".into())?,
+        };
         let jail = Jail {
             spawner: self.clone(),
             workspace: Workspace::new(ws, info.program_id, info.program_id),
@@ -294,7 +339,7 @@ impl Spawner {
             info,
             ctrl: Mutex::new(ctrl),
             agent,
-            cgroup,
+            cgroup: GroupHandle(Some(cgroup)),
             destroyed: std::sync::atomic::AtomicBool::new(false),
             frozen: Mutex::new(Frozen::default()),
             // What the spawner made the group with.
@@ -319,7 +364,7 @@ pub struct Jail {
     agent: OwnedFd,
     workspace: Workspace,
     runtime: Option<Workspace>,
-    pub(crate) cgroup: Box<dyn Cgroup>,
+    pub(crate) cgroup: GroupHandle,
     destroyed: std::sync::atomic::AtomicBool,
     /// How long the jail has been frozen in all, and since when it is frozen now (monotonic
     /// ns): the wall-time limit of a program does not count while its jail is frozen.
@@ -907,6 +952,26 @@ impl Jail {
 impl Drop for Jail {
     fn drop(&mut self) {
         let _ = self.shutdown();
+        // The slot's next jail may take the handle (if the spawner keeps the group).
+        if let Some(group) = self.cgroup.0.take() {
+            self.spawner
+                .inner
+                .keep_group(self.info.slot, self.info.cgroup_generation, group);
+        }
+    }
+}
+
+/// A jail's group handle: there for the jail's whole life, handed on when it is dropped.
+#[derive(Debug)]
+pub(crate) struct GroupHandle(Option<Box<dyn Cgroup>>);
+
+impl std::ops::Deref for GroupHandle {
+    type Target = dyn Cgroup;
+
+    fn deref(&self) -> &(dyn Cgroup + 'static) {
+        self.0
+            .as_deref()
+            .expect("a jail's group handle is taken only when the jail is dropped")
     }
 }
 

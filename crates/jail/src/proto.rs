@@ -79,6 +79,12 @@ pub(crate) struct PreparedInfo {
     /// Host uid and gid of the program (uid 1000 inside).
     pub program_id: u32,
     pub cgroup: String,
+    /// Changes whenever the spawner's handle on the slot's group is made anew (its group may
+    /// then be another one of the same name); while it stays the same, the group is the one
+    /// an earlier jail of the slot had, and a client may use the handle it kept from that
+    /// jail. 0: unknown, open the group anew.
+    #[serde(default)]
+    pub cgroup_generation: u64,
 }
 
 /// Client → agent.

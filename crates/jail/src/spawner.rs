@@ -223,6 +223,9 @@ struct Server {
     /// The handles of kept groups (files open) and their identities then, by slot, for
     /// [`CgroupRoot::create_reusing`].
     kept_groups: HashMap<u32, crate::cgroup::KeptGroup>,
+    /// Each slot's [`PreparedInfo::cgroup_generation`], and the last one given out.
+    group_generations: HashMap<u32, u64>,
+    last_generation: u64,
     /// Overlays kept by slot, for its jails one after another.
     slot_overlays: HashMap<u32, Vec<KeptOverlay>>,
 }
@@ -301,6 +304,8 @@ impl Server {
                 .unwrap_or(63),
             kept: std::collections::VecDeque::new(),
             kept_groups: HashMap::new(),
+            group_generations: HashMap::new(),
+            last_generation: 0,
             slot_overlays: HashMap::new(),
         };
         server.sweep_stale();
@@ -397,12 +402,21 @@ impl Server {
         let name = slots::cgroup_name(slot.index);
         let kept = self.kept_groups.remove(&slot.index);
         let cgroup = match self.cgroups.create_reusing(kept, &name, &limits) {
-            Ok(cg) => cg,
+            Ok((cg, reused)) => {
+                if !reused || !self.group_generations.contains_key(&slot.index) {
+                    self.last_generation += 1;
+                    self.group_generations
+                        .insert(slot.index, self.last_generation);
+                }
+                cg
+            }
             Err(e) => {
+                self.group_generations.remove(&slot.index);
                 self.slots.release(slot.index);
                 return Err(JailError::io(format!("create cgroup {name}"), e));
             }
         };
+        let cgroup_generation = self.group_generations[&slot.index];
         let made = self.make_devices(&slot.index.to_string()).map_err(|e| {
             let _ = cgroup.remove();
             self.slots.release(slot.index);
@@ -449,6 +463,7 @@ impl Server {
                     slot: slot.index,
                     program_id: slot.program,
                     cgroup: name,
+                    cgroup_generation,
                 };
                 Ok((info, fds))
             }

@@ -4591,6 +4591,8 @@ fn a_kept_group_made_anew_meanwhile_is_opened_again() {
     for attempt in 0.. {
         let first = prepare(&cgroup_limits());
         let name = first.cgroup_name().to_string();
+        // Measured, so that this client's handle on the group has its files open.
+        first.stats().expect("first jail's stats");
         // Destroyed (and its group emptied and kept) before this returns.
         first.destroy().unwrap();
         let old = dirs(&name);
@@ -4607,6 +4609,9 @@ fn a_kept_group_made_anew_meanwhile_is_opened_again() {
         }
         let second = prepare(&limits);
         assert_eq!(second.cgroup_name(), name, "one slot, one group");
+        // Measured through the new group's files, not the removed group's the client had open.
+        let stats = second.stats().expect("the new group is measured");
+        assert!(stats.memory_current > 0, "{stats:?}");
         let now = dirs(&name);
         let pids_max = now
             .iter()
@@ -4624,6 +4629,78 @@ fn a_kept_group_made_anew_meanwhile_is_opened_again() {
         second.destroy().unwrap();
         break;
     }
+}
+
+/// A client keeps an ended jail's group handle for the slot's next jail while the spawner
+/// keeps the group: measuring jail after jail of one slot opens no file again.
+#[test]
+fn a_slots_next_jail_is_measured_through_the_handle_kept() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let sp = spawner_with_slots(dir.path(), 1);
+    let first = prepare_in_turn(&sp, &cgroup_limits());
+    let name = first.cgroup_name().to_string();
+    first.stats().expect("stats");
+    first.destroy().unwrap();
+    let kept = group_files_open(&name);
+    assert!(!kept.is_empty(), "the ended jail's handle was not kept");
+    // Copies of the kept descriptors: a file opened again, even under the same number, is
+    // another open file than its copy.
+    let copies: Vec<(i32, std::os::fd::OwnedFd)> = kept
+        .iter()
+        .map(|(fd, _)| {
+            let fd: i32 = fd.parse().unwrap();
+            // SAFETY: borrowing a descriptor this process has open, to copy it.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            (fd, b.try_clone_to_owned().unwrap())
+        })
+        .collect();
+    let second = prepare_in_turn(&sp, &cgroup_limits());
+    assert_eq!(second.cgroup_name(), name, "one slot, one group");
+    let stats = second.stats().expect("stats");
+    assert!(stats.memory_current > 0, "{stats:?}");
+    assert_eq!(
+        group_files_open(&name).len(),
+        kept.len() * 2,
+        "files opened again"
+    );
+    let me = std::process::id() as libc::c_long;
+    for (fd, copy) in &copies {
+        // SAFETY: kcmp(2) compares two descriptors of this process; no memory is passed.
+        let same = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                me,
+                me,
+                0, /* KCMP_FILE */
+                *fd as libc::c_long,
+                std::os::fd::AsRawFd::as_raw_fd(copy) as libc::c_long,
+            )
+        };
+        assert_eq!(
+            same, 0,
+            "descriptor {fd} is not the kept handle's file any more"
+        );
+    }
+    second.destroy().unwrap();
+}
+
+/// This process's descriptors of files in group `name`'s directories.
+fn group_files_open(name: &str) -> Vec<(String, PathBuf)> {
+    let needle = format!("/{name}/");
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            target
+                .to_string_lossy()
+                .contains(&needle)
+                .then(|| (e.file_name().to_string_lossy().into_owned(), target))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The spawner keeps a slot's read-only overlays (the root's, `/usr`'s, ...) for the slot's

@@ -280,26 +280,31 @@ impl CgroupRoot {
     /// mounted on the host (each jail mounts several), ≈ 5 % of all the CPU time under load
     /// (docs/benchmarks.md).
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> io::Result<Box<dyn Cgroup>> {
-        self.create_reusing(None, name, limits)
+        self.create_anew(name, limits)
     }
 
     /// As [`CgroupRoot::create`], through `kept` (the handle an earlier jail of the slot used,
     /// with its files still open, and the group's [`Cgroup::identity`] then) when it still
     /// names the group: a group used again is then limited without opening its files anew.
+    /// Says whether it was (`true`: the group is the one `kept` named).
     pub fn create_reusing(
         &self,
         kept: Option<KeptGroup>,
         name: &str,
         limits: &CgroupLimits,
-    ) -> io::Result<Box<dyn Cgroup>> {
+    ) -> io::Result<(Box<dyn Cgroup>, bool)> {
         if let Some((group, identity)) = kept
             && group.name() == name
             && group.identity().is_ok_and(|now| now == identity)
             && matches!(group.reusable(), Ok(true))
             && group.set_limits(limits).is_ok()
         {
-            return Ok(group);
+            return Ok((group, true));
         }
+        self.create_anew(name, limits).map(|g| (g, false))
+    }
+
+    fn create_anew(&self, name: &str, limits: &CgroupLimits) -> io::Result<Box<dyn Cgroup>> {
         let group = self.open(name)?;
         // A limit below what is still charged, say, makes a new group instead.
         if group.reusable()? && group.set_limits(limits).is_ok() {
