@@ -132,6 +132,35 @@ pub(crate) struct AgentPlan {
     pub loopback: bool,
 }
 
+impl AgentPlan {
+    /// Whether `other` is this plan but for the parts that are each jail's own (its devices,
+    /// overlays, cgroup files), which a zygote is sent with every fork request.
+    pub(crate) fn same_for_every_jail(&self, other: &AgentPlan) -> bool {
+        // Every field named, so that a new one is considered here.
+        let AgentPlan {
+            config,
+            staging,
+            devices: _,
+            mount_points,
+            skeleton,
+            empty,
+            overlay_lowers: _,
+            overlay_fds: _,
+            filters: _,
+            cgroup_tasks: _,
+            cap_last_cap,
+            loopback,
+        } = self;
+        *config == other.config
+            && *staging == other.staging
+            && *mount_points == other.mount_points
+            && *skeleton == other.skeleton
+            && *empty == other.empty
+            && *cap_last_cap == other.cap_last_cap
+            && *loopback == other.loopback
+    }
+}
+
 /// Entry point of the agent after `clone`. Never returns.
 pub(crate) fn agent_entry(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> ! {
     let result =

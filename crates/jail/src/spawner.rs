@@ -192,6 +192,10 @@ struct ZygoteRecord {
     retiring: bool,
     /// The skeleton its root is an overlay of.
     skeleton: u64,
+    /// The plans it holds (see `ZygoteRequest::Fork`), as sent, oldest first: a mirror of the
+    /// zygote's own list.
+    plans: std::collections::VecDeque<(u64, AgentPlan)>,
+    last_plan: u64,
 }
 
 /// Where the slots' host ids start inside a zygote's user namespace (its uid 0 is a host id of
@@ -618,6 +622,8 @@ impl Server {
                         forks: 0,
                         retiring: false,
                         skeleton: lease.id,
+                        plans: Default::default(),
+                        last_plan: 0,
                     },
                 );
                 Ok((id, version))
@@ -729,9 +735,28 @@ impl Server {
         );
         let mut plan = self.plan(config, devices, lease)?;
         let offers = self.overlay_offers(slot.index, &plan);
-        plan.overlay_lowers = offers.iter().map(|(l, _)| l.clone()).collect();
+        let devices = std::mem::take(&mut plan.devices);
+        let z = self
+            .zygotes
+            .get_mut(&zygote)
+            .ok_or_else(|| JailError::Spawner(format!("no zygote {zygote}")))?;
+        // The plan goes to the zygote only if it does not hold it yet.
+        let (plan, plan_id) = match z.plans.iter().find(|(_, p)| p.same_for_every_jail(&plan)) {
+            Some((id, _)) => (None, *id),
+            None => {
+                z.last_plan += 1;
+                z.plans.push_back((z.last_plan, plan.clone()));
+                if z.plans.len() > crate::zygote::PLANS_KEPT {
+                    z.plans.pop_front();
+                }
+                (Some(Box::new(plan)), z.last_plan)
+            }
+        };
         let req = ZygoteRequest::Fork {
             plan,
+            plan_id,
+            devices,
+            overlay_lowers: offers.iter().map(|(l, _)| l.clone()).collect(),
             uid_map: map.clone(),
             gid_map: map,
         };
@@ -740,17 +765,23 @@ impl Server {
         let mut fds = vec![ctrl_child.as_raw_fd(), sync_r.as_raw_fd()];
         fds.extend(offers.iter().map(|(_, f)| f.as_raw_fd()));
         fds.extend(attach.iter().flatten().map(|f| f.as_raw_fd()));
-        let z = self
-            .zygotes
-            .get(&zygote)
-            .ok_or_else(|| JailError::Spawner(format!("no zygote {zygote}")))?;
-        proto::send(z.sock.as_fd(), &req, &fds)
-            .map_err(|e| JailError::io("ask the zygote for a jail", e))?;
-        drop((ctrl_child, sync_r));
-        let pidfd = match zygote_reply(z.sock.as_fd(), AGENT_READY_TIMEOUT_MS)? {
-            (ZygoteReply::Forked, mut fds) if fds.len() == 1 => fds.remove(0),
-            (ZygoteReply::Error(e), _) => return Err(e.into()),
-            _ => return Err(JailError::Spawner("unexpected reply from a zygote".into())),
+        let sent = proto::send(z.sock.as_fd(), &req, &fds)
+            .map_err(|e| JailError::io("ask the zygote for a jail", e))
+            .and_then(|()| {
+                drop((ctrl_child, sync_r));
+                match zygote_reply(z.sock.as_fd(), AGENT_READY_TIMEOUT_MS)? {
+                    (ZygoteReply::Forked, mut fds) if fds.len() == 1 => Ok(fds.remove(0)),
+                    (ZygoteReply::Error(e), _) => Err(e.into()),
+                    _ => Err(JailError::Spawner("unexpected reply from a zygote".into())),
+                }
+            });
+        let pidfd = match sent {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                // Whatever the zygote holds now, it gets the next plan whole.
+                z.plans.clear();
+                return Err(e);
+            }
         };
         let kill = |e: JailError| {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);

@@ -111,13 +111,26 @@ pub(crate) struct ZygoteInit {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ZygoteRequest {
     /// Fork a jail's agent. Descriptors: the agent's control socket, the read end of its sync
-    /// pipe, then its cgroup `tasks` files (v1). Answered with `Forked` and a pidfd.
+    /// pipe, the offered overlays, then its cgroup `tasks` files (v1). Answered with `Forked`
+    /// and a pidfd.
     Fork {
-        plan: AgentPlan,
+        /// Plan `plan_id`, when the zygote does not hold it yet. The spawner sends each plan
+        /// once and the zygote keeps the last [`PLANS_KEPT`] it was sent: a fork request then
+        /// carries only what is the jail's own, and the zygote neither parses nor frees a whole
+        /// plan per fork (each page of its heap that it writes after a fork is copied, since
+        /// its forks share them).
+        plan: Option<Box<AgentPlan>>,
+        plan_id: u64,
+        /// The jail's own parts of the plan (see [`AgentPlan`]).
+        devices: PathBuf,
+        overlay_lowers: Vec<PathBuf>,
         uid_map: String,
         gid_map: String,
     },
 }
+
+/// Plans a zygote keeps (the spawner mirrors the list to know which it need not send again).
+pub(crate) const PLANS_KEPT: usize = 4;
 
 /// Zygote → spawner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -743,13 +756,35 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
 
 /// Serves fork requests until the spawner closes the socket, reaping forks as they end.
 fn serve(sock: BorrowedFd<'_>) -> Result<(), JailError> {
+    // The plans sent so far, oldest first, each with the seccomp filters its forks apply.
+    let mut plans: std::collections::VecDeque<(u64, AgentPlan)> = Default::default();
     agent::serve_reaping::<ZygoteRequest>(sock, None, "zygote", |req, fds| {
         let ZygoteRequest::Fork {
             plan,
+            plan_id,
+            devices,
+            overlay_lowers,
             uid_map,
             gid_map,
         } = req;
-        match fork_jail(plan, &uid_map, &gid_map, fds) {
+        if let Some(mut plan) = plan {
+            plan.filters = FILTERS.get().cloned().unwrap_or_default();
+            plans.push_back((plan_id, *plan));
+            if plans.len() > PLANS_KEPT {
+                plans.pop_front();
+            }
+        }
+        let reply = match plans.iter_mut().find(|(id, _)| *id == plan_id) {
+            Some((_, plan)) => {
+                plan.devices = devices;
+                plan.overlay_lowers = overlay_lowers;
+                fork_jail(plan, &uid_map, &gid_map, fds)
+            }
+            None => Err(JailError::Spawner(format!(
+                "the zygote holds no plan {plan_id}"
+            ))),
+        };
+        match reply {
             Ok(pidfd) => proto::send(sock, &ZygoteReply::Forked, &[pidfd.as_raw_fd()]),
             Err(e) => proto::send(sock, &ZygoteReply::Error(WireError::from(&e)), &[]),
         }
@@ -759,7 +794,7 @@ fn serve(sock: BorrowedFd<'_>) -> Result<(), JailError> {
 /// Forks a jail's agent into fresh namespaces, writes its id maps and returns its pidfd. The
 /// agent then waits for the spawner (cgroup, go-ahead) like a spawner-cloned one.
 fn fork_jail(
-    mut plan: AgentPlan,
+    plan: &mut AgentPlan,
     uid_map: &str,
     gid_map: &str,
     fds: Vec<OwnedFd>,
@@ -770,7 +805,6 @@ fn fork_jail(
             "a fork request carries a control socket, a sync pipe and the offered overlays".into(),
         ));
     }
-    plan.filters = FILTERS.get().cloned().unwrap_or_default();
     plan.overlay_fds = fds[2..2 + overlays].iter().map(|f| f.as_raw_fd()).collect();
     plan.cgroup_tasks = fds[2 + overlays..].iter().map(|f| f.as_raw_fd()).collect();
     plan.loopback = true;
@@ -783,7 +817,7 @@ fn fork_jail(
     // SAFETY: the zygote is single-threaded (the interpreter starts no thread).
     let cloned = unsafe { sys::clone_fork(flags) };
     if matches!(cloned, Ok(0)) {
-        agent::agent_entry(&plan, ctrl, sync);
+        agent::agent_entry(plan, ctrl, sync);
     }
     if let Err(e) = enter(OWN_ROOT.load(Ordering::SeqCst)) {
         // Never serve another request outside the jail's root.

@@ -4046,10 +4046,20 @@ fn run_preloaded_with(
     cg: &CgroupLimits,
     limits: &RunLimits,
 ) -> Outcome {
+    run_preloaded_in(sp, id, z, &config(), stdin, cg, limits)
+}
+
+fn run_preloaded_in(
+    sp: &Spawner,
+    id: u64,
+    z: &ZygoteSpec,
+    cfg: &JailConfig,
+    stdin: StdinSource,
+    cg: &CgroupLimits,
+    limits: &RunLimits,
+) -> Outcome {
     let mounts = host_mounts();
-    let jail = sp
-        .prepare_in(Some(id), &config(), cg)
-        .expect("prepare in zygote");
+    let jail = sp.prepare_in(Some(id), cfg, cg).expect("prepare in zygote");
     let trace = Trace::of(&jail);
     let mut s = spec(&[]);
     s.argv = z.argv.clone();
@@ -4103,6 +4113,28 @@ fn zygote_forks_have_tcp_tables_of_their_own() {
     );
     let out = run_preloaded(id, &z, StdinSource::Null);
     assert_eq!(text(&out.stdout), "512\nthrough\n", "{out:?}");
+}
+
+/// A zygote is sent each jail configuration once and keeps the last few: jails of several
+/// configurations, in turns and more of them than it keeps, each get their own.
+#[test]
+fn a_zygotes_forks_each_get_their_own_configuration() {
+    let (id, z) = zygote_of("import socket; print(socket.gethostname())");
+    let names: Vec<String> = (0..6).map(|i| format!("config-{i}")).collect();
+    for round in [0, 1, 2, 3, 4, 5, 0, 5, 1, 1, 0] {
+        let mut cfg = config();
+        cfg.hostname = names[round].clone();
+        let out = run_preloaded_in(
+            spawner(),
+            id,
+            &z,
+            &cfg,
+            StdinSource::Null,
+            &cgroup_limits(),
+            &run_limits(),
+        );
+        assert_eq!(text(&out.stdout), format!("{}\n", names[round]), "{out:?}");
+    }
 }
 
 /// A zygote whose program is `code`, started on the shared test spawner.
