@@ -194,7 +194,7 @@ struct ZygoteRecord {
     skeleton: u64,
     /// The plans it holds (see `ZygoteRequest::Fork`), as sent, oldest first: a mirror of the
     /// zygote's own list.
-    plans: std::collections::VecDeque<(u64, AgentPlan)>,
+    plans: crate::zygote::Plans,
     last_plan: u64,
 }
 
@@ -745,10 +745,7 @@ impl Server {
             Some((id, _)) => (None, *id),
             None => {
                 z.last_plan += 1;
-                z.plans.push_back((z.last_plan, plan.clone()));
-                if z.plans.len() > crate::zygote::PLANS_KEPT {
-                    z.plans.pop_front();
-                }
+                crate::zygote::hold_plan(&mut z.plans, z.last_plan, plan.clone());
                 (Some(Box::new(plan)), z.last_plan)
             }
         };

@@ -130,7 +130,19 @@ pub(crate) enum ZygoteRequest {
 }
 
 /// Plans a zygote keeps (the spawner mirrors the list to know which it need not send again).
-pub(crate) const PLANS_KEPT: usize = 4;
+const PLANS_KEPT: usize = 4;
+
+/// Plans by id, oldest first: the zygote's list, and the spawner's mirror of it.
+pub(crate) type Plans = std::collections::VecDeque<(u64, AgentPlan)>;
+
+/// Adds plan `id` to `plans`, forgetting the oldest beyond [`PLANS_KEPT`]: the one rule both
+/// the zygote and the spawner's mirror follow, so that they hold the same ids.
+pub(crate) fn hold_plan(plans: &mut Plans, id: u64, plan: AgentPlan) {
+    plans.push_back((id, plan));
+    if plans.len() > PLANS_KEPT {
+        plans.pop_front();
+    }
+}
 
 /// Zygote → spawner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -757,7 +769,7 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
 /// Serves fork requests until the spawner closes the socket, reaping forks as they end.
 fn serve(sock: BorrowedFd<'_>) -> Result<(), JailError> {
     // The plans sent so far, oldest first, each with the seccomp filters its forks apply.
-    let mut plans: std::collections::VecDeque<(u64, AgentPlan)> = Default::default();
+    let mut plans = Plans::new();
     agent::serve_reaping::<ZygoteRequest>(sock, None, "zygote", |req, fds| {
         let ZygoteRequest::Fork {
             plan,
@@ -769,10 +781,7 @@ fn serve(sock: BorrowedFd<'_>) -> Result<(), JailError> {
         } = req;
         if let Some(mut plan) = plan {
             plan.filters = FILTERS.get().cloned().unwrap_or_default();
-            plans.push_back((plan_id, *plan));
-            if plans.len() > PLANS_KEPT {
-                plans.pop_front();
-            }
+            hold_plan(&mut plans, plan_id, *plan);
         }
         let reply = match plans.iter_mut().find(|(id, _)| *id == plan_id) {
             Some((_, plan)) => {
