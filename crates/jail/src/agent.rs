@@ -194,6 +194,7 @@ fn setup_err(stage: &str, what: impl std::fmt::Display, e: impl Into<io::Error>)
 
 fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError> {
     let mut keep = vec![ctrl, sync];
+    keep.extend(crate::stepinit::fd());
     keep.extend_from_slice(&plan.cgroup_tasks);
     keep.extend_from_slice(&plan.overlay_fds);
     keep.sort_unstable();
@@ -1021,7 +1022,13 @@ fn errno_of(e: impl Into<io::Error>) -> i32 {
 /// the one of this pid namespace).
 fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5], in_place: bool) -> ! {
     let [stdin, stdout, stderr, status, ctl] = fds;
-    let mut keep = fds;
+    // The last step's init is the step init binary once the program runs, if there is one.
+    let init = if in_place {
+        crate::stepinit::fd()
+    } else {
+        None
+    };
+    let mut keep: Vec<RawFd> = fds.iter().copied().chain(init).collect();
     keep.sort_unstable();
     let fail = |stage: Stage, errno: i32| -> ! {
         record(
@@ -1070,6 +1077,28 @@ fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5], in_place: bool)
             ..Default::default()
         },
     );
+    #[cfg(step_init)]
+    if init.is_some() {
+        let err_w = err_w.into_raw_fd();
+        let step_ref: &StepPlan = step;
+        let program = Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                program(plan, step_ref, [stdin, stdout, stderr], ruleset, err_w)
+            }));
+            let _ = r;
+            exit(127)
+        });
+        let fds = crate::stepinit::InitFds {
+            err: err_r.as_raw_fd(),
+            status,
+            control: ctl,
+        };
+        // SAFETY: the agent is single-threaded and holds no lock; `plan` and `step` live in
+        // the frames above ours and in the heap, which this process leaves to the program.
+        let e =
+            unsafe { crate::stepinit::hand_over(program, fds, &[stdin, stdout, stderr, err_w]) };
+        fail(Stage::Fork, errno_of(e));
+    }
     // SAFETY: the step init is single-threaded.
     let child = match unsafe { libc::fork() } {
         -1 => fail(Stage::Fork, errno_of(io::Error::last_os_error())),

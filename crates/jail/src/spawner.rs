@@ -281,6 +281,7 @@ impl Server {
         if FILTERS.get().is_none() {
             let _ = FILTERS.set(crate::seccomp::filters()?);
         }
+        crate::stepinit::prepare();
         let netns = if opts.netns_pool > 0 {
             // SAFETY: the spawner is single-threaded (checked above).
             Some(

@@ -537,6 +537,7 @@ fn setup_err(what: &str, e: impl Into<io::Error>) -> JailError {
 fn start(init: &ZygoteInit) -> Result<String, JailError> {
     init.spec.validate()?;
     let _ = FILTERS.set(crate::seccomp::filters()?);
+    crate::stepinit::prepare();
     own_tcp_tables();
     // Kept open (without close-on-exec: nothing here executes) for the forks to leave the
     // chroot through.

@@ -284,7 +284,8 @@ fn as_last_step() -> bool {
 
 /// The hostile-program tests below, run again with the program as its jail's last step: the
 /// agent is then the step's init (no step init of its own, no pid or mount namespace of the
-/// step's own), as in every one-shot execution. Each test runs on its own thread, so the mode
+/// step's own; it starts the program sharing its memory and executes the small step init
+/// binary), as in every one-shot execution. Each test runs on its own thread, so the mode
 /// is the test's alone.
 macro_rules! also_as_the_last_step {
     ($($name:ident),* $(,)?) => {
@@ -4135,6 +4136,35 @@ fn a_zygotes_forks_each_get_their_own_configuration() {
         );
         assert_eq!(text(&out.stdout), format!("{}\n", names[round]), "{out:?}");
     }
+}
+
+/// A jail's last step ends with a small init as pid 1, not a copy of the agent: the agent
+/// starts the program sharing its memory and then executes the step init (a few pages). The
+/// program, cold or preloaded, is then the one thread of its process as after a fork: glibc's
+/// thread descriptor holds its thread id (`pthread_sigqueue` to itself reaches it) and its
+/// robust futex list is registered.
+#[test]
+fn the_last_steps_init_is_small_and_the_program_a_thread_of_its_own() {
+    const PROBE: &str = "import ctypes, os, signal\n\
+        libc = ctypes.CDLL(None)\n\
+        st = dict(l.split(':', 1) for l in open('/proc/1/status').read().splitlines())\n\
+        got = []\n\
+        signal.signal(signal.SIGUSR1, lambda *a: got.append(1))\n\
+        libc.pthread_self.restype = ctypes.c_ulong\n\
+        class Val(ctypes.Union): _fields_ = [('i', ctypes.c_int), ('p', ctypes.c_void_p)]\n\
+        r = libc.pthread_sigqueue(ctypes.c_ulong(libc.pthread_self()), signal.SIGUSR1, Val(0))\n\
+        head, n = ctypes.c_void_p(), ctypes.c_size_t()\n\
+        rr = libc.syscall(274, 0, ctypes.byref(head), ctypes.byref(n))\n\
+        print(st['Name'].strip(), int(st['VmRSS'].split()[0]) < 1024, os.getppid(), r, got, rr, head.value is not None, n.value)";
+    LAST_STEP.with(|l| l.set(true));
+    let expected = "runcell-init True 1 0 [1] 0 True 24\n";
+    let cold = run(&py(PROBE));
+    assert_eq!(text(&cold.stdout), expected, "{cold:?}");
+    assert_eq!(cold.exit, Exit::Exited(0));
+    let (id, z) = zygote_of(PROBE);
+    let warm = run_preloaded(id, &z, StdinSource::Null);
+    assert_eq!(text(&warm.stdout), expected, "{warm:?}");
+    assert_eq!(warm.exit, Exit::Exited(0));
 }
 
 /// A zygote whose program is `code`, started on the shared test spawner.
