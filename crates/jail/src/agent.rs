@@ -253,6 +253,12 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
             io::Error::last_os_error(),
         ));
     }
+    // And entered by the agent itself, so that the agent and everything it starts share it: a
+    // program started sharing the agent's memory (a last step, see `stepinit`) would stay in
+    // the agent's time namespace until it executes a file (Linux 6.2 and later), or not
+    // start at all (earlier kernels refuse such a clone).
+    enter_own_time_namespace()
+        .map_err(|e| setup_err("namespaces", "enter the time namespace", e))?;
 
     build_root(plan, Enter::Pivot)?;
     sethostname(&plan.config.hostname).map_err(|e| setup_err("uts", "sethostname", e))?;
@@ -287,6 +293,17 @@ fn agent_run(plan: &AgentPlan, ctrl: RawFd, sync: RawFd) -> Result<(), JailError
         .map_err(|e| setup_err("agent", "report ready", e))?;
     drop(dirs);
     serve(plan, ctrl, listener.as_ref().map(|l| l.as_fd()))
+}
+
+/// `setns` into the time namespace this process's children are born in.
+fn enter_own_time_namespace() -> io::Result<()> {
+    let ns = fs::File::open("/proc/self/ns/time_for_children")?;
+    // SAFETY: setns(2) with a descriptor we own and one namespace type; the agent is
+    // single-threaded, as a time namespace requires.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWTIME) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn null_stdio() -> io::Result<()> {

@@ -4141,8 +4141,10 @@ fn a_zygotes_forks_each_get_their_own_configuration() {
 /// A jail's last step ends with a small init as pid 1, not a copy of the agent: the agent
 /// starts the program sharing its memory and then executes the step init (a few pages). The
 /// program, cold or preloaded, is then the one thread of its process as after a fork: glibc's
-/// thread descriptor holds its thread id (`pthread_sigqueue` to itself reaches it) and its
-/// robust futex list is registered.
+/// thread descriptor holds its thread id (`pthread_sigqueue` to itself reaches it), its
+/// robust futex list is registered, and it is in the jail's own time namespace (a process
+/// started sharing memory stays in its parent's until it executes a file: the agent enters
+/// the namespace it made for its children).
 #[test]
 fn the_last_steps_init_is_small_and_the_program_a_thread_of_its_own() {
     const PROBE: &str = "import ctypes, os, signal\n\
@@ -4155,9 +4157,10 @@ fn the_last_steps_init_is_small_and_the_program_a_thread_of_its_own() {
         r = libc.pthread_sigqueue(ctypes.c_ulong(libc.pthread_self()), signal.SIGUSR1, Val(0))\n\
         head, n = ctypes.c_void_p(), ctypes.c_size_t()\n\
         rr = libc.syscall(274, 0, ctypes.byref(head), ctypes.byref(n))\n\
-        print(st['Name'].strip(), int(st['VmRSS'].split()[0]) < 1024, os.getppid(), r, got, rr, head.value is not None, n.value)";
+        print(st['Name'].strip(), int(st['VmRSS'].split()[0]) < 1024, os.getppid(), r, got, rr, head.value is not None, n.value)\n\
+        print(os.readlink('/proc/self/ns/time') == os.readlink('/proc/self/ns/time_for_children'))";
     LAST_STEP.with(|l| l.set(true));
-    let expected = "runcell-init True 1 0 [1] 0 True 24\n";
+    let expected = "runcell-init True 1 0 [1] 0 True 24\nTrue\n";
     let cold = run(&py(PROBE));
     assert_eq!(text(&cold.stdout), expected, "{cold:?}");
     assert_eq!(cold.exit, Exit::Exited(0));
