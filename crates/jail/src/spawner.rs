@@ -227,8 +227,10 @@ struct Server {
     /// The handles of kept groups (files open) and their identities then, by slot, for
     /// [`CgroupRoot::create_reusing`].
     kept_groups: HashMap<u32, crate::cgroup::KeptGroup>,
-    /// Each slot's [`PreparedInfo::cgroup_generation`], and the last one given out.
-    group_generations: HashMap<u32, u64>,
+    /// Each slot's group as it was made: its [`PreparedInfo::cgroup_generation`] and its
+    /// [`Cgroup::identity`] then (what a kept handle is checked against, whenever it was
+    /// kept); and the last generation given out.
+    group_generations: HashMap<u32, SlotGroup>,
     last_generation: u64,
     /// Overlays kept by slot, for its jails one after another.
     slot_overlays: HashMap<u32, Vec<KeptOverlay>>,
@@ -410,8 +412,11 @@ impl Server {
             Ok((cg, reused)) => {
                 if !reused || !self.group_generations.contains_key(&slot.index) {
                     self.last_generation += 1;
-                    self.group_generations
-                        .insert(slot.index, self.last_generation);
+                    let made = SlotGroup {
+                        generation: self.last_generation,
+                        identity: cg.identity().ok(),
+                    };
+                    self.group_generations.insert(slot.index, made);
                 }
                 cg
             }
@@ -421,7 +426,7 @@ impl Server {
                 return Err(JailError::io(format!("create cgroup {name}"), e));
             }
         };
-        let cgroup_generation = self.group_generations[&slot.index];
+        let cgroup_generation = self.group_generations[&slot.index].generation;
         let made = self.make_devices(&slot.index.to_string()).map_err(|e| {
             let _ = cgroup.remove();
             self.slots.release(slot.index);
@@ -1193,7 +1198,13 @@ impl Server {
         if cgroup.empty().is_err() {
             return cgroup.remove();
         }
-        if let Ok(identity) = cgroup.identity() {
+        // The identity the group had when it was made: one that changed since, by another
+        // hand, fails the check when the slot's next jail would take this handle.
+        if let Some(identity) = self
+            .group_generations
+            .get(&index)
+            .and_then(|g| g.identity.clone())
+        {
             self.kept_groups.insert(index, (cgroup, identity));
         }
         self.kept.push_back(index);
@@ -1476,4 +1487,10 @@ fn zygote_exec(
         );
     }
     fail()
+}
+
+/// A slot's group as the spawner made it (see `Server::group_generations`).
+struct SlotGroup {
+    generation: u64,
+    identity: Option<Vec<(u64, u64)>>,
 }
