@@ -12,10 +12,13 @@
 //! While both processes share the memory, the program must not run: the agent's code and data
 //! would be the program's to change. So the program's first act, on a stack of its own, is to
 //! wait for the end of file of a pipe whose write end the agent holds close-on-exec: the kernel
-//! closes it only after `execve` has replaced the agent's memory. Then it takes over what
-//! glibc's `fork` would have set up (its thread id in the thread descriptor, its robust futex
-//! list), moves onto the main stack (so that the stack is the one the kernel grows and glibc
-//! and interpreters find, as after a fork) and becomes the program exactly as a forked one does.
+//! closes it only after `execve` has replaced the agent's memory. Then it sets up what glibc's
+//! `fork` would have set and the kernel copied (its thread id in the thread descriptor, its
+//! robust futex list, its restartable-sequences area), moves onto the main stack (so that the
+//! stack is the one the kernel grows and glibc and interpreters find, as after a fork) and
+//! becomes the program exactly as a forked one does. (A process started sharing memory also
+//! stays in its parent's time namespace until it executes a file: the agent has entered the
+//! one it made for the jail, see `agent::enter_own_time_namespace`.)
 
 #![cfg_attr(not(step_init), allow(dead_code, unused_imports))]
 
@@ -33,6 +36,12 @@ static TID_ADDRESS: AtomicUsize = AtomicUsize::new(0);
 /// The thread descriptor's robust futex list head, and its length.
 static ROBUST_HEAD: AtomicUsize = AtomicUsize::new(0);
 static ROBUST_LEN: AtomicUsize = AtomicUsize::new(0);
+/// The thread's restartable-sequences area as glibc registered it, and its length (0: none).
+static RSEQ_AREA: AtomicUsize = AtomicUsize::new(0);
+static RSEQ_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// glibc's `RSEQ_SIG` on x86_64.
+const RSEQ_SIG: u32 = 0x5305_3053;
 
 /// Makes the step init available to this process's forks (their agents): the sealed memfd,
 /// and the addresses in glibc's thread descriptor that a program started with `clone` must set
@@ -111,10 +120,51 @@ fn make() -> io::Result<RawFd> {
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    let (rseq_area, rseq_len) = registered_rseq();
+    RSEQ_AREA.store(rseq_area, Ordering::SeqCst);
+    RSEQ_LEN.store(rseq_len, Ordering::SeqCst);
     TID_ADDRESS.store(tid_address, Ordering::SeqCst);
     ROBUST_HEAD.store(head, Ordering::SeqCst);
     ROBUST_LEN.store(len, Ordering::SeqCst);
     Ok(fd.into_raw_fd())
+}
+
+/// Where glibc registered this thread's restartable-sequences area with the kernel, and its
+/// length; (0, 0) if it did not. A fork inherits the registration, a process started sharing
+/// memory does not: it registers the same area again (glibc, and libraries built on it such as
+/// per-CPU allocators, read the CPU number the kernel keeps there).
+#[cfg(step_init)]
+fn registered_rseq() -> (usize, usize) {
+    // SAFETY: dlsym of data symbols glibc exports (2.35 and later); null if absent.
+    let (offset, size) = unsafe {
+        (
+            libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize,
+            libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32,
+        )
+    };
+    if offset.is_null() || size.is_null() {
+        return (0, 0);
+    }
+    // SAFETY: both symbols are glibc's variables, set at start-up and constant after.
+    let (offset, size) = unsafe { (*offset, *size as usize) };
+    if size == 0 {
+        return (0, 0);
+    }
+    let tp: usize;
+    // SAFETY: on x86_64 glibc's thread pointer (fs base) points at the thread descriptor,
+    // whose first word is that same pointer.
+    unsafe { std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly)) };
+    let area = tp.wrapping_add_signed(offset);
+    // Registering again what is registered fails with EBUSY, and only then: this confirms the
+    // area, its length and the signature.
+    for len in [32, size.next_multiple_of(32)] {
+        // SAFETY: rseq(2) with the thread's own registered area; it registers nothing new.
+        let r = unsafe { libc::syscall(libc::SYS_rseq, area, len, 0, RSEQ_SIG) };
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+            return (area, len);
+        }
+    }
+    (0, 0)
 }
 
 /// The descriptors the step init keeps: the program's error pipe (read end), the step's
@@ -180,6 +230,10 @@ pub(crate) unsafe fn hand_over(
         robust: [
             ROBUST_HEAD.load(Ordering::SeqCst),
             ROBUST_LEN.load(Ordering::SeqCst),
+        ],
+        rseq: [
+            RSEQ_AREA.load(Ordering::SeqCst),
+            RSEQ_LEN.load(Ordering::SeqCst),
         ],
         small: [small as usize, SMALL_STACK],
         main_sp,
@@ -253,6 +307,8 @@ struct ChildArgs {
     tid_address: usize,
     /// `set_robust_list` arguments.
     robust: [usize; 2],
+    /// `rseq` area and length (0: none).
+    rseq: [usize; 2],
     /// The small stack the child starts on: address, length.
     small: [usize; 2],
     /// Where the child's stack begins on the main stack.
@@ -376,6 +432,9 @@ extern "C" fn child_main(args: *mut ChildArgs) -> ! {
         libc::syscall(libc::SYS_set_tid_address, a.tid_address);
         if a.robust[0] != 0 {
             libc::syscall(libc::SYS_set_robust_list, a.robust[0], a.robust[1]);
+        }
+        if a.rseq[1] != 0 {
+            libc::syscall(libc::SYS_rseq, a.rseq[0], a.rseq[1], 0, RSEQ_SIG);
         }
         libc::munmap(a.small[0] as *mut libc::c_void, a.small[1]);
     }

@@ -4142,13 +4142,14 @@ fn a_zygotes_forks_each_get_their_own_configuration() {
 /// starts the program sharing its memory and then executes the step init (a few pages). The
 /// program, cold or preloaded, is then the one thread of its process as after a fork: glibc's
 /// thread descriptor holds its thread id (`pthread_sigqueue` to itself reaches it), its
-/// robust futex list is registered, and it is in the jail's own time namespace (a process
+/// robust futex list and its restartable-sequences area are registered (registering the area
+/// again is refused as busy), and it is in the jail's own time namespace (a process
 /// started sharing memory stays in its parent's until it executes a file: the agent enters
 /// the namespace it made for its children).
 #[test]
 fn the_last_steps_init_is_small_and_the_program_a_thread_of_its_own() {
     const PROBE: &str = "import ctypes, os, signal\n\
-        libc = ctypes.CDLL(None)\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
         st = dict(l.split(':', 1) for l in open('/proc/1/status').read().splitlines())\n\
         got = []\n\
         signal.signal(signal.SIGUSR1, lambda *a: got.append(1))\n\
@@ -4158,9 +4159,14 @@ fn the_last_steps_init_is_small_and_the_program_a_thread_of_its_own() {
         head, n = ctypes.c_void_p(), ctypes.c_size_t()\n\
         rr = libc.syscall(274, 0, ctypes.byref(head), ctypes.byref(n))\n\
         print(st['Name'].strip(), int(st['VmRSS'].split()[0]) < 1024, os.getppid(), r, got, rr, head.value is not None, n.value)\n\
-        print(os.readlink('/proc/self/ns/time') == os.readlink('/proc/self/ns/time_for_children'))";
+        print(os.readlink('/proc/self/ns/time') == os.readlink('/proc/self/ns/time_for_children'))\n\
+        size = ctypes.c_uint.in_dll(libc, '__rseq_size').value\n\
+        area = libc.pthread_self() + ctypes.c_long.in_dll(libc, '__rseq_offset').value\n\
+        libc.syscall.restype = ctypes.c_long\n\
+        again = libc.syscall(334, ctypes.c_void_p(area), 32, 0, 0x53053053)\n\
+        print(size > 0, again == -1 and ctypes.get_errno() == 16)";
     LAST_STEP.with(|l| l.set(true));
-    let expected = "runcell-init True 1 0 [1] 0 True 24\nTrue\n";
+    let expected = "runcell-init True 1 0 [1] 0 True 24\nTrue\nTrue True\n";
     let cold = run(&py(PROBE));
     assert_eq!(text(&cold.stdout), expected, "{cold:?}");
     assert_eq!(cold.exit, Exit::Exited(0));
