@@ -175,10 +175,10 @@ pub(crate) struct InitFds {
     pub control: RawFd,
 }
 
-/// Starts `program` (which should not return; if it does, the child exits with 127) in a child process that shares this process's memory, closes `close`,
-/// and executes the step init in this process (which then waits for the child as its parent,
-/// pid 1 of the step). Returns only if that failed, with the error; the child has then been
-/// killed and reaped.
+/// Starts `program` in a child process that shares this process's memory (`program` should
+/// not return; if it does, the child exits with 127), closes `close`, and executes the step
+/// init in this process, which then waits for the child as its parent, pid 1 of the step.
+/// Returns only if that failed, with the error; the child has then been killed and reaped.
 ///
 /// # Safety
 /// The process is single-threaded, holds no lock, and [`fd`] returned `Some`. Nothing that
