@@ -1863,6 +1863,49 @@ fn signals_reach_the_programs_process_group() {
     trace.assert_gone(&mounts);
 }
 
+/// A jail's last step is signalled as any step is: the client's signal goes through the
+/// control pipe to the step's init (there the small init binary, see `stepinit`), which sends
+/// it to the program's process group.
+#[test]
+fn a_last_step_is_signalled_through_its_init() {
+    let mounts = host_mounts();
+    let jail = spawner().prepare(&config(), &cgroup_limits()).unwrap();
+    let trace = Trace::of(&jail);
+    let last = Start {
+        last: true,
+        ..Start::default()
+    };
+    let p = jail
+        .start_with(
+            last,
+            &sh("trap 'echo terminated; exit 7' TERM; echo ready; sleep 1000 & wait"),
+            StdinSource::Null,
+            OutputTarget::Pipe,
+            OutputTarget::Pipe,
+        )
+        .unwrap();
+    let signaller = p.killer().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_ok() {
+            signaller.signal(libc::SIGTERM).unwrap();
+        }
+    });
+    let mut out = Vec::new();
+    let o = jail
+        .supervise(p, &run_limits(), &mut |_, c| {
+            out.extend_from_slice(c);
+            if text(&out).contains("ready") {
+                let _ = ready_tx.send(());
+            }
+        })
+        .unwrap();
+    assert_eq!(text(&out), "ready\nterminated\n", "{o:?}");
+    assert_eq!(o.exit, Exit::Exited(7), "{o:?}");
+    jail.destroy().unwrap();
+    trace.assert_gone(&mounts);
+}
+
 /// Starts a shared step that prints `ready` once it has set up, supervises it on a thread of
 /// `scope`, and returns once it is ready (or panics after 30 s).
 fn start_ready<'s>(
