@@ -26,7 +26,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -275,6 +275,27 @@ static FILTERS: OnceLock<Vec<seccompiler::BpfProgram>> = OnceLock::new();
 /// The zygote's mount namespace's real root, and the root it built and lives in (chrooted).
 static REAL_ROOT: AtomicI32 = AtomicI32::new(-1);
 static OWN_ROOT: AtomicI32 = AtomicI32::new(-1);
+/// How many objects (the executable, the C library, `libpython`, ...) were loaded once the
+/// interpreter was ready: a run that loaded none of its own exits without the C library's
+/// exit handlers (see [`run_preloaded`]).
+static ZYGOTE_OBJECTS: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of objects loaded in this process (`dl_iterate_phdr`).
+fn loaded_objects() -> usize {
+    unsafe extern "C" fn count(
+        _info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        n: *mut c_void,
+    ) -> c_int {
+        // SAFETY: `n` is the counter `loaded_objects` passes, alive for the call.
+        unsafe { *(n as *mut usize) += 1 };
+        0
+    }
+    let mut n: usize = 0;
+    // SAFETY: dl_iterate_phdr calls `count` once per loaded object, with our counter.
+    unsafe { libc::dl_iterate_phdr(Some(count), (&mut n as *mut usize).cast()) };
+    n
+}
 
 /// `chroot` to the directory `dir` names; `/` becomes the working directory.
 fn enter(dir: RawFd) -> io::Result<()> {
@@ -337,6 +358,16 @@ pub(crate) fn run_preloaded() -> ! {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
             libc::kill(libc::getpid(), libc::SIGINT);
             status = 130;
+        }
+        // The C library's exit runs the handlers registered with `atexit` and the destructors
+        // of every loaded object, then flushes its streams. Only objects loaded by the run
+        // (an extension module, `ctypes`) can have registered anything a program could see;
+        // the zygote's own have none, and running them cost 0.7 % of all CPU under load
+        // (faults on pages of each object). Without such objects, flushing is all that is
+        // left to do.
+        if loaded_objects() == ZYGOTE_OBJECTS.load(Ordering::SeqCst) {
+            libc::fflush(std::ptr::null_mut());
+            libc::_exit(status)
         }
         libc::exit(status)
     }
@@ -763,6 +794,7 @@ fn start_python(spec: &ZygoteSpec) -> Result<String, JailError> {
         (py, v)
     };
     let (py, version) = python;
+    ZYGOTE_OBJECTS.store(loaded_objects(), Ordering::SeqCst);
     let _ = PYTHON.set(py);
     Ok(version)
 }

@@ -4219,6 +4219,24 @@ fn the_last_steps_init_is_small_and_the_program_a_thread_of_its_own() {
     assert_eq!(warm.exit, Exit::Exited(0));
 }
 
+/// A zygote's fork exits without the C library's exit handlers only while nothing of the
+/// run's own is loaded: a handler registered through `ctypes` (which loads an extension
+/// module) runs at exit as in a cold run, here `abort`.
+#[test]
+fn c_exit_handlers_a_run_registers_still_run() {
+    const PROBE: &str = "import ctypes\n\
+        libc = ctypes.CDLL(None)\n\
+        libc.__cxa_atexit(ctypes.cast(libc.abort, ctypes.c_void_p), None, None)\n\
+        print('registered')";
+    let cold = run(&py(PROBE));
+    assert_eq!(text(&cold.stdout), "registered\n", "{cold:?}");
+    assert_eq!(cold.exit, Exit::Signaled(libc::SIGABRT), "{cold:?}");
+    let (id, z) = zygote_of(PROBE);
+    let warm = run_preloaded(id, &z, StdinSource::Null);
+    assert_eq!(text(&warm.stdout), "registered\n", "{warm:?}");
+    assert_eq!(warm.exit, Exit::Signaled(libc::SIGABRT), "{warm:?}");
+}
+
 /// A zygote whose program is `code`, started on the shared test spawner.
 fn zygote_of(code: &str) -> (u64, ZygoteSpec) {
     let z = zygote_spec(code);
