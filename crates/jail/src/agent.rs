@@ -1097,14 +1097,8 @@ fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5], in_place: bool)
     #[cfg(step_init)]
     if init.is_some() {
         let err_w = err_w.into_raw_fd();
-        let step_ref: &StepPlan = step;
-        let program = Box::new(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                program(plan, step_ref, [stdin, stdout, stderr], ruleset, err_w)
-            }));
-            let _ = r;
-            exit(127)
-        });
+        let program =
+            Box::new(move || run_program(plan, step, [stdin, stdout, stderr], ruleset, err_w));
         let fds = crate::stepinit::InitFds {
             err: err_r.as_raw_fd(),
             status,
@@ -1119,19 +1113,13 @@ fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5], in_place: bool)
     // SAFETY: the step init is single-threaded.
     let child = match unsafe { libc::fork() } {
         -1 => fail(Stage::Fork, errno_of(io::Error::last_os_error())),
-        0 => {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                program(
-                    plan,
-                    step,
-                    [stdin, stdout, stderr],
-                    ruleset,
-                    err_w.as_raw_fd(),
-                )
-            }));
-            let _ = r;
-            exit(127)
-        }
+        0 => run_program(
+            plan,
+            step,
+            [stdin, stdout, stderr],
+            ruleset,
+            err_w.as_raw_fd(),
+        ),
         pid => pid,
     };
     drop(err_w);
@@ -1166,6 +1154,22 @@ fn step_init(plan: &AgentPlan, step: &StepPlan, fds: [RawFd; 5], in_place: bool)
     // Exiting as pid 1 of a private step makes the kernel kill everything left in the step's
     // namespace; a shared step's background processes belong to the jail from here.
     exit(0)
+}
+
+/// [`program`] in the process that becomes it (forked, or started sharing memory): exits with
+/// 127 if it panics before it runs the program.
+fn run_program(
+    plan: &AgentPlan,
+    step: &StepPlan,
+    stdio: [RawFd; 3],
+    ruleset: RulesetCreated,
+    err: RawFd,
+) -> ! {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        program(plan, step, stdio, ruleset, err)
+    }));
+    let _ = r;
+    exit(127)
 }
 
 /// Waits for the program, reaping every other child meanwhile (orphans of a private step are

@@ -226,15 +226,6 @@ pub(crate) unsafe fn hand_over(
     let main_sp = (std::ptr::addr_of!(mark) as usize - 256) & !15;
     let args = Box::into_raw(Box::new(ChildArgs {
         gate: [gate_r.as_raw_fd(), gate_w.as_raw_fd()],
-        tid_address: TID_ADDRESS.load(Ordering::SeqCst),
-        robust: [
-            ROBUST_HEAD.load(Ordering::SeqCst),
-            ROBUST_LEN.load(Ordering::SeqCst),
-        ],
-        rseq: [
-            RSEQ_AREA.load(Ordering::SeqCst),
-            RSEQ_LEN.load(Ordering::SeqCst),
-        ],
         small: [small as usize, SMALL_STACK],
         main_sp,
         program: Box::into_raw(Box::new(program)).cast::<libc::c_void>(),
@@ -304,11 +295,6 @@ pub(crate) unsafe fn hand_over(
 struct ChildArgs {
     /// The gate pipe: read end, write end (our copy, closed first).
     gate: [RawFd; 2],
-    tid_address: usize,
-    /// `set_robust_list` arguments.
-    robust: [usize; 2],
-    /// `rseq` area and length (0: none).
-    rseq: [usize; 2],
     /// The small stack the child starts on: address, length.
     small: [usize; 2],
     /// Where the child's stack begins on the main stack.
@@ -424,17 +410,28 @@ extern "C" fn child_entry(args: *mut ChildArgs) -> ! {
 extern "C" fn child_main(args: *mut ChildArgs) -> ! {
     // SAFETY: `args` and the program's box were made by `hand_over` for us alone.
     let a = unsafe { Box::from_raw(args) };
+    // The addresses `make` found, in the memory that is ours now (the statics it set).
+    let tid_address = TID_ADDRESS.load(Ordering::SeqCst);
+    let robust = (
+        ROBUST_HEAD.load(Ordering::SeqCst),
+        ROBUST_LEN.load(Ordering::SeqCst),
+    );
+    let rseq = (
+        RSEQ_AREA.load(Ordering::SeqCst),
+        RSEQ_LEN.load(Ordering::SeqCst),
+    );
     // SAFETY: gettid has no preconditions; the thread descriptor's tid (checked by `make`) is
-    // ours now, as glibc's fork would set it; and its clear-on-exit address.
+    // ours now, as glibc's fork would set it; and its clear-on-exit address. The robust list
+    // and restartable-sequences area are the thread descriptor's, registered as they were.
     unsafe {
         let tid = libc::gettid();
-        std::ptr::write_volatile(a.tid_address as *mut i32, tid);
-        libc::syscall(libc::SYS_set_tid_address, a.tid_address);
-        if a.robust[0] != 0 {
-            libc::syscall(libc::SYS_set_robust_list, a.robust[0], a.robust[1]);
+        std::ptr::write_volatile(tid_address as *mut i32, tid);
+        libc::syscall(libc::SYS_set_tid_address, tid_address);
+        if robust.0 != 0 {
+            libc::syscall(libc::SYS_set_robust_list, robust.0, robust.1);
         }
-        if a.rseq[1] != 0 {
-            libc::syscall(libc::SYS_rseq, a.rseq[0], a.rseq[1], 0, RSEQ_SIG);
+        if rseq.1 != 0 {
+            libc::syscall(libc::SYS_rseq, rseq.0, rseq.1, 0, RSEQ_SIG);
         }
         libc::munmap(a.small[0] as *mut libc::c_void, a.small[1]);
     }
