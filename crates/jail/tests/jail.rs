@@ -1792,38 +1792,19 @@ fn signals_reach_the_programs_process_group() {
     // before the program enters its sleep, where Python would only run the handler once the
     // sleep ends: so the handler writes with os.write, not print (whose buffer is busy), and
     // the program sleeps in short slices.
-    let p = jail
-        .start(
-            &ProcessSpec {
-                mode: StepMode::Shared,
-                ..py("import os, signal, sys, time\n\
-                      signal.signal(signal.SIGINT, lambda *a: (os.write(1, b'interrupted\\n'), sys.exit(3)))\n\
-                      print('ready', flush=True)\n\
-                      for _ in range(1200): time.sleep(0.05)")
-            },
-            StdinSource::Null,
-            OutputTarget::Pipe,
-            OutputTarget::Pipe,
-        )
-        .unwrap();
-    let signaller = p.killer().unwrap();
-    // Signalled once the handler is installed (it says ready), however slow the start.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_ok() {
-            signaller.signal(libc::SIGINT).unwrap();
-        }
-    });
-    let mut out = Vec::new();
-    let o = jail
-        .supervise(p, &run_limits(), &mut |_, c| {
-            out.extend_from_slice(c);
-            if text(&out).contains("ready") {
-                let _ = ready_tx.send(());
-            }
-        })
-        .unwrap();
-    assert_eq!(text(&out), "ready\ninterrupted\n", "{o:?}");
+    let (out, o) = signalled_when_ready(
+        &jail,
+        Start::default(),
+        &ProcessSpec {
+            mode: StepMode::Shared,
+            ..py("import os, signal, sys, time\n\
+                  signal.signal(signal.SIGINT, lambda *a: (os.write(1, b'interrupted\\n'), sys.exit(3)))\n\
+                  print('ready', flush=True)\n\
+                  for _ in range(1200): time.sleep(0.05)")
+        },
+        libc::SIGINT,
+    );
+    assert_eq!(out, "ready\ninterrupted\n", "{o:?}");
     assert_eq!(o.exit, Exit::Exited(3), "{o:?}");
     // Kill takes the whole group of a shared step, children included.
     let p = jail
@@ -1875,10 +1856,31 @@ fn a_last_step_is_signalled_through_its_init() {
         last: true,
         ..Start::default()
     };
+    let (out, o) = signalled_when_ready(
+        &jail,
+        last,
+        &sh("trap 'echo terminated; exit 7' TERM; echo ready; sleep 1000 & wait"),
+        libc::SIGTERM,
+    );
+    assert_eq!(out, "ready\nterminated\n", "{o:?}");
+    assert_eq!(o.exit, Exit::Exited(7), "{o:?}");
+    jail.destroy().unwrap();
+    trace.assert_gone(&mounts);
+}
+
+/// Starts `spec` in `jail` as `how` says, sends it `sig` through the client once it has
+/// printed `ready` (its handler is installed then, however slow the start), and returns its
+/// whole output and outcome.
+fn signalled_when_ready(
+    jail: &Jail,
+    how: Start,
+    spec: &ProcessSpec,
+    sig: libc::c_int,
+) -> (String, Outcome) {
     let p = jail
         .start_with(
-            last,
-            &sh("trap 'echo terminated; exit 7' TERM; echo ready; sleep 1000 & wait"),
+            how,
+            spec,
             StdinSource::Null,
             OutputTarget::Pipe,
             OutputTarget::Pipe,
@@ -1888,7 +1890,7 @@ fn a_last_step_is_signalled_through_its_init() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_ok() {
-            signaller.signal(libc::SIGTERM).unwrap();
+            signaller.signal(sig).unwrap();
         }
     });
     let mut out = Vec::new();
@@ -1900,10 +1902,7 @@ fn a_last_step_is_signalled_through_its_init() {
             }
         })
         .unwrap();
-    assert_eq!(text(&out), "ready\nterminated\n", "{o:?}");
-    assert_eq!(o.exit, Exit::Exited(7), "{o:?}");
-    jail.destroy().unwrap();
-    trace.assert_gone(&mounts);
+    (text(&out), o)
 }
 
 /// Starts a shared step that prints `ready` once it has set up, supervises it on a thread of
