@@ -27,6 +27,11 @@ use crate::fair::{Fair, FairLimits, Refused, Slot};
 use crate::page::PageRequest;
 use crate::tenants::Tenant;
 use crate::{Error, Result, Service, StartError, webhooks};
+/// How long a synchronous execution runs before it is recorded as running (listed, and
+/// fetched or cancelled by its id, while it runs). One that ends sooner, nearly every one, is
+/// recorded once, when it ends: one write instead of two. A streamed one, whose client has
+/// its id from the start, is recorded at once.
+const RECORD_RUNNING_AFTER: Duration = Duration::from_millis(250);
 
 /// An execution as it is shown and sent in webhooks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -557,15 +562,31 @@ impl Service {
                 started_at: Some(started),
             };
             svc.jobs.register(&id, cancel.clone());
-            // The running record is written while the program runs (the caller waits for the
-            // end anyway, and the final record follows both): its write is off the latency.
-            let (inserted, result) = tokio::join!(
-                svc.store.insert_execution(&row),
-                svc.run_plan(&tenant, plan, &id, created, progress, cancel)
-            );
+            // A run still going after RECORD_RUNNING_AFTER (or streamed: its client has its
+            // id) is recorded as running meanwhile, off the latency, and finished when it
+            // ends. Nearly every run ends sooner and is recorded once, already final.
+            let ended = tokio::sync::Notify::new();
+            let streamed = progress.is_some();
+            let record_running = async {
+                if !streamed {
+                    tokio::select! {
+                        () = tokio::time::sleep(RECORD_RUNNING_AFTER) => {}
+                        () = ended.notified() => return Ok(false),
+                    }
+                }
+                svc.store.insert_execution(&row).await.map(|()| true)
+            };
+            let run = async {
+                let result = svc
+                    .run_plan(&tenant, plan, &id, created, progress, cancel)
+                    .await;
+                ended.notify_one();
+                result
+            };
+            let (recorded, result) = tokio::join!(record_running, run);
             svc.jobs.unregister(&id);
-            inserted?;
-            svc.finish(&tenant, &id, None, &result).await;
+            let inserted = if recorded? { None } else { Some(&row) };
+            svc.finish(&tenant, &id, None, &result, inserted).await;
             drop(slot);
             Ok(result)
         });
@@ -595,8 +616,14 @@ impl Service {
             .run_plan(&row.tenant, plan, &row.id, row.created_at, None, cancel)
             .await;
         self.jobs.unregister(&row.id);
-        self.finish(&row.tenant, &row.id, row.callback_url.as_deref(), &result)
-            .await;
+        self.finish(
+            &row.tenant,
+            &row.id,
+            row.callback_url.as_deref(),
+            &result,
+            None,
+        )
+        .await;
     }
 
     async fn fail_without_result(&self, row: &ExecutionRow, reason: &str) {
@@ -710,6 +737,7 @@ impl Service {
         id: &str,
         callback_url: Option<&str>,
         result: &ExecutionResult,
+        unrecorded: Option<&NewExecution>,
     ) {
         let status = if result.status == runcell_engine::ResultStatus::Completed {
             ExecStatus::Completed
@@ -727,8 +755,13 @@ impl Service {
         // The answer waits for this record (read-your-writes): a store that fails for a moment
         // is tried again before the result is given without it.
         for attempt in 1..=5u32 {
-            match self.store.finish_execution(id, &f).await {
-                Ok(_) => break,
+            let write = match unrecorded {
+                // A synchronous run that ended before it was recorded as running.
+                Some(row) => self.store.insert_finished_execution(row, &f).await,
+                None => self.store.finish_execution(id, &f).await.map(|_| ()),
+            };
+            match write {
+                Ok(()) => break,
                 Err(e) if attempt < 5 => {
                     tracing::warn!("recording the result of {id} (attempt {attempt}): {e}");
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;

@@ -38,6 +38,10 @@ macro_rules! conformance_suite {
                 $crate::conformance::execution_round_trip::<$backend>().await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn finished_executions_are_inserted_final() {
+                $crate::conformance::finished_executions_are_inserted_final::<$backend>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn seq_is_strictly_increasing_even_after_deletes() {
                 $crate::conformance::seq_is_strictly_increasing_even_after_deletes::<$backend>().await;
             }
@@ -281,6 +285,73 @@ pub(crate) async fn execution_round_trip<B: Backend>() {
             .unwrap()
             .is_none()
     );
+}
+
+pub(crate) async fn finished_executions_are_inserted_final<B: Backend>() {
+    let b = B::fresh().await;
+    let s = b.store();
+    let mut e = new_exec("done", "t1", ExecStatus::Running);
+    e.session_id = Some("sess".into());
+    let f = finish(ExecStatus::Failed, 1_500, 100_000);
+    s.insert_finished_execution(&e, &f).await.unwrap();
+
+    let row = s.get_execution("t1", "done", 5_000).await.unwrap().unwrap();
+    assert_eq!(row.status, ExecStatus::Failed);
+    assert_eq!(row.language, "python");
+    assert_eq!(row.session_id.as_deref(), Some("sess"));
+    assert_eq!(row.request, e.request);
+    assert_eq!((row.created_at, row.started_at), (1_000, Some(1_001)));
+    assert_eq!(row.result, f.result);
+    assert_eq!(row.failure_reason.as_deref(), Some("killed"));
+    assert_eq!(
+        (row.completed_at, row.expires_at),
+        (Some(1_500), Some(100_000))
+    );
+    assert!(
+        s.get_execution("t2", "done", 5_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Final: nothing finishes, interrupts or times it out again, and it expires as others do.
+    assert!(!s.finish_execution("done", &f).await.unwrap());
+    assert!(
+        s.fail_interrupted("restart", 2_000, 3_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.fail_expired_leases("lost", i64::MAX / 2, i64::MAX / 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.execution_node("done").await.unwrap().is_none());
+
+    // A duplicate id, or a status that is not final, is an error.
+    assert!(matches!(
+        s.insert_finished_execution(&e, &f).await,
+        Err(StoreError::Database(_))
+    ));
+    assert!(matches!(
+        s.insert_execution(&e).await,
+        Err(StoreError::Database(_))
+    ));
+    let e2 = new_exec("other", "t1", ExecStatus::Running);
+    let mut running = finish(ExecStatus::Completed, 1_500, 100_000);
+    running.status = ExecStatus::Running;
+    assert!(matches!(
+        s.insert_finished_execution(&e2, &running).await,
+        Err(StoreError::Database(_))
+    ));
+    assert!(
+        s.get_execution("t1", "other", 5_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.delete_expired(100_000).await.unwrap(), 1);
 }
 
 pub(crate) async fn seq_is_strictly_increasing_even_after_deletes<B: Backend>() {

@@ -30,6 +30,50 @@ pub(crate) fn running_lease(owner: &Owner, e: &NewExecution) -> Option<i64> {
     (e.status == ExecStatus::Running).then(|| e.started_at.unwrap_or(e.created_at) + owner.lease_ms)
 }
 
+/// The columns of a new execution's row beyond its request: as [`Store::insert_execution`]
+/// writes them (`end` = `None`: pending, or running on this node under a lease), or as
+/// [`Store::insert_finished_execution`] does (already final, on this node, no lease).
+pub(crate) struct NewRow<'a> {
+    pub status: &'static str,
+    pub node: Option<String>,
+    pub lease_until: Option<i64>,
+    pub result: Option<&'a str>,
+    pub failure_reason: Option<&'a str>,
+    pub completed_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+impl<'a> NewRow<'a> {
+    pub(crate) fn of(owner: &Owner, e: &NewExecution, end: Option<&'a Finish>) -> Result<Self> {
+        Ok(match end {
+            None => NewRow {
+                status: e.status.as_str(),
+                node: running_node(owner, e),
+                lease_until: running_lease(owner, e),
+                result: None,
+                failure_reason: None,
+                completed_at: None,
+                expires_at: None,
+            },
+            Some(f) if !f.status.is_final() => {
+                return Err(StoreError::Database(format!(
+                    "insert_finished_execution with non-final status {}",
+                    f.status.as_str()
+                )));
+            }
+            Some(f) => NewRow {
+                status: f.status.as_str(),
+                node: Some(owner.node.clone()),
+                lease_until: None,
+                result: f.result.as_deref(),
+                failure_reason: f.failure_reason.as_deref(),
+                completed_at: Some(f.completed_at),
+                expires_at: Some(f.expires_at),
+            },
+        })
+    }
+}
+
 /// The node and advertised address of a row that names its node (rows written before nodes
 /// existed are the store's own node's), from a `LEFT JOIN` on `nodes`.
 pub(crate) fn node_and_address(
@@ -478,6 +522,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts a new execution (a duplicate id is an error).
     async fn insert_execution(&self, e: &NewExecution) -> Result<()>;
+
+    /// Inserts an execution that is already over, as [`Store::insert_execution`] then
+    /// [`Store::finish_execution`] would leave it, in one write: a synchronous execution that
+    /// ended before it was recorded as running. It names this store's node, like a running
+    /// row, and has no lease. A duplicate id or a status that is not final is an error.
+    async fn insert_finished_execution(&self, e: &NewExecution, f: &Finish) -> Result<()>;
 
     /// Atomically takes the oldest `Pending` execution, marks it `Running` with `started_at =
     /// now`, and returns it. `None` when nothing is pending.

@@ -24,9 +24,8 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::{
     ArtifactRow, Attempt, CodeRunRow, DeliveryRow, DeliveryState, ExecStatus, ExecutionRow, Finish,
-    ListFilter, NewDelivery, NewExecution, NewSandbox, NodeBeat, NodeRow, Owner, Result, RunStatus,
-    SandboxFilter, SandboxRow, SandboxStatus, Store, StoreError, node_row, running_lease,
-    running_node,
+    ListFilter, NewDelivery, NewExecution, NewRow, NewSandbox, NodeBeat, NodeRow, Owner, Result,
+    RunStatus, SandboxFilter, SandboxRow, SandboxStatus, Store, StoreError, node_row,
 };
 
 /// The schema version this build writes (the row of `runcell_schema`).
@@ -551,6 +550,49 @@ fn describe(o: &PgConnectOptions) -> String {
 }
 
 impl PgStore {
+    /// Inserts execution `e` (see [`NewRow`]).
+    async fn insert_row(&self, e: &NewExecution, end: Option<&Finish>) -> Result<()> {
+        storable(
+            "an execution",
+            &[
+                &e.id,
+                &e.tenant,
+                &e.language,
+                e.session_id.as_deref().unwrap_or(""),
+                &e.request,
+                e.callback_url.as_deref().unwrap_or(""),
+                end.and_then(|f| f.result.as_deref()).unwrap_or(""),
+                end.and_then(|f| f.failure_reason.as_deref()).unwrap_or(""),
+            ],
+        )?;
+        let row = NewRow::of(&self.owner, e, end)?;
+        sqlx::query(
+            "INSERT INTO executions (id, tenant, status, language, session_id, request, \
+             callback_url, created_at, started_at, node, lease_until, result, failure_reason, \
+             completed_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&e.id)
+        .bind(&e.tenant)
+        .bind(row.status)
+        .bind(&e.language)
+        .bind(&e.session_id)
+        .bind(&e.request)
+        .bind(&e.callback_url)
+        .bind(e.created_at)
+        .bind(e.started_at)
+        .bind(row.node)
+        .bind(row.lease_until)
+        .bind(row.result)
+        .bind(row.failure_reason)
+        .bind(row.completed_at)
+        .bind(row.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     /// Connects to the PostgreSQL database at `url` (`postgres://user:password@host:port/db`,
     /// with the query parameters of libpq's URLs that sqlx knows, such as `sslmode` or
     /// `options`), brings its schema up to date and opens a pool of connections. An invalid
@@ -676,36 +718,7 @@ impl PgStore {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn insert_execution(&self, e: &NewExecution) -> Result<()> {
-        storable(
-            "an execution",
-            &[
-                &e.id,
-                &e.tenant,
-                &e.language,
-                e.session_id.as_deref().unwrap_or(""),
-                &e.request,
-                e.callback_url.as_deref().unwrap_or(""),
-            ],
-        )?;
-        sqlx::query(
-            "INSERT INTO executions (id, tenant, status, language, session_id, request, \
-             callback_url, created_at, started_at, node, lease_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&e.id)
-        .bind(&e.tenant)
-        .bind(e.status.as_str())
-        .bind(&e.language)
-        .bind(&e.session_id)
-        .bind(&e.request)
-        .bind(&e.callback_url)
-        .bind(e.created_at)
-        .bind(e.started_at)
-        .bind(running_node(&self.owner, e))
-        .bind(running_lease(&self.owner, e))
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        self.insert_row(e, None).await?;
         if e.status == ExecStatus::Pending {
             // Wakes the dispatchers of the other nodes (`listen_queue`); delivered on commit.
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -716,6 +729,10 @@ impl Store for PgStore {
                 .map_err(db)?;
         }
         Ok(())
+    }
+
+    async fn insert_finished_execution(&self, e: &NewExecution, f: &Finish) -> Result<()> {
+        self.insert_row(e, Some(f)).await
     }
 
     async fn claim_next_pending(&self, now: i64) -> Result<Option<ExecutionRow>> {

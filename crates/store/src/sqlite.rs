@@ -22,9 +22,8 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::{
     ArtifactRow, Attempt, CodeRunRow, DeliveryRow, DeliveryState, ExecStatus, ExecutionRow, Finish,
-    ListFilter, NewDelivery, NewExecution, NewSandbox, NodeBeat, NodeRow, Owner, Result, RunStatus,
-    SandboxFilter, SandboxRow, SandboxStatus, Store, StoreError, node_row, running_lease,
-    running_node,
+    ListFilter, NewDelivery, NewExecution, NewRow, NewSandbox, NodeBeat, NodeRow, Owner, Result,
+    RunStatus, SandboxFilter, SandboxRow, SandboxStatus, Store, StoreError, node_row,
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -465,6 +464,36 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
 }
 
 impl SqliteStore {
+    /// Inserts execution `e` (see [`NewRow`]).
+    async fn insert_row(&self, e: &NewExecution, end: Option<&Finish>) -> Result<()> {
+        let row = NewRow::of(&self.owner, e, end)?;
+        sqlx::query(
+            "INSERT INTO executions (id, tenant, status, language, session_id, request, \
+             callback_url, created_at, started_at, node, lease_until, result, failure_reason, \
+             completed_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )
+        .bind(&e.id)
+        .bind(&e.tenant)
+        .bind(row.status)
+        .bind(&e.language)
+        .bind(&e.session_id)
+        .bind(&e.request)
+        .bind(&e.callback_url)
+        .bind(e.created_at)
+        .bind(e.started_at)
+        .bind(row.node)
+        .bind(row.lease_until)
+        .bind(row.result)
+        .bind(row.failure_reason)
+        .bind(row.completed_at)
+        .bind(row.expires_at)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     /// Opens (creating if missing, with its parent directory) the database at `path` and
     /// brings its schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteStore> {
@@ -559,26 +588,12 @@ impl SqliteStore {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn insert_execution(&self, e: &NewExecution) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO executions (id, tenant, status, language, session_id, request, \
-             callback_url, created_at, started_at, node, lease_until) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .bind(&e.id)
-        .bind(&e.tenant)
-        .bind(e.status.as_str())
-        .bind(&e.language)
-        .bind(&e.session_id)
-        .bind(&e.request)
-        .bind(&e.callback_url)
-        .bind(e.created_at)
-        .bind(e.started_at)
-        .bind(running_node(&self.owner, e))
-        .bind(running_lease(&self.owner, e))
-        .execute(&self.writer)
-        .await
-        .map_err(db)?;
+        self.insert_row(e, None).await?;
         Ok(())
+    }
+
+    async fn insert_finished_execution(&self, e: &NewExecution, f: &Finish) -> Result<()> {
+        self.insert_row(e, Some(f)).await
     }
 
     async fn claim_next_pending(&self, now: i64) -> Result<Option<ExecutionRow>> {

@@ -277,6 +277,66 @@ fn the_list_filters_and_pages_newest_first() {
     assert!(v["next_cursor"].is_string());
 }
 
+/// A synchronous execution is recorded as running once it has run for a moment (listed,
+/// fetched and cancellable by id meanwhile); one that ends sooner is recorded once, final,
+/// and is then fetched and listed like any other.
+#[test]
+fn synchronous_executions_are_recorded_running_after_a_moment_and_short_ones_final() {
+    let srv = Server::start();
+    let url = format!("{}/api/v1/execute", srv.url);
+    let slow = std::thread::spawn(move || {
+        crate::server::client()
+            .post(url)
+            .header("Authorization", format!("Bearer {KEY_A}"))
+            .json(&json!({"language": "python",
+                          "code": "import time\ntime.sleep(3)\nprint('slow')",
+                          "timeout": 30}))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()
+    });
+    let running = eventually(Duration::from_secs(10), "the slow run to be listed", || {
+        srv.list_all(KEY_A, "&status=running").pop()
+    });
+    let id = running["execution_id"].as_str().unwrap().to_string();
+    assert!(running["started_at"].is_string(), "{running:#}");
+    assert_eq!(srv.execution(KEY_A, &id)["status"], "running");
+    let r = slow.join().unwrap();
+    assert_eq!(
+        (r["execution_id"].as_str(), r["stdout"].as_str()),
+        (Some(&*id), Some("slow\n"))
+    );
+    let v = srv.execution(KEY_A, &id);
+    assert_eq!(v["status"], "completed", "{v:#}");
+    assert_eq!(v["result"]["stdout"], "slow\n", "{v:#}");
+
+    let r = srv
+        .post(
+            "/api/v1/execute",
+            Some(KEY_A),
+            &json!({"language": "python", "code": "print(7)"}),
+        )
+        .expect(200)
+        .json();
+    let quick = r["execution_id"].as_str().unwrap().to_string();
+    let v = srv.execution(KEY_A, &quick);
+    assert_eq!(v["status"], "completed", "{v:#}");
+    assert_eq!(v["result"]["stdout"], "7\n", "{v:#}");
+    for k in ["created_at", "started_at", "completed_at", "expires_at"] {
+        assert!(v[k].is_string(), "{k} in {v:#}");
+    }
+    srv.get(&format!("/api/v1/executions/{quick}"), Some(KEY_B))
+        .error(404, Some("NOT_FOUND"));
+    let listed: Vec<Value> = srv
+        .list_all(KEY_A, "&status=completed")
+        .iter()
+        .map(|e| e["execution_id"].clone())
+        .collect();
+    assert_eq!(listed, vec![json!(quick), json!(id)]);
+    assert!(srv.list_all(KEY_A, "&status=running").is_empty());
+}
+
 #[test]
 fn cancel_stops_pending_and_running_executions_and_refuses_finished_ones() {
     let srv = Server::with(Opts::new().env("RUNCELL_CONCURRENCY", "1"));
