@@ -70,6 +70,7 @@ pub fn serve(global: &Global, args: ServeArgs) -> Result<i32> {
     )
     .context("starting the jail spawner")?;
     eprintln!("runcell: jails use {}", spawner.cgroup_place());
+    confine_server_threads(&config.server_cpus)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUNCELL_LOG")
@@ -90,4 +91,30 @@ pub fn serve(global: &Global, args: ServeArgs) -> Result<i32> {
         anyhow::Ok(())
     })?;
     Ok(0)
+}
+
+/// Keeps the server's own threads, all started after this, on the CPUs `server_cpus` names
+/// (the spawner, started before, and its zygotes and jails keep every CPU): their hand-offs
+/// then wake threads on the same CPU (runcell_jail::cpus).
+fn confine_server_threads(spec: &str) -> Result<()> {
+    use runcell_jail::cpus;
+    // What the jails have, before this thread's set shrinks (sizes, usage shares).
+    let _ = cpus::host_cpus();
+    let allowed = cpus::allowed_cpus().context("reading the CPUs this process may use")?;
+    match cpus::server_cpus(spec, &allowed).map_err(anyhow::Error::msg)? {
+        Some(chosen) => {
+            cpus::confine_to(&chosen).context("keeping the server's threads on their CPUs")?;
+            eprintln!(
+                "runcell: the server's threads run on CPU {} of {} (server_cpus = \"{}\"); jails on all",
+                cpus::format_cpu_list(&chosen),
+                cpus::format_cpu_list(&allowed),
+                spec.trim()
+            );
+        }
+        None => eprintln!(
+            "runcell: the server's threads run on every CPU ({})",
+            cpus::format_cpu_list(&allowed)
+        ),
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ mod agent;
 pub mod cgroup;
 mod client;
 mod config;
+pub mod cpus;
 mod error;
 mod netns;
 mod proto;

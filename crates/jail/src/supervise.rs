@@ -66,15 +66,10 @@ impl Exit {
 }
 
 /// See [`Outcome::oom_killed_after`].
-/// The CPUs this process may use, read once (the standard library reads the process's cgroup
+/// The CPUs the jails may use (read once: the standard library reads the process's cgroup
 /// quota, three files, every time it is asked).
 fn cpu_count() -> u64 {
-    static COUNT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *COUNT.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u64)
-            .unwrap_or(1)
-    })
+    crate::cpus::host_cpus() as u64
 }
 
 fn oom_killed(exit: &Exit, killed_by_us: bool, oom_kills_at_exit: u64, since: u64) -> bool {

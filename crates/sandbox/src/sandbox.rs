@@ -850,11 +850,10 @@ impl Sandbox {
     /// Measures CPU use over `window` and memory use at its end.
     pub async fn metrics(&self, window: Duration) -> Result<Metrics, SandboxError> {
         self.check_open()?;
-        let cpu_count = self.budget.cpus.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as f64)
-                .unwrap_or(1.0)
-        });
+        let cpu_count = self
+            .budget
+            .cpus
+            .unwrap_or_else(|| runcell_jail::cpus::host_cpus() as f64);
         let t0 = Instant::now();
         let a = self.jail.stats()?;
         tokio::time::sleep(window).await;

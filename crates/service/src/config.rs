@@ -29,6 +29,10 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Executions running at the same time.
     pub concurrency: usize,
+    /// The CPUs the server's own threads run on (the spawner and the jails keep every CPU):
+    /// `"auto"` the first CPU per four (none to change on one CPU), `"all"`, or a list such
+    /// as `"0"` or `"0-1,4"` (docs/configuration.md).
+    pub server_cpus: String,
     /// Accepted executions waiting for a worker (async queue plus waiting sync requests);
     /// beyond it the API answers 503.
     pub max_queue: usize,
@@ -177,9 +181,7 @@ pub struct SandboxesConfig {
 
 impl Default for SandboxesConfig {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2) as f64;
+        let cpus = runcell_jail::cpus::host_cpus() as f64;
         SandboxesConfig {
             max_sandboxes: 64,
             max_per_tenant: 32,
@@ -244,9 +246,7 @@ impl Default for SessionConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let cpus = runcell_jail::cpus::host_cpus();
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8002)),
             data_dir: PathBuf::from("/var/lib/runcell"),
@@ -254,6 +254,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             rate_limit_per_minute: 6000,
             concurrency: cpus * 2,
+            server_cpus: "auto".into(),
             max_queue: 1000,
             result_retention_secs: 24 * 3600,
             max_body_bytes: 10 << 20,
@@ -376,6 +377,9 @@ impl Config {
         if let Some(v) = env("RUNCELL_CONCURRENCY") {
             c.concurrency = parse("RUNCELL_CONCURRENCY", v)? as usize;
         }
+        if let Some(v) = env("RUNCELL_SERVER_CPUS") {
+            c.server_cpus = v.trim().to_string();
+        }
         if let Some(v) = env("RUNCELL_MAX_QUEUE") {
             c.max_queue = parse("RUNCELL_MAX_QUEUE", v)? as usize;
         }
@@ -417,6 +421,9 @@ impl Config {
         }
         if self.concurrency == 0 {
             return bad("concurrency must be at least 1");
+        }
+        if !matches!(self.server_cpus.trim(), "auto" | "all") {
+            runcell_jail::cpus::parse_cpu_list(&self.server_cpus).map_err(ConfigError)?;
         }
         if !(3..=300).contains(&self.cluster.lease_secs) {
             return bad("cluster.lease_secs must be from 3 to 300 (seconds)");
@@ -616,6 +623,29 @@ mod tests {
             let env = |k: &str| (k == "RUNCELL_DATABASE_URL").then(|| bad.to_string());
             let err = Config::load(None, env).unwrap().validate().unwrap_err();
             assert!(err.to_string().contains("postgres://"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn server_cpus_are_auto_all_or_a_list() {
+        assert_eq!(Config::load(None, no_env).unwrap().server_cpus, "auto");
+        for (v, ok) in [
+            ("all", true),
+            (" 0-1,3 ", true),
+            ("0", true),
+            ("", false),
+            ("first", false),
+            ("2-1", false),
+        ] {
+            let env = |k: &str| (k == "RUNCELL_SERVER_CPUS").then(|| v.to_string());
+            let c = Config::load(None, env).unwrap();
+            match c.validate() {
+                Ok(()) => assert!(ok, "{v:?} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{v:?} refused: {}", e.0);
+                    assert!(e.0.contains("server_cpus must be"), "{}", e.0);
+                }
+            }
         }
     }
 

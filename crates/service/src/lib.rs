@@ -42,6 +42,7 @@ pub use error::{Error, Kind, Result};
 pub use executions::{ExecutionList, ExecutionObject, Progress};
 pub use languages::LanguageInfo;
 pub use page::PageRequest;
+pub use runcell_jail::cpus::host_cpus;
 pub use tenants::Tenant;
 
 /// The types of requests and results the service takes and gives, for the layers above it

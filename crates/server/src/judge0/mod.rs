@@ -260,9 +260,7 @@ async fn config_info(State(state): State<AppState>, _a: J0Auth) -> Json<Value> {
 }
 
 async fn system_info(_a: J0Auth) -> Json<Value> {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = runcell_service::host_cpus();
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

@@ -289,3 +289,93 @@ regex = 'cobc (\S+)'
     r.error(400, Some("LANGUAGE_UNAVAILABLE"));
     assert!(srv.list_all(KEY_A, "").is_empty());
 }
+
+/// The CPUs a process's task may run on (`Cpus_allowed_list` of its status).
+fn cpus_of(status: &std::path::Path) -> Vec<usize> {
+    let text = std::fs::read_to_string(status).expect("read a status file");
+    let list = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list");
+    runcell_jail::cpus::parse_cpu_list(list.trim()).expect("a CPU list")
+}
+
+/// The CPUs of every thread of process `pid`.
+fn thread_cpus(pid: u32) -> Vec<Vec<usize>> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list the server's threads")
+        .map(|t| cpus_of(&t.expect("a thread").path().join("status")))
+        .collect()
+}
+
+/// The server's own threads run on the first CPU per four (`server_cpus = "auto"`) or on
+/// those listed; the spawner and every run keep all of them (their hand-offs are what the
+/// confinement is for, docs/benchmarks.md). A list that names no usable CPU, or is not a
+/// list, stops the server at start with a sentence.
+#[test]
+fn the_servers_threads_keep_to_their_cpus_and_runs_keep_every_cpu() {
+    let host = cpus_of(std::path::Path::new("/proc/self/status"));
+    let expected = if host.len() >= 2 {
+        host[..(host.len() / 4).max(1)].to_vec()
+    } else {
+        host.clone()
+    };
+    let srv = Server::start();
+    let threads = thread_cpus(srv.pid());
+    assert!(threads.len() > 3, "the server has its threads: {threads:?}");
+    for t in &threads {
+        assert_eq!(t, &expected, "a server thread (host CPUs {host:?})");
+    }
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", srv.pid()))
+        .expect("the server's children");
+    let spawner: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the spawner is the server's child");
+    assert_eq!(
+        cpus_of(&std::path::PathBuf::from(format!("/proc/{spawner}/status"))),
+        host,
+        "the spawner"
+    );
+    let v = srv.execute(&json!({"language": "python",
+        "code": "import os\nprint(sorted(os.sched_getaffinity(0)), os.cpu_count())"}));
+    let cpus: Vec<String> = host.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        v["stdout"],
+        format!(
+            "[{}] {}\n",
+            cpus.join(", "),
+            std::thread::available_parallelism().unwrap()
+        ),
+        "{v}"
+    );
+    drop(srv);
+
+    let srv = Server::with(Opts::new().env("RUNCELL_SERVER_CPUS", "all"));
+    for t in thread_cpus(srv.pid()) {
+        assert_eq!(t, host, "with server_cpus = \"all\"");
+    }
+    drop(srv);
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for (spec, says) in [
+        (
+            "banana",
+            "server_cpus must be \"auto\", \"all\" or a list of CPU numbers",
+        ),
+        ("1000", "names no CPU this process may use"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_runcell"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("RUNCELL_SERVER_CPUS", spec)
+            .env_remove("RUNCELL_CONFIG")
+            .output()
+            .expect("run runcell serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{spec}: {stderr}");
+        assert!(stderr.contains(says), "{spec}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
+    }
+}
