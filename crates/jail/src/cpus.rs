@@ -4,7 +4,7 @@
 //! that runs the jail, the store's writer, the pool's threads). Woken on another CPU, each
 //! hand-off costs an inter-processor interrupt, which on a virtual machine is an exit to the
 //! hypervisor: ≈ 20 µs of CPU here against ≈ 1 µs on the same CPU (docs/benchmarks.md,
-//! "The server's threads on one CPU"). `runcell serve` therefore keeps its own threads on
+//! "Hand-offs: one write per execution, the server's threads on one CPU"). `runcell serve` therefore keeps its own threads on
 //! the first CPU per four it may use (`server_cpus = "auto"`), after the spawner has started:
 //! the spawner, zygotes and jails keep every CPU.
 

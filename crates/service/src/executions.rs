@@ -27,6 +27,7 @@ use crate::fair::{Fair, FairLimits, Refused, Slot};
 use crate::page::PageRequest;
 use crate::tenants::Tenant;
 use crate::{Error, Result, Service, StartError, webhooks};
+
 /// How long a synchronous execution runs before it is recorded as running (listed, and
 /// fetched or cancelled by its id, while it runs). One that ends sooner, nearly every one, is
 /// recorded once, when it ends: one write instead of two. A streamed one, whose client has

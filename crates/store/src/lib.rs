@@ -20,19 +20,10 @@ mod sqlite;
 
 pub use pg::PgStore;
 
-/// The node stamped on a new execution: its store's when it starts `Running`.
-pub(crate) fn running_node(owner: &Owner, e: &NewExecution) -> Option<String> {
-    (e.status == ExecStatus::Running).then(|| owner.node.clone())
-}
-
-/// The lease of a new execution that starts `Running`: from its start.
-pub(crate) fn running_lease(owner: &Owner, e: &NewExecution) -> Option<i64> {
-    (e.status == ExecStatus::Running).then(|| e.started_at.unwrap_or(e.created_at) + owner.lease_ms)
-}
-
 /// The columns of a new execution's row beyond its request: as [`Store::insert_execution`]
-/// writes them (`end` = `None`: pending, or running on this node under a lease), or as
-/// [`Store::insert_finished_execution`] does (already final, on this node, no lease).
+/// writes them (`end` = `None`: pending, or running on this node under a lease from its
+/// start), or as [`Store::insert_finished_execution`] does (already final, on this node, no
+/// lease).
 pub(crate) struct NewRow<'a> {
     pub status: &'static str,
     pub node: Option<String>,
@@ -46,15 +37,19 @@ pub(crate) struct NewRow<'a> {
 impl<'a> NewRow<'a> {
     pub(crate) fn of(owner: &Owner, e: &NewExecution, end: Option<&'a Finish>) -> Result<Self> {
         Ok(match end {
-            None => NewRow {
-                status: e.status.as_str(),
-                node: running_node(owner, e),
-                lease_until: running_lease(owner, e),
-                result: None,
-                failure_reason: None,
-                completed_at: None,
-                expires_at: None,
-            },
+            None => {
+                let running = e.status == ExecStatus::Running;
+                NewRow {
+                    status: e.status.as_str(),
+                    node: running.then(|| owner.node.clone()),
+                    lease_until: running
+                        .then(|| e.started_at.unwrap_or(e.created_at) + owner.lease_ms),
+                    result: None,
+                    failure_reason: None,
+                    completed_at: None,
+                    expires_at: None,
+                }
+            }
             Some(f) if !f.status.is_final() => {
                 return Err(StoreError::Database(format!(
                     "insert_finished_execution with non-final status {}",

@@ -588,8 +588,7 @@ impl SqliteStore {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn insert_execution(&self, e: &NewExecution) -> Result<()> {
-        self.insert_row(e, None).await?;
-        Ok(())
+        self.insert_row(e, None).await
     }
 
     async fn insert_finished_execution(&self, e: &NewExecution, f: &Finish) -> Result<()> {
