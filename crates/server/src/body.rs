@@ -6,6 +6,7 @@
 //! fails; so a cut-off body leaves nothing behind.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -195,32 +196,61 @@ const DRAIN_CAP: u64 = 64 << 20;
 /// before reading the answer sees the answer rather than a reset connection. A body that
 /// stalls or is larger ends the connection instead.
 pub fn drain_later(body: Body) {
-    use futures_util::StreamExt;
-    tokio::spawn(async move {
-        let mut stream = body.into_data_stream();
-        let mut read = 0u64;
-        while let Some(Ok(chunk)) = stream.next().await {
-            read += chunk.len() as u64;
-            if read > DRAIN_CAP {
-                break;
-            }
-        }
-    });
+    tokio::spawn(discard(body));
 }
 
-/// [`drain_later`] for a multipart body that an upload handler has already taken.
-pub fn drain_multipart_later(mut multipart: axum::extract::Multipart) {
-    tokio::spawn(async move {
-        let mut read = 0u64;
-        while let Ok(Some(mut field)) = multipart.next_field().await {
-            while let Ok(Some(chunk)) = field.chunk().await {
+/// Reads `body` to its end and throws it away: at most [`DRAIN_CAP`] bytes, and only while it
+/// keeps its pace. Whether it ended.
+pub async fn discard(body: Body) -> bool {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    loop {
+        match stream.next().await {
+            None => return true,
+            Some(Ok(chunk)) => {
                 read += chunk.len() as u64;
                 if read > DRAIN_CAP {
-                    return;
+                    return false;
                 }
             }
+            Some(Err(_)) => return false,
         }
-    });
+    }
+}
+
+/// A body that is handed to a parser while its rest stays readable here: the multipart
+/// parser stops at the closing boundary, before the end of the body (the last chunk of a
+/// chunked body, an epilogue). A connection is kept for the next request only when its
+/// request body was read to the end before the answer, so the upload reads the rest with
+/// [`discard`] once the parser is done, or drains it in the background if the upload failed.
+#[derive(Clone)]
+pub struct SharedBody(Arc<Mutex<Body>>);
+
+impl SharedBody {
+    pub fn new(body: Body) -> SharedBody {
+        SharedBody(Arc::new(Mutex::new(body)))
+    }
+
+    /// A body that reads from this one.
+    pub fn body(&self) -> Body {
+        Body::new(self.clone())
+    }
+}
+
+impl HttpBody for SharedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        // The handles take turns (the parser, then the rest), so the lock is never contended;
+        // a panic while polling leaves the body as it was.
+        let mut body = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Pin::new(&mut *body).poll_frame(cx)
+    }
 }
 
 /// The request's `Content-Length`, if it declares one.

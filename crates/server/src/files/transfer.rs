@@ -2,7 +2,7 @@
 //! budget, refused early by declared length) and downloads (whole, a byte range, or lines).
 
 use axum::body::Body;
-use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
@@ -13,6 +13,7 @@ use runcell_service::sandboxes::read_lines;
 
 use super::{bad, check_owner, err, missing, parse_mode, query_value};
 use crate::AppState;
+use crate::body::SharedBody;
 use crate::execd::{ExecdCaller, ExecdError, ExecdErrorBody};
 
 /// Uploads files: multipart pairs of a `metadata` part (`{"path", "mode"?}`) and a `file`
@@ -26,34 +27,46 @@ use crate::execd::{ExecdCaller, ExecdError, ExecdErrorBody};
     security(("api_key" = []), ("bearer" = []), ("access_token" = [])))]
 ///
 /// Every refusal (credentials, sandbox, a bad part, a full disk) reads and discards the rest
-/// of the body while it is answered ([`crate::body::drain_multipart_later`]): the SDKs write
-/// their whole chunked body before they read the answer, and would otherwise see a reset
-/// connection instead of the error.
+/// of the body while it is answered ([`crate::body::drain_later`]): the SDKs write their whole
+/// chunked body before they read the answer, and would otherwise see a reset connection
+/// instead of the error. A successful upload reads the body to its end before it answers
+/// (the parser stops at the closing boundary, and the SDK sends its last, empty chunk after
+/// it), so that the connection stays open for the SDK's next request.
 pub async fn upload_files(
     State(state): State<AppState>,
     caller: Result<ExecdCaller, ExecdError>,
     Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    req: Request,
 ) -> Result<StatusCode, ExecdError> {
-    let (cred, mut multipart) = match (caller, multipart) {
-        (Err(e), Ok(m)) => {
-            crate::body::drain_multipart_later(m);
+    let (parts, body) = req.into_parts();
+    let cred = match caller {
+        Ok(ExecdCaller(cred)) => cred,
+        Err(e) => {
+            crate::body::drain_later(body);
             return Err(e);
         }
-        (Err(e), Err(_)) => return Err(e),
-        (Ok(_), Err(e)) => {
-            return Err(err(
-                StatusCode::BAD_REQUEST,
-                "INVALID_FILE",
-                format!("the body must be multipart/form-data: {}", e.body_text()),
-            ));
-        }
-        (Ok(ExecdCaller(cred)), Ok(m)) => (cred, m),
     };
+    let headers = parts.headers.clone();
+    let body = SharedBody::new(body);
+    let mut multipart =
+        match Multipart::from_request(Request::from_parts(parts, body.body()), &()).await {
+            Ok(m) => m,
+            Err(e) => {
+                crate::body::drain_later(body.body());
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_FILE",
+                    format!("the body must be multipart/form-data: {}", e.body_text()),
+                ));
+            }
+        };
     let result = upload_parts(&state, &cred, &id, &headers, &mut multipart).await;
-    if result.is_err() {
-        crate::body::drain_multipart_later(multipart);
+    drop(multipart);
+    match result {
+        Ok(_) => {
+            crate::body::discard(body.body()).await;
+        }
+        Err(_) => crate::body::drain_later(body.body()),
     }
     result
 }

@@ -700,3 +700,50 @@ fn stalled_and_dripping_bodies_time_out_and_hold_nothing() {
         "no partial or temporary file"
     );
 }
+
+/// A chunked upload whose closing chunk arrives after the multipart body's closing boundary
+/// (as the OpenSandbox SDK sends it: one chunk per piece, the empty last chunk on its own)
+/// keeps its connection, whether it is taken or refused: the next request on the same
+/// connection is answered, rather than finding it closed.
+#[test]
+fn a_chunked_upload_whose_last_chunk_comes_late_keeps_its_connection() {
+    let srv = Server::start();
+    let sb = sandbox(&srv, &json!({}));
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let route = format!("/v1/sandboxes/{sb}/files/upload");
+    let mut good = upload_start("/workspace/late.txt");
+    good.extend_from_slice(format!("late\r\n--{BOUNDARY}--\r\n").as_bytes());
+    // A file part without its metadata part: refused.
+    let bad = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n\
+         x\r\n--{BOUNDARY}--\r\n"
+    )
+    .into_bytes();
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    for (body, status) in [(good, 200), (bad, 400)] {
+        let mut req = format!(
+            "POST {route} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY_A}\r\n\
+             Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        req.extend_from_slice(b"\r\n");
+        s.write_all(&req).expect("send the upload");
+        std::thread::sleep(Duration::from_millis(500));
+        s.write_all(b"0\r\n\r\n").expect("send the last chunk");
+        let (got, v) = answer(&mut s, Duration::from_secs(10)).expect("the upload's answer");
+        assert_eq!(got, status, "{v}");
+    }
+    let info = format!(
+        "GET /v1/sandboxes/{sb}/files/info?path=/workspace/late.txt HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {KEY_A}\r\n\r\n"
+    );
+    s.write_all(info.as_bytes())
+        .expect("send a third request on the connection");
+    let (status, v) = answer(&mut s, Duration::from_secs(10))
+        .expect("the third request on the same connection is answered");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["/workspace/late.txt"]["size"], 4, "{v}");
+}
