@@ -277,24 +277,6 @@ fn start(inner: &Inner, lang: &WarmLang, background: bool) -> Result<Warm, JailE
         .zygote
         .as_ref()
         .and_then(|z| z.next(&inner.spawner).map(|id| (z, id)));
-    let jail = inner
-        .spawner
-        .prepare_in(
-            zygote.map(|(_, id)| id),
-            &inner.config,
-            &CgroupLimits {
-                background,
-                ..inner.limits
-            },
-        )
-        .inspect_err(|e| {
-            // Every slot taken is not the zygote's fault: replacing it would only add work.
-            if let Some((z, id)) = zygote
-                && !matches!(e, JailError::NoSlot(_))
-            {
-                z.failed(&inner.spawner, id);
-            }
-        })?;
     let (r, w) = std::io::pipe().map_err(|e| JailError::Io {
         what: "warm interpreter's stdin".into(),
         source: e,
@@ -311,17 +293,36 @@ fn start(inner: &Inner, lang: &WarmLang, background: bool) -> Result<Warm, JailE
             });
         }
     }
-    let (stdin, out, err) = (
-        StdinSource::Fd(r.into()),
-        OutputTarget::Pipe,
-        OutputTarget::Pipe,
-    );
     // A warm jail serves one run: its program is the jail's last.
     let how = Start {
         preloaded: zygote.is_some(),
         last: true,
     };
-    let process = jail.start_with(how, &lang.spec, stdin, out, err)?;
+    // The start is queued while the jail is prepared (one hand-off to the agent and back
+    // fewer); the interpreter starts once the jail is ready, as it would otherwise.
+    let (jail, process) = inner
+        .spawner
+        .prepare_and_start(
+            zygote.map(|(_, id)| id),
+            &inner.config,
+            &CgroupLimits {
+                background,
+                ..inner.limits
+            },
+            how,
+            &lang.spec,
+            StdinSource::Fd(r.into()),
+            OutputTarget::Pipe,
+            OutputTarget::Pipe,
+        )
+        .inspect_err(|e| {
+            // Every slot taken is not the zygote's fault: replacing it would only add work.
+            if let Some((z, id)) = zygote
+                && !matches!(e, JailError::NoSlot(_))
+            {
+                z.failed(&inner.spawner, id);
+            }
+        })?;
     Ok(Warm {
         jail,
         process,

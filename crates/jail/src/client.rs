@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -285,6 +285,69 @@ impl Spawner {
         config: &JailConfig,
         limits: &CgroupLimits,
     ) -> Result<Jail, JailError> {
+        let pending = self.request_jail(zygote, config, limits)?;
+        let jail = self.jail_when_ready(pending, config)?;
+        // The slot's group may have held earlier jails: what this one is told counts from
+        // here (dropping the jail on an error destroys it).
+        jail.cgroup
+            .restart_counters()
+            .ctx(|| "read cgroup stats".into())?;
+        Ok(jail)
+    }
+
+    /// [`Spawner::prepare_in`] and [`Jail::start_with`] in one go: the start request is
+    /// queued on the agent's control socket while the agent still builds the jail's root,
+    /// so that the agent goes on to it without waiting for this thread, and both answers
+    /// come back together (two hand-offs between processes fewer). The program starts only
+    /// once the jail is ready, exactly as it would have; its measurements count from the
+    /// moment the jail's counters were restarted, just before the request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_and_start(
+        &self,
+        zygote: Option<u64>,
+        config: &JailConfig,
+        limits: &CgroupLimits,
+        how: Start,
+        spec: &ProcessSpec,
+        stdin: StdinSource,
+        stdout: OutputTarget,
+        stderr: OutputTarget,
+    ) -> Result<(Jail, Process), JailError> {
+        spec.validate()?;
+        let pending = self.request_jail(zygote, config, limits)?;
+        let queued = pending
+            .cgroup
+            .restart_counters()
+            .ctx(|| "read cgroup stats".into())
+            .and_then(|()| send_start(pending.ctrl.as_fd(), how, spec, stdin, stdout, stderr));
+        let queued = match queued {
+            Ok(q) => q,
+            Err(e) => {
+                // An agent that failed already has closed its socket (the request found no
+                // reader): its own report says why.
+                let e = match crate::spawner::wait_ready(pending.ctrl.as_fd()) {
+                    Err(why) => why,
+                    Ok(_) => e,
+                };
+                return Err(self.abandon(pending.info.jail, e));
+            }
+        };
+        let jail = self.jail_when_ready(pending, config)?;
+        let process = {
+            let ctrl = jail.ctrl.lock().unwrap_or_else(|p| p.into_inner());
+            jail.started(ctrl.as_fd(), queued, crate::cgroup::CgroupStats::default())?
+        };
+        Ok((jail, process))
+    }
+
+    /// Asks the spawner for a jail: what it answered, with the jail's control socket, its
+    /// agent and a handle on its group. The agent builds the jail's root meanwhile.
+    fn request_jail(
+        &self,
+        zygote: Option<u64>,
+        config: &JailConfig,
+        limits: &CgroupLimits,
+    ) -> Result<PendingJail, JailError> {
         config.validate()?;
         limits.validate()?;
         let req = SpawnerRequest::Prepare {
@@ -302,56 +365,74 @@ impl Spawner {
                 "prepare reply without descriptors".into(),
             ));
         };
-        // The agent builds the jail's root now, outside the spawner's turn; a jail that does
-        // not become ready is destroyed (the spawner kills it and frees its slot) before the
-        // error is returned.
-        let abandon = |e: JailError| {
-            let _ = self.call(&SpawnerRequest::Destroy { jail: info.jail });
-            e
-        };
-        let dirs = crate::spawner::wait_ready(ctrl.as_fd()).map_err(abandon)?;
-        let expected = if config.shared.is_some() { 2 } else { 1 };
-        if dirs.len() != expected {
-            return Err(abandon(JailError::Spawner(
-                "the jail's agent sent the wrong descriptors".into(),
-            )));
-        }
-        let mut dirs = dirs.into_iter();
-        let ws = dirs.next().expect("counted above");
-        let runtime = dirs
-            .next()
-            .map(|fd| Workspace::new(fd, info.program_id, info.program_id));
         let cgroup = match self
             .inner
             .take_kept_group(info.slot, info.cgroup_generation)
         {
             Some(group) => group,
-            None => self
-                .inner
-                .cgroups
-                .open(&info.cgroup)
-                .ctx(|| "open cgroup".into())?,
+            None => match self.inner.cgroups.open(&info.cgroup) {
+                Ok(group) => group,
+                Err(e) => return Err(self.abandon(info.jail, JailError::io("open cgroup", e))),
+            },
         };
-        let jail = Jail {
-            spawner: self.clone(),
-            workspace: Workspace::new(ws, info.program_id, info.program_id),
-            runtime,
+        Ok(PendingJail {
             info,
-            ctrl: Mutex::new(ctrl),
+            ctrl,
             agent,
-            cgroup: GroupHandle(Some(cgroup)),
+            cgroup,
+            limits: *limits,
+        })
+    }
+
+    /// Destroys a jail that never became a [`Jail`] (the spawner kills it and frees its
+    /// slot); returns `e`.
+    fn abandon(&self, jail: u64, e: JailError) -> JailError {
+        let _ = self.call(&SpawnerRequest::Destroy { jail });
+        e
+    }
+
+    /// Waits for the agent to report the jail ready (it builds the root outside the
+    /// spawner's turn); a jail that does not become ready is destroyed before the error is
+    /// returned.
+    fn jail_when_ready(&self, p: PendingJail, config: &JailConfig) -> Result<Jail, JailError> {
+        let jail_id = p.info.jail;
+        let dirs =
+            crate::spawner::wait_ready(p.ctrl.as_fd()).map_err(|e| self.abandon(jail_id, e))?;
+        let expected = if config.shared.is_some() { 2 } else { 1 };
+        if dirs.len() != expected {
+            return Err(self.abandon(
+                jail_id,
+                JailError::Spawner("the jail's agent sent the wrong descriptors".into()),
+            ));
+        }
+        let mut dirs = dirs.into_iter();
+        let ws = dirs.next().expect("counted above");
+        let runtime = dirs
+            .next()
+            .map(|fd| Workspace::new(fd, p.info.program_id, p.info.program_id));
+        Ok(Jail {
+            spawner: self.clone(),
+            workspace: Workspace::new(ws, p.info.program_id, p.info.program_id),
+            runtime,
+            info: p.info,
+            ctrl: Mutex::new(p.ctrl),
+            agent: p.agent,
+            cgroup: GroupHandle(Some(p.cgroup)),
             destroyed: std::sync::atomic::AtomicBool::new(false),
             frozen: Mutex::new(Frozen::default()),
             // What the spawner made the group with.
-            limits: Mutex::new(Some(*limits)),
-        };
-        // The slot's group may have held earlier jails: what this one is told counts from
-        // here (dropping the jail on an error destroys it).
-        jail.cgroup
-            .restart_counters()
-            .ctx(|| "read cgroup stats".into())?;
-        Ok(jail)
+            limits: Mutex::new(Some(p.limits)),
+        })
     }
+}
+
+/// A jail the spawner prepared whose agent has not reported ready yet.
+struct PendingJail {
+    info: PreparedInfo,
+    ctrl: OwnedFd,
+    agent: OwnedFd,
+    cgroup: Box<dyn Cgroup>,
+    limits: CgroupLimits,
 }
 
 /// A prepared jail. Dropping it destroys it: every process in it is killed, its cgroup removed
@@ -518,6 +599,63 @@ impl Killer {
             r => r,
         }
     }
+}
+
+/// A start request sent to a jail's agent: this side of the program's pipes.
+struct QueuedStart {
+    out_r: Option<OwnedFd>,
+    err_r: Option<OwnedFd>,
+    status_r: OwnedFd,
+    ctl_w: OwnedFd,
+    shared: bool,
+    sent_ns: u64,
+}
+
+/// Sends the agent on `ctrl` the request to start `spec` (see [`Jail::start_with`]), with
+/// the program's ends of its standard streams, status pipe and control pipe.
+fn send_start(
+    ctrl: BorrowedFd<'_>,
+    how: Start,
+    spec: &ProcessSpec,
+    stdin: StdinSource,
+    stdout: OutputTarget,
+    stderr: OutputTarget,
+) -> Result<QueuedStart, JailError> {
+    let stdin = match stdin {
+        StdinSource::Null => dev_null(),
+        StdinSource::Bytes(b) => sealed_memfd(&b),
+        StdinSource::Fd(fd) => Ok(fd),
+    }
+    .ctx(|| "prepare stdin".into())?;
+    let (out_r, out_w) = output(stdout).ctx(|| "prepare stdout".into())?;
+    let (err_r, err_w) = output(stderr).ctx(|| "prepare stderr".into())?;
+    let (status_r, status_w) = pipe().ctx(|| "status pipe".into())?;
+    let (ctl_r, ctl_w) = pipe().ctx(|| "control pipe".into())?;
+    let sent_ns = proto::monotonic_ns();
+    proto::send(
+        ctrl,
+        &AgentRequest::Start {
+            spec: Box::new(spec.clone()),
+            preloaded: how.preloaded,
+            last: how.last,
+        },
+        &[
+            stdin.as_raw_fd(),
+            out_w.as_raw_fd(),
+            err_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+            ctl_r.as_raw_fd(),
+        ],
+    )
+    .ctx(|| "send start request to the jail".into())?;
+    Ok(QueuedStart {
+        out_r,
+        err_r,
+        status_r,
+        ctl_w,
+        shared: spec.mode == crate::config::StepMode::Shared,
+        sent_ns,
+    })
 }
 
 fn sealed_memfd(data: &[u8]) -> io::Result<OwnedFd> {
@@ -757,59 +895,42 @@ impl Jail {
         stderr: OutputTarget,
     ) -> Result<Process, JailError> {
         spec.validate()?;
-        let stdin = match stdin {
-            StdinSource::Null => dev_null(),
-            StdinSource::Bytes(b) => sealed_memfd(&b),
-            StdinSource::Fd(fd) => Ok(fd),
-        }
-        .ctx(|| "prepare stdin".into())?;
-        let (out_r, out_w) = output(stdout).ctx(|| "prepare stdout".into())?;
-        let (err_r, err_w) = output(stderr).ctx(|| "prepare stderr".into())?;
-        let (status_r, status_w) = pipe().ctx(|| "status pipe".into())?;
-        let (ctl_r, ctl_w) = pipe().ctx(|| "control pipe".into())?;
         self.cgroup
             .reset_peak()
             .ctx(|| "reset memory peak".into())?;
         let baseline = self.cgroup.stats().ctx(|| "read cgroup stats".into())?;
         let ctrl = self.ctrl.lock().unwrap_or_else(|p| p.into_inner());
-        let sent_ns = proto::monotonic_ns();
-        proto::send(
-            ctrl.as_fd(),
-            &AgentRequest::Start {
-                spec: Box::new(spec.clone()),
-                preloaded: how.preloaded,
-                last: how.last,
-            },
-            &[
-                stdin.as_raw_fd(),
-                out_w.as_raw_fd(),
-                err_w.as_raw_fd(),
-                status_w.as_raw_fd(),
-                ctl_r.as_raw_fd(),
-            ],
-        )
-        .ctx(|| "send start request to the jail".into())?;
-        drop((stdin, out_w, err_w, status_w, ctl_r));
-        let reply = proto::recv::<AgentReply>(ctrl.as_fd()).ctx(|| "read start reply".into())?;
+        let queued = send_start(ctrl.as_fd(), how, spec, stdin, stdout, stderr)?;
+        self.started(ctrl.as_fd(), queued, baseline)
+    }
+
+    /// The agent's answer to a start request sent on `ctrl` (held locked by the caller).
+    fn started(
+        &self,
+        ctrl: BorrowedFd<'_>,
+        q: QueuedStart,
+        baseline: crate::cgroup::CgroupStats,
+    ) -> Result<Process, JailError> {
+        let reply = proto::recv::<AgentReply>(ctrl).ctx(|| "read start reply".into())?;
         match reply {
             Some((AgentReply::Started, mut fds)) if fds.len() == 1 => {
                 let pidfd = fds.remove(0);
                 let killer = Killer {
                     pidfd: Arc::new(pidfd.try_clone().ctx(|| "dup pidfd".into())?),
-                    ctl: Arc::new(ctl_w),
-                    shared: spec.mode == crate::config::StepMode::Shared,
+                    ctl: Arc::new(q.ctl_w),
+                    shared: q.shared,
                     kill_sent: Arc::new(AtomicBool::new(false)),
                 };
                 Ok(Process {
                     pidfd,
-                    status: status_r,
-                    stdout: out_r,
-                    stderr: err_r,
+                    status: q.status_r,
+                    stdout: q.out_r,
+                    stderr: q.err_r,
                     baseline,
-                    sent_ns,
+                    sent_ns: q.sent_ns,
                     killer,
                     handed_off: false,
-                    frozen_base_ns: self.frozen_ns(sent_ns),
+                    frozen_base_ns: self.frozen_ns(q.sent_ns),
                 })
             }
             Some((AgentReply::Error(e), _)) => Err(e.into()),

@@ -1356,7 +1356,14 @@ fn recv_within<T: serde::de::DeserializeOwned>(
         }
         break;
     }
-    Ok(proto::recv::<T>(sock)
+    // A peer that closed with messages of ours unread (an agent that failed while a start
+    // request was queued behind its preparation, see `Spawner::prepare_and_start`) makes the
+    // first read report ECONNRESET; what it sent before it closed is still there to read.
+    let got = match proto::recv::<T>(sock) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => proto::recv::<T>(sock),
+        r => r,
+    };
+    Ok(got
         .map_err(|e| JailError::io("read a reply", e))?
         .ok_or(Silence::Closed))
 }

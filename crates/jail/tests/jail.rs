@@ -255,16 +255,50 @@ fn run_once(
     limits: &RunLimits,
 ) -> Outcome {
     let mounts = host_mounts();
-    let jail = spawner().prepare(&config(), cg).expect("prepare");
-    let trace = Trace::of(&jail);
-    let how = Start {
-        last: as_last_step(),
-        ..Start::default()
+    let (jail, out) = if as_last_step() {
+        // As the engine starts a warm jail's program: queued while the jail is prepared.
+        let (jail, p) = spawner()
+            .prepare_and_start(
+                None,
+                &config(),
+                cg,
+                Start {
+                    last: true,
+                    ..Start::default()
+                },
+                spec,
+                stdin,
+                OutputTarget::Pipe,
+                OutputTarget::Pipe,
+            )
+            .expect("prepare and start");
+        let out = collect(&jail, p, limits);
+        (jail, out)
+    } else {
+        let jail = spawner().prepare(&config(), cg).expect("prepare");
+        let out = jail
+            .run_with(Start::default(), spec, stdin, limits)
+            .expect("run");
+        (jail, out)
     };
-    let out = jail.run_with(how, spec, stdin, limits).expect("run");
+    let trace = Trace::of(&jail);
     jail.destroy().expect("destroy");
     trace.assert_gone(&mounts);
     out
+}
+
+/// Supervises `p` to its end, its output kept in the outcome.
+fn collect(jail: &Jail, p: Process, limits: &RunLimits) -> Outcome {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut o = jail
+        .supervise(p, limits, &mut |s, c| match s {
+            Stream::Stdout => out.extend_from_slice(c),
+            Stream::Stderr => err.extend_from_slice(c),
+        })
+        .expect("supervise");
+    o.stdout = out;
+    o.stderr = err;
+    o
 }
 
 const PRELOADED: Start = Start {
@@ -1351,6 +1385,26 @@ fn a_jail_that_cannot_build_its_root_leaves_nothing_behind() {
         let err = sp
             .prepare(&bad, &cgroup_limits())
             .expect_err("a missing required path fails the jail");
+        assert!(
+            err.to_string().contains("runcell-test-no-such-path"),
+            "{err}"
+        );
+        // The same with a start request queued behind the preparation (a warm jail's way).
+        let err = sp
+            .prepare_and_start(
+                None,
+                &bad,
+                &cgroup_limits(),
+                Start {
+                    last: true,
+                    ..Start::default()
+                },
+                &sh("echo never"),
+                StdinSource::Null,
+                OutputTarget::Pipe,
+                OutputTarget::Pipe,
+            )
+            .expect_err("a missing required path fails the jail and its queued start");
         assert!(
             err.to_string().contains("runcell-test-no-such-path"),
             "{err}"
@@ -4102,27 +4156,35 @@ fn run_preloaded_in(
     limits: &RunLimits,
 ) -> Outcome {
     let mounts = host_mounts();
-    let jail = sp.prepare_in(Some(id), cfg, cg).expect("prepare in zygote");
-    let trace = Trace::of(&jail);
     let mut s = spec(&[]);
     s.argv = z.argv.clone();
     s.env = z.env.clone();
-    let how = Start {
-        last: as_last_step(),
-        ..PRELOADED
+    let (jail, p) = if as_last_step() {
+        // As the engine starts a warm jail's interpreter: queued while the jail is prepared.
+        let how = Start {
+            last: true,
+            ..PRELOADED
+        };
+        sp.prepare_and_start(
+            Some(id),
+            cfg,
+            cg,
+            how,
+            &s,
+            stdin,
+            OutputTarget::Pipe,
+            OutputTarget::Pipe,
+        )
+        .expect("prepare in zygote and start")
+    } else {
+        let jail = sp.prepare_in(Some(id), cfg, cg).expect("prepare in zygote");
+        let p = jail
+            .start_with(PRELOADED, &s, stdin, OutputTarget::Pipe, OutputTarget::Pipe)
+            .expect("start preloaded");
+        (jail, p)
     };
-    let p = jail
-        .start_with(how, &s, stdin, OutputTarget::Pipe, OutputTarget::Pipe)
-        .expect("start preloaded");
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let mut o = jail
-        .supervise(p, limits, &mut |s, c| match s {
-            Stream::Stdout => out.extend_from_slice(c),
-            Stream::Stderr => err.extend_from_slice(c),
-        })
-        .expect("supervise");
-    o.stdout = out;
-    o.stderr = err;
+    let trace = Trace::of(&jail);
+    let o = collect(&jail, p, limits);
     jail.destroy().expect("destroy");
     trace.assert_gone(&mounts);
     o
