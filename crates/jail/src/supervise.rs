@@ -259,7 +259,7 @@ impl Jail {
         // The OOM counter as soon as the program's end is seen, so that kills of other
         // processes of a shared jail after it died are not counted against it.
         let mut oom_at_exit: Option<u64> = None;
-        let oom_now = || self.cgroup.stats().map(|s| s.oom_kills).ok();
+        let oom_now = || self.cgroup.oom_kills().ok();
         let wall_ns = limits.wall_time.as_nanos().min(u64::MAX as u128) as u64;
         let cpu_limit_ns = limits.cpu_time.as_nanos().min(u64::MAX as u128) as u64;
         let ncpu = cpu_count();

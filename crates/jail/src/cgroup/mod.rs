@@ -60,11 +60,15 @@ impl Origin {
         raw.saturating_sub(self.cpu_ns.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    pub(crate) fn oom_kills(&self, raw: u64) -> u64 {
+        raw.saturating_sub(self.oom_kills.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub(crate) fn apply(&self, raw: CgroupStats) -> CgroupStats {
         use std::sync::atomic::Ordering::Relaxed;
         CgroupStats {
             cpu_ns: self.cpu_ns(raw.cpu_ns),
-            oom_kills: raw.oom_kills.saturating_sub(self.oom_kills.load(Relaxed)),
+            oom_kills: self.oom_kills(raw.oom_kills),
             task_limit_hits: raw
                 .task_limit_hits
                 .saturating_sub(self.task_limit_hits.load(Relaxed)),
@@ -120,6 +124,8 @@ pub trait Cgroup: Send + Sync + Debug {
     fn cpu_ns(&self) -> io::Result<u64>;
     /// All measurements.
     fn stats(&self) -> io::Result<CgroupStats>;
+    /// [`CgroupStats::oom_kills`] alone (one file read where `stats` reads five).
+    fn oom_kills(&self) -> io::Result<u64>;
     /// Pids of the processes in the group (as seen from the caller's pid namespace).
     fn procs(&self) -> io::Result<Vec<libc::pid_t>>;
     /// Freezes every process in the group (they stop where they are, uninterruptibly, and
@@ -132,9 +138,11 @@ pub trait Cgroup: Send + Sync + Debug {
     /// Kills every process in the group, frozen or not, and returns once none is left. The
     /// group stays (thawed), for another jail of its slot if it is [`Cgroup::reusable`].
     fn empty(&self) -> io::Result<()>;
-    /// Whether the group can hold another jail: it exists (in every hierarchy) and has no
-    /// process, no child group, and no more than [`REUSE_MAX_CHARGE`] bytes charged.
-    fn reusable(&self) -> io::Result<bool>;
+    /// Whether the group can hold another jail: it exists (in every hierarchy), its
+    /// directories are still the ones `identity` names if it is given (see
+    /// [`Cgroup::identity`]), and it has no process, no child group, and no more than
+    /// [`REUSE_MAX_CHARGE`] bytes charged.
+    fn reusable(&self, identity: Option<&[(u64, u64)]>) -> io::Result<bool>;
     /// Makes [`Cgroup::stats`] and [`Cgroup::cpu_ns`] count from now, the peak included (the
     /// kernel's counters of a group that held other jails before cannot be reset).
     fn restart_counters(&self) -> io::Result<()>;
@@ -156,15 +164,28 @@ pub(crate) fn dir_identity(dirs: &[PathBuf]) -> io::Result<Vec<(u64, u64)>> {
         .collect()
 }
 
-/// Whether the group directory `dir` exists without a child group (cgroupfs counts
-/// subdirectories in a directory's link count, as every filesystem does).
-pub(crate) fn is_childless_group(dir: &Path) -> io::Result<bool> {
+/// Whether every group directory of `dirs` exists without a child group (cgroupfs counts
+/// subdirectories in a directory's link count, as every filesystem does) and, if `identity`
+/// is given, is still the directory it names ([`dir_identity`]): one `statx` per directory.
+pub(crate) fn childless_groups(
+    dirs: &[PathBuf],
+    identity: Option<&[(u64, u64)]>,
+) -> io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(dir) {
-        Ok(m) => Ok(m.nlink() <= 2),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+    if identity.is_some_and(|i| i.len() != dirs.len()) {
+        return Ok(false);
     }
+    for (i, dir) in dirs.iter().enumerate() {
+        let m = match std::fs::metadata(dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if m.nlink() > 2 || identity.is_some_and(|id| id[i] != (m.dev(), m.ino())) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Polls `file` until `done` accepts its content (the kernel freezes tasks asynchronously).
@@ -295,8 +316,7 @@ impl CgroupRoot {
     ) -> io::Result<(Box<dyn Cgroup>, bool)> {
         if let Some((group, identity)) = kept
             && group.name() == name
-            && group.identity().is_ok_and(|now| now == identity)
-            && matches!(group.reusable(), Ok(true))
+            && matches!(group.reusable(Some(&identity)), Ok(true))
             && group.set_limits(limits).is_ok()
         {
             return Ok((group, true));
@@ -307,7 +327,7 @@ impl CgroupRoot {
     fn create_anew(&self, name: &str, limits: &CgroupLimits) -> io::Result<Box<dyn Cgroup>> {
         let group = self.open(name)?;
         // A limit below what is still charged, say, makes a new group instead.
-        if group.reusable()? && group.set_limits(limits).is_ok() {
+        if group.reusable(None)? && group.set_limits(limits).is_ok() {
             return Ok(group);
         }
         group.remove()?;
@@ -881,13 +901,23 @@ mod tests {
     }
 
     #[test]
-    fn only_an_existing_directory_without_subdirectories_is_a_childless_group() {
+    fn only_existing_directories_without_subdirectories_are_childless_groups() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(is_childless_group(dir.path()).unwrap());
+        let other = tempfile::tempdir().unwrap();
+        let one = |p: &Path| vec![p.to_path_buf()];
+        assert!(childless_groups(&one(dir.path()), None).unwrap());
         std::fs::write(dir.path().join("memory.max"), "max").unwrap();
-        assert!(is_childless_group(dir.path()).unwrap());
+        assert!(childless_groups(&one(dir.path()), None).unwrap());
+        // The identity taken now matches; another directory's, or a wrong count, does not.
+        let both = vec![dir.path().to_path_buf(), other.path().to_path_buf()];
+        let id = dir_identity(&both).unwrap();
+        assert!(childless_groups(&both, Some(&id)).unwrap());
+        let swapped = [id[1], id[0]];
+        assert!(!childless_groups(&both, Some(&swapped)).unwrap());
+        assert!(!childless_groups(&both, Some(&id[..1])).unwrap());
         std::fs::create_dir(dir.path().join("child")).unwrap();
-        assert!(!is_childless_group(dir.path()).unwrap());
-        assert!(!is_childless_group(&dir.path().join("missing")).unwrap());
+        assert!(!childless_groups(&one(dir.path()), None).unwrap());
+        assert!(!childless_groups(&both, Some(&id)).unwrap());
+        assert!(!childless_groups(&one(&dir.path().join("missing")), None).unwrap());
     }
 }

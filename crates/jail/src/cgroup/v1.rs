@@ -5,8 +5,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, dir_identity,
-    is_childless_group, keyed_value, kill_and_rmdir, kill_until_empty_kept, write_file,
+    Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, childless_groups,
+    dir_identity, keyed_value, kill_and_rmdir, kill_until_empty_kept, write_file,
 };
 use crate::config::CgroupLimits;
 
@@ -290,6 +290,15 @@ impl Cgroup for Group {
         Ok(self.origin.apply(self.raw_stats()?))
     }
 
+    fn oom_kills(&self) -> io::Result<u64> {
+        let oom = self
+            .oom_control
+            .read(&self.memory.join("memory.oom_control"))?;
+        Ok(self
+            .origin
+            .oom_kills(keyed_value(&oom, "oom_kill").unwrap_or(0)))
+    }
+
     fn procs(&self) -> io::Result<Vec<libc::pid_t>> {
         let mut all = Vec::new();
         for (d, procs) in self.dirs.iter().zip(&self.procs_files) {
@@ -334,11 +343,9 @@ impl Cgroup for Group {
         Ok(())
     }
 
-    fn reusable(&self) -> io::Result<bool> {
-        for d in &self.dirs {
-            if !is_childless_group(d)? {
-                return Ok(false);
-            }
+    fn reusable(&self, identity: Option<&[(u64, u64)]>) -> io::Result<bool> {
+        if !childless_groups(&self.dirs, identity)? {
+            return Ok(false);
         }
         if !self.procs()?.is_empty() {
             return Ok(false);

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{
-    Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, is_childless_group,
-    keyed_value, read_procs, read_u64, write_file,
+    Cgroup, CgroupStats, KeptFile, Origin, PARENT, REUSE_MAX_CHARGE, childless_groups, keyed_value,
+    read_procs, read_u64, write_file,
 };
 use crate::config::CgroupLimits;
 
@@ -414,6 +414,13 @@ impl Cgroup for Group {
         Ok(self.origin.apply(self.raw_stats()?))
     }
 
+    fn oom_kills(&self) -> io::Result<u64> {
+        let events = self.memory_events.read(&self.dir.join("memory.events"))?;
+        Ok(self
+            .origin
+            .oom_kills(keyed_value(&events, "oom_kill").unwrap_or(0)))
+    }
+
     fn procs(&self) -> io::Result<Vec<libc::pid_t>> {
         read_procs(&self.dir.join("cgroup.procs"))
     }
@@ -451,8 +458,10 @@ impl Cgroup for Group {
         Ok(())
     }
 
-    fn reusable(&self) -> io::Result<bool> {
-        if !is_childless_group(&self.dir)? || !self.procs()?.is_empty() {
+    fn reusable(&self, identity: Option<&[(u64, u64)]>) -> io::Result<bool> {
+        if !childless_groups(std::slice::from_ref(&self.dir), identity)?
+            || !self.procs()?.is_empty()
+        {
             return Ok(false);
         }
         let events = super::read_text(&self.dir.join("cgroup.events"))?;
