@@ -11,10 +11,12 @@
 //! step code, before any user input existed, and the jail serves one run only, then is
 //! destroyed.
 //!
-//! Where the language has a zygote (`warm.zygote_library`), a warm jail is a fork of it
-//! (`Spawner::prepare_in`) and its interpreter is the zygote's, already initialized
-//! (`Jail::start_preloaded`): no interpreter start at all, so a jail is quick enough to make on
-//! the request's path when none is ready. The jail and step are built by the same code; what
+//! Where the language has a zygote (`warm.zygote_library`), a warm jail is a fork of it and
+//! its interpreter is the zygote's, already initialized (`Start::preloaded`): no interpreter
+//! start at all, so a jail is quick enough to make on the request's path when none is ready.
+//! Either way the jail is prepared and its step started in one go
+//! (`Spawner::prepare_and_start`: the start request waits on the agent's socket until the
+//! jail is ready). The jail and step are built by the same code; what
 //! the fork shares with its siblings (the zygote's copy-on-write memory: address layout, hash
 //! seed) is in docs/security.md. Without a zygote nothing is shared between runs.
 
