@@ -200,21 +200,15 @@ pub fn drain_later(body: Body) {
 }
 
 /// Reads `body` to its end and throws it away: at most [`DRAIN_CAP`] bytes, and only while it
-/// keeps its pace. Whether it ended.
-pub async fn discard(body: Body) -> bool {
+/// keeps its pace (a body that does not end so is left, and its connection closed).
+pub async fn discard(body: Body) {
     use futures_util::StreamExt;
     let mut stream = body.into_data_stream();
     let mut read = 0u64;
-    loop {
-        match stream.next().await {
-            None => return true,
-            Some(Ok(chunk)) => {
-                read += chunk.len() as u64;
-                if read > DRAIN_CAP {
-                    return false;
-                }
-            }
-            Some(Err(_)) => return false,
+    while let Some(Ok(chunk)) = stream.next().await {
+        read += chunk.len() as u64;
+        if read > DRAIN_CAP {
+            return;
         }
     }
 }

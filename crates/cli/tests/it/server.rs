@@ -405,6 +405,34 @@ impl Resp {
     }
 }
 
+/// Runs `runcell serve` on a loopback port over `data_dir` with `args` and `env` (set, or
+/// removed when `None`; `RUNCELL_CONFIG` is always removed), expecting it to refuse to start:
+/// exit code 125 with a sentence saying `says`, never a panic. Returns what it printed.
+pub fn serve_refuses(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, Option<&str>)],
+    says: &str,
+) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runcell"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env_remove("RUNCELL_CONFIG");
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().expect("run runcell serve");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(125), "{args:?} {env:?}: {stderr}");
+    assert!(stderr.contains(says), "{args:?} {env:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} {env:?}: {stderr}");
+    stderr
+}
+
 /// Asserts `{"detail": "<non-empty>", "code": "<UPPER_SNAKE>"}`.
 #[track_caller]
 pub fn assert_error_body(v: &Value) {

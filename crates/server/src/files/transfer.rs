@@ -62,11 +62,10 @@ pub async fn upload_files(
         };
     let result = upload_parts(&state, &cred, &id, &headers, &mut multipart).await;
     drop(multipart);
-    match result {
-        Ok(_) => {
-            crate::body::discard(body.body()).await;
-        }
-        Err(_) => crate::body::drain_later(body.body()),
+    if result.is_ok() {
+        crate::body::discard(body.body()).await;
+    } else {
+        crate::body::drain_later(body.body());
     }
     result
 }

@@ -366,16 +366,11 @@ fn the_servers_threads_keep_to_their_cpus_and_runs_keep_every_cpu() {
         ),
         ("1000", "names no CPU this process may use"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_runcell"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .env("RUNCELL_SERVER_CPUS", spec)
-            .env_remove("RUNCELL_CONFIG")
-            .output()
-            .expect("run runcell serve");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(125), "{spec}: {stderr}");
-        assert!(stderr.contains(says), "{spec}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
+        crate::server::serve_refuses(
+            dir.path(),
+            &[],
+            &[("RUNCELL_SERVER_CPUS", Some(spec))],
+            says,
+        );
     }
 }

@@ -5,7 +5,6 @@
 //! cannot be used is a sentence at start.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -172,18 +171,12 @@ fn an_unusable_database_is_a_sentence_at_start() {
             "database_url must be a postgres:// or postgresql:// URL",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_runcell"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .args(["--database-url", url])
-            .env_remove("RUNCELL_DATABASE_URL")
-            .env_remove("RUNCELL_CONFIG")
-            .output()
-            .expect("run runcell serve");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(125), "{url}: {stderr}");
-        assert!(stderr.contains(says), "{url}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{url}: {stderr}");
+        let stderr = crate::server::serve_refuses(
+            dir.path(),
+            &["--database-url", url],
+            &[("RUNCELL_DATABASE_URL", None)],
+            says,
+        );
         assert!(
             !stderr.contains("s3cret"),
             "the password is not shown: {stderr}"
