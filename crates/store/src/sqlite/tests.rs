@@ -163,7 +163,44 @@ async fn queries_use_the_indexes() {
          (SELECT seq FROM executions WHERE status = 'pending' ORDER BY seq LIMIT 1)",
     )
     .await;
-    assert!(p.contains("executions_status_seq"), "{p}");
+    assert!(p.contains("executions_pending_seq"), "{p}");
+    // The queue's, the leases' and the sessions' indexes hold only the rows they serve, and
+    // the statements that use them say so (SQLite uses a partial index only then).
+    for (sql, index) in [
+        (
+            "EXPLAIN QUERY PLAN SELECT seq FROM executions WHERE status = 'pending' \
+             AND tenant = 't' ORDER BY seq LIMIT 1",
+            "executions_pending_tenant_seq (tenant=?)",
+        ),
+        (
+            "EXPLAIN QUERY PLAN SELECT tenant, COUNT(*) FROM executions \
+             WHERE status = 'pending' GROUP BY tenant ORDER BY tenant",
+            "executions_pending_tenant_seq",
+        ),
+        (
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM executions WHERE status = 'pending'",
+            "executions_pending_seq",
+        ),
+        (
+            "EXPLAIN QUERY PLAN UPDATE executions SET status = 'failed' \
+             WHERE status = 'running' AND lease_until < 5",
+            "executions_running_lease (lease_until<?)",
+        ),
+        (
+            "EXPLAIN QUERY PLAN UPDATE executions SET lease_until = 9 \
+             WHERE status = 'running' AND node = 'n'",
+            "executions_running_lease",
+        ),
+        (
+            "EXPLAIN QUERY PLAN UPDATE executions SET status = 'failed' \
+             WHERE status = 'running' AND (node = 'n' OR node IS NULL)",
+            "executions_running_lease",
+        ),
+    ] {
+        let p = plan(sql).await;
+        assert!(p.contains(index), "{sql}: {p}");
+        assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+    }
     let p = plan(
         "EXPLAIN QUERY PLAN SELECT * FROM executions WHERE tenant = 't' AND session_id = 's' \
          AND (expires_at IS NULL OR expires_at > 0) AND seq < 5 ORDER BY seq DESC LIMIT 5",
@@ -191,7 +228,7 @@ async fn queries_use_the_indexes() {
 #[ignore = "timing, run by hand"]
 async fn cost_of_insert_and_finish() {
     let (_dir, s) = open_temp().await;
-    let n = 2_000;
+    let n: u32 = 2_000;
     let (mut insert, mut fin) = (Duration::ZERO, Duration::ZERO);
     for i in 0..n {
         let id = format!("{i:08x}-0000-4000-8000-000000000000");
@@ -215,6 +252,20 @@ async fn cost_of_insert_and_finish() {
         us(fin),
         us(insert + fin)
     );
+    // A synchronous execution's one write: its row inserted already finished.
+    let started = Instant::now();
+    for i in 0..n {
+        let id = format!(
+            "{:08x}-0000-4000-8000-00000000000f",
+            i.wrapping_mul(2_654_435_761_u32)
+        );
+        let e = new_exec(&id, "tenant", ExecStatus::Running);
+        s.insert_finished_execution(&e, &finish(ExecStatus::Completed, 2, 3))
+            .await
+            .unwrap();
+    }
+    let per_insert = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    println!("insert_finished_execution: {per_insert:.0} µs per call");
     let started = Instant::now();
     for i in 0..n {
         let id = format!("{i:08x}-0000-4000-8000-000000000000");
@@ -484,4 +535,62 @@ async fn version_3_deliveries_migrate_to_4_as_posts() {
     let claimed = s.claim_due_deliveries("n1", 10, 20, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].claimed_by.as_deref(), Some("n1"));
+}
+
+#[tokio::test]
+async fn version_6_executions_migrate_to_7_and_stay_claimable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runcell.db");
+    // A database as a version-6 build left it: one execution of each kind the queue, the
+    // leases and the sessions' listing look for, and a finished one.
+    {
+        let mut conn = old_database(&path, 6).await;
+        sqlx::raw_sql(
+            "INSERT INTO executions (id, tenant, status, language, request, created_at, \
+             session_id, node, lease_until, expires_at) VALUES \
+             ('p', 't', 'pending', 'python', '{}', 1, NULL, NULL, NULL, NULL), \
+             ('r', 't', 'running', 'python', '{}', 2, NULL, 'gone', 3, NULL), \
+             ('s', 't', 'completed', 'python', '{}', 3, 'sess', NULL, NULL, 1000000), \
+             ('c', 't', 'completed', 'python', '{}', 4, NULL, NULL, NULL, 1000000)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let s = SqliteStore::open(&path).await.unwrap();
+    let partial: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name IN \
+         ('executions_pending_seq', 'executions_pending_tenant_seq', \
+          'executions_running_lease', 'executions_tenant_session_seq') ORDER BY name",
+    )
+    .fetch_all(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(partial.len(), 4, "{partial:?}");
+    assert!(
+        partial.iter().all(|(_, sql)| sql.contains("WHERE")),
+        "{partial:?}"
+    );
+    assert_eq!(s.count_pending().await.unwrap(), 1);
+    let claimed = s.claim_next_pending_of("t", 10).await.unwrap().unwrap();
+    assert_eq!(claimed.id, "p");
+    assert!(s.claim_next_pending(10).await.unwrap().is_none());
+    // The running row of a node whose lease ran out, and the one just claimed, both found
+    // through the partial index.
+    let failed = s.fail_expired_leases("lost", 10, 100).await.unwrap();
+    assert_eq!(
+        failed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["r"]
+    );
+    let filter = ListFilter {
+        session_id: Some("sess".into()),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    let listed = s.list_executions("t", &filter, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["s"]
+    );
 }
