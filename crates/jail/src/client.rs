@@ -51,6 +51,8 @@ struct Inner {
     /// handle while the generation is the same, instead of opening the files again (seven
     /// `open`s per execution). At most [`KEPT_HANDLES`].
     kept_groups: Mutex<HashMap<u32, KeptHandle>>,
+    /// The jail configurations sent to the spawner, as it holds them.
+    configs: Mutex<proto::SentConfigs>,
 }
 
 /// An ended jail's group handle and the spawner's generation of the group then.
@@ -198,6 +200,7 @@ impl Spawner {
                 cgroup_version,
                 cgroup_place,
                 kept_groups: Mutex::new(HashMap::new()),
+                configs: Mutex::new(proto::SentConfigs::default()),
             }),
         })
     }
@@ -348,14 +351,20 @@ impl Spawner {
         config: &JailConfig,
         limits: &CgroupLimits,
     ) -> Result<PendingJail, JailError> {
-        config.validate()?;
         limits.validate()?;
-        let req = SpawnerRequest::Prepare {
-            config: config.clone(),
-            limits: *limits,
-            zygote,
-        };
-        let (reply, fds) = self.call(&req)?;
+        let (reply, fds) = self.calls(|call| {
+            let config = self
+                .inner
+                .configs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reference(config)?;
+            call(&SpawnerRequest::Prepare {
+                config,
+                limits: *limits,
+                zygote,
+            })
+        })?;
         let SpawnerReply::Prepared(info) = reply else {
             return Err(JailError::Spawner("unexpected reply to prepare".into()));
         };

@@ -4,6 +4,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
@@ -13,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CgroupLimits, JailConfig, ProcessSpec};
-use crate::error::WireError;
+use crate::error::{JailError, WireError};
 
 /// Largest message accepted (a process spec with a large environment fits easily).
 pub const MAX_MESSAGE: usize = 4 << 20;
@@ -25,7 +26,7 @@ pub const MAX_FDS: usize = 16;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum SpawnerRequest {
     Prepare {
-        config: JailConfig,
+        config: ConfigRef,
         limits: CgroupLimits,
         /// Fork the jail from this zygote (see [`crate::zygote`]) instead of the spawner.
         #[serde(default)]
@@ -48,6 +49,90 @@ pub(crate) enum SpawnerRequest {
     Release {
         jails: Vec<u64>,
     },
+}
+
+/// A jail's configuration in a [`SpawnerRequest::Prepare`]: whole the first time a client
+/// sends it, then by the id the client gave it. A configuration is a few kilobytes of JSON
+/// (the binds, the generated files) that every jail of a language repeats; by reference
+/// neither side encodes, decodes or validates it again. The client and the spawner each keep
+/// the last [`CONFIGS_HELD`] configurations sent, by one rule ([`hold`]), so they hold the same
+/// ids; requests are answered one at a time in the order they were sent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ConfigRef {
+    New { id: u64, config: JailConfig },
+    Held(u64),
+}
+
+/// How many configurations the client and the spawner keep (a server uses one per language
+/// and kind of jail in use).
+pub(crate) const CONFIGS_HELD: usize = 16;
+
+/// Items by id, oldest first (see [`hold`]).
+pub(crate) type Held<T> = std::collections::VecDeque<(u64, T)>;
+
+/// Adds `item` as `id`, forgetting the oldest beyond `kept`: the one rule both ends of a
+/// channel that sends things once and then by id follow, so that they hold the same ids.
+pub(crate) fn hold<T>(list: &mut Held<T>, id: u64, item: T, kept: usize) {
+    list.push_back((id, item));
+    if list.len() > kept {
+        list.pop_front();
+    }
+}
+
+/// The jail configurations a client sent the spawner, which holds the same ones by the same
+/// ids (see [`ConfigRef`]).
+#[derive(Debug, Default)]
+pub(crate) struct SentConfigs {
+    last: u64,
+    held: Held<JailConfig>,
+}
+
+impl SentConfigs {
+    /// How to send `config` now: by the id of the held one equal to it, or whole (validated)
+    /// under a new id, which it holds from then on. Called in the turn that sends it, so
+    /// the spawner receives the configurations in the order they were held.
+    pub(crate) fn reference(&mut self, config: &JailConfig) -> Result<ConfigRef, JailError> {
+        if let Some((id, _)) = self.held.iter().find(|(_, held)| held == config) {
+            return Ok(ConfigRef::Held(*id));
+        }
+        config.validate()?;
+        self.last += 1;
+        hold(&mut self.held, self.last, config.clone(), CONFIGS_HELD);
+        Ok(ConfigRef::New {
+            id: self.last,
+            config: config.clone(),
+        })
+    }
+}
+
+/// The configurations clients sent a spawner, by id, validated (an invalid one is held with
+/// its error, so that both ends hold the same ids).
+#[derive(Debug, Default)]
+pub(crate) struct HeldConfigs {
+    held: Held<Result<Arc<JailConfig>, WireError>>,
+}
+
+impl HeldConfigs {
+    /// The configuration a prepare request names: held from an earlier request, or sent
+    /// whole, then validated and held.
+    pub(crate) fn resolve(&mut self, config: ConfigRef) -> Result<Arc<JailConfig>, JailError> {
+        match config {
+            ConfigRef::New { id, config } => {
+                let checked = match config.validate() {
+                    Ok(()) => Ok(Arc::new(config)),
+                    Err(e) => Err(WireError::from(&e)),
+                };
+                hold(&mut self.held, id, checked.clone(), CONFIGS_HELD);
+                checked.map_err(JailError::from)
+            }
+            ConfigRef::Held(id) => match self.held.iter().find(|(held, _)| *held == id) {
+                Some((_, checked)) => checked.clone().map_err(JailError::from),
+                None => Err(JailError::Spawner(format!(
+                    "the spawner holds no jail configuration {id}"
+                ))),
+            },
+        }
+    }
 }
 
 /// Spawner → client.
@@ -232,6 +317,84 @@ pub fn monotonic_ns() -> u64 {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    /// A configuration that differs from the others by its host name.
+    fn config(n: usize) -> JailConfig {
+        JailConfig {
+            binds: vec![crate::config::Bind::same("/usr")],
+            symlinks: vec![],
+            files: vec![],
+            workspace: crate::config::TmpfsSize::mib(16),
+            hostname: format!("jail-{n}"),
+            shared: None,
+            loopback_listener: None,
+        }
+    }
+
+    /// What the spawner resolves a reference to after a trip through JSON, as on the socket.
+    fn over_the_wire(
+        spawner: &mut HeldConfigs,
+        r: ConfigRef,
+    ) -> Result<Arc<JailConfig>, JailError> {
+        let bytes = serde_json::to_vec(&r).unwrap();
+        spawner.resolve(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[test]
+    fn configurations_are_sent_once_and_then_by_id() {
+        let (mut client, mut spawner) = (SentConfigs::default(), HeldConfigs::default());
+        let first = client.reference(&config(0)).unwrap();
+        assert!(matches!(first, ConfigRef::New { id: 1, .. }), "{first:?}");
+        assert_eq!(*over_the_wire(&mut spawner, first).unwrap(), config(0));
+        for _ in 0..3 {
+            let again = client.reference(&config(0)).unwrap();
+            assert!(matches!(again, ConfigRef::Held(1)), "{again:?}");
+            assert_eq!(*over_the_wire(&mut spawner, again).unwrap(), config(0));
+        }
+        // A sequence that makes both ends forget: more configurations than they keep, then
+        // the early ones again, interleaved. Every reference resolves to its configuration.
+        let order = (0..CONFIGS_HELD + 5).chain([0, 1, 2, 20, 3, 0, 21, 0]);
+        for n in order {
+            let r = client.reference(&config(n)).unwrap();
+            assert_eq!(
+                *over_the_wire(&mut spawner, r).unwrap(),
+                config(n),
+                "config {n}"
+            );
+        }
+        assert_eq!(client.held.len(), CONFIGS_HELD);
+        assert_eq!(
+            client.held.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            spawner.held.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_invalid_or_unknown_configuration_is_refused() {
+        let (mut client, mut spawner) = (SentConfigs::default(), HeldConfigs::default());
+        let mut bad = config(0);
+        bad.hostname = "no spaces".into();
+        // The client refuses it before sending, and does not hold it.
+        assert!(matches!(
+            client.reference(&bad),
+            Err(JailError::InvalidConfig(_))
+        ));
+        assert!(client.held.is_empty());
+        // A client that sends it anyway gets the refusal every time it names it.
+        let sent = ConfigRef::New { id: 7, config: bad };
+        assert!(matches!(
+            over_the_wire(&mut spawner, sent),
+            Err(JailError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            over_the_wire(&mut spawner, ConfigRef::Held(7)),
+            Err(JailError::InvalidConfig(_))
+        ));
+        match over_the_wire(&mut spawner, ConfigRef::Held(8)) {
+            Err(JailError::Spawner(m)) => assert!(m.contains("no jail configuration 8"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn records_round_trip() {

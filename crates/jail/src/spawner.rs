@@ -234,6 +234,8 @@ struct Server {
     last_generation: u64,
     /// Overlays kept by slot, for its jails one after another.
     slot_overlays: HashMap<u32, Vec<KeptOverlay>>,
+    /// The jail configurations clients sent (see [`proto::ConfigRef`]).
+    configs: proto::HeldConfigs,
 }
 
 /// Groups kept before one is used again: a slot (its host uids and its group) goes to another
@@ -314,6 +316,7 @@ impl Server {
             group_generations: HashMap::new(),
             last_generation: 0,
             slot_overlays: HashMap::new(),
+            configs: proto::HeldConfigs::default(),
         };
         server.sweep_stale();
         Ok(server)
@@ -357,7 +360,11 @@ impl Server {
                     config,
                     limits,
                     zygote,
-                } => match self.prepare(config, limits, zygote) {
+                } => match self
+                    .configs
+                    .resolve(config)
+                    .and_then(|config| self.prepare(&config, limits, zygote))
+                {
                     Ok((info, fds)) => {
                         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
                         proto::send(sock, &SpawnerReply::Prepared(info), &raw)
@@ -389,9 +396,10 @@ impl Server {
         }
     }
 
+    /// Prepares a jail of `config` (validated by [`proto::HeldConfigs::resolve`]).
     fn prepare(
         &mut self,
-        config: JailConfig,
+        config: &JailConfig,
         limits: CgroupLimits,
         zygote: Option<u64>,
     ) -> Result<(PreparedInfo, Vec<OwnedFd>), JailError> {
@@ -400,7 +408,6 @@ impl Server {
         {
             return Err(JailError::Spawner(format!("no zygote {z}")));
         }
-        config.validate()?;
         limits.validate()?;
         let slot = self
             .claim_slot()
@@ -432,7 +439,7 @@ impl Server {
             self.slots.release(slot.index);
             JailError::io("make the jail's device nodes", e)
         })?;
-        let lease = match self.lease(&config) {
+        let lease = match self.lease(config) {
             Ok(l) => l,
             Err(e) => {
                 let _ = cgroup.remove();
@@ -489,7 +496,7 @@ impl Server {
 
     fn clone_agent(
         &mut self,
-        config: JailConfig,
+        config: &JailConfig,
         slot: SlotIds,
         devices: PathBuf,
         lease: &Lease,
@@ -577,10 +584,11 @@ impl Server {
     /// `lease`, from our mount namespace: no filters or descriptors yet, loopback to bring up.
     fn plan(
         &mut self,
-        mut config: JailConfig,
+        config: &JailConfig,
         devices: PathBuf,
         lease: &Lease,
     ) -> Result<AgentPlan, JailError> {
+        let mut config = config.clone();
         // The mount table the skeleton was made for (one snapshot for both).
         let mount_points = lease.mount_points.clone();
         // What the skeleton holds needs no mount.
@@ -668,7 +676,7 @@ impl Server {
             .map(|(k, v)| cstr(format!("{k}={v}")))
             .collect::<Result<Vec<_>, _>>()?;
         let init = ZygoteInit {
-            plan: self.plan(spec.config.clone(), devices, lease)?,
+            plan: self.plan(&spec.config, devices, lease)?,
             spec,
         };
         let flags = crate::zygote::JAIL_NAMESPACES;
@@ -719,7 +727,7 @@ impl Server {
     fn fork_from_zygote(
         &mut self,
         zygote: u64,
-        config: JailConfig,
+        config: &JailConfig,
         slot: SlotIds,
         devices: PathBuf,
         lease: &Lease,

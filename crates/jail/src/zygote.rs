@@ -133,15 +133,12 @@ pub(crate) enum ZygoteRequest {
 const PLANS_KEPT: usize = 4;
 
 /// Plans by id, oldest first: the zygote's list, and the spawner's mirror of it.
-pub(crate) type Plans = std::collections::VecDeque<(u64, AgentPlan)>;
+pub(crate) type Plans = proto::Held<AgentPlan>;
 
 /// Adds plan `id` to `plans`, forgetting the oldest beyond [`PLANS_KEPT`]: the one rule both
 /// the zygote and the spawner's mirror follow, so that they hold the same ids.
 pub(crate) fn hold_plan(plans: &mut Plans, id: u64, plan: AgentPlan) {
-    plans.push_back((id, plan));
-    if plans.len() > PLANS_KEPT {
-        plans.pop_front();
-    }
+    proto::hold(plans, id, plan, PLANS_KEPT);
 }
 
 /// Zygote → spawner.
