@@ -105,11 +105,11 @@ impl SentConfigs {
     }
 }
 
-/// The configurations clients sent a spawner, by id, validated (an invalid one is held with
-/// its error, so that both ends hold the same ids).
+/// The configurations a client sent the spawner, by id, each validated once. An invalid one
+/// is refused and not held, as the client, which validates before it holds, holds none.
 #[derive(Debug, Default)]
 pub(crate) struct HeldConfigs {
-    held: Held<Result<Arc<JailConfig>, WireError>>,
+    held: Held<Arc<JailConfig>>,
 }
 
 impl HeldConfigs {
@@ -118,15 +118,13 @@ impl HeldConfigs {
     pub(crate) fn resolve(&mut self, config: ConfigRef) -> Result<Arc<JailConfig>, JailError> {
         match config {
             ConfigRef::New { id, config } => {
-                let checked = match config.validate() {
-                    Ok(()) => Ok(Arc::new(config)),
-                    Err(e) => Err(WireError::from(&e)),
-                };
-                hold(&mut self.held, id, checked.clone(), CONFIGS_HELD);
-                checked.map_err(JailError::from)
+                config.validate()?;
+                let config = Arc::new(config);
+                hold(&mut self.held, id, Arc::clone(&config), CONFIGS_HELD);
+                Ok(config)
             }
             ConfigRef::Held(id) => match self.held.iter().find(|(held, _)| *held == id) {
-                Some((_, checked)) => checked.clone().map_err(JailError::from),
+                Some((_, config)) => Ok(Arc::clone(config)),
                 None => Err(JailError::Spawner(format!(
                     "the spawner holds no jail configuration {id}"
                 ))),
@@ -380,19 +378,19 @@ mod tests {
             Err(JailError::InvalidConfig(_))
         ));
         assert!(client.held.is_empty());
-        // A client that sends it anyway gets the refusal every time it names it.
+        // A client that sends it anyway is refused, and the spawner does not hold it either.
         let sent = ConfigRef::New { id: 7, config: bad };
         assert!(matches!(
             over_the_wire(&mut spawner, sent),
             Err(JailError::InvalidConfig(_))
         ));
-        assert!(matches!(
-            over_the_wire(&mut spawner, ConfigRef::Held(7)),
-            Err(JailError::InvalidConfig(_))
-        ));
-        match over_the_wire(&mut spawner, ConfigRef::Held(8)) {
-            Err(JailError::Spawner(m)) => assert!(m.contains("no jail configuration 8"), "{m}"),
-            other => panic!("{other:?}"),
+        for id in [7, 8] {
+            match over_the_wire(&mut spawner, ConfigRef::Held(id)) {
+                Err(JailError::Spawner(m)) => {
+                    assert!(m.contains(&format!("no jail configuration {id}")), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 

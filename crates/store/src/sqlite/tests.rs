@@ -576,8 +576,8 @@ async fn version_6_executions_migrate_to_7_and_stay_claimable() {
     let claimed = s.claim_next_pending_of("t", 10).await.unwrap().unwrap();
     assert_eq!(claimed.id, "p");
     assert!(s.claim_next_pending(10).await.unwrap().is_none());
-    // The running row of a node whose lease ran out, and the one just claimed, both found
-    // through the partial index.
+    // The running row whose lease ran out is found through the partial index; the one just
+    // claimed, whose lease runs on, is not failed.
     let failed = s.fail_expired_leases("lost", 10, 100).await.unwrap();
     assert_eq!(
         failed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
